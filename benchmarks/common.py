@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 REPO = Path(__file__).resolve().parents[1]
-#: Front-end settings of ``conf/features/logmel.yaml``, shared by the baseline and audioml.
+#: Front-end settings of ``audioml/conf/features/logmel.yaml``, shared by the baseline and audioml.
 LOGMEL = dict(n_fft=512, hop_length=160, win_length=400, n_mels=64, log_offset=1e-6)
 
 
@@ -33,7 +33,7 @@ class PlainLibrosaDataset(Dataset):
     pads/crops it and computes a librosa log-mel, every epoch, on the CPU.
 
     Items ``(log-mel (1, n_mels, frames) float32, target)``, instance-normalised like
-    ``conf/features/logmel.yaml``.
+    ``audioml/conf/features/logmel.yaml``.
     """
 
     def __init__(self, paths: list[str], targets: list[int], sample_rate: int, clip_seconds: float) -> None:

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # Decode the corpus once for every arm (not part of any arm's time).
     with measure("prepare: waveform cache", device) as prepare:
         from audioml.api import compose_config
-        from audioml.train import build_datamodule
+        from audioml.run.compose import build_datamodule
 
         build_datamodule(compose_config([*common, f"paths.output_dir={work / 'prepare'}", f"paths.cache_dir={cache}"]))
     arms = [("cached (embedding cache shared by the sweep)", []),

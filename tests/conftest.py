@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from audioml.config import register_resolvers
+
+register_resolvers()  # tests compose configs themselves; the entry points register it on start
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("AUDIOML_SHARED", REPO.parent / "shared"))
 
@@ -35,7 +39,7 @@ def shared_weights() -> Path:
 def run_entry_point(module: str, *overrides: str, cwd: Path | None = None, env: dict | None = None,
                     timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
     """Run ``python -m <module> <overrides>`` and return the finished process."""
-    full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    full_env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "AUDIOML_CONFIG_PATH")}
     full_env.update({"PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "1", **(env or {})})
     process = subprocess.run([sys.executable, "-m", module, *overrides], cwd=cwd or REPO, env=full_env,
                              capture_output=True, text=True, timeout=timeout)

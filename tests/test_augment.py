@@ -12,6 +12,7 @@ import soundfile as sf
 import torch
 
 from audioml import augment as A
+from audioml.config import CONFIG_DIR
 
 SAMPLE_RATE = 8000
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -222,7 +223,7 @@ def test_chain_is_an_ordinary_module_that_moves_its_buffers(sound_folders):
     assert chain.state_dict() == {}  # noise banks are not saved into checkpoints
 
 
-RECIPES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "augmentation").glob("*.yaml"))
+RECIPES = sorted(p.stem for p in (Path(CONFIG_DIR) / "augmentation").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -233,7 +234,7 @@ def test_every_recipe_composes_instantiates_and_keeps_batch_shapes(recipe, sound
     overrides = [f"augmentation={recipe}", "data=synthetic"]
     if recipe == "noise_ir":
         overrides += [f"augmentation.noise_dir={sound_folders / 'noise'}", f"augmentation.ir_dir={sound_folders / 'ir'}"]
-    with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(Path(CONFIG_DIR)), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     recipe_cfg = cfg.augmentation
     waveform = batch("cpu", n=3, length=8000)

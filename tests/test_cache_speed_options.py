@@ -33,7 +33,7 @@ def test_resolve_precision(precision, accelerator, cuda, bf16, expected):
 
 
 def test_default_trainer_config_is_full_precision_and_uncompiled_on_cpu():
-    from audioml.train import CONFIG_DIR
+    from audioml.config import CONFIG_DIR
 
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["trainer=cpu", "trainer.max_epochs=1"])

@@ -7,10 +7,15 @@ import pytest
 from omegaconf import OmegaConf
 
 from audioml.api import compose_config
+from audioml.config import CONFIG_DIR
 from conftest import REPO
 
-EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
-DATASETS = sorted(p.stem for p in (REPO / "conf" / "data").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+DATASETS = sorted(p.stem for p in (Path(CONFIG_DIR) / "data").glob("*.yaml"))
+
+
+#: The users' own data configs need the one value only the user knows.
+USER_DATA = {"folder": ["data.root=/tmp/data/my_sounds"], "csv": ["data.csv=/tmp/data/my_clips.csv"]}
 
 
 def _resolved(overrides):
@@ -30,8 +35,9 @@ def test_experiment_composes_and_resolves(name):
 @pytest.mark.parametrize("name", DATASETS)
 def test_every_dataset_composes_with_the_default_model(name):
     model = "crnn_attention" if name == "muse" else "cnn"
-    config = _resolved([f"data={name}", f"model={model}"])
-    assert Path(config["data"]["root"]).is_absolute() or config["data"]["root"].startswith("/tmp")
+    config = _resolved([f"data={name}", f"model={model}", *USER_DATA.get(name, [])])
+    where = config["data"]["csv"] if name == "csv" else config["data"]["root"]
+    assert Path(where).is_absolute() or where.startswith("/tmp")
 
 
 def test_there_is_an_experiment_per_study():

@@ -134,7 +134,7 @@ def test_augmentation_or_partial_freeze_disables_cache_with_a_log_line(data_root
 
 
 def _compose(output_dir: Path, run_name: str, *overrides: str):
-    from audioml.train import CONFIG_DIR, register_resolvers
+    from audioml.config import CONFIG_DIR, register_resolvers
 
     register_resolvers()
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
@@ -146,8 +146,8 @@ def _compose(output_dir: Path, run_name: str, *overrides: str):
 
 
 def test_cached_training_reuses_embeddings_and_checkpoint_runs_on_waveforms(tmp_path, caplog):
-    from audioml.evaluate import evaluate_checkpoint
-    from audioml.train import train
+    from audioml.run.inference import evaluate_checkpoint
+    from audioml.run.training import train
 
     caplog.set_level(logging.INFO, logger="audioml")
     first = _compose(tmp_path, "a")

@@ -11,8 +11,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from audioml import losses
+from audioml.config import CONFIG_DIR
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "loss"
+CONF = Path(CONFIG_DIR) / "loss"
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

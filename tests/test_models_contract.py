@@ -14,7 +14,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from audioml.models.regressor import SequenceRegressor
-from audioml.train import CONFIG_DIR, build_model
+from audioml.config import CONFIG_DIR
+from audioml.run.compose import build_model
 
 MODELS = sorted(p.stem for p in Path(CONFIG_DIR, "model").glob("*.yaml"))
 #: Input-size overrides that keep CPU time small; the architecture itself is unchanged.

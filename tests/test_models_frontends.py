@@ -18,7 +18,7 @@ from audioml.features.kaldi_fbank import KaldiFbank
 from audioml.features.kaldi_mel import KaldiMelSpectrogram
 from audioml.features.panns_logmel import PannsLogMel
 from audioml.features.vggish_frontend import VGGishLogMel, hertz_to_mel, vggish_mel_matrix
-from audioml.train import CONFIG_DIR
+from audioml.config import CONFIG_DIR
 
 
 def noisy_tones(batch: int, seconds: float, sample_rate: int, seed: int = 0) -> torch.Tensor:

@@ -18,7 +18,8 @@ from audioml.features import LogMel
 from audioml.losses import CCCLoss, CrossEntropyLoss, MSELoss
 from audioml.metrics import concordance_cc, regression_metrics
 from audioml.models.regressor import SequenceRegressor
-from audioml.train import CONFIG_DIR, build_model
+from audioml.config import CONFIG_DIR
+from audioml.run.compose import build_model
 
 SAMPLE_RATE = 16000
 WINDOW = 8000                # 0.5 s, the MuSe label step

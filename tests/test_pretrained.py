@@ -24,7 +24,7 @@ from audioml.models.backbones.panns import Cnn14
 from audioml.models.backbones.vggish import VGGish
 from audioml.models.pretrained import (PRETRAINED_CFGS, PretrainedCfg, adapt_input_conv, download_weights,
                                        get_pretrained_cfg, load_pretrained, weights_folder)
-from audioml.train import CONFIG_DIR
+from audioml.config import CONFIG_DIR
 
 
 @pytest.fixture()

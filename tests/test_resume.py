@@ -17,7 +17,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mlflow import MlflowClient
 
 from audioml import resume, tracking
-from audioml import train as entry
+from audioml import config as entry
+from audioml.run import compose as run_compose
 from audioml.checkpointing import AtomicCheckpointIO, checkpoint_is_intact, find_resume_checkpoint
 from audioml.data.resumable import EpochRandomSampler, EpochWeightedRandomSampler, ResumableDataLoader
 
@@ -145,8 +146,8 @@ def small_config(tmp_path_factory):
 
 def _fit(cfg, checkpoints, store, experiment, run_id_file, interrupt=None, sigterm=None):
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = entry.build_datamodule(cfg)
-    model = entry.build_model(cfg, datamodule.num_classes, datamodule.class_names, datamodule.train_class_counts())
+    datamodule = run_compose.build_datamodule(cfg)
+    model = run_compose.build_model(cfg, datamodule.num_classes, datamodule.class_names, datamodule.train_class_counts())
     logger = tracking.open_run(experiment, "run", store, run_id_file)
     callbacks = [resume.ResumeCheckpoint(checkpoints, every_n_train_steps=2, every_n_epochs=1)]
     if interrupt is not None:

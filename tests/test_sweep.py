@@ -129,7 +129,7 @@ def test_compare_lists_the_sweep_sorted(interrupted_grid, tmp_path, capsys):
 def test_launcher_and_search_configs_compose():
     from hydra import compose, initialize_config_dir
 
-    from audioml.train import CONFIG_DIR
+    from audioml.config import CONFIG_DIR
 
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         parallel = compose("train", overrides=["hydra/launcher=parallel", "hydra.launcher.n_jobs=4"],

@@ -78,16 +78,14 @@ def _prepare_donateacry(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from audioml.train import CONFIG_DIR
+    from audioml.config import compose_config
 
     overrides = [f"data={args.name}", *args.overrides]
     if args.data_dir:
         overrides.append(f"paths.data_dir={args.data_dir}")
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose_config(overrides)
     module = instantiate(cfg.data)
     module.check_root()
     manifest = module.build_manifest()
@@ -97,7 +95,8 @@ def _info(args: argparse.Namespace) -> int:
     print(f"rows: {len(manifest)} from {manifest['path'].nunique()} files")
     if "group" in manifest.columns:
         print(f"{module.group_name}s: {manifest['group'].nunique()}")
-    labels = manifest["label"] if "label" in manifest.columns else manifest.get("target")
+    integer_label = "label" in manifest.columns and manifest["label"].dtype.kind in "iu"  # emotify's hard label
+    labels = manifest["label"] if integer_label else manifest.get("target")
     if module.task == "classification" and labels is not None and np.ndim(labels.iloc[0]) == 0:
         for index, count in labels.value_counts().sort_index().items():
             print(f"    {module.class_names[index]:<20} {count}")

@@ -1,0 +1,89 @@
+"""Where audioml's Hydra configs live and how a run is named: the package's own config root
+(``pkg://audioml.conf``, inside the wheel), users' config folders from ``AUDIOML_CONFIG_PATH``,
+the ``run_key`` resolver, and ``compose_config`` for Python callers.
+
+Import-light on purpose (OmegaConf and Hydra only): every entry point imports it before it
+knows whether it will train or only print ``--help``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+__all__ = ["CONFIG_MODULE", "CONFIG_PATH", "CONFIG_DIR", "CONFIG_PATH_ENV", "user_config_dirs", "run_key",
+           "register_resolvers", "compose_config"]
+
+#: The config root as a Python package: found in a wheel, an editable install or a checkout.
+CONFIG_MODULE = "audioml.conf"
+#: ``@hydra.main(config_path=CONFIG_PATH)`` of every entry point.
+CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
+#: The same folder on disk (for tests and tools that list the YAMLs).
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
+#: Users' config folders, ``os.pathsep``-separated, searched before the package's own: a
+#: ``<dir>/data/mydata.yaml`` is ``data=mydata``, and a file named like a built-in one wins.
+CONFIG_PATH_ENV = "AUDIOML_CONFIG_PATH"
+#: Config subtrees that say where things go, not what is computed: excluded from the run key.
+_LOCATION_KEYS = ("hydra", "paths", "logger")
+
+
+def user_config_dirs(value: str | None = None) -> list[Path]:
+    """The folders named by ``AUDIOML_CONFIG_PATH`` (or ``value``), in search order.
+
+    Raises ``NotADirectoryError`` naming an entry that is not a folder, so that a typo does not
+    silently fall back to the built-in configs.
+    """
+    value = os.environ.get(CONFIG_PATH_ENV, "") if value is None else value
+    folders = []
+    for entry in filter(None, (part.strip() for part in value.split(os.pathsep))):
+        folder = Path(entry).expanduser().resolve()
+        if not folder.is_dir():
+            raise NotADirectoryError(f"{CONFIG_PATH_ENV}: {entry} is not a folder (it should hold your own "
+                                     "data/, model/, experiment/ ... YAML folders)")
+        folders.append(folder)
+    return folders
+
+
+def run_key(root: DictConfig) -> str:
+    """Deterministic run name ``<data>-<model>-<hash>`` from the unresolved config, so that the
+    same command finds the same run directory (and checkpoint) on any machine."""
+    container = OmegaConf.to_container(root, resolve=False)
+    for key in _LOCATION_KEYS:
+        container.pop(key, None)
+    digest = hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    choices = root.get("hydra", {}).get("runtime", {}).get("choices", {}) if "hydra" in root else {}
+    data_name = choices.get("data") or "data"
+    model_name = choices.get("model") or "model"
+    return f"{data_name}-{model_name}-{digest}".replace("/", "_")
+
+
+def register_resolvers() -> None:
+    """Register ``${run_key:}`` (idempotent); entry points call it before Hydra composes."""
+    if not OmegaConf.has_resolver("run_key"):
+        OmegaConf.register_new_resolver("run_key", lambda *, _root_: run_key(_root_), use_cache=False)
+
+
+def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
+    """Compose ``audioml/conf/<config_name>.yaml`` (with ``AUDIOML_CONFIG_PATH``'s folders) and
+    command-line style ``overrides``.
+
+    Sets up Hydra's runtime (choices, output directory) as the command line would, so
+    ``${hydra:...}`` interpolations resolve; returns the job config (without the ``hydra`` node).
+    """
+    from hydra import compose, initialize_config_module
+    from hydra.core.hydra_config import HydraConfig
+
+    register_resolvers()
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(Path(OmegaConf.select(cfg, "hydra.run.dir")).expanduser())
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg

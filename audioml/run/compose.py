@@ -1,0 +1,98 @@
+"""Building a run from its composed config: the DataModule, the model (with its loss and
+augmentation), the Trainer and the MLflow logger, and the tags that describe the run.
+
+Library code of the run layer: the entry points hand it their ``DictConfig``.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from audioml import distributed, tracking
+from audioml.checkpointing import AtomicCheckpointIO
+
+__all__ = ["build_datamodule", "build_model", "build_trainer", "build_test_trainer", "runtime_tags",
+           "data_tags", "open_mlflow_logger"]
+
+
+def build_datamodule(cfg: DictConfig):
+    """Instantiate ``cfg.data`` and load it (manifest, decode cache, splits, and the offline
+    augmentation copies of the training split when ``augmentation.offline`` is set)."""
+    offline = (cfg.get("augmentation") or {}).get("offline")
+    datamodule = instantiate(cfg.data, **({"offline_augmentation": instantiate(offline)} if offline else {}))
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule
+
+
+def build_model(cfg: DictConfig, num_classes: int, class_names: list[str],
+                class_counts: list[int] | None = None, **data_kwargs) -> L.LightningModule:
+    """Instantiate ``cfg.model`` with the data facts, loss and augmentation it needs;
+    ``data_kwargs`` are the DataModule's ``model_kwargs()``."""
+    loss = instantiate(cfg.loss, class_counts=class_counts or None) if cfg.get("loss") else None
+    augmentation = cfg.get("augmentation") or {}
+    waveform_augment = instantiate(augmentation["waveform"]) if augmentation.get("waveform") else None
+    spec_augment = instantiate(augmentation["spectrogram"]) if augmentation.get("spectrogram") else None
+    if augmentation.get("mixup"):  # passed only when set: modules without mixup need not accept it
+        data_kwargs["mixup"] = instantiate(augmentation["mixup"])
+    return instantiate(cfg.model, num_classes=num_classes, class_names=list(class_names), loss=loss,
+                       waveform_augment=waveform_augment, spec_augment=spec_augment, _convert_="partial",
+                       **data_kwargs)
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback], logger) -> L.Trainer:
+    built = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
+    if logger is None:  # these callbacks refuse to run without a logger
+        built = [c for c in built if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
+    return instantiate(cfg.trainer, callbacks=built + callbacks, logger=logger,
+                       default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()])
+
+
+def runtime_tags(cfg: DictConfig) -> dict[str, str]:
+    """Host, code version (git), and the config group chosen for each group
+    (``audioml.choice.<group>``, shown side by side by ``audioml-compare``)."""
+    choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+    return {"host": socket.gethostname(), "device": "cuda" if torch.cuda.is_available() else "cpu",
+            **tracking.git_state(),
+            **{f"audioml.choice.{group}": str(choice) for group, choice in choices.items()
+               if not group.startswith("hydra") and choice is not None},
+            "audioml.data": str(choices.get("data")) if HydraConfig.initialized() else "",
+            "audioml.model": str(choices.get("model")) if HydraConfig.initialized() else ""}
+
+
+def open_mlflow_logger(cfg: DictConfig, run_dir: Path, tags: dict[str, str], finish_on_finalize: bool = True):
+    """The MLflow logger of the run in ``run_dir`` (continuing the run id saved there; a child
+    of the running sweep's parent run), or ``None`` when ``logger.enabled`` is false."""
+    if not cfg.logger.get("enabled", True):
+        return None
+    uri = tracking.resolve_tracking_uri(cfg.logger.get("tracking_uri"), cfg.paths.mlflow_dir)
+    artifact_location = (tracking.default_artifact_location(cfg.paths.mlflow_dir)
+                         if uri.startswith("sqlite:///") and not cfg.logger.get("tracking_uri") else None)
+    return tracking.open_run(cfg.logger.experiment_name, cfg.logger.get("run_name") or run_dir.name, uri,
+                             run_dir / "mlflow_run_id", artifact_location, tags, finish_on_finalize,
+                             rank_zero=distributed.is_global_zero_process())
+
+
+def build_test_trainer(cfg: DictConfig, run_dir: Path, logger) -> L.Trainer:
+    """A one-device Trainer like ``cfg.trainer`` for testing after a multi-device fit."""
+    return instantiate(cfg.trainer, devices=1, num_nodes=1, strategy="auto", sync_batchnorm=False,
+                       logger=logger, default_root_dir=str(run_dir), callbacks=[])
+
+
+def data_tags(datamodule) -> dict[str, str]:
+    """``data.fingerprint``: paths (relative to the dataset root), sizes and targets of the
+    manifest, so runs on the same data compare alike on every machine."""
+    manifest = getattr(datamodule, "manifest", None)
+    if manifest is None or "path" not in manifest:
+        return {}
+    extra_columns = [c for c in ("target", "offset", "duration") if c in manifest]
+    fingerprint = tracking.dataset_fingerprint(manifest["path"], getattr(datamodule, "root", None),
+                                               manifest[extra_columns].astype(str).to_numpy().tolist())
+    return {"data.fingerprint": fingerprint, "data.clips": str(len(manifest))}

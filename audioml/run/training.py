@@ -1,0 +1,183 @@
+"""One training run and the evaluation protocols over it: ``train`` fits, validates and tests
+one configuration in its run directory; ``run_evaluation`` runs ``cfg.evaluation`` (holdout or
+k-fold) over ``train``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from audioml import distributed, evaluation, reports, resume, tracking
+from audioml.checkpointing import ConfigInCheckpoint, atomic_write_bytes, find_resume_checkpoint
+from audioml.models.embedding_cache import use_embedding_cache
+from audioml.run.compose import (build_datamodule, build_model, build_test_trainer, build_trainer, data_tags,
+                                 open_mlflow_logger, runtime_tags)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["run_evaluation", "train", "write_test_reports"]
+
+
+def run_evaluation(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
+    """Run ``cfg.evaluation``'s protocol: one ``train`` (holdout), or one per fold (k-fold) into
+    ``<run_dir>/fold_<i>``, each a child of a parent MLflow run that gets the summary."""
+    run_dir = Path(run_dir)
+    if (finished := resume.read_done(run_dir)) is not None:
+        log.info("%s finished before (%s): skipped; delete the folder to train again", run_dir, resume.DONE_FILE)
+        return finished
+    if not cfg.get("evaluation"):
+        return train(cfg, run_dir)
+    protocol = instantiate(cfg.evaluation)
+
+    def train_fold(fold: int | None, fold_dir: Path, parent_run_id: str | None) -> dict[str, float]:
+        if fold is None:
+            return train(cfg, fold_dir, parent_run_id=parent_run_id)
+        fold_cfg = copy.deepcopy(cfg)
+        with open_dict(fold_cfg):
+            fold_cfg.data.fold, fold_cfg.data.num_folds = fold, protocol.num_folds
+            fold_cfg.paths.run_dir = str(fold_dir)
+            fold_cfg.logger.run_name = f"{cfg.logger.get('run_name') or run_dir.name}-fold{fold}"
+        return train(fold_cfg, fold_dir, parent_run_id=parent_run_id)
+
+    def open_parent_run():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        logger = open_mlflow_logger(cfg, run_dir, {**runtime_tags(cfg), "audioml.protocol": type(protocol).__name__})
+        if logger is not None and distributed.is_global_zero_process():
+            resolved = OmegaConf.to_container(cfg, resolve=True)
+            OmegaConf.save(OmegaConf.create(resolved), run_dir / "config.yaml")
+            tracking.log_params(logger.experiment, logger.run_id, tracking.flatten_params(resolved))
+            tracking.log_artifacts(logger, [run_dir / "config.yaml"])
+        return logger
+
+    metrics = protocol.run(train_fold, run_dir, open_parent_run)
+    if resume.read_done(run_dir) is None and distributed.is_global_zero_process():
+        resume.write_done(run_dir, metrics)  # k-fold: the folds are done, the summary written
+    return metrics
+
+
+def train(cfg: DictConfig, run_dir: str | Path, parent_run_id: str | None = None) -> dict[str, float]:
+    """Train, validate and test one configuration; returns the final test metrics.
+
+    Writes into ``run_dir``: ``config.yaml`` (resolved), ``checkpoints/``, ``metrics.json``,
+    ``confusion_matrix.png``, ``per_class_report.csv``, ``test_predictions.csv`` and, when
+    files were skipped, ``skipped_files.csv``; all of them also go to MLflow. ``metrics.json``
+    also holds the honest numbers of ``cfg.evaluation`` (intervals, baseline, permutation test;
+    see ``audioml.evaluation``) and ``val/best_<name>``, the best score of the ``monitor``.
+    ``parent_run_id`` nests the MLflow run under that run (k-fold; else the running sweep's).
+
+    Rerun with the same ``run_dir`` after an interruption: a finished run (``DONE`` marker)
+    returns its metrics without training; an unfinished one continues from its newest intact
+    checkpoint into the same MLflow run (``audioml.resume``). On SIGTERM the run writes a
+    checkpoint, marks its MLflow run KILLED and exits with status 143.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if (finished := resume.read_done(run_dir)) is not None:
+        log.info("%s finished before (%s): skipped; delete the folder to train again", run_dir, resume.DONE_FILE)
+        return finished
+    rank_zero = distributed.is_global_zero_process()
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+
+    datamodule = build_datamodule(cfg)
+    model = build_model(cfg, datamodule.num_classes, datamodule.class_names, datamodule.train_class_counts(),
+                        **datamodule.model_kwargs())
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    config_path = run_dir / "config.yaml"
+    if rank_zero:
+        atomic_write_bytes(config_path, OmegaConf.to_yaml(OmegaConf.create(resolved)).encode())
+    spec = {"config": OmegaConf.to_container(cfg, resolve=False), "num_classes": datamodule.num_classes,
+            "class_names": list(datamodule.class_names), "class_counts": datamodule.train_class_counts(),
+            "task": datamodule.task, "clip_seconds": getattr(datamodule, "clip_seconds", None)}
+
+    tags = {**runtime_tags(cfg), **data_tags(datamodule),
+            **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
+    logger = open_mlflow_logger(cfg, run_dir, tags, finish_on_finalize=False)  # closed below, when all is written
+    if logger is not None and rank_zero:
+        tracking.log_params(logger.experiment, logger.run_id, tracking.flatten_params(resolved))
+
+    trainer = build_trainer(cfg, run_dir, [ConfigInCheckpoint(spec)], logger)
+    if logger is not None and rank_zero:
+        tracking.set_tags(logger.experiment, logger.run_id, {"device": tracking.device_description(
+            trainer.strategy.root_device.type, trainer.num_devices, trainer.num_nodes)})
+    # The newest intact resume checkpoint (a damaged one falls back to the one before it).
+    last = find_resume_checkpoint(run_dir / "checkpoints")
+    if hasattr(model, "fit_pretraining_stage"):  # two-stage models (autoencoder_ffnn): unsupervised stage first
+        model.fit_pretraining_stage(datamodule, partial(instantiate, cfg.trainer, logger=logger,
+                                                        default_root_dir=str(run_dir)),
+                                    resume_checkpoint=last)
+    # freeze=all without augmentation: train the head on cached backbone outputs (same splits).
+    datamodule = use_embedding_cache(model, datamodule, cfg.paths.cache_dir, trainer.strategy.root_device)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=str(last) if last else None)
+    except SIGTERMException:
+        resume.exit_preempted(logger if rank_zero else None)
+    if resume.stop_requested(trainer):  # SIGTERM in the last epoch: its checkpoint is written
+        resume.exit_preempted(logger if rank_zero else None)
+    best_callback = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    best = best_callback.best_model_path if best_callback is not None else ""
+    if trainer.world_size > 1:  # test on one device, so every clip counts exactly once
+        distributed.destroy_process_group()
+        if not trainer.is_global_zero:
+            return resume.wait_for_done(run_dir)
+        trainer = build_test_trainer(cfg, run_dir, logger)
+    try:
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    except SIGTERMException:
+        resume.exit_preempted(logger)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    if best_callback is not None and best_callback.best_model_score is not None and best_callback.monitor:
+        group, _, name = best_callback.monitor.rpartition("/")
+        metrics[f"{group}/best_{name}" if group else f"best_{name}"] = float(best_callback.best_model_score)
+    honest, honest_files = ({}, []) if not cfg.get("evaluation") else evaluation.report_test_run(
+        instantiate(cfg.evaluation), model, datamodule, run_dir)
+    logged = set(trainer.callback_metrics)
+    honest = {k: v for k, v in honest.items() if k not in metrics}  # Lightning logged the rest
+    metrics.update(honest)
+    if logger is not None and (unlogged := {k: v for k, v in metrics.items() if k not in logged}):
+        logger.log_metrics(unlogged)
+    files = write_test_reports(model, datamodule, run_dir, metrics, best) + honest_files
+    if logger is not None:
+        tracking.log_artifacts(logger, [config_path, *files])
+        if best and cfg.logger.get("log_checkpoint", True):
+            tracking.log_artifacts(logger, [Path(best)], "checkpoints")
+        tracking.set_status(logger.experiment, logger.run_id, "FINISHED")
+    resume.write_done(run_dir, metrics)  # last: the run counts as finished only now
+    log.info("test metrics: %s", {k: round(v, 4) for k, v in metrics.items() if "_" not in k.split("/")[-1] or k.endswith("macro_f1")})
+    return metrics
+
+
+def write_test_reports(model, datamodule, run_dir: Path, metrics: dict[str, float],
+                       best_checkpoint: str) -> list[Path]:
+    """Write metrics.json and the per-class files; returns the paths written."""
+    metrics_path = run_dir / "metrics.json"
+    metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    files = [metrics_path]
+    matrix = getattr(model, "test_confusion_matrix", None)
+    if matrix is not None:
+        class_names = datamodule.class_names
+        files.append(reports.plot_confusion_matrix(matrix.numpy(), class_names, run_dir / "confusion_matrix.png"))
+        report = reports.per_class_report(matrix.numpy(), class_names)
+        report.to_csv(run_dir / "per_class_report.csv", index=False)
+        files.append(run_dir / "per_class_report.csv")
+    if getattr(model, "test_probabilities", None) is not None:
+        files.append(reports.write_predictions(run_dir / "test_predictions.csv", datamodule.split_manifest("test"),
+                                               model.test_probabilities.numpy(), model.test_targets.numpy(),
+                                               datamodule.class_names))
+    if len(datamodule.skipped):
+        datamodule.skipped.to_csv(run_dir / "skipped_files.csv", index=False)
+        files.append(run_dir / "skipped_files.csv")
+    return files

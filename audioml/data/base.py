@@ -144,6 +144,9 @@ class AudioDataModule(L.LightningDataModule, ABC):
         self._offline_copies: np.ndarray | None = None
         self.manifest: pd.DataFrame | None = None
         self.skipped: pd.DataFrame = pd.DataFrame(columns=["path", "reason"])
+        #: Rows ``build_manifest`` left out because their file is absent (with ``allow_missing``):
+        #: listed first in ``skipped``.
+        self.missing: pd.DataFrame = pd.DataFrame(columns=["path", "reason"])
         self.split_indices: dict[str, np.ndarray] = {}
         self._waveforms: np.ndarray | None = None
         #: The WaveformCache of the last ``setup`` (key, ``status``, ``decode_calls``).
@@ -208,6 +211,9 @@ class AudioDataModule(L.LightningDataModule, ABC):
         if failures:
             self.skipped = pd.DataFrame(
                 {"path": [manifest.loc[i, "path"] for i in failures], "reason": list(failures.values())})
+        if len(self.missing):
+            self.skipped = pd.concat([self.missing, self.skipped], ignore_index=True)
+        if failures:
             log.warning("skipped %d of %d files that could not be used (see skipped_files.csv): %s",
                         len(failures), len(manifest),
                         "; ".join(f"{Path(p).name}: {r}" for p, r in self.skipped.head(5).itertuples(index=False)))

@@ -153,7 +153,6 @@ class EmotifyDataModule(AudioDataModule):
         self.soft_labels = soft_labels
         self.allow_missing = allow_missing
         self.download = download
-        self.missing: pd.DataFrame = pd.DataFrame(columns=["path", "reason"])
         self._tracks: pd.DataFrame | None = None
         self._classes: list[str] | None = None
 
@@ -240,9 +239,3 @@ class EmotifyDataModule(AudioDataModule):
 
     def stratify_labels(self, manifest: pd.DataFrame) -> np.ndarray:
         return manifest["label"].to_numpy()
-
-    def setup(self, stage: str | None = None) -> None:
-        first = self.manifest is None
-        super().setup(stage)
-        if first and len(self.missing):
-            self.skipped = pd.concat([self.missing, self.skipped], ignore_index=True)

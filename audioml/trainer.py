@@ -16,7 +16,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-__all__ = ["make_trainer", "resolve_precision", "CompileModules"]
+__all__ = ["make_trainer", "resolve_precision", "CompileModules", "SameCollectivesOnEveryRank"]
 
 _GPU_ACCELERATORS = ("auto", "gpu", "cuda")
 
@@ -62,6 +62,26 @@ class CompileModules(L.Callback):
         log.info("torch.compile (mode=%s): %s", self.mode or "default", ", ".join(self.compiled))
 
 
+class SameCollectivesOnEveryRank(L.Callback):
+    """Computes the epoch's logged metrics on every rank at the start of the train-epoch-end
+    hooks, so that all ranks enter the same collectives in the same order.
+
+    Without it DDP deadlocks at the first epoch end: the progress bar runs on rank zero only,
+    and reading its metrics reduces the ``sync_dist`` values (an ``all_reduce``) there, while
+    the other ranks go on to the module's epoch-end hook and its torchmetrics ``compute``
+    (an ``all_gather``). Lightning caches a computed value until the epoch's results are
+    reset, so computing them here first leaves the progress bar nothing to reduce. Harmless
+    (one cached computation) in a single process.
+    """
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = trainer.callback_metrics  # the property computes (and reduces) every logged value
+        if trainer.world_size > 1:  # each rank's log shows the values it holds: equal on all ranks
+            shown = {k: float(v) for k, v in sorted(metrics.items()) if k.startswith(("val/", "train/loss"))}
+            log.info("rank %d of %d, epoch %d: %s", trainer.global_rank, trainer.world_size, trainer.current_epoch,
+                     " ".join(f"{k}={v:.6f}" for k, v in shown.items()))
+
+
 def make_trainer(precision: str | int | None = "auto", compile: bool = False, compile_mode: str | None = None,
                  callbacks: list[L.Callback] | None = None, **trainer_kwargs: Any) -> L.Trainer:
     """A ``lightning.pytorch.Trainer`` with ``precision="auto"`` resolved by ``resolve_precision``
@@ -71,9 +91,14 @@ def make_trainer(precision: str | int | None = "auto", compile: bool = False, co
     (Windows without a compiler toolchain, Python versions torch does not support yet).
     """
     cuda = torch.cuda.is_available()
+    if str(trainer_kwargs.get("accelerator")) in ("gpu", "cuda") and not cuda:
+        raise ValueError(f"trainer.accelerator={trainer_kwargs['accelerator']} but this machine has no CUDA GPU: "
+                         "use trainer=ddp_cpu (several CPU processes) or trainer.accelerator=cpu, "
+                         "or trainer=default (picks what is there)")
     resolved = resolve_precision(precision, trainer_kwargs.get("accelerator"), cuda,
                                  cuda and torch.cuda.is_bf16_supported())
-    callbacks = list(callbacks or [])
+    # First in the list, so that it runs before the progress bar's epoch-end hook (see the class).
+    callbacks = [SameCollectivesOnEveryRank(), *(callbacks or [])]
     if compile:
         if not hasattr(torch, "compile"):
             raise RuntimeError("trainer.compile=true needs torch.compile (torch >= 2.0); set trainer.compile=false")

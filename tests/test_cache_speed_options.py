@@ -78,3 +78,9 @@ def test_compiled_model_matches_eager_outputs():
         CompileModules().setup(None, model, "test")
         compiled = model(waveform)
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the hint is for machines without a CUDA GPU")
+def test_gpu_trainer_without_a_gpu_says_what_to_use():
+    with pytest.raises(ValueError, match="trainer=ddp_cpu"):
+        make_trainer(accelerator="gpu", devices=2, strategy="ddp")

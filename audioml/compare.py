@@ -61,7 +61,9 @@ def collect_runs(client, experiments: Sequence[str] = (), sweep: str | None = No
             parent_id = sweep
             client.get_run(parent_id)  # raises when unknown
         else:
-            parents = client.search_runs(list(all_experiments), filter_string=f"tags.`audioml.sweep_key` = '{sweep}'")
+            # The jobs carry the sweep's key too: the parent is the run whose role is "sweep".
+            parents = client.search_runs(list(all_experiments), filter_string=f"tags.`audioml.sweep_key` = '{sweep}' "
+                                                                              "and tags.`audioml.role` = 'sweep'")
             if not parents:
                 raise SystemExit(f"no sweep with key or parent run id {sweep!r} in this store")
             parent_id = parents[0].info.run_id

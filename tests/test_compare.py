@@ -27,7 +27,8 @@ def output_dir(tmp_path_factory):
     jobs = [("cnn", "ce", 0.61), ("cnn_deep", "ce", 0.72), ("cnn", "weighted_ce", 0.55)]
     for model, loss, f1 in jobs:
         run = client.create_run(experiment, run_name=f"cry-{model}-{loss}", tags={
-            "mlflow.parentRunId": parent, "audioml.choice.model": model, "audioml.choice.loss": loss,
+            "mlflow.parentRunId": parent, "audioml.sweep_key": "abc123abc123",  # as real jobs carry it
+            "audioml.choice.model": model, "audioml.choice.loss": loss,
             "audioml.choice.data": "donateacry"})
         tracking.log_params(client, run.info.run_id, {"model.backbone.dense": "128", "seed": "42",
                                                        "paths.run_dir": f"/runs/{model}-{loss}",

@@ -109,3 +109,11 @@ def test_real_donateacry_three_epochs(shared_data, tmp_path):
     (run,) = mlflow.search_runs(experiment_names=["donateacry"], output_format="list")
     assert run.data.params["data.labels"] == "multiclass"
     assert len(client.get_metric_history(run.info.run_id, "val/macro_f1")) == 3
+
+
+def test_a_run_prints_its_directory_and_mlflow_run_at_start_and_end(trained):
+    output, run_dir = trained
+    run_id = (run_dir / "mlflow_run_id").read_text().strip()
+    lines = (run_dir / "train.log").read_text()
+    expected = f"run directory {run_dir}; MLflow run {run_id} in sqlite:///{output / 'mlflow' / 'mlflow.db'}"
+    assert lines.count(expected) == 2 and f"finished: {expected}" in lines

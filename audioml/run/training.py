@@ -105,6 +105,8 @@ def train(cfg: DictConfig, run_dir: str | Path, parent_run_id: str | None = None
     tags = {**runtime_tags(cfg), **data_tags(datamodule),
             **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
     logger = open_mlflow_logger(cfg, run_dir, tags, finish_on_finalize=False)  # closed below, when all is written
+    if rank_zero:
+        log.info("run directory %s; %s", run_dir, _mlflow_location(cfg, logger))
     if logger is not None and rank_zero:
         tracking.log_params(logger.experiment, logger.run_id, tracking.flatten_params(resolved))
 
@@ -157,6 +159,7 @@ def train(cfg: DictConfig, run_dir: str | Path, parent_run_id: str | None = None
         tracking.set_status(logger.experiment, logger.run_id, "FINISHED")
     resume.write_done(run_dir, metrics)  # last: the run counts as finished only now
     log.info("test metrics: %s", {k: round(v, 4) for k, v in metrics.items() if "_" not in k.split("/")[-1] or k.endswith("macro_f1")})
+    log.info("finished: run directory %s; %s", run_dir, _mlflow_location(cfg, logger))
     return metrics
 
 
@@ -181,3 +184,11 @@ def write_test_reports(model, datamodule, run_dir: Path, metrics: dict[str, floa
         datamodule.skipped.to_csv(run_dir / "skipped_files.csv", index=False)
         files.append(run_dir / "skipped_files.csv")
     return files
+
+
+def _mlflow_location(cfg: DictConfig, logger) -> str:
+    """``MLflow run <id> in <tracking uri>`` (or that MLflow is off), for the start and end lines."""
+    if logger is None:
+        return "MLflow logging off (logger.enabled=false)"
+    uri = tracking.resolve_tracking_uri(cfg.logger.get("tracking_uri"), cfg.paths.mlflow_dir)
+    return f"MLflow run {logger.run_id} in {uri}"

@@ -17,13 +17,14 @@ import argparse
 import fnmatch
 import os
 import re
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["main", "collect_runs", "comparison_table"]
+__all__ = ["main", "collect_runs", "comparison_table", "fit_to_width"]
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _CHOICE_TAG = "audioml.choice."
@@ -137,6 +138,15 @@ def comparison_table(runs: pd.DataFrame, metrics: Sequence[str] | None = None,
     return table.reset_index(drop=True)
 
 
+def fit_to_width(table: pd.DataFrame, width: int, max_cell: int = 24) -> str:
+    """``table`` as text no line of which is wider than ``width``: cells cut to ``max_cell``
+    characters (ending in "..."), columns wrapped into blocks that fit (pandas ``line_width``).
+    The CSV keeps the full values."""
+    headers = {c: c if len(c) <= max_cell + 8 else c[:max_cell + 5] + "..." for c in table.columns}
+    return table.rename(columns=headers).to_string(index=False, line_width=max(width, 40), max_colwidth=max_cell,
+                           float_format="{:.4f}".format)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="audioml-compare", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -171,9 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(args.csv).expanduser().parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(args.csv, index=False)
     shown = table.drop(columns=["experiment"]).assign(run_id=table["run_id"].str[:8])
-    with pd.option_context("display.max_columns", None, "display.width", 250, "display.max_colwidth", 40,
-                           "display.float_format", "{:.4f}".format):
-        print(shown.to_string(index=False))
+    print(fit_to_width(shown, shutil.get_terminal_size((120, 24)).columns))
     if args.csv:
         print(f"\n{len(table)} runs written to {args.csv}")
     return 0

@@ -91,3 +91,17 @@ def test_console_script_runs_the_comparison(output_dir):
     assert process.returncode == 0, process.stderr
     lines = process.stdout.splitlines()
     assert lines[0].split()[:2] == ["run_name", "status"] and lines[1].split()[0] == "cry-cnn_deep-ce"
+
+
+def test_printed_table_fits_the_terminal_and_the_csv_keeps_everything(output_dir, tmp_path, capsys, monkeypatch):
+    output, parent = output_dir
+    monkeypatch.setenv("COLUMNS", "120")
+    csv = tmp_path / "all.csv"
+    assert compare.main(["--experiment", "cry", "--metrics", "*", "--params", "*", "--csv", str(csv),
+                         "--output-dir", str(output)]) == 0
+    printed = capsys.readouterr().out
+    assert max(len(line) for line in printed.splitlines()) <= 120
+    full = pd.read_csv(csv)
+    assert len(full.columns) > 10 and full["run_id"].str.len().eq(32).all()
+    wide = pd.DataFrame({"x" * 300: ["y" * 500, "z"], **{f"params.long.name.{i}": ["v" * 80, "w"] for i in range(15)}})
+    assert max(len(line) for line in compare.fit_to_width(wide, 120).splitlines()) <= 120

@@ -6,7 +6,7 @@
 
 Columns: run name, status, the config groups chosen for each run (``data``, ``model``, ``loss``...)
 and the params that differ between the listed runs, then the selected metrics. The printed
-table shortens run ids; the CSV keeps everything. The store is ``--tracking-uri``, else the
+table shortens run ids and fits the terminal (``fit_to_width``); the CSV keeps everything. The store is ``--tracking-uri``, else the
 embedded store ``<--output-dir>/mlflow/mlflow.db``, else ``MLFLOW_TRACKING_URI``, else the
 embedded store under ``AUDIOML_OUTPUT_DIR`` or ``./outputs``.
 """

@@ -1,5 +1,7 @@
 """The quick-start notebook runs top to bottom."""
 
+import json
+
 import nbformat
 from nbclient import NotebookClient
 
@@ -15,4 +17,6 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     outputs = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
                       for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs)
     assert "test/macro_f1" in outputs and "synthetic-cnn-" in outputs
-    assert list((tmp_path / "runs").glob("synthetic-cnn-*/metrics.json"))
+    metrics_file, = (tmp_path / "runs").glob("synthetic-cnn-*/metrics.json")
+    metrics = json.loads(metrics_file.read_text())
+    assert metrics["test/macro_f1"] > metrics["baseline/macro_f1"] + 0.2  # a first run shows learning

@@ -117,3 +117,12 @@ def test_a_run_prints_its_directory_and_mlflow_run_at_start_and_end(trained):
     lines = (run_dir / "train.log").read_text()
     expected = f"run directory {run_dir}; MLflow run {run_id} in sqlite:///{output / 'mlflow' / 'mlflow.db'}"
     assert lines.count(expected) == 2 and f"finished: {expected}" in lines
+
+
+def test_the_readme_quick_start_learns(tmp_path):
+    """``audioml-train data=synthetic model=cnn trainer.max_epochs=10`` (README quick start) ends
+    well above the majority baseline."""
+    run_entry_point("audioml.train", "data=synthetic", "model=cnn", "trainer.max_epochs=10",
+                    "trainer.enable_progress_bar=false", f"paths.output_dir={tmp_path}")
+    metrics = read_metrics(find_run_dirs(tmp_path)[0])
+    assert metrics["test/macro_f1"] > metrics["baseline/macro_f1"] + 0.2

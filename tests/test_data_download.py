@@ -228,3 +228,21 @@ def test_datamodule_downloads_in_prepare_data(tmp_path, monkeypatch):
         module.setup()
     assert len(module.manifest) == 8
     assert sorted(module.manifest["actor"].unique()) == [1, 2, 3, 24]
+
+
+def test_unreachable_host_is_named_not_resumed(tmp_path, caplog):
+    import socket
+    import urllib.error
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens on this port now
+    with pytest.raises(DownloadError, match=rf"cannot reach 127.0.0.1:{port}: the connection was refused"):
+        download.fetch(f"http://127.0.0.1:{port}/data.csv", tmp_path / "data.csv", retries=3, progress=False)
+    assert "resuming" not in caplog.text  # said at once, not after three "resuming" retries
+    # a name that does not resolve (what an offline machine reports) is said as such
+    offline = urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
+    assert download.unreachable_reason("https://zenodo.org/x.zip", offline).startswith(
+        "cannot reach zenodo.org: its name does not resolve")
+    assert download.unreachable_reason("https://zenodo.org/x.zip", ConnectionResetError()) is None

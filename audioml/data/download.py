@@ -13,9 +13,11 @@ import http.client
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -191,6 +193,20 @@ def _transfer(url: str, part: Path, progress: bool, timeout: float) -> None:
             raise DownloadError(f"{url}: connection closed after {size} of {total} bytes")
 
 
+def unreachable_reason(url: str, error: BaseException) -> str | None:
+    """A message when ``error`` says the host cannot be reached at all (its name does not
+    resolve, or nothing listens there), where retrying or "resuming" cannot help; else ``None``
+    (a transfer cut short, which resuming continues)."""
+    reason = error.reason if isinstance(error, urllib.error.URLError) else error
+    host = urllib.parse.urlsplit(url).netloc or url
+    if isinstance(reason, socket.gaierror):
+        return (f"cannot reach {host}: its name does not resolve ({reason}). This machine may be offline; "
+                "check the network, or pass a mirror with --url FILE=URL")
+    if isinstance(reason, ConnectionRefusedError):
+        return f"cannot reach {host}: the connection was refused (nothing listens there); check the URL or --url"
+    return None
+
+
 def fetch(url: str, destination: str | Path, checksum: str | None = None, retries: int = 3,
           progress: bool = True, timeout: float = 60.0) -> Path:
     """Download ``url`` to ``destination``, resuming ``destination.part`` when present.
@@ -216,6 +232,8 @@ def fetch(url: str, destination: str | Path, checksum: str | None = None, retrie
         except (DownloadError, urllib.error.URLError, http.client.HTTPException, OSError) as error:
             if isinstance(error, DownloadError) and not error.retryable:
                 raise
+            if (unreachable := unreachable_reason(url, error)) is not None:
+                raise DownloadError(unreachable, retryable=False) from error
             have = part.stat().st_size if part.exists() else 0
             if attempt == retries:
                 raise DownloadError(f"{url}: {error}; {have} bytes kept in {part}, rerun to resume") from error

@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 __all__ = ["resolve_tracking_uri", "default_artifact_location", "prepare_store", "get_or_create_experiment",
            "flatten_params", "ResumableMLFlowLogger", "make_mlflow_logger", "open_run", "log_params", "set_tags",
            "git_state", "dataset_fingerprint", "device_description", "log_artifacts", "set_status",
-           "PARENT_RUN_ENV", "SWEEP_KEY_ENV"]
+           "PARENT_RUN_ENV", "SWEEP_KEY_ENV", "ended_on_error"]
 
 #: MLflow rejects longer param values; the full config is always an artifact as well.
 MAX_PARAM_LENGTH = 6000
@@ -261,6 +261,34 @@ def set_tags(client, run_id: str, tags: Mapping[str, str]) -> None:
     from mlflow.entities import RunTag
 
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+@contextmanager
+def ended_on_error(logger) -> Iterator[None]:
+    """Ends ``logger``'s MLflow run when the ``with`` body raises, so that no exit path leaves it
+    RUNNING: ``KILLED`` for an interrupt (Ctrl-C; SIGTERM is ``audioml.resume.exit_preempted``'s,
+    which marks it KILLED itself), ``FAILED`` for anything else, with the root cause's first line
+    as the ``audioml.error`` tag. A run already ended (FINISHED, KILLED) is left as it is.
+    ``logger=None`` (MLflow off, or not rank zero): does nothing."""
+    try:
+        yield
+    except BaseException as error:
+        if logger is not None and getattr(logger, "run_id", None):
+            preempted = isinstance(error, SystemExit) and error.code in (0, None, 143)
+            try:
+                if not preempted and logger.experiment.get_run(logger.run_id).info.status == "RUNNING":
+                    status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+                    cause = error
+                    while cause.__cause__ is not None:  # e.g. Hydra's InstantiationException: say why
+                        cause = cause.__cause__
+                    first_line = (str(cause).strip().splitlines() or [""])[0][:500]
+                    logger.experiment.set_tag(logger.run_id, "audioml.error",
+                                              f"{type(cause).__name__}: {first_line}")
+                    set_status(logger.experiment, logger.run_id, status)
+                    log.error("MLflow run %s marked %s: %s", logger.run_id, status, type(error).__name__)
+            except Exception as tracking_error:  # the store itself is gone: the original error matters
+                log.warning("could not mark MLflow run %s as ended: %s", logger.run_id, tracking_error)
+        raise
 
 
 def set_status(client, run_id: str, status: str) -> None:

@@ -126,3 +126,14 @@ def test_the_readme_quick_start_learns(tmp_path):
                     "trainer.enable_progress_bar=false", f"paths.output_dir={tmp_path}")
     metrics = read_metrics(find_run_dirs(tmp_path)[0])
     assert metrics["test/macro_f1"] > metrics["baseline/macro_f1"] + 0.2
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_a_crash_after_the_run_opened_leaves_it_failed_not_running(tmp_path):
+    process = run_entry_point("audioml.train", "data=synthetic", "model=cnn", "trainer=ddp", *FAST,
+                              f"paths.output_dir={tmp_path}", check=False)
+    assert process.returncode != 0 and "trainer=ddp_cpu" in process.stderr
+    _, client = _mlflow_client(tmp_path)
+    (run,) = client.search_runs([client.get_experiment_by_name("synthetic").experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["audioml.error"].startswith("ValueError: trainer.accelerator=gpu but this machine")

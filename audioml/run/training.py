@@ -105,62 +105,63 @@ def train(cfg: DictConfig, run_dir: str | Path, parent_run_id: str | None = None
     tags = {**runtime_tags(cfg), **data_tags(datamodule),
             **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
     logger = open_mlflow_logger(cfg, run_dir, tags, finish_on_finalize=False)  # closed below, when all is written
-    if rank_zero:
-        log.info("run directory %s; %s", run_dir, _mlflow_location(cfg, logger))
-    if logger is not None and rank_zero:
-        tracking.log_params(logger.experiment, logger.run_id, tracking.flatten_params(resolved))
+    with tracking.ended_on_error(logger if rank_zero else None):  # no run left RUNNING on a crash
+        if rank_zero:
+            log.info("run directory %s; %s", run_dir, _mlflow_location(cfg, logger))
+        if logger is not None and rank_zero:
+            tracking.log_params(logger.experiment, logger.run_id, tracking.flatten_params(resolved))
 
-    trainer = build_trainer(cfg, run_dir, [ConfigInCheckpoint(spec)], logger)
-    if logger is not None and rank_zero:
-        tracking.set_tags(logger.experiment, logger.run_id, {"device": tracking.device_description(
-            trainer.strategy.root_device.type, trainer.num_devices, trainer.num_nodes)})
-    # The newest intact resume checkpoint (a damaged one falls back to the one before it).
-    last = find_resume_checkpoint(run_dir / "checkpoints")
-    if hasattr(model, "fit_pretraining_stage"):  # two-stage models (autoencoder_ffnn): unsupervised stage first
-        model.fit_pretraining_stage(datamodule, partial(instantiate, cfg.trainer, logger=logger,
-                                                        default_root_dir=str(run_dir)),
-                                    resume_checkpoint=last)
-    # freeze=all without augmentation: train the head on cached backbone outputs (same splits).
-    datamodule = use_embedding_cache(model, datamodule, cfg.paths.cache_dir, trainer.strategy.root_device)
-    try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=str(last) if last else None)
-    except SIGTERMException:
-        resume.exit_preempted(logger if rank_zero else None)
-    if resume.stop_requested(trainer):  # SIGTERM in the last epoch: its checkpoint is written
-        resume.exit_preempted(logger if rank_zero else None)
-    best_callback = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
-    best = best_callback.best_model_path if best_callback is not None else ""
-    if trainer.world_size > 1:  # test on one device, so every clip counts exactly once
-        distributed.destroy_process_group()
-        if not trainer.is_global_zero:
-            return resume.wait_for_done(run_dir)
-        trainer = build_test_trainer(cfg, run_dir, logger)
-    try:
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-    except SIGTERMException:
-        resume.exit_preempted(logger)
+        trainer = build_trainer(cfg, run_dir, [ConfigInCheckpoint(spec)], logger)
+        if logger is not None and rank_zero:
+            tracking.set_tags(logger.experiment, logger.run_id, {"device": tracking.device_description(
+                trainer.strategy.root_device.type, trainer.num_devices, trainer.num_nodes)})
+        # The newest intact resume checkpoint (a damaged one falls back to the one before it).
+        last = find_resume_checkpoint(run_dir / "checkpoints")
+        if hasattr(model, "fit_pretraining_stage"):  # two-stage models (autoencoder_ffnn): unsupervised stage first
+            model.fit_pretraining_stage(datamodule, partial(instantiate, cfg.trainer, logger=logger,
+                                                            default_root_dir=str(run_dir)),
+                                        resume_checkpoint=last)
+        # freeze=all without augmentation: train the head on cached backbone outputs (same splits).
+        datamodule = use_embedding_cache(model, datamodule, cfg.paths.cache_dir, trainer.strategy.root_device)
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=str(last) if last else None)
+        except SIGTERMException:
+            resume.exit_preempted(logger if rank_zero else None)
+        if resume.stop_requested(trainer):  # SIGTERM in the last epoch: its checkpoint is written
+            resume.exit_preempted(logger if rank_zero else None)
+        best_callback = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+        best = best_callback.best_model_path if best_callback is not None else ""
+        if trainer.world_size > 1:  # test on one device, so every clip counts exactly once
+            distributed.destroy_process_group()
+            if not trainer.is_global_zero:
+                return resume.wait_for_done(run_dir)
+            trainer = build_test_trainer(cfg, run_dir, logger)
+        try:
+            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        except SIGTERMException:
+            resume.exit_preempted(logger)
 
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-    if best_callback is not None and best_callback.best_model_score is not None and best_callback.monitor:
-        group, _, name = best_callback.monitor.rpartition("/")
-        metrics[f"{group}/best_{name}" if group else f"best_{name}"] = float(best_callback.best_model_score)
-    honest, honest_files = ({}, []) if not cfg.get("evaluation") else evaluation.report_test_run(
-        instantiate(cfg.evaluation), model, datamodule, run_dir)
-    logged = set(trainer.callback_metrics)
-    honest = {k: v for k, v in honest.items() if k not in metrics}  # Lightning logged the rest
-    metrics.update(honest)
-    if logger is not None and (unlogged := {k: v for k, v in metrics.items() if k not in logged}):
-        logger.log_metrics(unlogged)
-    files = write_test_reports(model, datamodule, run_dir, metrics, best) + honest_files
-    if logger is not None:
-        tracking.log_artifacts(logger, [config_path, *files])
-        if best and cfg.logger.get("log_checkpoint", True):
-            tracking.log_artifacts(logger, [Path(best)], "checkpoints")
-        tracking.set_status(logger.experiment, logger.run_id, "FINISHED")
-    resume.write_done(run_dir, metrics)  # last: the run counts as finished only now
-    log.info("test metrics: %s", {k: round(v, 4) for k, v in metrics.items() if "_" not in k.split("/")[-1] or k.endswith("macro_f1")})
-    log.info("finished: run directory %s; %s", run_dir, _mlflow_location(cfg, logger))
-    return metrics
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        if best_callback is not None and best_callback.best_model_score is not None and best_callback.monitor:
+            group, _, name = best_callback.monitor.rpartition("/")
+            metrics[f"{group}/best_{name}" if group else f"best_{name}"] = float(best_callback.best_model_score)
+        honest, honest_files = ({}, []) if not cfg.get("evaluation") else evaluation.report_test_run(
+            instantiate(cfg.evaluation), model, datamodule, run_dir)
+        logged = set(trainer.callback_metrics)
+        honest = {k: v for k, v in honest.items() if k not in metrics}  # Lightning logged the rest
+        metrics.update(honest)
+        if logger is not None and (unlogged := {k: v for k, v in metrics.items() if k not in logged}):
+            logger.log_metrics(unlogged)
+        files = write_test_reports(model, datamodule, run_dir, metrics, best) + honest_files
+        if logger is not None:
+            tracking.log_artifacts(logger, [config_path, *files])
+            if best and cfg.logger.get("log_checkpoint", True):
+                tracking.log_artifacts(logger, [Path(best)], "checkpoints")
+            tracking.set_status(logger.experiment, logger.run_id, "FINISHED")
+        resume.write_done(run_dir, metrics)  # last: the run counts as finished only now
+        log.info("test metrics: %s", {k: round(v, 4) for k, v in metrics.items() if "_" not in k.split("/")[-1] or k.endswith("macro_f1")})
+        log.info("finished: run directory %s; %s", run_dir, _mlflow_location(cfg, logger))
+        return metrics
 
 
 def write_test_reports(model, datamodule, run_dir: Path, metrics: dict[str, float],

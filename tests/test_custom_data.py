@@ -4,7 +4,6 @@ folders through ``AUDIOML_CONFIG_PATH`` whose checkpoints evaluate and predict w
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path

@@ -1,5 +1,5 @@
-"""Checkpoint files: self-describing (the config that built the model travels inside), written
-atomically, and checked before a run resumes from them.
+"""Checkpoint files: written atomically, and checked before a run resumes from them (what a
+checkpoint records about its model: ``audioml.run.checkpoint``).
 
 Every write goes to a temporary file in the destination folder, is flushed to disk and then
 renamed over the destination (``os.replace``), so a reader (or a resumed run) sees either the
@@ -15,49 +15,17 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SPEC_KEY", "RESUME_FILENAMES", "ConfigInCheckpoint", "read_checkpoint_spec", "AtomicCheckpointIO",
-           "atomic_write_bytes", "checkpoint_is_intact", "find_resume_checkpoint"]
+__all__ = ["RESUME_FILENAMES", "AtomicCheckpointIO", "atomic_write_bytes", "checkpoint_is_intact",
+           "find_resume_checkpoint"]
 
 #: Resume checkpoints in a run's ``checkpoints/`` folder, newest first: the latest and the one
 #: before it (kept so that a damaged latest file still leaves a good one).
 RESUME_FILENAMES = ("last.ckpt", "last-previous.ckpt")
-
-#: Key under which a checkpoint stores ``{"config": <unresolved config>, "num_classes": ...}``.
-SPEC_KEY = "audioml"
-
-
-class ConfigInCheckpoint(L.Callback):
-    """Writes ``spec`` (plain dict: the run's config and the data facts the model was built
-    with) into every checkpoint, so ``audioml-eval`` can rebuild the model from the file alone."""
-
-    def __init__(self, spec: dict[str, Any]) -> None:
-        self.spec = spec
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        checkpoint[SPEC_KEY] = self.spec
-
-
-def read_checkpoint_spec(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """``(spec, model state_dict)`` of an audioml checkpoint.
-
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a checkpoint that was
-    not written by ``audioml-train``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if SPEC_KEY not in checkpoint:
-        raise ValueError(f"{path} has no '{SPEC_KEY}' entry: it was not written by audioml-train, "
-                         "so the model cannot be rebuilt from it")
-    return checkpoint[SPEC_KEY], checkpoint["state_dict"]
-
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: temporary file in the same folder, ``fsync``,

@@ -22,7 +22,8 @@ def _app(cfg: DictConfig) -> None:
     from audioml.run.inference import evaluate_checkpoint
 
     logging.getLogger("audioml").setLevel(logging.INFO)
-    metrics = evaluate_checkpoint(cfg.ckpt_path, cfg.paths, cfg.trainer, cfg.split, cfg.get("data"))
+    metrics = evaluate_checkpoint(cfg.ckpt_path, cfg.paths, cfg.trainer, cfg.split, cfg.get("data"),
+                                  cfg.get("trusted_modules") or ())
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))

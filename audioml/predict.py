@@ -1,8 +1,8 @@
 """``audioml-predict``: class probabilities for audio files from a trained checkpoint
 (``audioml.run.inference.predict_files``).
 
-Each file is decoded, resampled to the rate the model declares, downmixed and padded/cropped to
-the clip length the model was trained with; files that cannot be decoded are reported and
+Each file goes through the decoder the training data went through (resampled to the model's
+rate, downmixed, silence-trimmed when training trimmed, padded/cropped to the clip length); files that cannot be decoded are reported and
 skipped (listed in the log and in ``<output>.skipped.csv``).
 """
 
@@ -25,7 +25,8 @@ def _app(cfg: DictConfig) -> None:
 
     logging.getLogger("audioml").setLevel(logging.INFO)
     files = collect_inputs(list(cfg.inputs), cfg.input_dir, list(cfg.extensions))
-    predictions, skipped = predict_files(cfg.ckpt_path, files, cfg.paths, cfg.batch_size, cfg.device)
+    predictions, skipped = predict_files(cfg.ckpt_path, files, cfg.batch_size, cfg.device,
+                                        cfg.get("trusted_modules") or ())
     output = Path(cfg.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     predictions.to_csv(output, index=False)

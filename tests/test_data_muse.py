@@ -13,6 +13,9 @@ import soundfile as sf
 import torch
 
 from audioml.data.muse import MuseDataModule, cut_windows, sequence_starts, window_starts
+from audioml.features import LogMel
+from audioml.models.backbones.crnn import CRNNAttention
+from audioml.models.regressor import SequenceRegressor
 
 
 def make_muse_package(folder: Path, version: int = 2022, partitions: dict[str, list[str]] | None = None,
@@ -58,8 +61,7 @@ def make_muse_package(folder: Path, version: int = 2022, partitions: dict[str, l
 
 
 def _module(root: Path, **kwargs) -> MuseDataModule:
-    defaults = dict(sample_rate=16000, sequence_length=8, stride=4, batch_size=4,
-                    logmel={"n_mels": 32, "n_fft": 512, "hop_length": 256})
+    defaults = dict(sample_rate=16000, sequence_length=8, stride=4, batch_size=4)
     return MuseDataModule(root, **{**defaults, **kwargs})
 
 
@@ -126,29 +128,56 @@ def test_test_partition_used_when_labels_exist(tmp_path):
         _module(withheld, test_partition="test").setup()
 
 
+def _regressor(n_mels: int = 32, hop_length: int = 256) -> SequenceRegressor:
+    """A small CRNN regressor whose front end is a log-mel with these settings."""
+    frontend = LogMel(sample_rate=16000, n_mels=n_mels, n_fft=512, hop_length=hop_length)
+    backbone = CRNNAttention(n_mels=n_mels, channels=[4], lstm_hidden=8, lstm_layers=1, attention_dim=8)
+    return SequenceRegressor(backbone, frontend, 1, class_names=["valence"])
+
+
+def _reference_statistics(folder: Path, recordings, n_mels: int = 32, hop_length: int = 256):
+    """librosa on the 0.5 s windows cut straight from the files."""
+    mels = []
+    for recording in recordings:
+        audio, _ = sf.read(folder / "raw_data/audio" / f"{recording}.wav", dtype="float32")
+        for start in range(0, len(audio) - 7999, 8000):
+            mel = librosa.feature.melspectrogram(y=audio[start:start + 8000], sr=16000, n_fft=512,
+                                                 hop_length=hop_length, n_mels=n_mels, center=True,
+                                                 pad_mode="constant")
+            mels.append(np.log(mel + 1e-6))
+    stacked = np.concatenate(mels, axis=1)
+    return stacked.mean(axis=1), stacked.std(axis=1)
+
+
 def test_normalisation_statistics_from_training_windows_only(tmp_path):
     make_muse_package(tmp_path, devel_gain=8.0)
     module = _module(tmp_path)
     module.setup()
-    stats = module.model_kwargs()
+    model = _regressor()
+    assert torch.equal(model.feature_mean, torch.zeros(32)) and torch.equal(model.feature_std, torch.ones(32))
+    stats = model.fit_feature_statistics(module.statistics_batches())
     assert set(stats) == {"feature_mean", "feature_std"}
     assert stats["feature_mean"].shape == (32,) and stats["feature_std"].shape == (32,)
-    # reference: librosa on the training windows cut straight from the files
-    def reference(recordings):
-        mels = []
-        for recording in recordings:
-            audio, _ = sf.read(tmp_path / "raw_data/audio" / f"{recording}.wav", dtype="float32")
-            for start in range(0, len(audio) - 7999, 8000):
-                mel = librosa.feature.melspectrogram(y=audio[start:start + 8000], sr=16000, n_fft=512,
-                                                     hop_length=256, n_mels=32, center=True, pad_mode="constant")
-                mels.append(np.log(mel + 1e-6))
-        stacked = np.concatenate(mels, axis=1)
-        return stacked.mean(axis=1), stacked.std(axis=1)
-    mean, std = reference(["1", "2", "3"])
+    assert torch.equal(model.feature_mean, stats["feature_mean"])  # buffers: they travel in checkpoints
+    mean, std = _reference_statistics(tmp_path, ["1", "2", "3"])
     assert np.allclose(stats["feature_mean"].numpy(), mean, atol=2e-3)
     assert np.allclose(stats["feature_std"].numpy(), std, rtol=2e-3, atol=2e-3)
-    mean_all, _ = reference(["1", "2", "3", "4", "5"])
+    mean_all, _ = _reference_statistics(tmp_path, ["1", "2", "3", "4", "5"])
     assert np.abs(stats["feature_mean"].numpy() - mean_all).mean() > 0.5  # louder devel would shift it
+
+
+@pytest.mark.parametrize("n_mels, hop_length", [(16, 256), (32, 128)])
+def test_normalisation_statistics_follow_the_model_front_end(tmp_path, n_mels, hop_length):
+    """The statistics come from the model's own front end: change a setting, they change with it."""
+    make_muse_package(tmp_path)
+    module = _module(tmp_path)
+    module.setup()
+    model = _regressor(n_mels, hop_length)
+    stats = model.fit_feature_statistics(module.statistics_batches(batch_size=7))
+    mean, std = _reference_statistics(tmp_path, ["1", "2", "3"], n_mels, hop_length)
+    assert stats["feature_mean"].shape == (n_mels,)
+    assert np.allclose(stats["feature_mean"].numpy(), mean, atol=2e-3)
+    assert np.allclose(stats["feature_std"].numpy(), std, rtol=2e-3, atol=2e-3)
 
 
 def test_short_recordings_and_labels_past_the_audio_are_skipped(tmp_path):

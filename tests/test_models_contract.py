@@ -71,7 +71,7 @@ def test_model_contract(name: str, tmp_path: Path) -> None:
     started = time.perf_counter()
     cfg = compose_model(name, tmp_path, "model.freeze=all")
     torch.manual_seed(0)
-    model = build_model(cfg, NUM_CLASSES, [f"c{i}" for i in range(NUM_CLASSES)], [4, 4, 4])
+    model = build_model(cfg, [f"c{i}" for i in range(NUM_CLASSES)], [4, 4, 4])
     model.train()
     waveform = random_input(model, cfg)
     backbone = model.backbone
@@ -117,7 +117,7 @@ def test_model_yaml_declares_its_input(name: str, tmp_path: Path) -> None:
 
 def test_freeze_block_name_and_unknown_name(tmp_path: Path) -> None:
     cfg = compose_model("efficientat_mn04", tmp_path, "model.freeze=features.12")
-    model = build_model(cfg, 2, ["a", "b"])
+    model = build_model(cfg, ["a", "b"])
     params = model.backbone.backbone_parameters()
     first = next(i for i, (n, _) in enumerate(params) if n.startswith("features.12."))
     assert not any(p.requires_grad for _, p in params[:first])

@@ -82,7 +82,7 @@ def test_config_loads_weights_from_audioml_weights_dir(weights_dir: Path, tmp_pa
         cfg = compose("train", overrides=["model=efficientat_mn04", "data=donateacry", f"paths.output_dir={tmp_path}",
                                           "model.freeze=all"])
     assert cfg.paths.weights_dir == str(weights_dir) and cfg.model.sample_rate == 32000
-    model = build_model(cfg, 5, ["belly_pain", "burping", "discomfort", "hungry", "tired"], [10, 5, 20, 300, 15])
+    model = build_model(cfg, ["belly_pain", "burping", "discomfort", "hungry", "tired"], [10, 5, 20, 300, 15])
     published = torch.load(weights_dir / RECORD.filename, map_location="cpu", weights_only=True)
     assert torch.equal(model.backbone.features[12].block[0][0].weight, published["features.12.block.0.0.weight"])
     assert model.backbone.head.fc.out_features == 5            # classifier replaced

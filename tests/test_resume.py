@@ -147,7 +147,7 @@ def small_config(tmp_path_factory):
 def _fit(cfg, checkpoints, store, experiment, run_id_file, interrupt=None, sigterm=None):
     L.seed_everything(cfg.seed, workers=True)
     datamodule = run_compose.build_datamodule(cfg)
-    model = run_compose.build_model(cfg, datamodule.num_classes, datamodule.class_names, datamodule.train_class_counts())
+    model = run_compose.build_model(cfg, datamodule.class_names, datamodule.train_class_counts())
     logger = tracking.open_run(experiment, "run", store, run_id_file)
     callbacks = [resume.ResumeCheckpoint(checkpoints, every_n_train_steps=2, every_n_epochs=1)]
     if interrupt is not None:

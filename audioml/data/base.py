@@ -18,8 +18,9 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from audioml.data.audio import AudioDecodeError, fix_length, load_audio
+from audioml.data.audio import AudioDecodeError
 from audioml.data.cache import WaveformCache, fingerprint_files, reopen, reopenable
+from audioml.data.decoder import ClipDecoder
 from audioml.data.resumable import EpochRandomSampler, EpochWeightedRandomSampler, ResumableDataLoader
 from audioml.data.splits import group_holdout_split, holdout_from_kfold
 
@@ -101,6 +102,10 @@ class AudioDataModule(L.LightningDataModule, ABC):
         min_seconds: clips shorter than this are skipped (counted and listed).
         cache_dir: where decoded waveforms are cached; ``None`` decodes into memory each run.
         pad_mode: ``"start"`` or ``"center"`` crop/pad.
+        trim_db: trim leading/trailing audio quieter than this many dB below the peak before
+            padding/cropping (``None``: keep the whole file). With ``sample_rate``,
+            ``clip_seconds``, ``pad_mode`` and ``min_seconds`` it makes the ``decoder``
+            (``audioml.data.decoder.ClipDecoder``) that checkpoints carry to predict.
         offline_augmentation: an ``audioml.augment.OfflineAugmentation``; after splitting, its
             copies of the training clips (only those) are appended to the manifest (column
             ``augmented_copy`` = copy number, 0 for originals) and to the training split.
@@ -117,14 +122,16 @@ class AudioDataModule(L.LightningDataModule, ABC):
                  batch_size: int = 32, num_workers: int | str | None = "auto", val_fraction: float = 0.15,
                  test_fraction: float = 0.15, seed: int = 0, fold: int | None = None,
                  num_folds: int = 5, balance: str | None = None, min_seconds: float = 0.0,
-                 cache_dir: str | Path | None = None, pad_mode: str = "start",
+                 cache_dir: str | Path | None = None, pad_mode: str = "start", trim_db: float | None = None,
                  persistent_workers: bool = True, offline_augmentation: OfflineAugmentation | None = None) -> None:
         super().__init__()
         if balance not in (None, "none", "sampler", "oversample"):
             raise ValueError(f"data.balance={balance!r}: use null, 'sampler' or 'oversample'")
         self.root = Path(root).expanduser()
-        self.sample_rate = int(sample_rate)
-        self.clip_seconds = float(clip_seconds)
+        #: How every file becomes a clip (validates the rate, length, padding and trimming).
+        self.decoder = ClipDecoder(sample_rate, clip_seconds, pad_mode, trim_db, min_seconds)
+        self.sample_rate = self.decoder.sample_rate
+        self.clip_seconds = self.decoder.clip_seconds
         self.batch_size = int(batch_size)
         if num_workers not in (None, "auto") and (not str(num_workers).isdigit()):
             raise ValueError(f"data.num_workers={num_workers!r}: use a count >= 0 or 'auto'")
@@ -135,9 +142,10 @@ class AudioDataModule(L.LightningDataModule, ABC):
         self.fold = None if fold is None else int(fold)
         self.num_folds = int(num_folds)
         self.balance = None if balance == "none" else balance
-        self.min_seconds = float(min_seconds)
+        self.min_seconds = self.decoder.min_seconds
         self.cache_dir = None if cache_dir is None else Path(cache_dir).expanduser()
-        self.pad_mode = pad_mode
+        self.pad_mode = self.decoder.pad_mode
+        self.trim_db = self.decoder.trim_db
         self.persistent_workers = persistent_workers
         self.offline_augmentation = offline_augmentation
         self._offline_copies: np.ndarray | None = None
@@ -255,24 +263,11 @@ class AudioDataModule(L.LightningDataModule, ABC):
             return manifest["target"].to_numpy(dtype=np.int64)
         return np.stack([np.asarray(t, dtype=np.float32) for t in manifest["target"]])
 
-    def postprocess(self, audio: np.ndarray) -> np.ndarray:
-        """Dataset-specific, deterministic step on each decoded ``(time,)`` clip (e.g. silence
-        trimming), before the length checks and ``fix_length``. Declare its settings in
-        ``postprocess_settings()`` so that changing them builds a new cache."""
-        return audio
-
-    def postprocess_settings(self) -> dict:
-        """Settings of ``postprocess`` that enter the cache fingerprint (empty: identity)."""
-        return {}
-
     def _decode_all(self, manifest: pd.DataFrame) -> tuple[np.ndarray, dict[int, str]]:
         has_offset = "offset" in manifest.columns
-        settings = {"sample_rate": self.sample_rate, "num_samples": self.num_samples,
-                    "pad_mode": self.pad_mode, "min_seconds": self.min_seconds,
+        settings = {**self.decoder.settings(), "num_samples": self.num_samples,
                     "segments": manifest[["offset", "duration"]].to_numpy().tolist() if has_offset else None,
-                    "version": 1}
-        if self.postprocess_settings():
-            settings["postprocess"] = self.postprocess_settings()
+                    "version": 2}
         cache = WaveformCache(self.cache_dir, fingerprint_files(manifest["path"].tolist(), settings))
         self.waveform_cache = cache
         # Segments of one file are consecutive rows: decode the whole file once, slice each segment.
@@ -281,27 +276,20 @@ class AudioDataModule(L.LightningDataModule, ABC):
         def whole_file(path: str) -> np.ndarray:
             if path not in last_file:
                 last_file.clear()
-                last_file[path] = load_audio(path, self.sample_rate)
+                last_file[path] = self.decoder.read(path)
             return last_file[path]
 
         def decode(index: int) -> np.ndarray:
             row = manifest.iloc[index]
-            if has_offset:
-                start = int(round(float(row["offset"]) * self.sample_rate))
-                duration = float(row["duration"])
-                stop = None if np.isnan(duration) else start + int(round(duration * self.sample_rate))
-                audio = whole_file(row["path"])[start:stop]
-                if audio.shape[0] == 0:
-                    raise AudioDecodeError(f"{row['path']}: segment at {row['offset']} s is past the end")
-            else:
-                audio = load_audio(row["path"], self.sample_rate)
-            audio = self.postprocess(audio)
-            if audio.shape[0] < self.min_seconds * self.sample_rate:
-                raise AudioDecodeError(f"too short: {audio.shape[0] / self.sample_rate:.3f} s "
-                                       f"< data.min_seconds={self.min_seconds}")
-            if not np.any(audio):
-                raise AudioDecodeError("silent: all samples are zero")
-            return fix_length(audio, self.num_samples, self.pad_mode)
+            if not has_offset:
+                return self.decoder(row["path"])
+            start = int(round(float(row["offset"]) * self.sample_rate))
+            duration = float(row["duration"])
+            stop = None if np.isnan(duration) else start + int(round(duration * self.sample_rate))
+            audio = whole_file(row["path"])[start:stop]
+            if audio.shape[0] == 0:
+                raise AudioDecodeError(f"{row['path']}: segment at {row['offset']} s is past the end")
+            return self.decoder.finish(audio)
 
         return cache.get_or_build(len(manifest), self.num_samples, decode)
 
@@ -388,11 +376,6 @@ class AudioDataModule(L.LightningDataModule, ABC):
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
-
-    def model_kwargs(self) -> dict:
-        """Extra constructor arguments the data gives the model (e.g. normalisation statistics
-        computed on the training split); passed by the entry point, stored in the model."""
-        return {}
 
     def describe(self) -> dict:
         """Facts about the loaded data for logging: sizes, class counts, skipped files."""

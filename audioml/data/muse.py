@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from audioml.data.audio import AudioDecodeError, load_audio
+from audioml.data.audio import AudioDecodeError
 from audioml.data.base import AudioDataModule
 from audioml.data.cache import WaveformCache, fingerprint_files, reopen, reopenable
 from audioml.data.download import MUSE_INSTRUCTIONS
@@ -170,13 +171,12 @@ class MuseDataModule(AudioDataModule):
             (default ``sequence_length``: no overlap except the last, end-aligned sequence).
         test_partition: ``auto`` (test when its labels exist, else devel; logged), ``test``,
             or ``devel``.
-        logmel: ``audioml.features.LogMel`` arguments (besides ``sample_rate``) for the
-            normalisation statistics; they must match the model's front end.
         batch_size, num_workers, seed, cache_dir: as ``AudioDataModule``.
         fold, num_folds: accepted so that ``evaluation=kfold`` fails clearly; ``fold`` must be ``None``.
 
-    ``model_kwargs()`` gives ``feature_mean``/``feature_std`` ``(n_mels,)``: per-mel-bin
-    statistics of the log-mel of the training windows only.
+    ``statistics_batches()`` yields the distinct windows of the training sequences: the model
+    computes its normalisation statistics from them through its own front end
+    (``SequenceRegressor.fit_feature_statistics``), so they cannot disagree with it.
     """
 
     task = "regression"
@@ -185,7 +185,7 @@ class MuseDataModule(AudioDataModule):
     def __init__(self, root: str | Path, targets: list[str] | tuple[str, ...] = ("valence",),
                  sample_rate: int = 16000, window_seconds: float = 0.5, alignment: str = "start",
                  sequence_length: int = 40, stride: int = 20, eval_stride: int | None = None,
-                 test_partition: str = "auto", logmel: dict | None = None, batch_size: int = 16,
+                 test_partition: str = "auto", batch_size: int = 16,
                  num_workers: int | str | None = "auto", seed: int = 0, cache_dir: str | Path | None = None,
                  persistent_workers: bool = True, fold: int | None = None, num_folds: int = 5) -> None:
         if fold is not None:
@@ -209,10 +209,8 @@ class MuseDataModule(AudioDataModule):
         self.eval_stride = int(eval_stride) if eval_stride else self.sequence_length
         sequence_starts(self.sequence_length, self.sequence_length, self.stride)  # validates lengths
         self.test_partition = test_partition
-        self.logmel = dict(logmel or {"n_mels": 128, "n_fft": 1024, "hop_length": 256})
         self.windows: pd.DataFrame | None = None
         self._window_targets: np.ndarray | None = None
-        self._statistics: dict[str, torch.Tensor] | None = None
         self._test_is_devel = False
 
     @property
@@ -341,7 +339,7 @@ class MuseDataModule(AudioDataModule):
             path = paths[index]
             if path not in current:
                 current.clear()
-                current[path] = load_audio(path, self.sample_rate)
+                current[path] = self.decoder.read(path)
             audio = current[path]
             start = starts[index]
             if start >= audio.shape[0] or start + self.window_samples <= 0:
@@ -365,31 +363,11 @@ class MuseDataModule(AudioDataModule):
         first = self.manifest["first_window"].to_numpy()[self.split_indices["train"]]
         return np.unique((first[:, None] + np.arange(self.sequence_length)[None, :]).ravel())
 
-    def feature_statistics(self, batch_size: int = 256) -> dict[str, torch.Tensor]:
-        """Per-mel-bin mean and std ``(n_mels,)`` float32 of the log-mel of the training windows
-        (each window through ``LogMel(sample_rate, **logmel)``, all frames pooled)."""
-        if self._statistics is None:
-            from audioml.features import LogMel
-
-            if self.manifest is None:
-                self.setup()
-            frontend = LogMel(sample_rate=self.sample_rate, **self.logmel)
-            rows = self.train_windows()
-            total = total_sq = None
-            count = 0
-            with torch.no_grad():
-                for begin in range(0, len(rows), batch_size):
-                    batch = torch.from_numpy(np.array(self._waveforms[rows[begin:begin + batch_size]], dtype=np.float32))
-                    mel = frontend(batch).squeeze(1).double()  # (batch, n_mels, frames)
-                    sums, sums_sq = mel.sum(dim=(0, 2)), mel.pow(2).sum(dim=(0, 2))
-                    total = sums if total is None else total + sums
-                    total_sq = sums_sq if total_sq is None else total_sq + sums_sq
-                    count += mel.shape[0] * mel.shape[2]
-            mean = total / count
-            std = (total_sq / count - mean.pow(2)).clamp_min(0).sqrt().clamp_min(1e-5)
-            self._statistics = {"feature_mean": mean.float(), "feature_std": std.float()}
-        return self._statistics
-
-    def model_kwargs(self) -> dict:
-        """``{"feature_mean": (n_mels,), "feature_std": (n_mels,)}`` from the training split only."""
-        return self.feature_statistics()
+    def statistics_batches(self, batch_size: int = 256) -> Iterator[torch.Tensor]:
+        """The distinct windows of the training sequences as float32 ``(batch, window_samples)``
+        batches: what the model's normalisation statistics are computed from (training split only)."""
+        if self.manifest is None:
+            self.setup()
+        rows = self.train_windows()
+        for begin in range(0, len(rows), batch_size):
+            yield torch.from_numpy(np.array(self._waveforms[rows[begin:begin + batch_size]], dtype=np.float32))

@@ -174,11 +174,10 @@ class RavdessDataModule(AudioDataModule):
         if task == "actor" and explicit:
             raise ValueError("data.task=actor cannot be split by actor; leave train_actors, "
                              "val_actors and test_actors unset (the split is stratified per file)")
-        super().__init__(root=root, clip_seconds=clip_seconds, **kwargs)
+        super().__init__(root=root, clip_seconds=clip_seconds, trim_db=trim_db, **kwargs)
         self.task = "classification"
         self.label_task = task
         self.group_name = "file" if task == "actor" else "actor"
-        self.trim_db = None if trim_db is None else float(trim_db)
         self.train_actors = None if train_actors is None else [int(a) for a in train_actors]
         self.val_actors = None if val_actors is None else [int(a) for a in val_actors]
         self.test_actors = None if test_actors is None else [int(a) for a in test_actors]
@@ -254,14 +253,3 @@ class RavdessDataModule(AudioDataModule):
             return super().split(manifest)
         return actor_split(labels, manifest["actor"].to_numpy(), self.val_fraction, self.test_fraction,
                            self.seed, self.train_actors, self.val_actors, self.test_actors)
-
-    def postprocess(self, audio: np.ndarray) -> np.ndarray:
-        if self.trim_db is None:
-            return audio
-        import librosa
-
-        trimmed, _ = librosa.effects.trim(audio, top_db=self.trim_db)
-        return trimmed
-
-    def postprocess_settings(self) -> dict:
-        return {} if self.trim_db is None else {"trim_db": self.trim_db}

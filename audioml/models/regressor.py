@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 
 import lightning as L
@@ -42,7 +42,8 @@ class SequenceRegressor(L.LightningModule):
         loss: a regression loss ``(prediction, target) -> scalar`` (``audioml.losses.CCCLoss``
             when ``None``); a classification loss raises ``ValueError``.
         feature_mean, feature_std: ``(n_mels,)`` statistics of the training split's front-end
-            output, stored as buffers (saved in checkpoints); ``None``: no normalisation.
+            output, stored as buffers (saved in checkpoints); ``None``: identity (0 / 1) until
+            ``fit_feature_statistics`` computes them from training windows.
         output: ``"per_step"`` or ``"per_sequence"``.
         pretrained: recorded in the hyperparameters (the backbone loads its own weights).
         mixup: not supported for regression; must be ``None``.
@@ -89,9 +90,13 @@ class SequenceRegressor(L.LightningModule):
         self.target_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         if len(self.target_names) != self.num_targets:
             raise ValueError(f"{len(self.target_names)} target names for {num_classes} targets")
-        self.register_buffer("feature_mean", self._stat(feature_mean, "feature_mean"))
-        self.register_buffer("feature_std", self._stat(feature_std, "feature_std"))
-        if self.feature_std is not None and bool((self.feature_std <= 0).any()):
+        # Always present (identity until fitted), so every checkpoint has the same state keys.
+        bins = self._frontend_bins(frontend, sample_rate)
+        mean = self._stat(feature_mean, "feature_mean", bins)
+        std = self._stat(feature_std, "feature_std", bins)
+        self.register_buffer("feature_mean", torch.zeros(bins) if mean is None else mean)
+        self.register_buffer("feature_std", torch.ones(bins) if std is None else std)
+        if bool((self.feature_std <= 0).any()):
             raise ValueError("feature_std must be positive in every mel band")
         self._buffers_by_stage: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         #: Predictions and targets of the last test run (CPU), in loader order.
@@ -99,13 +104,40 @@ class SequenceRegressor(L.LightningModule):
         self.test_targets: torch.Tensor | None = None
 
     @staticmethod
-    def _stat(value, name: str) -> torch.Tensor | None:
+    def _frontend_bins(frontend: nn.Module, sample_rate: int) -> int:
+        """Mel bands of ``frontend``'s output, read off one second of silence."""
+        with torch.no_grad():
+            return int(frontend(torch.zeros(1, int(sample_rate))).shape[-2])
+
+    @staticmethod
+    def _stat(value, name: str, bins: int) -> torch.Tensor | None:
         if value is None:
             return None
         tensor = torch.as_tensor(value, dtype=torch.float32)
-        if tensor.dim() != 1:
-            raise ValueError(f"{name} must have shape (n_mels,), got {tuple(tensor.shape)}")
+        if tuple(tensor.shape) != (bins,):
+            raise ValueError(f"{name} must have shape ({bins},) (the front end's mel bands), got {tuple(tensor.shape)}")
         return tensor
+
+    def fit_feature_statistics(self, batches: Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Set ``feature_mean`` / ``feature_std`` to the per-band mean and std of this model's own
+        front end over ``batches`` of training windows ``(batch, samples)`` (all frames pooled),
+        so the statistics always describe the features the backbone sees."""
+        total = total_sq = None
+        count = 0
+        with torch.no_grad():
+            for batch in batches:
+                spec = self.frontend(batch.to(self.feature_mean.device)).flatten(1, -2).double()
+                spec = spec.transpose(0, 1).flatten(1)                     # (n_mels, batch * frames)
+                total = spec.sum(1) if total is None else total + spec.sum(1)
+                total_sq = spec.pow(2).sum(1) if total_sq is None else total_sq + spec.pow(2).sum(1)
+                count += spec.shape[1]
+        if not count:
+            raise ValueError("no training windows to compute the feature statistics from")
+        mean = total / count
+        std = (total_sq / count - mean.pow(2)).clamp_min(0).sqrt().clamp_min(1e-5)
+        self.feature_mean.copy_(mean.float())
+        self.feature_std.copy_(std.float())
+        return {"feature_mean": self.feature_mean.clone(), "feature_std": self.feature_std.clone()}
 
     # ----------------------------------------------------------------------------- forward path
     def spectrogram(self, waveform: torch.Tensor) -> torch.Tensor:
@@ -114,10 +146,7 @@ class SequenceRegressor(L.LightningModule):
             raise ValueError(f"expected window sequences (batch, windows, samples), got {tuple(waveform.shape)}")
         batch, windows = waveform.shape[:2]
         spec = self.frontend(waveform.flatten(0, 1))
-        if self.feature_mean is not None:
-            spec = spec - self.feature_mean[:, None]
-        if self.feature_std is not None:
-            spec = spec / self.feature_std[:, None]
+        spec = (spec - self.feature_mean[:, None]) / self.feature_std[:, None]
         if self.training and self.spec_augment is not None:
             spec = self.spec_augment(spec)
         return spec.reshape(batch, windows, *spec.shape[1:])

@@ -17,8 +17,9 @@ from omegaconf import DictConfig
 
 from audioml import distributed, tracking
 from audioml.checkpointing import AtomicCheckpointIO
+from audioml.run.checkpoint import instantiate_model
 
-__all__ = ["build_datamodule", "build_model", "build_trainer", "build_test_trainer", "runtime_tags",
+__all__ = ["build_datamodule", "build_model", "fit_data_statistics", "build_trainer", "build_test_trainer", "runtime_tags",
            "data_tags", "open_mlflow_logger"]
 
 
@@ -32,19 +33,21 @@ def build_datamodule(cfg: DictConfig):
     return datamodule
 
 
-def build_model(cfg: DictConfig, num_classes: int, class_names: list[str],
-                class_counts: list[int] | None = None, **data_kwargs) -> L.LightningModule:
-    """Instantiate ``cfg.model`` with the data facts, loss and augmentation it needs;
-    ``data_kwargs`` are the DataModule's ``model_kwargs()``."""
-    loss = instantiate(cfg.loss, class_counts=class_counts or None) if cfg.get("loss") else None
+def build_model(cfg: DictConfig, class_names: list[str], class_counts: list[int] | None = None) -> L.LightningModule:
+    """Instantiate ``cfg.model`` for these classes with its loss and augmentation."""
     augmentation = cfg.get("augmentation") or {}
-    waveform_augment = instantiate(augmentation["waveform"]) if augmentation.get("waveform") else None
-    spec_augment = instantiate(augmentation["spectrogram"]) if augmentation.get("spectrogram") else None
+    extra = {"waveform_augment": instantiate(augmentation["waveform"]) if augmentation.get("waveform") else None,
+             "spec_augment": instantiate(augmentation["spectrogram"]) if augmentation.get("spectrogram") else None}
     if augmentation.get("mixup"):  # passed only when set: modules without mixup need not accept it
-        data_kwargs["mixup"] = instantiate(augmentation["mixup"])
-    return instantiate(cfg.model, num_classes=num_classes, class_names=list(class_names), loss=loss,
-                       waveform_augment=waveform_augment, spec_augment=spec_augment, _convert_="partial",
-                       **data_kwargs)
+        extra["mixup"] = instantiate(augmentation["mixup"])
+    return instantiate_model(cfg.model, cfg.get("loss"), class_names, class_counts, **extra)
+
+
+def fit_data_statistics(model: L.LightningModule, datamodule) -> None:
+    """Let a model that normalises with training statistics compute them through its own front
+    end (``fit_feature_statistics``) from the batches the data offers (``statistics_batches``)."""
+    if hasattr(model, "fit_feature_statistics") and hasattr(datamodule, "statistics_batches"):
+        model.fit_feature_statistics(datamodule.statistics_batches())
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback], logger) -> L.Trainer:

@@ -1,66 +1,46 @@
-"""Using a trained model: rebuild it from its self-describing checkpoint, test it on a split of
-its data (``evaluate_checkpoint``) or score audio files (``predict_files``).
+"""Using a trained model: rebuild it from its checkpoint (``audioml.run.checkpoint``: the
+model record, checked before anything runs), test it on a split of its data
+(``evaluate_checkpoint``) or score audio files (``predict_files``).
 
-The checkpoint stores the run's config and the data facts; this machine's ``paths`` replace
-the stored ones, so a checkpoint evaluates wherever the data lives.
+The data is found through this machine's ``paths``; files to score go through the decoder the
+training data went through (``ClipDecoder`` settings in the checkpoint).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import numpy as np
 import pandas as pd
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 
-from audioml.checkpointing import read_checkpoint_spec
-from audioml.data.audio import AudioDecodeError, fix_length, load_audio
-from audioml.run.compose import build_datamodule, build_model
+from audioml.data.audio import AudioDecodeError
+from audioml.data.decoder import ClipDecoder
+from audioml.run.checkpoint import datamodule_from_record, model_from_record, read_record
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_run_config", "load_model", "evaluate_checkpoint", "collect_inputs", "predict_files"]
-
-
-def load_run_config(spec: dict[str, Any], paths: DictConfig, data_overrides: DictConfig | None = None) -> DictConfig:
-    """The stored run config with this machine's ``paths`` and optional ``data`` overrides."""
-    stored = OmegaConf.create(spec["config"])
-    with open_dict(stored):
-        stored.paths = paths
-        if data_overrides:
-            stored.data = OmegaConf.merge(stored.data, data_overrides)
-        if "pretrained" in stored.model:  # the checkpoint's weights replace any pretrained ones
-            stored.model.pretrained = False
-    return stored
-
-
-def load_model(spec: dict[str, Any], state_dict: dict, run_cfg: DictConfig, data_kwargs: dict | None = None) -> L.LightningModule:
-    """Rebuild the LightningModule described by ``spec`` and load ``state_dict`` (strict)."""
-    model = build_model(run_cfg, spec["num_classes"], spec["class_names"], spec.get("class_counts"),
-                        **(data_kwargs or {}))
-    model.load_state_dict(state_dict, strict=True)
-    model.eval()
-    return model
+__all__ = ["evaluate_checkpoint", "collect_inputs", "predict_files"]
 
 
 def evaluate_checkpoint(ckpt_path: str | Path, paths: DictConfig, trainer_cfg: DictConfig,
-                        split: str = "test", data_overrides: DictConfig | None = None) -> dict[str, float]:
+                        split: str = "test", data_overrides: DictConfig | None = None,
+                        trusted_modules: Iterable[str] = ()) -> dict[str, float]:
     """Test the checkpoint on ``split`` of the data it was trained with; returns the metrics
     under the names training used (``test/...``)."""
-    spec, state_dict = read_checkpoint_spec(ckpt_path)
-    run_cfg = load_run_config(spec, paths, data_overrides)
-    L.seed_everything(run_cfg.seed, workers=True)
-    datamodule = build_datamodule(run_cfg)
     if split not in ("test", "val", "train"):
         raise ValueError(f"split={split!r}: use test, val or train")
+    record, state_dict = read_record(ckpt_path, trusted_modules)
+    L.seed_everything(record["seed"], workers=True)
+    datamodule = datamodule_from_record(record, paths, data_overrides)
     if split != "test":  # evaluate another split through the test loop, so names stay stable
         datamodule.split_indices["test"] = datamodule.split_indices[split]
-    model = load_model(spec, state_dict, run_cfg, datamodule.model_kwargs())
+    model = model_from_record(record, state_dict)
     trainer = instantiate(trainer_cfg, logger=False, callbacks=[], enable_checkpointing=False)
     trainer.test(model, datamodule=datamodule, verbose=False)
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
@@ -87,26 +67,22 @@ def collect_inputs(inputs: list[str], input_dir: str | None, extensions: list[st
     return paths
 
 
-def predict_files(ckpt_path: str | Path, files: list[Path], paths_cfg: DictConfig, batch_size: int = 32,
-                  device: str = "auto") -> tuple[pd.DataFrame, pd.DataFrame]:
+def predict_files(ckpt_path: str | Path, files: list[Path], batch_size: int = 32, device: str = "auto",
+                  trusted_modules: Iterable[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(predictions, skipped)``: one row per decodable file with the predicted class and a
-    probability column per class; ``skipped`` lists files that could not be decoded, with why."""
-    spec, state_dict = read_checkpoint_spec(ckpt_path)
-    run_cfg = load_run_config(spec, paths_cfg)
-    task = spec.get("task", "classification")
-    if task != "classification":
-        raise ValueError(f"{ckpt_path} is a {task} checkpoint; audioml-predict scores classifiers. "
+    probability column per class; ``skipped`` lists files that could not be decoded, with why.
+
+    Every file goes through the checkpoint's decoder (rate, downmix, silence trimming, padding
+    or cropping to the clip length), except that short files are padded rather than refused."""
+    record, state_dict = read_record(ckpt_path, trusted_modules)
+    if record["task"] != "classification":
+        raise ValueError(f"{ckpt_path} is a {record['task']} checkpoint; audioml-predict scores classifiers. "
                          "Use audioml-eval for sequence regressors.")
-    sample_rate = int(run_cfg.model.sample_rate)
-    clip_seconds = spec.get("clip_seconds") or run_cfg.data.get("clip_seconds")
-    if not clip_seconds:
-        raise ValueError(f"{ckpt_path} does not record the clip length the model was trained on")
-    num_samples = int(round(float(clip_seconds) * sample_rate))
-    data_kwargs = spec.get("data_kwargs") or {}
-    model = load_model(spec, state_dict, run_cfg, data_kwargs)
+    decoder = ClipDecoder.from_settings(record["decoder"]).with_options(min_seconds=0.0)
+    model = model_from_record(record, state_dict)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     model.to(device)
-    class_names = spec["class_names"]
+    class_names = record["class_names"]
 
     rows, skipped, batch, batch_paths = [], [], [], []
 
@@ -123,11 +99,10 @@ def predict_files(ckpt_path: str | Path, files: list[Path], paths_cfg: DictConfi
 
     for path in files:
         try:
-            audio = load_audio(path, sample_rate)
+            batch.append(decoder(path))
         except AudioDecodeError as error:
             skipped.append({"path": str(path), "reason": str(error)})
             continue
-        batch.append(fix_length(audio, num_samples, str(run_cfg.data.get("pad_mode", "start"))))
         batch_paths.append(path)
         if len(batch) == batch_size:
             flush()

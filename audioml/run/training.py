@@ -19,10 +19,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from audioml import distributed, evaluation, reports, resume, tracking
-from audioml.checkpointing import ConfigInCheckpoint, atomic_write_bytes, find_resume_checkpoint
+from audioml.checkpointing import atomic_write_bytes, find_resume_checkpoint
 from audioml.models.embedding_cache import use_embedding_cache
+from audioml.run.checkpoint import ModelInCheckpoint, model_record, untrusted_targets
 from audioml.run.compose import (build_datamodule, build_model, build_test_trainer, build_trainer, data_tags,
-                                 open_mlflow_logger, runtime_tags)
+                                 fit_data_statistics, open_mlflow_logger, runtime_tags)
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +92,16 @@ def train(cfg: DictConfig, run_dir: str | Path, parent_run_id: str | None = None
     torch.set_float32_matmul_precision("high")
 
     datamodule = build_datamodule(cfg)
-    model = build_model(cfg, datamodule.num_classes, datamodule.class_names, datamodule.train_class_counts(),
-                        **datamodule.model_kwargs())
+    model = build_model(cfg, datamodule.class_names, datamodule.train_class_counts())
+    fit_data_statistics(model, datamodule)
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     config_path = run_dir / "config.yaml"
     if rank_zero:
         atomic_write_bytes(config_path, OmegaConf.to_yaml(OmegaConf.create(resolved)).encode())
-    spec = {"config": OmegaConf.to_container(cfg, resolve=False), "num_classes": datamodule.num_classes,
-            "class_names": list(datamodule.class_names), "class_counts": datamodule.train_class_counts(),
-            "task": datamodule.task, "clip_seconds": getattr(datamodule, "clip_seconds", None)}
+    record = model_record(cfg, datamodule)
+    if rank_zero and (refusal := untrusted_targets(record, cfg.get("trusted_modules") or ())):
+        log.warning("audioml-eval/predict will refuse this run's checkpoints unless told to trust them: %s", refusal)
 
     tags = {**runtime_tags(cfg), **data_tags(datamodule),
             **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
@@ -111,7 +112,7 @@ def train(cfg: DictConfig, run_dir: str | Path, parent_run_id: str | None = None
         if logger is not None and rank_zero:
             tracking.log_params(logger.experiment, logger.run_id, tracking.flatten_params(resolved))
 
-        trainer = build_trainer(cfg, run_dir, [ConfigInCheckpoint(spec)], logger)
+        trainer = build_trainer(cfg, run_dir, [ModelInCheckpoint(record)], logger)
         if logger is not None and rank_zero:
             tracking.set_tags(logger.experiment, logger.run_id, {"device": tracking.device_description(
                 trainer.strategy.root_device.type, trainer.num_devices, trainer.num_nodes)})

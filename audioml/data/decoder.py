@@ -1,0 +1,107 @@
+"""The one clip decoder: how a file becomes a model input, for training, evaluation, prediction
+and export alike.
+
+``ClipDecoder`` decodes a file (soundfile / PyAV), resamples it to the model's rate, downmixes
+it, optionally trims leading and trailing silence and pads or crops it to the clip length.
+Every DataModule decodes through its ``decoder``; the decoder's ``settings()`` enter the
+waveform cache key and travel in every checkpoint, so ``audioml-predict`` rebuilds the exact
+decoder the training data went through.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from audioml.data.audio import AudioDecodeError, fix_length, load_audio
+
+__all__ = ["ClipDecoder"]
+
+PAD_MODES = ("start", "center")
+
+
+@dataclass(frozen=True)
+class ClipDecoder:
+    """File -> float32 ``(num_samples,)`` mono clip at ``sample_rate``.
+
+    Args:
+        sample_rate: rate (Hz) the model declares.
+        clip_seconds: the fixed length of every clip (padded with zeros or cropped).
+        pad_mode: ``"start"`` (keep the beginning) or ``"center"``.
+        trim_db: trim leading/trailing audio quieter than ``trim_db`` below the peak
+            (``librosa.effects.trim``) before fixing the length; ``None`` keeps everything.
+        min_seconds: after trimming, shorter audio is refused (``AudioDecodeError``) instead
+            of padded; the data side skips and lists such files.
+    """
+
+    sample_rate: int
+    clip_seconds: float
+    pad_mode: str = "start"
+    trim_db: float | None = None
+    min_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sample_rate, (int, np.integer)) or isinstance(self.sample_rate, bool) \
+                or self.sample_rate <= 0:
+            raise ValueError(f"sample rate {self.sample_rate!r} (model.sample_rate / data.sample_rate): "
+                             "use a positive whole number of Hz, e.g. 16000")
+        if not isinstance(self.clip_seconds, (int, float)) or not np.isfinite(self.clip_seconds) \
+                or self.clip_seconds <= 0:
+            raise ValueError(f"clip length {self.clip_seconds!r} s (data.clip_seconds): use a positive "
+                             "number of seconds, e.g. 4.0")
+        if self.pad_mode not in PAD_MODES:
+            raise ValueError(f"data.pad_mode={self.pad_mode!r}: use one of {list(PAD_MODES)}")
+        if self.trim_db is not None and (not isinstance(self.trim_db, (int, float)) or self.trim_db <= 0):
+            raise ValueError(f"data.trim_db={self.trim_db!r}: use a positive number of dB, or null")
+        if not isinstance(self.min_seconds, (int, float)) or self.min_seconds < 0:
+            raise ValueError(f"data.min_seconds={self.min_seconds!r}: use a number >= 0")
+        object.__setattr__(self, "sample_rate", int(self.sample_rate))
+        object.__setattr__(self, "clip_seconds", float(self.clip_seconds))
+        object.__setattr__(self, "trim_db", None if self.trim_db is None else float(self.trim_db))
+        object.__setattr__(self, "min_seconds", float(self.min_seconds))
+
+    @property
+    def num_samples(self) -> int:
+        return int(round(self.clip_seconds * self.sample_rate))
+
+    def settings(self) -> dict:
+        """The decoder as plain data (for cache keys and checkpoints)."""
+        return asdict(self)
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> ClipDecoder:
+        """Rebuild from ``settings()`` (e.g. read from a checkpoint); unknown keys are refused."""
+        if not isinstance(settings, dict):
+            raise ValueError(f"decoder settings must be a mapping, got {type(settings).__name__}")
+        unknown = sorted(set(settings) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown decoder settings {unknown}")
+        return cls(**settings)
+
+    def with_options(self, **changes) -> ClipDecoder:
+        """A copy with some settings changed (e.g. ``min_seconds=0`` to score short files)."""
+        return replace(self, **changes)
+
+    def read(self, path: str | Path) -> np.ndarray:
+        """The whole file, resampled and downmixed (no trimming, any length)."""
+        return load_audio(path, self.sample_rate)
+
+    def finish(self, audio: np.ndarray, source: str | Path = "") -> np.ndarray:
+        """Trim, check and fix the length of decoded ``(time,)`` audio (a file or a segment)."""
+        if self.trim_db is not None:
+            import librosa
+
+            audio, _ = librosa.effects.trim(audio, top_db=self.trim_db)
+        prefix = f"{source}: " if source else ""
+        if audio.shape[0] < self.min_seconds * self.sample_rate:
+            raise AudioDecodeError(f"{prefix}too short: {audio.shape[0] / self.sample_rate:.3f} s "
+                                   f"< data.min_seconds={self.min_seconds}")
+        if not np.any(audio):
+            raise AudioDecodeError(f"{prefix}silent: all samples are zero")
+        return np.ascontiguousarray(fix_length(audio, self.num_samples, self.pad_mode), dtype=np.float32)
+
+    def __call__(self, path: str | Path) -> np.ndarray:
+        """``path`` as one model-ready clip; raises ``AudioDecodeError`` when unusable."""
+        return self.finish(self.read(path))

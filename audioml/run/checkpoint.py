@@ -1,0 +1,257 @@
+"""The checkpoint is the model: what it records, how it is read back, and why a file from
+elsewhere cannot run code.
+
+Every checkpoint ``audioml-train`` writes carries, under ``"audioml"``, a **model record**
+(format 2)::
+
+    format        2
+    model         the model's constructor config (resolved; optimiser and scheduler left out,
+                  every ``pretrained`` false: the checkpoint's weights replace them)
+    loss          the loss config (so ``test/loss`` reproduces), or None
+    task, class_names, class_counts
+    decoder       ``ClipDecoder.settings()``: how a file became the model's input
+    data          the DataModule config, resolved except ``${paths.<name>}`` references, so the
+                  data is found on whichever machine evaluates it; augmentation (online or
+                  offline) is never part of it
+    seed
+
+Reading is defensive. The file is loaded with ``torch.load(weights_only=True)`` (no
+unpickling of objects), and before anything is imported or instantiated every ``_target_``
+in the record must name a class under an allowed package: ``audioml.models``,
+``audioml.features``, ``torch.nn`` for the model, ``audioml.losses`` / ``torch.nn`` for the
+loss, ``audioml.data`` (a ``LightningDataModule``) for the data; plus the packages the user
+lists in ``trusted_modules``. Interpolations (``${...}``) are refused except plain
+``${paths.<name>}`` in the data record. Anything else raises ``UntrustedCheckpointError``
+naming the key, so a crafted checkpoint (``_target_: numpy.savetxt``,
+``pandas.read_pickle``) fails before any call.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RECORD_KEY", "FORMAT", "UntrustedCheckpointError", "ModelInCheckpoint", "model_record",
+           "read_record", "check_record", "instantiate_model", "model_from_record", "datamodule_from_record"]
+
+#: Key of the model record inside a checkpoint.
+RECORD_KEY = "audioml"
+#: Version of the record written now (1: the whole run config, before round 2).
+FORMAT = 2
+
+#: Packages whose classes a record may name, per part (a user adds packages with ``trusted_modules``).
+ALLOWED_PACKAGES = {"model": ("audioml.models", "audioml.features", "torch.nn"),
+                    "loss": ("audioml.losses", "torch.nn"),
+                    "data": ("audioml.data",)}
+_BASE_CLASS = {"model": nn.Module, "loss": nn.Module, "data": L.LightningDataModule}
+_HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
+_PATHS_REFERENCE = re.compile(r"\$\{paths\.[A-Za-z_][A-Za-z0-9_]*\}")
+#: Model config keys that only training uses (the record leaves them out).
+_TRAINING_ONLY = ("optimizer", "scheduler", "pretrain_optimizer")
+
+
+class UntrustedCheckpointError(ValueError):
+    """A checkpoint whose record names code outside the allowed packages (or is malformed)."""
+
+
+class ModelInCheckpoint(L.Callback):
+    """Writes the model record (``model_record``) into every checkpoint Lightning saves."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.record = record
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        checkpoint[RECORD_KEY] = self.record
+
+
+# ------------------------------------------------------------------------------------ writing
+def model_record(cfg: DictConfig, datamodule) -> dict[str, Any]:
+    """The record of the model ``cfg`` builds on ``datamodule`` (see the module docs)."""
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    for key in _TRAINING_ONLY:
+        model.pop(key, None)
+    _set_pretrained_false(model)
+    return {"format": FORMAT, "model": model,
+            "loss": OmegaConf.to_container(cfg.loss, resolve=True) if cfg.get("loss") else None,
+            "task": datamodule.task, "class_names": [str(c) for c in datamodule.class_names],
+            "class_counts": datamodule.train_class_counts(), "decoder": datamodule.decoder.settings(),
+            "data": _keep_path_references(OmegaConf.to_container(cfg.data, resolve=False),
+                                          OmegaConf.to_container(cfg.data, resolve=True)),
+            "seed": int(cfg.seed)}
+
+
+def _set_pretrained_false(node: Any) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "pretrained" and isinstance(value, bool):
+                node[key] = False
+            else:
+                _set_pretrained_false(value)
+    elif isinstance(node, list):
+        for value in node:
+            _set_pretrained_false(value)
+
+
+def _is_path_reference(value: Any) -> bool:
+    return isinstance(value, str) and "${" in value and "${" not in _PATHS_REFERENCE.sub("", value)
+
+
+def _keep_path_references(raw: Any, resolved: Any) -> Any:
+    """``resolved``, except strings that only interpolate ``${paths.<name>}`` stay as written."""
+    if _is_path_reference(raw):
+        return raw
+    if isinstance(raw, dict) and isinstance(resolved, dict):
+        return {key: _keep_path_references(raw.get(key), value) for key, value in resolved.items()}
+    if isinstance(raw, list) and isinstance(resolved, list) and len(raw) == len(resolved):
+        return [_keep_path_references(a, b) for a, b in zip(raw, resolved)]
+    return resolved
+
+
+# ------------------------------------------------------------------------------------ reading
+def read_record(path: str | Path, trusted_modules: Iterable[str] = ()) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(record, state_dict)`` of an audioml checkpoint, the record checked (``check_record``).
+
+    Raises ``FileNotFoundError`` for a missing file; ``ValueError`` for a file that is not an
+    audioml checkpoint of a readable format; ``UntrustedCheckpointError`` for a record naming
+    code outside the allowed packages.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise UntrustedCheckpointError(f"{path} holds Python objects, not plain data (refused by "
+                                       f"torch.load(weights_only=True)): {str(error).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise ValueError(f"{path} is not a readable checkpoint (truncated or not a torch file): {error}") from None
+    record = checkpoint.get(RECORD_KEY) if isinstance(checkpoint, dict) else None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} has no '{RECORD_KEY}' record: it was not written by audioml-train, "
+                         "so the model cannot be rebuilt from it")
+    version = record.get("format", 1 if "config" in record else None)
+    if version != FORMAT:
+        older = isinstance(version, int) and version < FORMAT
+        raise ValueError(f"{path} has checkpoint format {version}; this audioml reads format {FORMAT}. "
+                         + ("Format 1 (audioml before round 2) stored the whole run config, which cannot be "
+                            "rebuilt safely: retrain the run with this version (the same command)."
+                            if older else "It was written by another audioml version: use that version."))
+    check_record(record, trusted_modules, source=str(path))
+    state_dict = checkpoint.get("state_dict")
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"{path} has no state_dict")
+    return record, state_dict
+
+
+def check_record(record: dict[str, Any], trusted_modules: Iterable[str] = (), source: str = "record") -> None:
+    """Refuse a record that could run code other than the allowed classes (module docs)."""
+    trusted = tuple(str(m) for m in trusted_modules)
+    for part in ("model", "loss", "data"):
+        node = record.get(part)
+        if node is None and part == "loss":
+            continue
+        if not isinstance(node, dict) or "_target_" not in node:
+            raise UntrustedCheckpointError(f"{source}: '{part}' must be a config with a _target_")
+        _check_node(node, part, part, ALLOWED_PACKAGES[part] + trusted, source)
+    for key in ("class_names", "task"):
+        if key not in record:
+            raise UntrustedCheckpointError(f"{source}: the record lacks '{key}'")
+
+
+def _check_node(node: Any, where: str, part: str, allowed: tuple[str, ...], source: str) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if not isinstance(key, str) or (key.startswith("_") and key not in _HYDRA_KEYS):
+                raise UntrustedCheckpointError(f"{source}: {where}.{key}: unknown special key")
+            if key == "_target_":
+                _check_target(value, f"{where}._target_", part, allowed, source)
+            else:
+                _check_node(value, f"{where}.{key}", part, allowed, source)
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            _check_node(value, f"{where}[{index}]", part, allowed, source)
+    elif isinstance(node, str):
+        if "${" in node and not (part == "data" and _is_path_reference(node)):
+            raise UntrustedCheckpointError(f"{source}: {where}={node!r}: interpolations are not allowed in a "
+                                           "checkpoint (only ${paths.<name>} in its data config)")
+    elif node is not None and not isinstance(node, (bool, int, float)):
+        raise UntrustedCheckpointError(f"{source}: {where}: a {type(node).__name__} is not config data")
+
+
+def _check_target(target: Any, where: str, part: str, allowed: tuple[str, ...], source: str) -> None:
+    """By name first (nothing imported outside ``allowed``), then the class itself."""
+    if not isinstance(target, str) or not _DOTTED.fullmatch(target):
+        raise UntrustedCheckpointError(f"{source}: {where}={target!r} is not a dotted class name")
+    if not any(target.startswith(package + ".") for package in allowed):
+        raise UntrustedCheckpointError(
+            f"{source}: {where}={target!r} is outside the packages a checkpoint may name for its {part} "
+            f"({', '.join(allowed)}); refused. If you trust this file and its code, add the package "
+            f"to trusted_modules (e.g. trusted_modules=[{target.split('.')[0]}])")
+    from hydra.utils import get_class
+
+    try:
+        located = get_class(target)
+    except (ImportError, ValueError) as error:
+        raise UntrustedCheckpointError(f"{source}: {where}={target!r} is not a class: {error}") from None
+    module = getattr(located, "__module__", "") or ""
+    if not issubclass(located, _BASE_CLASS[part]) or not any(
+            module == package or module.startswith(package + ".") for package in allowed):
+        raise UntrustedCheckpointError(f"{source}: {where}={target!r} is not a {_BASE_CLASS[part].__name__} "
+                                       f"defined in {', '.join(allowed)}; refused")
+
+
+def untrusted_targets(record: dict[str, Any], trusted_modules: Iterable[str] = ()) -> str | None:
+    """Why ``record`` would be refused when read back (``None``: it would not)."""
+    try:
+        check_record(record, trusted_modules, source="this run's checkpoint")
+    except UntrustedCheckpointError as error:
+        return str(error)
+    return None
+
+
+# ---------------------------------------------------------------------------------- rebuilding
+def instantiate_model(model_cfg: Any, loss_cfg: Any, class_names: list[str], class_counts: list[int] | None,
+                      **extra) -> L.LightningModule:
+    """The LightningModule of ``model_cfg`` for these classes, with the loss of ``loss_cfg``;
+    ``extra`` are further constructor arguments (training: augmentation)."""
+    loss = instantiate(loss_cfg, class_counts=class_counts or None) if loss_cfg else None
+    return instantiate(model_cfg, num_classes=len(class_names), class_names=list(class_names), loss=loss,
+                       _convert_="partial", **extra)
+
+
+def model_from_record(record: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> L.LightningModule:
+    """The model of a checked record with its trained weights (strict), in eval mode."""
+    model_cfg = dict(record["model"])
+    _set_pretrained_false(model_cfg)  # never download weights on a checkpoint's word
+    model = instantiate_model(model_cfg, record.get("loss"), record["class_names"], record.get("class_counts"))
+    model.load_state_dict(state_dict, strict=True)
+    model.eval()
+    return model
+
+
+def datamodule_from_record(record: dict[str, Any], paths: DictConfig, overrides: DictConfig | dict | None = None):
+    """The DataModule the model was trained on, found through this machine's ``paths`` (and
+    ``overrides`` of its settings), loaded with its splits; no augmentation."""
+    config = OmegaConf.create({"paths": OmegaConf.to_container(paths, resolve=False), "data": record["data"]})
+    if overrides:
+        config.data = OmegaConf.merge(config.data, overrides)
+    datamodule = instantiate(config.data)
+    if not overrides and datamodule.decoder.settings() != record["decoder"]:
+        log.warning("the data decodes with %s, the model was trained on %s", datamodule.decoder.settings(),
+                    record["decoder"])
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule

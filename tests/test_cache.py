@@ -17,6 +17,8 @@ import pytest
 import soundfile as sf
 
 import audioml.data.base as base
+import audioml.data.decoder as decoder_module
+from audioml.data import audio
 from audioml.data.base import default_num_workers
 from audioml.data.cache import ArrayCache, WaveformCache, reopen, reopenable
 from audioml.data.synthetic import SyntheticDataModule, generate_synthetic_dataset
@@ -34,13 +36,13 @@ def audio_root(tmp_path: Path) -> Path:
 def decode_counter(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every path the DataModule decodes, in call order (wraps the real decoder)."""
     calls: list[str] = []
-    real = base.load_audio
+    real = decoder_module.load_audio
 
     def counting(path, *args, **kwargs):
         calls.append(str(path))
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(base, "load_audio", counting)
+    monkeypatch.setattr(decoder_module, "load_audio", counting)
     return calls
 
 
@@ -63,7 +65,7 @@ def test_second_run_reuses_cache_without_decoding(audio_root, tmp_path, decode_c
     assert decode_counter == [] and second.waveform_cache.decode_calls == 0
     np.testing.assert_array_equal(np.asarray(first.dataset("all")[3][0]), np.asarray(second.dataset("all")[3][0]))
     # The clip really is the decoded file: resampled to 8 kHz, padded to 0.25 s.
-    expected = base.fix_length(base.load_audio(first.manifest.loc[3, "path"], 8000), 2000)
+    expected = audio.fix_length(audio.load_audio(first.manifest.loc[3, "path"], 8000), 2000)
     np.testing.assert_allclose(second.dataset("all")[3][0].numpy(), expected, atol=1e-6)
     assert len(list((tmp_path / "cache").glob("waveforms-*.npy"))) == 1
 

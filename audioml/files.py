@@ -1,0 +1,97 @@
+"""File primitives every part of audioml uses: atomic publish, an exclusive lock, fingerprints.
+
+- ``atomic_path(path)``: write to a temporary file in the destination folder; on success it is
+  flushed to disk and renamed over ``path`` (``os.replace``), so readers (another process, a
+  resumed run) see the old file or the complete new one, never a part; on error it is removed.
+  Written here because the standard library has no atomic-write helper, and the folder must be
+  the destination's (a temporary file elsewhere would be copied across devices, not renamed).
+- ``exclusive_lock(path)``: an ``flock`` on ``path`` (created if needed) for the ``with`` block;
+  on platforms without ``fcntl`` (Windows) it does not lock.
+- ``fingerprint(value)``: sha256 of ``value`` as canonical JSON (sorted keys), hex-truncated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+__all__ = ["atomic_path", "atomic_write_bytes", "fsync_directory", "exclusive_lock", "fingerprint"]
+
+
+@contextmanager
+def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block ends without an error the file
+    written there is synced and renamed to ``path`` (then the folder is synced)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or ".tmp")
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        yield temporary
+        with open(temporary, "rb+") as file:
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    fsync_directory(path.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (``atomic_path``)."""
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)
+
+
+def fsync_directory(folder: str | Path) -> None:
+    """Make a rename in ``folder`` durable, where the platform and file system allow it."""
+    try:
+        directory = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened
+        return
+    try:
+        os.fsync(directory)
+    except OSError:  # some network/FUSE file systems refuse to sync a directory
+        pass
+    finally:
+        os.close(directory)
+
+
+@contextmanager
+def exclusive_lock(path: str | Path, waiting_for: str = "") -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` for the block; logs ``waiting_for`` when another
+    process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting_for:
+                log.info("waiting for another process that is %s", waiting_for)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def fingerprint(value: Any, length: int = 20) -> str:
+    """sha256 (hex, first ``length`` characters) of ``value`` as canonical JSON; values JSON
+    cannot encode are written with ``str``."""
+    text = json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]

@@ -18,41 +18,15 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from audioml.files import atomic_write_bytes
+
 log = logging.getLogger(__name__)
 
-__all__ = ["RESUME_FILENAMES", "AtomicCheckpointIO", "atomic_write_bytes", "checkpoint_is_intact",
-           "find_resume_checkpoint"]
+__all__ = ["RESUME_FILENAMES", "AtomicCheckpointIO", "checkpoint_is_intact", "find_resume_checkpoint"]
 
 #: Resume checkpoints in a run's ``checkpoints/`` folder, newest first: the latest and the one
 #: before it (kept so that a damaged latest file still leaves a good one).
 RESUME_FILENAMES = ("last.ckpt", "last-previous.ckpt")
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temporary file in the same folder, ``fsync``,
-    ``os.replace``, then ``fsync`` of the folder (where the platform allows it)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-    try:
-        directory = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # e.g. Windows: directories cannot be opened
-        return
-    try:
-        os.fsync(directory)
-    except OSError:  # some network/FUSE file systems refuse to sync a directory
-        pass
-    finally:
-        os.close(directory)
-
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint I/O that writes every checkpoint atomically (see module docs).

@@ -44,7 +44,7 @@ def _tracking_uri(tracking_uri: str | None, output_dir: str | None) -> str:
     root = Path(output_dir or os.environ.get("AUDIOML_OUTPUT_DIR", "outputs")).expanduser().resolve()
     database = root / "mlflow" / "mlflow.db"
     if not database.is_file():
-        raise SystemExit(f"no MLflow store at {database}: pass --output-dir (the paths.output_dir of the runs) "
+        raise FileNotFoundError(f"no MLflow store at {database}: pass --output-dir (the paths.output_dir of the runs) "
                          "or --tracking-uri")
     return f"sqlite:///{database}"
 
@@ -54,7 +54,7 @@ def collect_runs(client, experiments: Sequence[str] = (), sweep: str | None = No
     ``params.*``, ``metrics.*`` (final values). With ``sweep`` (a parent run id or a sweep key)
     the children of that sweep, else the runs of ``experiments`` except sweep parents.
 
-    Raises ``SystemExit`` naming what was not found.
+    Raises ``LookupError`` naming what was not found.
     """
     all_experiments = {e.experiment_id: e.name for e in client.search_experiments()}
     if sweep:
@@ -66,17 +66,17 @@ def collect_runs(client, experiments: Sequence[str] = (), sweep: str | None = No
             parents = client.search_runs(list(all_experiments), filter_string=f"tags.`audioml.sweep_key` = '{sweep}' "
                                                                               "and tags.`audioml.role` = 'sweep'")
             if not parents:
-                raise SystemExit(f"no sweep with key or parent run id {sweep!r} in this store")
+                raise LookupError(f"no sweep with key or parent run id {sweep!r} in this store")
             parent_id = parents[0].info.run_id
         runs = client.search_runs(list(all_experiments), filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
         if not runs:
-            raise SystemExit(f"sweep {sweep} has no child runs yet")
+            raise LookupError(f"sweep {sweep} has no child runs yet")
     else:
         ids = []
         for name in experiments:
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
-                raise SystemExit(f"no MLflow experiment {name!r}; experiments here: {sorted(all_experiments.values())}")
+                raise LookupError(f"no MLflow experiment {name!r}; experiments here: {sorted(all_experiments.values())}")
             ids.append(experiment.experiment_id)
         runs = [r for r in client.search_runs(ids or list(all_experiments), max_results=50000)
                 if r.data.tags.get("audioml.role") != "sweep"]
@@ -111,7 +111,7 @@ def comparison_table(runs: pd.DataFrame, metrics: Sequence[str] | None = None,
     except file locations), metrics matching ``metrics`` patterns (default: ``DEFAULT_METRICS``
     without per-class values and confidence bounds); sorted by metric ``sort`` (missing last).
 
-    Raises ``SystemExit`` when ``sort`` is not a metric of these runs.
+    Raises ``ValueError`` when ``sort`` is not a metric of these runs.
     """
     columns = list(runs.columns)
     choice_names = [c for c in columns if c.startswith(f"tags.{_CHOICE_TAG}")]
@@ -126,7 +126,7 @@ def comparison_table(runs: pd.DataFrame, metrics: Sequence[str] | None = None,
     if sort:
         if f"metrics.{sort}" not in runs:
             available = sorted(c[len("metrics."):] for c in columns if c.startswith("metrics."))
-            raise SystemExit(f"--sort {sort}: no such metric; the runs have {available}")
+            raise ValueError(f"--sort {sort}: no such metric; the runs have {available}")
         if sort not in metric_names:
             metric_names.insert(0, sort)
     table = pd.DataFrame({"run_name": runs["run_name"], "status": runs["status"], **choices,
@@ -171,12 +171,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from mlflow import MlflowClient
 
-    client = MlflowClient(_tracking_uri(args.tracking_uri, args.output_dir))
-    runs = collect_runs(client, args.experiment or (), args.sweep)
-    if runs.empty:
-        print("no runs", file=sys.stderr)
-        return 1
-    table = comparison_table(runs, args.metrics, args.params, args.sort, args.ascending)
+    try:
+        client = MlflowClient(_tracking_uri(args.tracking_uri, args.output_dir))
+        runs = collect_runs(client, args.experiment or (), args.sweep)
+        if runs.empty:
+            print("no runs", file=sys.stderr)
+            return 1
+        table = comparison_table(runs, args.metrics, args.params, args.sort, args.ascending)
+    except (FileNotFoundError, LookupError, ValueError) as error:
+        print(f"audioml-compare: {error}", file=sys.stderr)
+        return 2
     if args.csv:
         Path(args.csv).expanduser().parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(args.csv, index=False)

@@ -8,13 +8,13 @@ knows whether it will train or only print ``--help``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from audioml.files import fingerprint
 
 __all__ = ["CONFIG_MODULE", "CONFIG_PATH", "CONFIG_DIR", "CONFIG_PATH_ENV", "user_config_dirs", "run_key",
            "register_resolvers", "compose_config"]
@@ -55,7 +55,7 @@ def run_key(root: DictConfig) -> str:
     container = OmegaConf.to_container(root, resolve=False)
     for key in _LOCATION_KEYS:
         container.pop(key, None)
-    digest = hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    digest = fingerprint(container, length=10)
     choices = root.get("hydra", {}).get("runtime", {}).get("choices", {}) if "hydra" in root else {}
     data_name = choices.get("data") or "data"
     model_name = choices.get("model") or "model"

@@ -44,7 +44,6 @@ __all__ = ["confusion_matrices", "metrics_from_confusion", "group_bootstrap_conf
 
 #: Metrics computed from a confusion matrix for a task (per-class ones are added per class).
 SUMMARY_METRICS = ("acc", "balanced_acc", "macro_f1")
-PER_CLASS_METRICS = ("precision", "recall", "f1")
 
 #: Written next to test_predictions.csv when the DataModule declares a collapse.
 COLLAPSE_FILE = "class_collapse.json"

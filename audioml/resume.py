@@ -42,7 +42,8 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from audioml.checkpointing import RESUME_FILENAMES, atomic_write_bytes
+from audioml.checkpointing import RESUME_FILENAMES
+from audioml.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -360,13 +361,13 @@ def exit_preempted(logger=None) -> None:
 def wait_for_done(run_dir: str | Path, poll_seconds: float = 2.0) -> dict[str, float]:
     """Block until rank zero marks ``run_dir`` finished, then return its metrics (the other
     DDP ranks wait here while rank zero tests on one device). Exits when the launching
-    process disappears (the rank would otherwise wait forever)."""
+    process disappears (``RuntimeError``; the rank would otherwise wait forever)."""
     import os
     import time
 
     parent = os.getppid()
     while (metrics := read_done(run_dir)) is None:
         if os.getppid() != parent:
-            raise SystemExit(f"rank zero of {run_dir} is gone before finishing the run")
+            raise RuntimeError(f"rank zero of {run_dir} is gone before finishing the run")
         time.sleep(poll_seconds)
     return metrics

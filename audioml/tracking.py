@@ -24,6 +24,8 @@ from typing import Any
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from audioml.files import exclusive_lock
+
 log = logging.getLogger(__name__)
 
 __all__ = ["resolve_tracking_uri", "default_artifact_location", "prepare_store", "get_or_create_experiment",
@@ -62,23 +64,14 @@ def _sqlite_path(uri: str) -> Path | None:
 
 @contextmanager
 def _store_lock(uri: str):
-    """Exclusive ``flock`` beside an SQLite store (nothing for other stores): creating the
-    tables or an experiment from several processes at once must not race."""
+    """Exclusive lock beside an SQLite store (nothing for other stores): creating the tables or
+    an experiment from several processes at once must not race."""
     path = _sqlite_path(uri)
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock; MLflow's own retries remain
-        fcntl = None
-    if path is None or fcntl is None:
+    if path is None:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with exclusive_lock(path.with_name(path.name + ".lock"), f"preparing the MLflow store {path}"):
+        yield
 
 
 def prepare_store(uri: str) -> None:
@@ -230,7 +223,7 @@ def open_run(experiment_name: str, run_name: str, tracking_uri: str, run_id_file
     logger = make_mlflow_logger(experiment_name, run_name, tracking_uri, artifact_location, run_id=previous or None,
                                 tags=tags, finish_on_finalize=finish_on_finalize)
     if rank_zero:
-        from audioml.checkpointing import atomic_write_bytes
+        from audioml.files import atomic_write_bytes
 
         run_id = logger.run_id  # creates the run on first access
         if run_id != previous:

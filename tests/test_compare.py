@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -72,14 +73,17 @@ def test_sweep_children_by_parent_id_or_sweep_key(output_dir, tmp_path):
         assert "test/f1_hungry" in table  # asked for with --metrics
 
 
-def test_errors_name_what_is_missing(output_dir, tmp_path):
+def test_errors_name_what_is_missing(output_dir, tmp_path, capsys):
     output, _ = output_dir
-    with pytest.raises(SystemExit, match="no MLflow experiment 'nope'.*cry"):
-        compare.main(["--experiment", "nope", "--output-dir", str(output)])
-    with pytest.raises(SystemExit, match="no such metric"):
-        compare.main(["--experiment", "cry", "--sort", "test/nothing", "--output-dir", str(output)])
-    with pytest.raises(SystemExit, match="no MLflow store"):
-        compare.main(["--experiment", "cry", "--output-dir", str(tmp_path)])
+    for argv, message in ((["--experiment", "nope"], "no MLflow experiment 'nope'.*cry"),
+                          (["--experiment", "cry", "--sort", "test/nothing"], "no such metric")):
+        assert compare.main([*argv, "--output-dir", str(output)]) == 2
+        assert re.search(message, capsys.readouterr().err)
+    assert compare.main(["--experiment", "cry", "--output-dir", str(tmp_path)]) == 2
+    assert "no MLflow store" in capsys.readouterr().err
+    # the library raises; only the entry point turns it into an exit status
+    with pytest.raises(LookupError, match="no MLflow experiment 'nope'"):
+        compare.collect_runs(MlflowClient(f"sqlite:///{output / 'mlflow' / 'mlflow.db'}"), ["nope"])
 
 
 def test_console_script_runs_the_comparison(output_dir):

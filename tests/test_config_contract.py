@@ -8,7 +8,6 @@ from omegaconf import OmegaConf
 
 from audioml.api import compose_config
 from audioml.config import CONFIG_DIR
-from conftest import REPO
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 DATASETS = sorted(p.stem for p in (Path(CONFIG_DIR) / "data").glob("*.yaml"))

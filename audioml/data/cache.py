@@ -20,28 +20,22 @@ import json
 import logging
 import mmap
 import os
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from audioml.files import atomic_path, atomic_write_bytes, exclusive_lock
+
 log = logging.getLogger(__name__)
 
-__all__ = ["fingerprint_files", "fingerprint_settings", "ArrayCache", "WaveformCache",
+__all__ = ["fingerprint_files", "ArrayCache", "WaveformCache",
            "reopenable", "reopen"]
 
 #: Bump when the on-disk layout changes: old entries are then ignored.
 CACHE_FORMAT = 2
-
-
-def fingerprint_settings(settings: dict[str, Any]) -> str:
-    """sha256 (hex, 20 chars) of ``settings`` as canonical JSON (sorted keys)."""
-    text = json.dumps(settings, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 def fingerprint_files(paths: Sequence[str | Path], settings: dict[str, Any]) -> str:
@@ -56,31 +50,6 @@ def fingerprint_files(paths: Sequence[str | Path], settings: dict[str, Any]) -> 
         stat = os.stat(path)
         digest.update(f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:20]
-
-
-@contextmanager
-def _exclusive_lock(lock_path: Path, description: str) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``lock_path`` (created if needed) for the ``with`` body.
-
-    The kernel drops the lock when its holder dies, so a crashed builder never blocks others.
-    Where ``fcntl`` is missing (Windows) no lock is taken: concurrent builders then each build,
-    and the atomic publish still leaves one valid entry.
-    """
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(lock_path, "a+b") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for another process that is building %s", description)
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def reopenable(array: np.ndarray) -> tuple[str, Any]:
@@ -192,7 +161,7 @@ class ArrayCache:
             log.info("cache hit: %s", self.array_path)
             return loaded
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        with _exclusive_lock(self.lock_path, str(self.array_path)):
+        with exclusive_lock(self.lock_path, f"building {self.array_path}"):
             loaded = self._try_load(shape)  # another process may have built it while we waited
             if loaded is not None:
                 self.status = "waited"
@@ -206,32 +175,15 @@ class ArrayCache:
 
     def _build_and_publish(self, shape: tuple[int, ...], dtype: np.dtype,
                            build: Callable[[np.ndarray], dict[str, Any]]) -> None:
-        handle, array_temp = tempfile.mkstemp(dir=self.cache_dir, prefix=f".tmp-{self.name}-", suffix=".npy")
-        os.close(handle)
-        meta_temp = None
-        try:
+        # Metadata first, array last: the entry exists only once both are in place.
+        with atomic_path(self.array_path, suffix=".npy") as array_temp:
             out = np.lib.format.open_memmap(array_temp, mode="w+", dtype=dtype, shape=shape)
             user_meta = dict(build(out))
             out.flush()
             del out
-            with open(array_temp, "rb+") as file:
-                os.fsync(file.fileno())
             meta = {**user_meta, "key": self.key, "format": CACHE_FORMAT, "shape": list(shape),
                     "dtype": dtype.str, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            handle, meta_temp = tempfile.mkstemp(dir=self.cache_dir, prefix=f".tmp-{self.name}-", suffix=".json")
-            with os.fdopen(handle, "w") as file:
-                json.dump(meta, file)
-                file.flush()
-                os.fsync(file.fileno())
-            # Metadata first, array last: the entry exists only once both are in place.
-            os.replace(meta_temp, self.meta_path)
-            meta_temp = None
-            os.replace(array_temp, self.array_path)
-            array_temp = None
-        finally:
-            for leftover in (array_temp, meta_temp):
-                if leftover is not None:
-                    Path(leftover).unlink(missing_ok=True)
+            atomic_write_bytes(self.meta_path, json.dumps(meta).encode())
 
 
 class WaveformCache:

@@ -39,6 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from audioml.data.cache import ArrayCache, reopen, reopenable
+from audioml.files import fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +99,8 @@ def embedding_key(waveform_key: str, frontend: nn.Module, backbone: nn.Module, r
                   items: str = "") -> str:
     """Key of the cache entry: waveform cache key + ``module_fingerprint`` + representation +
     ``items`` (a description of clips beyond the waveform cache, see ``_items_fingerprint``)."""
-    text = json.dumps({"waveforms": waveform_key, "modules": module_fingerprint(frontend, backbone),
-                       "representation": representation, "items": items, "format": EMBEDDING_FORMAT},
-                      sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
+    return fingerprint({"waveforms": waveform_key, "modules": module_fingerprint(frontend, backbone),
+                        "representation": representation, "items": items, "format": EMBEDDING_FORMAT})
 
 
 def _items_fingerprint(all_items: Dataset) -> str:

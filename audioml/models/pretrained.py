@@ -11,9 +11,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import logging
-import os
-import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -24,6 +21,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from audioml.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -219,21 +218,17 @@ def download_weights(cfg: PretrainedCfg, weights_dir: str | Path | None = None, 
         raise FileNotFoundError(f"weights file {cfg.filename} is not in {folder}, and the folder cannot be "
                                 f"created ({error}). {manual}") from error
     log.info("downloading %s from %s into %s", cfg.name, cfg.url, folder)
-    handle, temporary = tempfile.mkstemp(prefix=f".{cfg.filename}.", suffix=".part", dir=folder)
+    digest = hashlib.sha256()
     try:
-        digest = hashlib.sha256()
-        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(cfg.url, timeout=timeout) as response:
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                digest.update(chunk)
-                out.write(chunk)
-        _check_digest(cfg, path, digest.hexdigest())
-        shutil.move(temporary, path)
+        with atomic_path(path, suffix=".part") as temporary:
+            with open(temporary, "wb") as out, urllib.request.urlopen(cfg.url, timeout=timeout) as response:
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    digest.update(chunk)
+                    out.write(chunk)
+            _check_digest(cfg, path, digest.hexdigest())  # raises before the file is published
     except (urllib.error.URLError, OSError, TimeoutError) as error:
         raise FileNotFoundError(f"weights file {cfg.filename} is not in {folder} and could not be downloaded "
                                 f"from {cfg.url} ({error}). {manual}") from error
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
     if not cfg.sha256:
         log.warning("%s: the publisher gives no sha256; the downloaded file has sha256 %s", cfg.name,
                     digest.hexdigest())

@@ -19,7 +19,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from audioml import distributed, evaluation, reports, resume, tracking
-from audioml.checkpointing import atomic_write_bytes, find_resume_checkpoint
+from audioml.checkpointing import find_resume_checkpoint
+from audioml.files import atomic_write_bytes
 from audioml.models.embedding_cache import use_embedding_cache
 from audioml.run.checkpoint import ModelInCheckpoint, model_record, untrusted_targets
 from audioml.run.compose import (build_datamodule, build_model, build_test_trainer, build_trainer, data_tags,

@@ -87,9 +87,5 @@ class CRNNAttention(Backbone):
         self.last_attention = weights.detach()
         return torch.cat([context[:, None].expand_as(states), states], dim=-1)
 
-    def features(self, spec: torch.Tensor) -> torch.Tensor:
-        """Deep features for export: per-window ``[c; h_t]`` ``(batch, windows, num_features)``."""
-        return self.forward_features(spec)
-
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         return tokens[:, -1]

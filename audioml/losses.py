@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 __all__ = ["class_weights_from_counts", "CrossEntropyLoss", "FocalLoss", "BinaryCrossEntropyLoss", "CCCLoss",
-           "MSELoss"]
+           "MSELoss", "RegressionLoss"]
 
 
 def class_weights_from_counts(class_counts: Sequence[int], scheme: str = "balanced") -> torch.Tensor:
@@ -47,18 +47,22 @@ class CrossEntropyLoss(nn.Module):
     def __init__(self, weighting: str | None = None, class_counts: Sequence[int] | None = None,
                  label_smoothing: float = 0.0) -> None:
         super().__init__()
-        weight = None
-        if weighting is not None:
-            if not class_counts:
-                raise ValueError(f"loss.weighting={weighting!r} needs the training class counts; "
-                                 "this dataset provides none (is it a regression task?)")
-            weight = class_weights_from_counts(class_counts, weighting)
-        self.register_buffer("weight", weight)
+        self.register_buffer("weight", _counted_weights(weighting, class_counts))
         self.label_smoothing = float(label_smoothing)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(logits, target, weight=self.weight,
                                            label_smoothing=self.label_smoothing)
+
+
+def _counted_weights(weighting: str | None, class_counts: Sequence[int] | None) -> torch.Tensor | None:
+    """Class weights of scheme ``weighting`` from the training counts (``None``: unweighted)."""
+    if weighting is None:
+        return None
+    if not class_counts:
+        raise ValueError(f"loss.weighting={weighting!r} needs the training class counts; "
+                         "this dataset provides none (is it a regression task?)")
+    return class_weights_from_counts(class_counts, weighting)
 
 
 def _probability_targets(target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -92,13 +96,8 @@ class FocalLoss(nn.Module):
             raise ValueError(f"loss.gamma={gamma} must be >= 0")
         if alpha is not None and weighting is not None:
             raise ValueError("set either loss.alpha (explicit class weights) or loss.weighting, not both")
-        weight = None
-        if weighting is not None:
-            if not class_counts:
-                raise ValueError(f"loss.weighting={weighting!r} needs the training class counts; "
-                                 "this dataset provides none (is it a regression task?)")
-            weight = class_weights_from_counts(class_counts, weighting)
-        elif alpha is not None:
+        weight = _counted_weights(weighting, class_counts)
+        if alpha is not None:
             weight = torch.as_tensor(list(alpha), dtype=torch.float32)
             if class_counts and len(weight) != len(class_counts):
                 raise ValueError(f"loss.alpha has {len(weight)} values for {len(class_counts)} classes")
@@ -163,40 +162,41 @@ class BinaryCrossEntropyLoss(nn.Module):
         return nn.functional.binary_cross_entropy_with_logits(log_odds, positive, pos_weight=self.pos_weight)
 
 
-class CCCLoss(nn.Module):
+class RegressionLoss(nn.Module):
+    """Base of the regression losses: ``task = "regression"``, ``class_counts`` accepted and
+    ignored (regression has no classes), predictions and targets of equal shape."""
+
+    task = "regression"
+
+    def __init__(self, class_counts: Sequence[int] | None = None) -> None:
+        super().__init__()
+
+    @staticmethod
+    def check_shapes(prediction: torch.Tensor, target: torch.Tensor) -> None:
+        if prediction.shape != target.shape:
+            raise ValueError(f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ")
+
+
+class CCCLoss(RegressionLoss):
     """``1 - CCC`` for continuous targets (MuSe valence/arousal), averaged over targets.
 
     Predictions and targets ``(batch, [windows,] n_targets)``; every leading axis counts as
     samples of one CCC per target (``audioml.metrics.concordance_cc``), so the loss rewards
     agreement over the whole batch of sequences, as the challenge metric does.
-    ``class_counts`` is accepted and ignored (regression has no classes).
     """
-
-    task = "regression"
-
-    def __init__(self, class_counts: Sequence[int] | None = None) -> None:
-        super().__init__()
 
     def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         from audioml.metrics import concordance_cc
 
-        if prediction.shape != target.shape:
-            raise ValueError(f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ")
+        self.check_shapes(prediction, target)
         width = prediction.shape[-1] if prediction.dim() > 1 else 1
         ccc = concordance_cc(prediction.reshape(-1, width), target.reshape(-1, width), dim=0)
         return 1.0 - ccc.mean()
 
 
-class MSELoss(nn.Module):
-    """Mean squared error for continuous targets (any equal shapes). ``class_counts`` is
-    accepted and ignored."""
-
-    task = "regression"
-
-    def __init__(self, class_counts: Sequence[int] | None = None) -> None:
-        super().__init__()
+class MSELoss(RegressionLoss):
+    """Mean squared error for continuous targets (any equal shapes)."""
 
     def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if prediction.shape != target.shape:
-            raise ValueError(f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ")
+        self.check_shapes(prediction, target)
         return nn.functional.mse_loss(prediction.float(), target.float())

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from functools import partial
 
-import lightning as L
 import torch
 import torchmetrics
 from torch import nn
 
 from audioml.models.backbones.base import Backbone, HeadFactory
+from audioml.models.base import NOT_HYPERPARAMETERS, AudioModule, OptimizerFactory
 from audioml.models.embedding_cache import head_logits
 
 __all__ = ["AudioClassifier"]
 
-OptimizerFactory = Callable[..., torch.optim.Optimizer]
-
-
-class AudioClassifier(L.LightningModule):
+class AudioClassifier(AudioModule):
     """Waveforms ``(batch, time)`` -> logits ``(batch, num_classes)``.
 
     Training order per batch (all on the device): waveform augmentation (train only) ->
@@ -57,17 +53,10 @@ class AudioClassifier(L.LightningModule):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes={num_classes}: a classifier needs at least 2 classes")
-        self.save_hyperparameters(ignore=["backbone", "frontend", "head", "loss", "optimizer",
-                                          "scheduler", "waveform_augment", "spec_augment", "mixup"])
-        self.frontend = frontend
-        self.backbone = backbone
-        self.backbone.reset_classifier(num_classes, head)
-        self.backbone.freeze(freeze)
+        self.save_hyperparameters(ignore=NOT_HYPERPARAMETERS)
+        self._build(backbone, frontend, num_classes, head, freeze, optimizer, scheduler, waveform_augment,
+                    spec_augment)
         self.loss_fn = loss if loss is not None else nn.CrossEntropyLoss()
-        self.optimizer_factory = optimizer or partial(torch.optim.Adam, lr=1e-3)
-        self.scheduler_factory = scheduler
-        self.waveform_augment = waveform_augment
-        self.spec_augment = spec_augment
         self.mixup = mixup
         #: ``None``: batches hold waveforms. ``"pooled"``/``"tokens"``: they hold cached backbone
         #: outputs and only the head runs (set by ``embedding_cache.use_embedding_cache``).
@@ -195,14 +184,3 @@ class AudioClassifier(L.LightningModule):
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         waveform = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(waveform).softmax(dim=1)
-
-    # ----------------------------------------------------------------------------- optimisers
-    def configure_optimizers(self):
-        trainable = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(trainable)
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.scheduler_monitor,
-                                 "interval": self.hparams.scheduler_interval}}

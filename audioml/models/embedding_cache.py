@@ -38,6 +38,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from audioml.data.base import WaveformDataset
 from audioml.data.cache import ArrayCache, reopen, reopenable
 from audioml.files import fingerprint
 
@@ -205,27 +206,16 @@ def _probe(frontend: nn.Module, backbone: nn.Module, dataset: Dataset, represent
     return tuple(cached.shape[1:]), None
 
 
-class EmbeddingDataset(Dataset):
+class EmbeddingDataset(WaveformDataset):
     """Items ``(embedding, target)`` for manifest rows ``indices`` from an embedding array whose
-    row ``i`` belongs to manifest row ``i``; pickles a memory map as its file name."""
-
-    def __init__(self, embeddings: np.ndarray, targets: np.ndarray, indices: np.ndarray) -> None:
-        self.embeddings = embeddings
-        self.targets = targets
-        self.indices = np.asarray(indices, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
-        index = self.indices[item]
-        return torch.from_numpy(np.array(self.embeddings[index], dtype=np.float32)), torch.as_tensor(self.targets[index])
+    row ``i`` belongs to manifest row ``i`` (rows of any shape); pickles a memory map as its
+    file name, so DataLoader workers reopen it instead of receiving a copy."""
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "embeddings": reopenable(self.embeddings)}
+        return {**self.__dict__, "waveforms": reopenable(self.waveforms)}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update({**state, "embeddings": reopen(state["embeddings"])})
+        self.__dict__.update({**state, "waveforms": reopen(state["waveforms"])})
 
 
 class CachedEmbeddingDataModule(L.LightningDataModule):

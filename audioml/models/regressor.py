@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from functools import partial
 
-import lightning as L
 import torch
 from torch import nn
 
 from audioml.metrics import regression_metrics
 from audioml.models.backbones.base import Backbone, HeadFactory
+from audioml.models.base import NOT_HYPERPARAMETERS, AudioModule, OptimizerFactory
 
 __all__ = ["SequenceRegressor"]
 
-OptimizerFactory = Callable[..., torch.optim.Optimizer]
 _TORCH_REGRESSION_LOSSES = (nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss, nn.HuberLoss)
 
 
-class SequenceRegressor(L.LightningModule):
+class SequenceRegressor(AudioModule):
     """Window sequences ``(batch, windows, window_samples)`` -> predictions
     ``(batch, windows, n_targets)`` (``output="per_step"``) or ``(batch, n_targets)``
     (``"per_sequence"``, compared with the last window's target).
@@ -69,22 +67,14 @@ class SequenceRegressor(L.LightningModule):
                              "targets: use loss=ccc (1 - CCC) or loss=mse")
         if mixup is not None:
             raise ValueError("mixup mixes class labels; it does not apply to sequence regression")
-        self.save_hyperparameters(ignore=["backbone", "frontend", "head", "loss", "optimizer", "scheduler",
-                                          "waveform_augment", "spec_augment", "feature_mean", "feature_std",
-                                          "mixup"])
-        self.frontend = frontend
-        self.backbone = backbone
-        self.backbone.reset_classifier(num_classes, head)
-        self.backbone.freeze(freeze)
+        self.save_hyperparameters(ignore=[*NOT_HYPERPARAMETERS, "feature_mean", "feature_std"])
+        self._build(backbone, frontend, num_classes, head, freeze, optimizer, scheduler, waveform_augment,
+                    spec_augment)
         if loss is None:
             from audioml.losses import CCCLoss
 
             loss = CCCLoss()
         self.loss_fn = loss
-        self.optimizer_factory = optimizer or partial(torch.optim.Adam, lr=1e-3)
-        self.scheduler_factory = scheduler
-        self.waveform_augment = waveform_augment
-        self.spec_augment = spec_augment
         self.output = output
         self.num_targets = int(num_classes)
         self.target_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
@@ -241,13 +231,3 @@ class SequenceRegressor(L.LightningModule):
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         waveform = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(waveform)
-
-    # ----------------------------------------------------------------------------- optimisers
-    def configure_optimizers(self):
-        optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
-                                 "monitor": self.hparams.scheduler_monitor,
-                                 "interval": self.hparams.scheduler_interval}}

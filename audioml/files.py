@@ -68,8 +68,9 @@ def fsync_directory(folder: str | Path) -> None:
 
 @contextmanager
 def exclusive_lock(path: str | Path, waiting_for: str = "") -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` for the block; logs ``waiting_for`` when another
-    process holds it."""
+    """Hold an exclusive ``flock`` on ``path`` for the block; when another process holds it,
+    logs "another process is <waiting_for>" and waits. The kernel drops a lock whose holder
+    dies, so a crashed holder never blocks others."""
     try:
         import fcntl
     except ImportError:  # Windows: no lock
@@ -82,7 +83,7 @@ def exclusive_lock(path: str | Path, waiting_for: str = "") -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if waiting_for:
-                log.info("waiting for another process that is %s", waiting_for)
+                log.warning("another process is %s", waiting_for)
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield

@@ -70,7 +70,7 @@ def _store_lock(uri: str):
     if path is None:
         yield
         return
-    with exclusive_lock(path.with_name(path.name + ".lock"), f"preparing the MLflow store {path}"):
+    with exclusive_lock(path.with_name(path.name + ".lock"), f"preparing the MLflow store {path}: waiting for it"):
         yield
 
 

@@ -112,7 +112,7 @@ def test_a_crafted_checkpoint_is_refused_before_any_code_runs(noise_ir_run, tmp_
 @pytest.mark.parametrize("change, message", [
     (lambda r: r.update(data={**r["data"], "_target_": "os.system"}), "data._target_='os.system'"),
     (lambda r: r["model"]["backbone"].update(_target_="audioml.models.classifier.os.system"), "not a class"),
-    (lambda r: r["model"]["backbone"].update(_target_="audioml.models.classifier.L.LightningModule"),
+    (lambda r: r["model"]["backbone"].update(_target_="audioml.models.base.L.LightningModule"),
      "not a Module defined in"),
     (lambda r: r["model"].update(sample_rate="${oc.env:HOME}"), "model.sample_rate='${oc.env:HOME}'"),
     (lambda r: r["data"].update(root="${oc.env:HOME}/x"), "interpolations are not allowed"),

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -26,14 +27,15 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path):
+def _start_server(tmp_path: Path, *options: str, env: dict | None = None):
+    """``(process, url)`` of an ``mlflow server`` on 127.0.0.1 once it answers ``/health``."""
     port = _free_port()
     log = open(tmp_path / "server.log", "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
-         str(tmp_path / "artifact-root")], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+         str(tmp_path / "artifact-root"), *options], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, **(env or {})}, cwd=tmp_path)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 240
     while True:
@@ -46,9 +48,19 @@ def server(tmp_path):
         assert process.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
         assert time.monotonic() < deadline, "mlflow server did not start"
         time.sleep(0.5)
-    yield url
-    os.killpg(process.pid, signal.SIGTERM)  # the server and its worker, started by this fixture
+    return process, url
+
+
+def _stop_server(process) -> None:
+    os.killpg(process.pid, signal.SIGTERM)  # the server and its worker, started by this test
     process.wait(timeout=60)
+
+
+@pytest.fixture
+def server(tmp_path):
+    process, url = _start_server(tmp_path)
+    yield url
+    _stop_server(process)
 
 
 def _get(url: str, endpoint: str, **query) -> dict:
@@ -102,3 +114,39 @@ def test_sweep_logged_to_a_real_mlflow_server_reads_back_complete(server, tmp_pa
         with urllib.request.urlopen(f"{server}/get-artifact?" + urllib.parse.urlencode(
                 {"path": "metrics.json", "run_uuid": run_id}), timeout=30) as response:
             assert json.loads(response.read()) == written
+
+
+def test_a_basic_auth_server_refuses_anonymous_writes_and_takes_a_run_with_credentials(tmp_path):
+    """The README's team server: MLflow's basic-auth app on 127.0.0.1; runs authenticate with
+    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD."""
+    (tmp_path / "auth.ini").write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{tmp_path / 'auth.db'}\nadmin_username = admin\n"
+        "admin_password = a-long-team-password-42\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    process, url = _start_server(tmp_path, "--app-name", "basic-auth",
+                                 env={"MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "auth.ini"),
+                                      "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret"})
+    try:
+        with pytest.raises(urllib.error.HTTPError) as anonymous:
+            _post(url, "/api/2.0/mlflow/experiments/create", {"name": "intruder"})
+        assert anonymous.value.code == 401
+        output = tmp_path / "out"
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        env.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD="a-long-team-password-42")
+        trained = subprocess.run(
+            [sys.executable, "-m", "audioml.train", "data=synthetic", "data.clips_per_class=8",
+             "model.backbone.channels=[8,16]", "model.backbone.dense=16", "trainer.max_epochs=1",
+             "trainer.enable_progress_bar=false", f"logger.tracking_uri={url}", f"paths.output_dir={output}"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert trained.returncode == 0, trained.stderr[-5000:]
+        from mlflow import MlflowClient
+
+        os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD="a-long-team-password-42")
+        try:
+            runs = MlflowClient(url).search_runs([MlflowClient(url).get_experiment_by_name("synthetic").experiment_id])
+        finally:
+            for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+                os.environ.pop(key, None)
+        assert len(runs) == 1 and runs[0].info.status == "FINISHED" and "test/macro_f1" in runs[0].data.metrics
+    finally:
+        _stop_server(process)

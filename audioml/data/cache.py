@@ -161,7 +161,7 @@ class ArrayCache:
             log.info("cache hit: %s", self.array_path)
             return loaded
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        with exclusive_lock(self.lock_path, f"building {self.array_path}"):
+        with exclusive_lock(self.lock_path, f"building {self.array_path}: waiting for it"):
             loaded = self._try_load(shape)  # another process may have built it while we waited
             if loaded is not None:
                 self.status = "waited"

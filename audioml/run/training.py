@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from audioml import distributed, evaluation, reports, resume, tracking
 from audioml.checkpointing import find_resume_checkpoint
-from audioml.files import atomic_write_bytes
+from audioml.files import atomic_write_bytes, exclusive_lock
 from audioml.models.embedding_cache import use_embedding_cache
 from audioml.run.checkpoint import ModelInCheckpoint, model_record, untrusted_targets
 from audioml.run.compose import (build_datamodule, build_model, build_test_trainer, build_trainer, data_tags,
@@ -28,13 +28,27 @@ from audioml.run.compose import (build_datamodule, build_model, build_test_train
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_evaluation", "train", "write_test_reports"]
+__all__ = ["run_evaluation", "train", "write_test_reports", "RUN_LOCK"]
+
+#: Lock file of a run directory (see ``run_evaluation``).
+RUN_LOCK = ".lock"
 
 
 def run_evaluation(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     """Run ``cfg.evaluation``'s protocol: one ``train`` (holdout), or one per fold (k-fold) into
-    ``<run_dir>/fold_<i>``, each a child of a parent MLflow run that gets the summary."""
+    ``<run_dir>/fold_<i>``, each a child of a parent MLflow run that gets the summary.
+
+    One process at a time works in ``run_dir`` (an exclusive lock on ``<run_dir>/.lock``, held
+    by DDP rank zero): the same command started twice, or a sweep repeating a job, waits for
+    the first and then finds the run finished (or continues it where the first stopped)."""
     run_dir = Path(run_dir)
+    if not distributed.is_global_zero_process():
+        return _run_evaluation(cfg, run_dir)
+    with exclusive_lock(run_dir / RUN_LOCK, f"training in {run_dir}: waiting until it ends"):
+        return _run_evaluation(cfg, run_dir)
+
+
+def _run_evaluation(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     if (finished := resume.read_done(run_dir)) is not None:
         log.info("%s finished before (%s): skipped; delete the folder to train again", run_dir, resume.DONE_FILE)
         return finished

@@ -1,4 +1,4 @@
-"""Files written after testing: confusion-matrix image, per-class report, predictions."""
+"""Figures and tables of a run: confusion matrices, predictions, learning curves, embedding PCA."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 
-__all__ = ["plot_confusion_matrix", "per_class_report", "write_predictions", "plot_learning_curves",
+__all__ = ["plot_confusion_matrix", "predictions_table", "plot_learning_curves",
            "plot_embedding_pca", "pca_2d", "LearningCurves"]
 
 
@@ -42,31 +42,16 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: 
     return path
 
 
-def per_class_report(matrix: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
-    """Precision, recall, F1 and support per class from a confusion matrix (rows true)."""
-    matrix = np.asarray(matrix, dtype=float)
-    true_positive = np.diag(matrix)
-    support = matrix.sum(axis=1)
-    predicted = matrix.sum(axis=0)
-    precision = np.divide(true_positive, predicted, out=np.zeros_like(true_positive), where=predicted > 0)
-    recall = np.divide(true_positive, support, out=np.zeros_like(true_positive), where=support > 0)
-    denominator = precision + recall
-    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(true_positive), where=denominator > 0)
-    return pd.DataFrame({"class": list(class_names), "precision": precision, "recall": recall,
-                         "f1": f1, "support": support.astype(int)})
-
-
-def write_predictions(path: str | Path, manifest: pd.DataFrame, probabilities: np.ndarray,
-                      targets: np.ndarray, class_names: Sequence[str]) -> Path:
-    """CSV: manifest columns (path, group, ...), true and predicted class, one probability column
-    per class."""
+def predictions_table(manifest: pd.DataFrame, probabilities: np.ndarray, targets: np.ndarray,
+                      class_names: Sequence[str]) -> pd.DataFrame:
+    """Manifest columns (path, group, ...), true and predicted class, one probability column
+    per class (``test_predictions.csv``)."""
     table = manifest.reset_index(drop=True).copy()
     table["true"] = [class_names[t] for t in targets]
     table["predicted"] = [class_names[p] for p in probabilities.argmax(axis=1)]
     for index, name in enumerate(class_names):
         table[f"p_{name}"] = probabilities[:, index]
-    table.to_csv(path, index=False)
-    return Path(path)
+    return table
 
 
 def plot_learning_curves(history: Sequence[dict[str, float]], path: str | Path,

@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+from conftest import find_run_dirs, read_metrics, run_entry_point
 
 from audioml.config import user_config_dirs
 from audioml.data.custom import CsvDataModule, FolderDataModule
-from conftest import find_run_dirs, read_metrics, run_entry_point
 
 RATE = 8000
 

@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 import pandas as pd
-
-from audioml.data.cli import main
 from test_data_donateacry_raw import make_raw_corpus
 from test_data_download import _Server, _wav_bytes, _zip_bytes
+
+from audioml.data.cli import main
 
 
 def test_list_and_muse_message(capsys):

@@ -15,8 +15,15 @@ import pytest
 import soundfile as sf
 
 from audioml.data import download
-from audioml.data.download import (ChecksumError, DatasetSource, DownloadError, RemoteFile, download_dataset,
-                                   fetch, install)
+from audioml.data.download import (
+    ChecksumError,
+    DatasetSource,
+    DownloadError,
+    RemoteFile,
+    download_dataset,
+    fetch,
+    install,
+)
 
 
 class _Server:

@@ -8,7 +8,6 @@ import math
 import pandas as pd
 import pytest
 import torch
-
 from conftest import find_run_dirs, read_metrics, run_entry_point
 from test_data_muse import make_muse_package
 

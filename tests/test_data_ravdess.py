@@ -7,10 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from test_data_fixtures import make_ravdess, ravdess_name, tone
 
 from audioml.data.audio import load_audio
-from audioml.data.ravdess import EMOTIONS, RavdessDataModule, actor_split, parse_ravdess_filename
-from test_data_fixtures import make_ravdess, ravdess_name, tone
+from audioml.data.ravdess import (
+    EMOTIONS,
+    RavdessDataModule,
+    actor_split,
+    parse_ravdess_filename,
+)
 
 
 def _module(root: Path, **kwargs) -> RavdessDataModule:

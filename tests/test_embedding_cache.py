@@ -20,7 +20,10 @@ from audioml.data.synthetic import SyntheticDataModule
 from audioml.features import LogMel
 from audioml.models.backbones.cnn import ScratchCNN
 from audioml.models.classifier import AudioClassifier
-from audioml.models.embedding_cache import CachedEmbeddingDataModule, use_embedding_cache
+from audioml.models.embedding_cache import (
+    CachedEmbeddingDataModule,
+    use_embedding_cache,
+)
 from audioml.models.heads import LinearHead, TransformerHead
 
 GENERATOR = dict(num_classes=3, clips_per_class=8, num_groups=6, seconds=0.5, learnable=True)
@@ -155,7 +158,7 @@ def test_cached_training_reuses_embeddings_and_checkpoint_runs_on_waveforms(tmp_
     assert "embedding cache built" in caplog.text
     caplog.clear()
     second = _compose(tmp_path, "b", "model.optimizer.lr=0.01")  # a sweep job: other head settings
-    metrics = train(second, tmp_path / "runs" / "b")
+    metrics = train(second, tmp_path / "runs" / "b").metrics
     assert "embedding cache hit" in caplog.text
     assert json.loads((tmp_path / "runs" / "b" / "metrics.json").read_text())["test/acc"] == pytest.approx(
         metrics["test/acc"])

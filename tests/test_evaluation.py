@@ -8,7 +8,8 @@ import pytest
 import torch
 import torchmetrics.classification as tm
 
-from audioml import evaluation as ev
+from audioml import stats as ev
+from audioml.run.protocols import Holdout, KFold
 
 NAMES = ["a", "b", "c", "d"]
 
@@ -53,7 +54,7 @@ def test_bootstrap_resamples_whole_groups():
 
 
 def test_intervals_contain_the_estimate_and_shrink_with_more_groups():
-    protocol = ev.Holdout(bootstrap_samples=400, seed=1)
+    protocol = Holdout(bootstrap_samples=400, seed=1)
     rng = np.random.default_rng(3)
 
     def width(n_groups: int) -> tuple[float, float, float]:
@@ -126,7 +127,7 @@ def test_score_reports_intervals_baseline_collapse_and_verdict():
     targets = np.array([3] * 60 + [0] * 10 + [1] * 10 + [2] * 10)  # class "d" is the majority
     groups = np.arange(90) // 2
     good = np.where(rng.random(90) < 0.8, targets, rng.integers(0, 4, 90))
-    protocol = ev.Holdout(bootstrap_samples=200, permutations=300, seed=0)
+    protocol = Holdout(bootstrap_samples=200, permutations=300, seed=0)
     scores = protocol.score(np.eye(4)[good], targets, groups, NAMES, majority_class=3,
                             collapse={"d": ["d"], "not_d": ["a", "b", "c"]})
     metrics = scores.metrics
@@ -147,22 +148,22 @@ def test_score_reports_intervals_baseline_collapse_and_verdict():
 
 def test_protocol_settings_are_validated():
     with pytest.raises(ValueError, match="confidence"):
-        ev.Holdout(confidence=1.5)
+        Holdout(confidence=1.5)
     with pytest.raises(ValueError, match="permutation_metric"):
-        ev.Holdout(permutation_metric="auc")
+        Holdout(permutation_metric="auc")
     with pytest.raises(ValueError, match="k >= 2"):
-        ev.KFold(k=1)
+        KFold(k=1)
 
 
 def test_collapse_rules_argmax_mapping_and_summed_probability():
     probabilities = np.array([[0.4, 0.3, 0.2, 0.1], [0.1, 0.1, 0.1, 0.7]])
     targets = np.array([0, 3])
     collapse = {"a": ["a"], "rest": ["b", "c", "d"]}
-    by_argmax = ev.Holdout(bootstrap_samples=0).score(probabilities, targets, ["g1", "g2"], NAMES, 3, collapse)
-    by_probability = ev.Holdout(bootstrap_samples=0, collapse_by="probability").score(
+    by_argmax = Holdout(bootstrap_samples=0).score(probabilities, targets, ["g1", "g2"], NAMES, 3, collapse)
+    by_probability = Holdout(bootstrap_samples=0, collapse_by="probability").score(
         probabilities, targets, ["g1", "g2"], NAMES, 3, collapse)
     assert by_argmax.collapsed_matrix.tolist() == [[1, 0], [0, 1]]  # "a" predicted -> coarse "a"
     assert by_probability.collapsed_matrix.tolist() == [[0, 1], [0, 1]]  # P(rest) = 0.6 wins
     assert by_argmax.metrics["test/binary_acc"] == 1.0 and by_probability.metrics["test/binary_acc"] == 0.5
     with pytest.raises(ValueError, match="collapse_by"):
-        ev.Holdout(collapse_by="vote")
+        Holdout(collapse_by="vote")

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import find_run_dirs, read_metrics, run_entry_point
 
 #: A generated dataset with enough groups for grouped resampling, and settings that learn it fast.

@@ -7,10 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from conftest import find_run_dirs, read_metrics, run_entry_point
 from mlflow.tracking import MlflowClient
 
 from audioml.models.backbones.autoencoder import ConvAutoencoder
-from conftest import find_run_dirs, read_metrics, run_entry_point
 
 
 def test_autoencoder_shapes_and_reconstruction_target() -> None:

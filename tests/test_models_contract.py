@@ -13,8 +13,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
-from audioml.models.regressor import SequenceRegressor
 from audioml.config import CONFIG_DIR
+from audioml.models.regressor import SequenceRegressor
 from audioml.run.compose import build_model
 
 MODELS = sorted(p.stem for p in Path(CONFIG_DIR, "model").glob("*.yaml"))

@@ -14,11 +14,15 @@ import torchaudio.compliance.kaldi as kaldi
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from audioml.config import CONFIG_DIR
 from audioml.features.kaldi_fbank import KaldiFbank
 from audioml.features.kaldi_mel import KaldiMelSpectrogram
 from audioml.features.panns_logmel import PannsLogMel
-from audioml.features.vggish_frontend import VGGishLogMel, hertz_to_mel, vggish_mel_matrix
-from audioml.config import CONFIG_DIR
+from audioml.features.vggish_frontend import (
+    VGGishLogMel,
+    hertz_to_mel,
+    vggish_mel_matrix,
+)
 
 
 def noisy_tones(batch: int, seconds: float, sample_rate: int, seed: int = 0) -> torch.Tensor:

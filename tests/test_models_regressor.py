@@ -14,11 +14,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader, TensorDataset
 
+from audioml.config import CONFIG_DIR
 from audioml.features import LogMel
 from audioml.losses import CCCLoss, CrossEntropyLoss, MSELoss
 from audioml.metrics import concordance_cc, regression_metrics
 from audioml.models.regressor import SequenceRegressor
-from audioml.config import CONFIG_DIR
 from audioml.run.compose import build_model
 
 SAMPLE_RATE = 16000

@@ -3,9 +3,8 @@
 import json
 
 import nbformat
-from nbclient import NotebookClient
-
 from conftest import REPO
+from nbclient import NotebookClient
 
 
 def test_quickstart_notebook_executes(tmp_path, monkeypatch):

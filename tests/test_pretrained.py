@@ -18,13 +18,20 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.nn import functional as F
 
+from audioml.config import CONFIG_DIR
 from audioml.models.backbones.ast import AudioSpectrogramTransformer
 from audioml.models.backbones.imagenet import ImageNetCNN
 from audioml.models.backbones.panns import Cnn14
 from audioml.models.backbones.vggish import VGGish
-from audioml.models.pretrained import (PRETRAINED_CFGS, PretrainedCfg, adapt_input_conv, download_weights,
-                                       get_pretrained_cfg, load_pretrained, weights_folder)
-from audioml.config import CONFIG_DIR
+from audioml.models.pretrained import (
+    PRETRAINED_CFGS,
+    PretrainedCfg,
+    adapt_input_conv,
+    download_weights,
+    get_pretrained_cfg,
+    load_pretrained,
+    weights_folder,
+)
 
 
 @pytest.fixture()

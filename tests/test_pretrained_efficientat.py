@@ -12,10 +12,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from audioml.config import CONFIG_DIR
 from audioml.data.audio import load_audio
 from audioml.models.backbones.efficientat import EfficientATMobileNet
 from audioml.models.pretrained import file_sha256, get_pretrained_cfg, load_pretrained
-from audioml.config import CONFIG_DIR
 from audioml.run.compose import build_model
 
 RECORD = get_pretrained_cfg("efficientat_mn04_as")

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import find_run_dirs, read_metrics, run_entry_point
 
 WEIGHTS_FILE = "mn04_as_mAP_432.pt"

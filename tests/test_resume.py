@@ -16,11 +16,19 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mlflow import MlflowClient
 
-from audioml import resume, tracking
 from audioml import config as entry
+from audioml import resume, tracking
+from audioml.checkpointing import (
+    AtomicCheckpointIO,
+    checkpoint_is_intact,
+    find_resume_checkpoint,
+)
+from audioml.data.resumable import (
+    EpochRandomSampler,
+    EpochWeightedRandomSampler,
+    ResumableDataLoader,
+)
 from audioml.run import compose as run_compose
-from audioml.checkpointing import AtomicCheckpointIO, checkpoint_is_intact, find_resume_checkpoint
-from audioml.data.resumable import EpochRandomSampler, EpochWeightedRandomSampler, ResumableDataLoader
 
 
 def _loader(items, sampler, batch_size=4, workers=0):

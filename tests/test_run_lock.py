@@ -8,10 +8,11 @@ import subprocess
 import sys
 import time
 
+from conftest import REPO
+
 from audioml import resume
 from audioml.files import exclusive_lock
 from audioml.run.training import RUN_LOCK
-from conftest import REPO
 
 
 def test_the_same_command_twice_waits_for_the_first_and_does_not_train_again(tmp_path):

@@ -11,6 +11,7 @@ from torch import nn
 from audioml.models.backbones.base import Backbone, HeadFactory
 from audioml.models.base import NOT_HYPERPARAMETERS, AudioModule, OptimizerFactory
 from audioml.models.embedding_cache import head_logits
+from audioml.stats import SUMMARY_METRICS, metrics_from_confusion
 
 __all__ = ["AudioClassifier"]
 
@@ -65,28 +66,29 @@ class AudioClassifier(AudioModule):
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names for {num_classes} classes")
-        self.train_metrics = self._metrics("train/")
-        self.val_metrics = self._metrics("val/")
-        self.test_metrics = self._metrics("test/")
-        per_class = dict(num_classes=num_classes, average="none")
-        self.test_per_class = nn.ModuleDict({
-            "precision": torchmetrics.classification.MulticlassPrecision(**per_class),
-            "recall": torchmetrics.classification.MulticlassRecall(**per_class),
-            "f1": torchmetrics.classification.MulticlassF1Score(**per_class),
-        })
+        # One confusion matrix per stage accumulates over the epoch (synced across DDP ranks by
+        # torchmetrics, saved in resume checkpoints); every metric is computed from it by
+        # audioml.stats.metrics_from_confusion, the one definition audioml uses.
+        self.train_confusion = torchmetrics.classification.MulticlassConfusionMatrix(num_classes)
+        self.val_confusion = torchmetrics.classification.MulticlassConfusionMatrix(num_classes)
         self.test_confusion = torchmetrics.classification.MulticlassConfusionMatrix(num_classes)
+        self.test_confusion_matrix: torch.Tensor | None = None
         #: Softmax outputs and targets of the last test run, in loader order (CPU).
         self.test_probabilities: torch.Tensor | None = None
         self.test_targets: torch.Tensor | None = None
         self._test_buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def _metrics(self, prefix: str) -> torchmetrics.MetricCollection:
-        c = self.hparams.num_classes
-        return torchmetrics.MetricCollection({
-            "acc": torchmetrics.classification.MulticlassAccuracy(c, average="micro"),
-            "balanced_acc": torchmetrics.classification.MulticlassAccuracy(c, average="macro"),
-            "macro_f1": torchmetrics.classification.MulticlassF1Score(c, average="macro"),
-        }, prefix=prefix)
+    def _log_epoch_metrics(self, stage: str, per_class: bool = False, prog_bar: bool = False) -> torch.Tensor:
+        """Log ``<stage>/acc``, ``balanced_acc``, ``macro_f1`` (and per class: ``precision_<c>``,
+        ``recall_<c>``, ``f1_<c>``) of the epoch's confusion matrix; returns the matrix."""
+        confusion = getattr(self, f"{stage}_confusion")
+        matrix = confusion.compute()
+        confusion.reset()
+        values = metrics_from_confusion(matrix.cpu().numpy(), self.class_names)
+        names = list(values) if per_class else list(SUMMARY_METRICS)
+        self.log_dict({f"{stage}/{name}": torch.tensor(float(values[name]), device=self.device) for name in names},
+                      prog_bar=prog_bar, sync_dist=True)
+        return matrix
 
     # ----------------------------------------------------------------------------- forward path
     def spectrogram(self, waveform: torch.Tensor) -> torch.Tensor:
@@ -125,7 +127,7 @@ class AudioClassifier(AudioModule):
     def _hard(target: torch.Tensor) -> torch.Tensor:
         return target.argmax(dim=1) if target.dim() == 2 else target
 
-    def _step(self, batch, metrics: torchmetrics.MetricCollection, stage: str):
+    def _step(self, batch, stage: str):
         waveform, target = batch
         if stage == "train" and self.mixup is not None:
             spec, target = self.mixup(self.spectrogram(waveform), target, self.num_classes)
@@ -137,46 +139,33 @@ class AudioClassifier(AudioModule):
             raise FloatingPointError(f"{stage} loss is {loss.item()}: lower the learning rate or "
                                      "check the inputs for NaN (see skipped_files.csv)")
         hard = self._hard(target)
-        metrics.update(logits.detach(), hard)
+        getattr(self, f"{stage}_confusion").update(logits.detach(), hard)
         self.log(f"{stage}/loss", loss, prog_bar=stage != "test", on_step=False, on_epoch=True,
                  batch_size=waveform.shape[0], sync_dist=True)
         return loss, logits, hard
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss, _, _ = self._step(batch, self.train_metrics, "train")
+        loss, _, _ = self._step(batch, "train")
         return loss
 
     def on_train_epoch_end(self) -> None:
-        self.log_dict(self.train_metrics.compute(), sync_dist=True)
-        self.train_metrics.reset()
+        self._log_epoch_metrics("train")
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, self.val_metrics, "val")
+        self._step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute(), prog_bar=True, sync_dist=True)
-        self.val_metrics.reset()
+        self._log_epoch_metrics("val", prog_bar=True)
 
     def test_step(self, batch, batch_idx: int) -> None:
-        _, logits, hard = self._step(batch, self.test_metrics, "test")
-        for metric in self.test_per_class.values():
-            metric.update(logits, hard)
-        self.test_confusion.update(logits, hard)
+        _, logits, hard = self._step(batch, "test")
         self._test_buffers.append((logits.softmax(dim=1).detach().cpu(), hard.detach().cpu()))
 
     def on_test_epoch_start(self) -> None:
         self._test_buffers = []
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute(), sync_dist=True)
-        self.test_metrics.reset()
-        for name, metric in self.test_per_class.items():
-            values = metric.compute()
-            for class_name, value in zip(self.class_names, values):
-                self.log(f"test/{name}_{class_name}", value, sync_dist=True)
-            metric.reset()
-        self.test_confusion_matrix = self.test_confusion.compute().cpu()
-        self.test_confusion.reset()
+        self.test_confusion_matrix = self._log_epoch_metrics("test", per_class=True).cpu()
         if self._test_buffers:
             self.test_probabilities = torch.cat([p for p, _ in self._test_buffers])
             self.test_targets = torch.cat([t for _, t in self._test_buffers])

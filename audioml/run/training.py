@@ -6,7 +6,6 @@ k-fold) over ``train``.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from functools import partial
 from pathlib import Path
@@ -18,17 +17,32 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from audioml import distributed, evaluation, reports, resume, tracking
+from audioml import distributed, resume, tracking
 from audioml.checkpointing import find_resume_checkpoint
 from audioml.files import atomic_write_bytes, exclusive_lock
 from audioml.models.embedding_cache import use_embedding_cache
 from audioml.run.checkpoint import ModelInCheckpoint, model_record, untrusted_targets
-from audioml.run.compose import (build_datamodule, build_model, build_test_trainer, build_trainer, data_tags,
-                                 fit_data_statistics, open_mlflow_logger, runtime_tags)
+from audioml.run.compose import (
+    build_datamodule,
+    build_model,
+    build_test_trainer,
+    build_trainer,
+    data_tags,
+    fit_data_statistics,
+    open_mlflow_logger,
+    runtime_tags,
+)
+from audioml.run.protocols import RunResult
+from audioml.run.results import (
+    finished_result,
+    honest_test_scores,
+    write_kfold_reports,
+    write_run_reports,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_evaluation", "train", "write_test_reports", "RUN_LOCK"]
+__all__ = ["run_evaluation", "train", "RUN_LOCK"]
 
 #: Lock file of a run directory (see ``run_evaluation``).
 RUN_LOCK = ".lock"
@@ -52,44 +66,55 @@ def _run_evaluation(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     if (finished := resume.read_done(run_dir)) is not None:
         log.info("%s finished before (%s): skipped; delete the folder to train again", run_dir, resume.DONE_FILE)
         return finished
-    if not cfg.get("evaluation"):
-        return train(cfg, run_dir)
-    protocol = instantiate(cfg.evaluation)
-
-    def train_fold(fold: int | None, fold_dir: Path, parent_run_id: str | None) -> dict[str, float]:
-        if fold is None:
-            return train(cfg, fold_dir, parent_run_id=parent_run_id)
-        fold_cfg = copy.deepcopy(cfg)
-        with open_dict(fold_cfg):
-            fold_cfg.data.fold, fold_cfg.data.num_folds = fold, protocol.num_folds
-            fold_cfg.paths.run_dir = str(fold_dir)
-            fold_cfg.logger.run_name = f"{cfg.logger.get('run_name') or run_dir.name}-fold{fold}"
-        return train(fold_cfg, fold_dir, parent_run_id=parent_run_id)
-
-    def open_parent_run():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        logger = open_mlflow_logger(cfg, run_dir, {**runtime_tags(cfg), "audioml.protocol": type(protocol).__name__})
-        if logger is not None and distributed.is_global_zero_process():
-            resolved = OmegaConf.to_container(cfg, resolve=True)
-            OmegaConf.save(OmegaConf.create(resolved), run_dir / "config.yaml")
-            tracking.log_params(logger.experiment, logger.run_id, tracking.flatten_params(resolved))
-            tracking.log_artifacts(logger, [run_dir / "config.yaml"])
-        return logger
-
-    metrics = protocol.run(train_fold, run_dir, open_parent_run)
-    if resume.read_done(run_dir) is None and distributed.is_global_zero_process():
-        resume.write_done(run_dir, metrics)  # k-fold: the folds are done, the summary written
-    return metrics
+    protocol = instantiate(cfg.evaluation) if cfg.get("evaluation") else None
+    if protocol is None or protocol.num_folds is None:
+        return train(cfg, run_dir).metrics
+    rank_zero = distributed.is_global_zero_process()
+    parent = _open_parent_run(cfg, run_dir, protocol)
+    with tracking.ended_on_error(parent if rank_zero else None):
+        parent_id = getattr(parent, "run_id", None)
+        result = protocol.run(lambda fold: train(_fold_config(cfg, run_dir, fold, protocol.num_folds),
+                                                 run_dir / f"fold_{fold}", parent_run_id=parent_id))
+        if rank_zero:
+            files = write_kfold_reports(result, run_dir)
+            if parent is not None:
+                parent.log_metrics(result.metrics)
+                tracking.log_artifacts(parent, files)
+                parent.finalize("success")
+            resume.write_done(run_dir, result.metrics)  # the folds are done, the summary written
+    return result.metrics
 
 
-def train(cfg: DictConfig, run_dir: str | Path, parent_run_id: str | None = None) -> dict[str, float]:
-    """Train, validate and test one configuration; returns the final test metrics.
+def _fold_config(cfg: DictConfig, run_dir: Path, fold: int, num_folds: int) -> DictConfig:
+    fold_cfg = copy.deepcopy(cfg)
+    with open_dict(fold_cfg):
+        fold_cfg.data.fold, fold_cfg.data.num_folds = fold, num_folds
+        fold_cfg.paths.run_dir = str(run_dir / f"fold_{fold}")
+        fold_cfg.logger.run_name = f"{cfg.logger.get('run_name') or run_dir.name}-fold{fold}"
+    return fold_cfg
+
+
+def _open_parent_run(cfg: DictConfig, run_dir: Path, protocol):
+    """The MLflow run the folds nest under (rank zero logs its config), or ``None``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    logger = open_mlflow_logger(cfg, run_dir, {**runtime_tags(cfg), "audioml.protocol": type(protocol).__name__})
+    if logger is not None and distributed.is_global_zero_process():
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        OmegaConf.save(OmegaConf.create(resolved), run_dir / "config.yaml")
+        tracking.log_params(logger.experiment, logger.run_id, tracking.flatten_params(resolved))
+        tracking.log_artifacts(logger, [run_dir / "config.yaml"])
+    return logger
+
+
+def train(cfg: DictConfig, run_dir: str | Path, parent_run_id: str | None = None) -> RunResult:
+    """Train, validate and test one configuration; returns its ``RunResult`` (final test
+    metrics, test predictions).
 
     Writes into ``run_dir``: ``config.yaml`` (resolved), ``checkpoints/``, ``metrics.json``,
     ``confusion_matrix.png``, ``per_class_report.csv``, ``test_predictions.csv`` and, when
     files were skipped, ``skipped_files.csv``; all of them also go to MLflow. ``metrics.json``
     also holds the honest numbers of ``cfg.evaluation`` (intervals, baseline, permutation test;
-    see ``audioml.evaluation``) and ``val/best_<name>``, the best score of the ``monitor``.
+    see ``audioml.stats``) and ``val/best_<name>``, the best score of the ``monitor``.
     ``parent_run_id`` nests the MLflow run under that run (k-fold; else the running sweep's).
 
     Rerun with the same ``run_dir`` after an interruption: a finished run (``DONE`` marker)
@@ -101,7 +126,7 @@ def train(cfg: DictConfig, run_dir: str | Path, parent_run_id: str | None = None
     run_dir.mkdir(parents=True, exist_ok=True)
     if (finished := resume.read_done(run_dir)) is not None:
         log.info("%s finished before (%s): skipped; delete the folder to train again", run_dir, resume.DONE_FILE)
-        return finished
+        return finished_result(run_dir, finished)
     rank_zero = distributed.is_global_zero_process()
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
@@ -150,7 +175,7 @@ def train(cfg: DictConfig, run_dir: str | Path, parent_run_id: str | None = None
         if trainer.world_size > 1:  # test on one device, so every clip counts exactly once
             distributed.destroy_process_group()
             if not trainer.is_global_zero:
-                return resume.wait_for_done(run_dir)
+                return finished_result(run_dir, resume.wait_for_done(run_dir))
             trainer = build_test_trainer(cfg, run_dir, logger)
         try:
             trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
@@ -161,14 +186,14 @@ def train(cfg: DictConfig, run_dir: str | Path, parent_run_id: str | None = None
         if best_callback is not None and best_callback.best_model_score is not None and best_callback.monitor:
             group, _, name = best_callback.monitor.rpartition("/")
             metrics[f"{group}/best_{name}" if group else f"best_{name}"] = float(best_callback.best_model_score)
-        honest, honest_files = ({}, []) if not cfg.get("evaluation") else evaluation.report_test_run(
+        honest, honest_files = ({}, []) if not cfg.get("evaluation") else honest_test_scores(
             instantiate(cfg.evaluation), model, datamodule, run_dir)
         logged = set(trainer.callback_metrics)
-        honest = {k: v for k, v in honest.items() if k not in metrics}  # Lightning logged the rest
         metrics.update(honest)
         if logger is not None and (unlogged := {k: v for k, v in metrics.items() if k not in logged}):
             logger.log_metrics(unlogged)
-        files = write_test_reports(model, datamodule, run_dir, metrics, best) + honest_files
+        result, files = write_run_reports(model, datamodule, run_dir, metrics)
+        files += honest_files
         if logger is not None:
             tracking.log_artifacts(logger, [config_path, *files])
             if best and cfg.logger.get("log_checkpoint", True):
@@ -177,30 +202,7 @@ def train(cfg: DictConfig, run_dir: str | Path, parent_run_id: str | None = None
         resume.write_done(run_dir, metrics)  # last: the run counts as finished only now
         log.info("test metrics: %s", {k: round(v, 4) for k, v in metrics.items() if "_" not in k.split("/")[-1] or k.endswith("macro_f1")})
         log.info("finished: run directory %s; %s", run_dir, _mlflow_location(cfg, logger))
-        return metrics
-
-
-def write_test_reports(model, datamodule, run_dir: Path, metrics: dict[str, float],
-                       best_checkpoint: str) -> list[Path]:
-    """Write metrics.json and the per-class files; returns the paths written."""
-    metrics_path = run_dir / "metrics.json"
-    metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    files = [metrics_path]
-    matrix = getattr(model, "test_confusion_matrix", None)
-    if matrix is not None:
-        class_names = datamodule.class_names
-        files.append(reports.plot_confusion_matrix(matrix.numpy(), class_names, run_dir / "confusion_matrix.png"))
-        report = reports.per_class_report(matrix.numpy(), class_names)
-        report.to_csv(run_dir / "per_class_report.csv", index=False)
-        files.append(run_dir / "per_class_report.csv")
-    if getattr(model, "test_probabilities", None) is not None:
-        files.append(reports.write_predictions(run_dir / "test_predictions.csv", datamodule.split_manifest("test"),
-                                               model.test_probabilities.numpy(), model.test_targets.numpy(),
-                                               datamodule.class_names))
-    if len(datamodule.skipped):
-        datamodule.skipped.to_csv(run_dir / "skipped_files.csv", index=False)
-        files.append(run_dir / "skipped_files.csv")
-    return files
+        return result
 
 
 def _mlflow_location(cfg: DictConfig, logger) -> str:

@@ -1,7 +1,8 @@
-"""Honest evaluation: protocols (holdout, grouped k-fold) and the numbers reported beside every
-test metric.
+"""Honest statistics, as pure functions of predictions: metrics from confusion matrices (the
+one definition every part of audioml uses), group-bootstrap intervals, the majority-class
+baseline, label-permutation tests, collapsed tasks and fold aggregates.
 
-For every run, from its test predictions:
+For a set of test predictions ``HonestScoring.score`` reports:
 
 - **bootstrap confidence intervals** resampling whole groups (babies, actors, tracks) with
   replacement, percentile method: ``test/<m>_ci_low``, ``test/<m>_ci_high``;
@@ -15,42 +16,29 @@ For every run, from its test predictions:
   ``collapse_by="probability"`` the coarse class with the largest summed member probability
   wins (for two coarse classes: hungry when P(hungry) > 0.5).
 
-The k-fold protocol trains once per fold (each fold a child MLflow run of one parent run) and
-reports on the parent ``test/<m>_mean`` / ``_std`` across folds plus every number above computed
-on the pooled out-of-fold predictions (each clip scored once, by the model that did not see it).
-
 Metric definitions equal torchmetrics' (macro averages skip classes absent from both targets and
 predictions). ``test/loss`` has no interval: it is not a function of the predicted classes.
+The protocols that produce the predictions (holdout, k-fold) are ``audioml.run.protocols``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["confusion_matrices", "metrics_from_confusion", "group_bootstrap_confusions",
-           "permutation_test", "collapse_probabilities", "aggregate_folds", "Scores",
-           "EvaluationProtocol", "Holdout", "KFold", "collect_embeddings", "SUMMARY_METRICS"]
+__all__ = ["SUMMARY_METRICS", "confusion_matrices", "metrics_from_confusion", "per_class_table",
+           "group_bootstrap_confusions", "permutation_test", "collapse_probabilities", "aggregate_folds",
+           "Scores", "HonestScoring"]
 
 #: Metrics computed from a confusion matrix for a task (per-class ones are added per class).
 SUMMARY_METRICS = ("acc", "balanced_acc", "macro_f1")
-
-#: Written next to test_predictions.csv when the DataModule declares a collapse.
-COLLAPSE_FILE = "class_collapse.json"
-
-#: ``train_fold(fold or None, run_dir, parent_run_id or None) -> test metrics``.
-TrainFold = Callable[[int | None, Path, str | None], dict[str, float]]
-
 
 # ------------------------------------------------------------------------------ metric algebra
 def confusion_matrices(targets: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -94,6 +82,16 @@ def metrics_from_confusion(matrix: np.ndarray, class_names: Sequence[str]) -> di
         out[f"recall_{name}"] = recall[..., index]
         out[f"f1_{name}"] = f1[..., index]
     return out
+
+
+def per_class_table(matrix: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
+    """Precision, recall, F1 and support per class of one confusion matrix (rows true)."""
+    values = metrics_from_confusion(matrix, class_names)
+    return pd.DataFrame({"class": list(class_names),
+                         "precision": [float(values[f"precision_{c}"]) for c in class_names],
+                         "recall": [float(values[f"recall_{c}"]) for c in class_names],
+                         "f1": [float(values[f"f1_{c}"]) for c in class_names],
+                         "support": np.asarray(matrix).sum(axis=1).astype(int)})
 
 
 def group_bootstrap_confusions(targets: np.ndarray, predictions: np.ndarray, groups: Sequence,
@@ -229,8 +227,9 @@ class Scores:
     collapsed_names: list[str] | None
 
 
-class EvaluationProtocol:
-    """Settings of the numbers reported beside every test metric (see the module docstring).
+class HonestScoring:
+    """Settings of the numbers reported beside every test metric, and ``score``, which computes
+    them from one set of predictions (a pure function of its arguments and these settings).
 
     Args:
         bootstrap_samples: group-bootstrap resamples for the intervals (0 disables them).
@@ -245,9 +244,6 @@ class EvaluationProtocol:
             depends on calibration (class-weighted losses shift probability towards rare classes).
         seed: seeds the bootstrap and the permutations.
     """
-
-    #: Folds to train; ``None`` means a single run on the DataModule's own holdout split.
-    num_folds: int | None = None
 
     def __init__(self, bootstrap_samples: int = 1000, confidence: float = 0.95, permutations: int = 0,
                  permutation_metric: str = "macro_f1", grouped_permutation: bool = True,
@@ -271,7 +267,7 @@ class EvaluationProtocol:
 
     def score(self, probabilities: np.ndarray, targets: np.ndarray, groups: Sequence,
               class_names: Sequence[str], majority_class: int | np.ndarray,
-              collapse: Mapping[str, Sequence[str]] | None = None) -> Scores:
+              collapse: Mapping[str, Sequence[str]] | None = None, point_estimates: bool = True) -> Scores:
         """Point estimates, intervals, baseline and permutation test of one set of predictions.
 
         Args:
@@ -281,6 +277,8 @@ class EvaluationProtocol:
             majority_class: the training split's most frequent class (or one per clip, for
                 pooled out-of-fold predictions whose folds had different training splits).
             collapse: ``{coarse: [classes]}`` to score the collapsed task as ``binary_*`` too.
+            point_estimates: include ``test/<m>`` itself (a tested run has logged them already:
+                ``False`` leaves them out rather than computing them twice).
         """
         class_names = list(class_names)
         probabilities = np.asarray(probabilities, dtype=np.float64)
@@ -301,13 +299,14 @@ class EvaluationProtocol:
             matrix = confusion_matrices(truth, predicted, len(names))
             if prefix:
                 collapsed_matrix = matrix
-            point = metrics_from_confusion(matrix, names)
-            metrics.update({f"test/{prefix}{k}": float(v) for k, v in point.items()})
+            point = {f"test/{prefix}{k}": float(v) for k, v in metrics_from_confusion(matrix, names).items()}
+            if point_estimates or prefix:  # the collapsed task is never logged by the model
+                metrics.update(point)
             base_point = metrics_from_confusion(confusion_matrices(truth, base, len(names)), names)
             metrics.update({f"baseline/{prefix}{k}": float(base_point[k]) for k in SUMMARY_METRICS})
             if self.bootstrap_samples:
                 metrics.update(self._intervals(truth, predicted, groups, names, prefix))
-            text = self._describe(metrics, prefix)
+            text = self._describe({**point, **metrics}, prefix)
             if self.permutations:
                 _, p_value, _ = permutation_test(truth, predicted, names, self.permutation_metric,
                                                  groups if self.grouped_permutation else None,
@@ -344,137 +343,3 @@ class EvaluationProtocol:
             text += (f" [{self.confidence:.0%} CI {metrics[f'test/{name}_ci_low']:.3f}-"
                      f"{metrics[f'test/{name}_ci_high']:.3f}]")
         return text + f" vs majority baseline {metrics[f'baseline/{name}']:.3f}"
-
-    def run(self, train_fold: TrainFold, run_dir: Path, open_parent_run: Callable[[], object | None]) -> dict[str, float]:
-        """Train and test under this protocol; returns the metrics to report."""
-        return train_fold(None, Path(run_dir), None)
-
-
-class Holdout(EvaluationProtocol):
-    """One training on the DataModule's grouped train/val/test split."""
-
-
-class KFold(EvaluationProtocol):
-    """Grouped k-fold cross-validation: fold ``i`` of the DataModule's grouped ``k``-fold
-    partition is the test set of training ``i`` (validation carved from the other folds).
-
-    ``run`` trains every fold through ``train_fold`` into ``<run_dir>/fold_<i>`` as a child of
-    one parent MLflow run, then writes into ``run_dir`` (and onto the parent run):
-    ``metrics.json`` (``<m>_mean``/``_std`` across folds plus the pooled out-of-fold scores),
-    ``oof_predictions.csv`` (every fold's ``test_predictions.csv`` with a ``fold`` column),
-    ``fold_metrics.csv`` and the pooled confusion matrices.
-    """
-
-    def __init__(self, k: int = 5, **settings) -> None:
-        super().__init__(**settings)
-        if int(k) < 2:
-            raise ValueError(f"evaluation.k={k}: k-fold needs k >= 2")
-        self.num_folds = int(k)
-
-    def run(self, train_fold: TrainFold, run_dir: Path, open_parent_run: Callable[[], object | None]) -> dict[str, float]:
-        from audioml import reports
-
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        parent = open_parent_run()
-        parent_id = getattr(parent, "run_id", None)
-        fold_metrics, tables = [], []
-        for fold in range(self.num_folds):
-            fold_dir = run_dir / f"fold_{fold}"
-            log.info("k-fold: training fold %d of %d into %s", fold + 1, self.num_folds, fold_dir)
-            metrics = train_fold(fold, fold_dir, parent_id)
-            fold_metrics.append(metrics)
-            table = pd.read_csv(fold_dir / "test_predictions.csv")
-            table.insert(0, "fold", fold)
-            table["majority_class"] = int(metrics["baseline/majority_class"])
-            tables.append(table)
-        oof = pd.concat(tables, ignore_index=True)
-        class_names = [c[2:] for c in oof.columns if c.startswith("p_")]
-        oof_path = run_dir / "oof_predictions.csv"
-        oof.to_csv(oof_path, index=False)
-        collapse_file = run_dir / "fold_0" / COLLAPSE_FILE
-        collapse = json.loads(collapse_file.read_text()) if collapse_file.is_file() else None
-        scores = self.score(oof[[f"p_{c}" for c in class_names]].to_numpy(),
-                            oof["true"].map({c: i for i, c in enumerate(class_names)}).to_numpy(),
-                            oof["group"].astype(str).to_numpy(), class_names,
-                            oof["majority_class"].to_numpy(), collapse)
-        metrics = {**aggregate_folds(fold_metrics), **scores.metrics}
-        fold_table = pd.DataFrame(fold_metrics).assign(fold=range(self.num_folds))
-        fold_table.to_csv(run_dir / "fold_metrics.csv", index=False)
-        predicted = oof[[f"p_{c}" for c in class_names]].to_numpy().argmax(axis=1)
-        truth = oof["true"].map({c: i for i, c in enumerate(class_names)}).to_numpy()
-        files = [oof_path, run_dir / "fold_metrics.csv",
-                 reports.plot_confusion_matrix(confusion_matrices(truth, predicted, len(class_names)),
-                                               class_names, run_dir / "confusion_matrix.png",
-                                               title=f"out-of-fold confusion matrix ({self.num_folds} folds)")]
-        if scores.collapsed_matrix is not None:
-            files.append(reports.plot_confusion_matrix(scores.collapsed_matrix, scores.collapsed_names,
-                                                       run_dir / "confusion_matrix_binary.png",
-                                                       title="out-of-fold collapsed confusion matrix"))
-        metrics_path = run_dir / "metrics.json"
-        metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        files.append(metrics_path)
-        mean, std = metrics.get("test/macro_f1_mean"), metrics.get("test/macro_f1_std")
-        log.info("k-fold (%d folds): macro_f1 %.3f +- %.3f across folds; pooled out-of-fold: %s",
-                 self.num_folds, mean if mean is not None else float("nan"),
-                 std if std is not None else float("nan"), scores.summary)
-        if parent is not None:
-            parent.log_metrics(metrics)
-            for path in files:
-                parent.experiment.log_artifact(parent.run_id, str(path))
-            parent.finalize("success")
-        return metrics
-
-
-# ------------------------------------------------------------------------ one run's reports
-@torch.no_grad()
-def collect_embeddings(model: torch.nn.Module, dataloader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(pooled backbone embeddings (n, d), logits (n, C), targets (n,))`` of a loader, in eval
-    mode, on the model's device. The model must have ``embed(waveform)`` and ``forward``."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    before, after, targets = [], [], []
-    for waveform, target in dataloader:
-        waveform = waveform.to(device)
-        before.append(model.embed(waveform).float().cpu())
-        after.append(model(waveform).float().cpu())
-        targets.append(target.argmax(dim=1) if target.dim() == 2 else target)
-    model.train(was_training)
-    return (torch.cat(before).numpy(), torch.cat(after).numpy(), torch.cat(targets).numpy())
-
-
-def report_test_run(protocol: EvaluationProtocol, model: torch.nn.Module, datamodule,
-                    run_dir: str | Path) -> tuple[dict[str, float], list[Path]]:
-    """Honest numbers and extra plots of one tested classification run.
-
-    Scores ``model.test_probabilities`` against the test split (groups from its manifest, the
-    majority class from the training counts, the DataModule's ``collapse`` if any), writes
-    ``confusion_matrix_binary.png`` and ``class_collapse.json`` for a collapse and
-    ``embeddings_pca.png`` when the model has ``embed``. Returns ``(metrics, files written)``;
-    both empty for non-classification tasks or when the model kept no test probabilities.
-    """
-    from audioml import reports
-
-    if getattr(datamodule, "task", "classification") != "classification" \
-            or getattr(model, "test_probabilities", None) is None:
-        return {}, []
-    run_dir = Path(run_dir)
-    class_names = list(datamodule.class_names)
-    manifest = datamodule.split_manifest("test")
-    majority = int(np.argmax(datamodule.train_class_counts()))
-    collapse = getattr(datamodule, "collapse", None)
-    scores = protocol.score(model.test_probabilities.numpy(), model.test_targets.numpy(),
-                            manifest["group"].astype(str).to_numpy(), class_names, majority, collapse)
-    files: list[Path] = []
-    if collapse:
-        (run_dir / COLLAPSE_FILE).write_text(json.dumps({k: list(v) for k, v in collapse.items()}))
-        files.append(reports.plot_confusion_matrix(scores.collapsed_matrix, scores.collapsed_names,
-                                                   run_dir / "confusion_matrix_binary.png",
-                                                   title="test confusion matrix (collapsed)"))
-    if hasattr(model, "embed") and len(manifest):
-        before, after, labels = collect_embeddings(model, datamodule.test_dataloader())
-        files.append(reports.plot_embedding_pca(before, after, labels, class_names,
-                                                run_dir / "embeddings_pca.png"))
-    log.info("test (honest): %s", scores.summary)
-    return scores.metrics, files

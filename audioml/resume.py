@@ -5,11 +5,12 @@ Inside it, :class:`ResumeCheckpoint` keeps ``checkpoints/last.ckpt`` (and the on
 up to date, and a ``DONE`` marker says the run finished (``metrics.json`` is complete).
 
 What a resume checkpoint holds beyond Lightning's own state (model, optimiser, schedulers,
-loop counters, callbacks, the train loader's position within the epoch):
+loop counters, callbacks, the train loader's position within the epoch; the model's state
+includes the accumulated states of every ``torchmetrics.Metric`` in it, made persistent in
+``setup``: confusion matrices and ``EpochMeans`` of the losses, so epoch metrics of a resumed
+epoch cover all its batches):
 
 - the RNG states (torch, CUDA, NumPy, ``random``) at the moment of the save;
-- the accumulated states of every ``torchmetrics.Metric`` in the LightningModule, and of the
-  epoch-level values logged with ``self.log(..., on_epoch=True)`` so far in the epoch;
 - the position of every call-counted random stream in the LightningModule: submodules with an
   integer ``calls`` and a ``reset(calls)`` method (``audioml.augment.AugmentationChain``).
 
@@ -44,6 +45,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from audioml.checkpointing import RESUME_FILENAMES
 from audioml.files import atomic_write_bytes
+from audioml.models.base import persist_metric_states
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,6 @@ DONE_FILE = "DONE"
 PREEMPTED_EXIT_CODE = 143
 _STATE_KEY = "audioml_resume"
 _NO_HANDLER = object()  # "ours is not installed" (signal.signal may return None for C handlers)
-_REDUCTIONS = ("mean", "sum", "max", "min")
 
 
 # ------------------------------------------------------------------------------ RNG states
@@ -91,36 +92,7 @@ def restore_rng_states(states: dict[str, Any]) -> None:
                         len(cuda_states), torch.cuda.device_count())
 
 
-# ---------------------------------------------------------------------- accumulated metrics
-def _module_metric_states(module: L.LightningModule) -> dict[str, dict[str, Any]]:
-    import torchmetrics
-
-    states = {}
-    for name, metric in module.named_modules():
-        if isinstance(metric, torchmetrics.Metric) and metric.update_called:
-            values = {attr: ([v.detach().cpu().clone() for v in value] if isinstance(value, list)
-                             else value.detach().cpu().clone())
-                      for attr, value in metric.metric_state.items()}
-            states[name] = {"states": values, "update_count": int(metric.update_count)}
-    return states
-
-
-def _restore_module_metric_states(module: L.LightningModule, states: dict[str, dict[str, Any]]) -> None:
-    modules = dict(module.named_modules())
-    for name, saved in states.items():
-        metric = modules.get(name)
-        if metric is None:
-            log.warning("checkpoint has accumulated states for metric %r, which the model lacks", name)
-            continue
-        for attr, value in saved["states"].items():
-            current = getattr(metric, attr)
-            device = (current[0].device if isinstance(current, list) and current else
-                      getattr(current, "device", torch.device("cpu")))
-            setattr(metric, attr, [v.to(device) for v in value] if isinstance(value, list) else value.to(device))
-        metric._update_count = saved["update_count"]  # torchmetrics keeps it private; compute() checks it
-        metric._computed = None
-
-
+# -------------------------------------------------------------------------- random streams
 def _stream_positions(module: L.LightningModule) -> dict[str, int]:
     return {name: int(sub.calls) for name, sub in module.named_modules()
             if isinstance(getattr(sub, "calls", None), int) and callable(getattr(sub, "reset", None))}
@@ -133,67 +105,6 @@ def _restore_stream_positions(module: L.LightningModule, positions: dict[str, in
             modules[name].reset(calls)
         else:
             log.warning("checkpoint has a random stream position for %r, which the model lacks", name)
-
-
-def _epoch_results(trainer: L.Trainer):
-    """Lightning's collection of this epoch's ``self.log`` values in ``training_step`` (private
-    in Lightning 2.x: read defensively; absent -> epoch means after a resume cover only the
-    batches after it, with a warning)."""
-    return getattr(getattr(trainer.fit_loop, "epoch_loop", None), "_results", None)
-
-
-def _reduction(meta) -> str | None:
-    for name in _REDUCTIONS:
-        if getattr(meta, f"is_{name}_reduction", False):
-            return name
-    return None
-
-
-def _logged_epoch_states(trainer: L.Trainer) -> dict[str, dict[str, Any]]:
-    results = _epoch_results(trainer)
-    if results is None:
-        return {}
-    states = {}
-    for key, result in results.items():
-        meta = getattr(result, "meta", None)
-        if not getattr(result, "is_tensor", False) or not getattr(meta, "on_epoch", False):
-            continue
-        reduction = _reduction(meta)
-        if reduction is None or getattr(result, "has_reset", False):
-            continue
-        entry = {"reduction": reduction, "value": result.value.detach().cpu().clone()}
-        if reduction == "mean":
-            entry["cumulated_batch_size"] = result.cumulated_batch_size.detach().cpu().clone()
-        states[key] = entry
-    return states
-
-
-def _merge_logged_epoch_states(trainer: L.Trainer, states: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Add the saved partial-epoch accumulations into the values logged since the resume;
-    returns the entries not logged yet (merged later)."""
-    results = _epoch_results(trainer)
-    if results is None:
-        log.warning("this Lightning version hides its logged-value collection: epoch means of the resumed "
-                    "epoch cover only the batches after the resume")
-        return {}
-    waiting = {}
-    for key, saved in states.items():
-        result = results.get(key)
-        if result is None or not getattr(result, "is_tensor", False):
-            waiting[key] = saved
-            continue
-        value = saved["value"].to(result.value.device, result.value.dtype)
-        if saved["reduction"] in ("mean", "sum"):
-            result.value = result.value + value  # the same sum as accumulating without the break
-        elif saved["reduction"] == "max":
-            result.value = torch.maximum(result.value, value)
-        else:
-            result.value = torch.minimum(result.value, value)
-        if saved["reduction"] == "mean":
-            result.cumulated_batch_size = result.cumulated_batch_size + saved["cumulated_batch_size"].to(
-                result.cumulated_batch_size.device)
-        result._computed = None
-    return waiting
 
 
 # --------------------------------------------------------------------------- the callback
@@ -225,7 +136,6 @@ class ResumeCheckpoint(Checkpoint):
         self._previous_handler: Any = _NO_HANDLER
         self._last_saved_step = -1
         self._restored: dict[str, Any] | None = None
-        self._waiting_epoch_states: dict[str, dict[str, Any]] = {}
 
     @property
     def state_key(self) -> str:
@@ -244,10 +154,7 @@ class ResumeCheckpoint(Checkpoint):
         self._last_saved_step = trainer.global_step
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        checkpoint[_STATE_KEY] = {"version": 1, "rng": capture_rng_states(),
-                                  "metrics": _module_metric_states(pl_module),
-                                  "streams": _stream_positions(pl_module),
-                                  "logged": _logged_epoch_states(trainer)}
+        checkpoint[_STATE_KEY] = {"version": 2, "rng": capture_rng_states(), "streams": _stream_positions(pl_module)}
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         self._restored = checkpoint.get(_STATE_KEY)
@@ -259,6 +166,10 @@ class ResumeCheckpoint(Checkpoint):
         self._last_saved_step = int(state_dict.get("last_saved_step", -1))
 
     # ----------------------------------------------------------------------- the hooks
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Before Lightning restores a checkpoint into the module: metric states in state_dict.
+        persist_metric_states(pl_module)
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         loader = trainer.train_dataloader
         if loader is not None and not (hasattr(loader, "state_dict") and hasattr(loader, "load_state_dict")):
@@ -268,9 +179,7 @@ class ResumeCheckpoint(Checkpoint):
             # Restored here, right before the first batch is drawn, so nothing in between
             # (loader set-up, sanity checks) consumes the restored random streams.
             restore_rng_states(self._restored["rng"])
-            _restore_module_metric_states(pl_module, self._restored.get("metrics", {}))
             _restore_stream_positions(pl_module, self._restored.get("streams", {}))
-            self._waiting_epoch_states = dict(self._restored.get("logged", {}))
             self._restored = None
         if self.handle_sigterm:
             try:
@@ -290,8 +199,6 @@ class ResumeCheckpoint(Checkpoint):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
-        if self._waiting_epoch_states:
-            self._waiting_epoch_states = _merge_logged_epoch_states(trainer, self._waiting_epoch_states)
         stop = trainer.strategy.reduce_boolean_decision(self._signal_received, all=False)
         self.stop_requested = self.stop_requested or stop
         if (batch_idx + 1) % trainer.accumulate_grad_batches:
@@ -306,9 +213,6 @@ class ResumeCheckpoint(Checkpoint):
             self._save(trainer)
         if stop:
             raise SIGTERMException()
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._waiting_epoch_states = {}  # logged values that never reappeared this epoch
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_handler()

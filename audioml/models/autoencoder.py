@@ -11,6 +11,7 @@ import lightning as L
 import torch
 
 from audioml.models.backbones.autoencoder import ConvAutoencoder
+from audioml.models.base import NOT_HYPERPARAMETERS, EpochMeans
 from audioml.models.classifier import AudioClassifier
 
 log = logging.getLogger(__name__)
@@ -47,12 +48,12 @@ class AutoencoderClassifier(AudioClassifier):
         if pretrain_epochs < 1:
             raise ValueError(f"model.pretrain_epochs={pretrain_epochs} must be >= 1")
         super().__init__(backbone, *args, freeze=freeze, **kwargs)
-        self.save_hyperparameters(ignore=["backbone", "frontend", "head", "loss", "optimizer", "scheduler",
-                                          "waveform_augment", "spec_augment", "mixup", "pretrain_optimizer"])
+        self.save_hyperparameters(ignore=[*NOT_HYPERPARAMETERS, "pretrain_optimizer"])
         self.pretrain_epochs = int(pretrain_epochs)
         self.pretrain_optimizer_factory = pretrain_optimizer
         self.stage_freeze = freeze
         self.stage = "classification"
+        self.pretrain_means = EpochMeans([f"{PRETRAIN_PREFIX}/train/loss", f"{PRETRAIN_PREFIX}/val/loss"])
 
     # ------------------------------------------------------------------------- stage control
     def fit_pretraining_stage(self, datamodule: L.LightningDataModule, make_trainer: Callable[..., L.Trainer],
@@ -87,8 +88,7 @@ class AutoencoderClassifier(AudioClassifier):
         loss = self.backbone.reconstruction_loss(self.spectrogram(waveform))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"reconstruction loss is {loss.item()}: lower the learning rate")
-        self.log(f"{PRETRAIN_PREFIX}/{stage}/loss", loss, prog_bar=True, on_step=False, on_epoch=True,
-                 batch_size=waveform.shape[0], sync_dist=True)
+        self.pretrain_means.update(f"{PRETRAIN_PREFIX}/{stage}/loss", loss, waveform.shape[0])
         return loss
 
     def reconstruction_loss(self, waveform: torch.Tensor) -> torch.Tensor:
@@ -101,8 +101,15 @@ class AutoencoderClassifier(AudioClassifier):
             return self._reconstruction_step(batch[0], "train")
         return super().training_step(batch, batch_idx)
 
+    def _log_pretrain_loss(self, stage: str) -> None:
+        name = f"{PRETRAIN_PREFIX}/{stage}/loss"
+        if (value := self.pretrain_means.pop(name)) is not None:
+            self.log(name, value, prog_bar=True, sync_dist=True)
+
     def on_train_epoch_end(self) -> None:
-        if self.stage != "reconstruction":
+        if self.stage == "reconstruction":
+            self._log_pretrain_loss("train")
+        else:
             super().on_train_epoch_end()
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -112,7 +119,9 @@ class AutoencoderClassifier(AudioClassifier):
         super().validation_step(batch, batch_idx)
 
     def on_validation_epoch_end(self) -> None:
-        if self.stage != "reconstruction":
+        if self.stage == "reconstruction":
+            self._log_pretrain_loss("val")
+        else:
             super().on_validation_epoch_end()
 
     def configure_optimizers(self):

@@ -13,13 +13,55 @@ from torch import nn
 
 from audioml.models.backbones.base import Backbone, HeadFactory
 
-__all__ = ["AudioModule", "OptimizerFactory", "NOT_HYPERPARAMETERS"]
+__all__ = ["AudioModule", "EpochMeans", "OptimizerFactory", "NOT_HYPERPARAMETERS", "persist_metric_states"]
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 #: Constructor arguments that are modules or factories, not hyperparameters to record.
 NOT_HYPERPARAMETERS = ["backbone", "frontend", "head", "loss", "optimizer", "scheduler", "waveform_augment",
                        "spec_augment", "mixup"]
+
+
+def persist_metric_states(module: nn.Module) -> None:
+    """Make the accumulated states of every ``torchmetrics.Metric`` in ``module`` part of its
+    ``state_dict`` (``Metric.persistent``), so checkpoints carry them and resume restores them
+    through ``load_state_dict``."""
+    import torchmetrics
+
+    for sub in module.modules():
+        if isinstance(sub, torchmetrics.Metric):
+            sub.persistent(True)
+
+
+class EpochMeans(nn.Module):
+    """Epoch means of per-batch values (losses), one ``torchmetrics.MeanMetric`` per name.
+
+    Their states are persistent (part of ``state_dict``), so a checkpoint written mid-epoch
+    carries the partial sums and a resumed epoch reports the mean of all its batches; in DDP
+    ``compute`` syncs them across ranks. (Lightning's own ``self.log(on_epoch=True)``
+    accumulation lives in private trainer state that no public API saves.)
+    """
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__()
+        import torchmetrics
+
+        self.names = list(names)
+        self.means = nn.ModuleList([torchmetrics.MeanMetric() for _ in self.names])
+        for mean in self.means:
+            mean.persistent(True)
+
+    def update(self, name: str, value: torch.Tensor, weight: int) -> None:
+        self.means[self.names.index(name)].update(value.detach(), weight)
+
+    def pop(self, name: str) -> torch.Tensor | None:
+        """The epoch mean of ``name`` (``None`` when nothing was added), then reset."""
+        mean = self.means[self.names.index(name)]
+        if mean.update_count == 0 and not bool(mean.weight):
+            return None
+        value = mean.compute()
+        mean.reset()
+        return value
 
 
 class AudioModule(L.LightningModule):
@@ -36,6 +78,16 @@ class AudioModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.waveform_augment = waveform_augment
         self.spec_augment = spec_augment
+        self.epoch_means = EpochMeans([f"{stage}/loss" for stage in ("train", "val", "test")])
+
+    def _add_loss(self, stage: str, loss: torch.Tensor, batch_size: int) -> None:
+        self.epoch_means.update(f"{stage}/loss", loss, batch_size)
+
+    def _log_epoch_loss(self, stage: str, prog_bar: bool = False) -> None:
+        """Log ``<stage>/loss``, the batch-size-weighted mean over the epoch."""
+        value = self.epoch_means.pop(f"{stage}/loss")
+        if value is not None:
+            self.log(f"{stage}/loss", value, prog_bar=prog_bar, sync_dist=True)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])

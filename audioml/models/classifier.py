@@ -72,6 +72,8 @@ class AudioClassifier(AudioModule):
         self.train_confusion = torchmetrics.classification.MulticlassConfusionMatrix(num_classes)
         self.val_confusion = torchmetrics.classification.MulticlassConfusionMatrix(num_classes)
         self.test_confusion = torchmetrics.classification.MulticlassConfusionMatrix(num_classes)
+        for confusion in (self.train_confusion, self.val_confusion, self.test_confusion):
+            confusion.persistent(True)  # in state_dict: a mid-epoch checkpoint carries the counts
         self.test_confusion_matrix: torch.Tensor | None = None
         #: Softmax outputs and targets of the last test run, in loader order (CPU).
         self.test_probabilities: torch.Tensor | None = None
@@ -82,6 +84,7 @@ class AudioClassifier(AudioModule):
         """Log ``<stage>/acc``, ``balanced_acc``, ``macro_f1`` (and per class: ``precision_<c>``,
         ``recall_<c>``, ``f1_<c>``) of the epoch's confusion matrix; returns the matrix."""
         confusion = getattr(self, f"{stage}_confusion")
+        self._log_epoch_loss(stage, prog_bar=stage != "test")
         matrix = confusion.compute()
         confusion.reset()
         values = metrics_from_confusion(matrix.cpu().numpy(), self.class_names)
@@ -140,8 +143,7 @@ class AudioClassifier(AudioModule):
                                      "check the inputs for NaN (see skipped_files.csv)")
         hard = self._hard(target)
         getattr(self, f"{stage}_confusion").update(logits.detach(), hard)
-        self.log(f"{stage}/loss", loss, prog_bar=stage != "test", on_step=False, on_epoch=True,
-                 batch_size=waveform.shape[0], sync_dist=True)
+        self._add_loss(stage, loss, waveform.shape[0])
         return loss, logits, hard
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:

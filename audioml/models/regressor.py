@@ -189,12 +189,12 @@ class SequenceRegressor(AudioModule):
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{stage} loss is {loss.item()}: lower the learning rate or check the "
                                      "inputs for NaN")
-        self.log(f"{stage}/loss", loss, prog_bar=stage != "test", on_step=False, on_epoch=True,
-                 batch_size=waveform.shape[0], sync_dist=True)
+        self._add_loss(stage, loss, waveform.shape[0])
         self._buffers_by_stage.setdefault(stage, []).append((prediction.detach().cpu(), target.detach().cpu()))
         return loss
 
     def _log_epoch(self, stage: str) -> None:
+        self._log_epoch_loss(stage, prog_bar=stage != "test")
         buffers = self._buffers_by_stage.pop(stage, [])
         if not buffers:
             return

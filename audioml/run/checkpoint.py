@@ -41,6 +41,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from audioml.models.base import persist_metric_states
+
 log = logging.getLogger(__name__)
 
 __all__ = ["RECORD_KEY", "FORMAT", "UntrustedCheckpointError", "ModelInCheckpoint", "model_record",
@@ -237,6 +239,7 @@ def model_from_record(record: dict[str, Any], state_dict: dict[str, torch.Tensor
     model_cfg = dict(record["model"])
     _set_pretrained_false(model_cfg)  # never download weights on a checkpoint's word
     model = instantiate_model(model_cfg, record.get("loss"), record["class_names"], record.get("class_counts"))
+    persist_metric_states(model)  # as training did: metric states are part of every checkpoint
     model.load_state_dict(state_dict, strict=True)
     model.eval()
     return model

@@ -62,10 +62,25 @@ def run_key(root: DictConfig) -> str:
     return f"{data_name}-{model_name}-{digest}".replace("/", "_")
 
 
+def pretrained_contract(weights: str, field: str):
+    """``${pretrained:<weights>,<field>}``: a field of the weights' registry record
+    (``audioml.models.pretrained``), e.g. ``sample_rate``; the record is the one place a
+    pretrained model's input contract is written."""
+    from audioml.models.pretrained import get_pretrained_cfg
+
+    record = get_pretrained_cfg(str(weights))
+    if field not in ("sample_rate", "num_classes"):
+        raise ValueError(f"${{pretrained:{weights},{field}}}: use sample_rate or num_classes")
+    return getattr(record, field)
+
+
 def register_resolvers() -> None:
-    """Register ``${run_key:}`` (idempotent); entry points call it before Hydra composes."""
+    """Register ``${run_key:}`` and ``${pretrained:...}`` (idempotent); entry points call it
+    before Hydra composes."""
     if not OmegaConf.has_resolver("run_key"):
         OmegaConf.register_new_resolver("run_key", lambda *, _root_: run_key(_root_), use_cache=False)
+    if not OmegaConf.has_resolver("pretrained"):
+        OmegaConf.register_new_resolver("pretrained", pretrained_contract)
 
 
 def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:

@@ -14,12 +14,14 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from audioml.config import CONFIG_DIR
+from audioml.models.pretrained import get_pretrained_cfg
 from audioml.models.regressor import SequenceRegressor
 from audioml.run.compose import build_model
 
 MODELS = sorted(p.stem for p in Path(CONFIG_DIR, "model").glob("*.yaml"))
 #: Input-size overrides that keep CPU time small; the architecture itself is unchanged.
-FAST = {"ast": ["model.frontend.target_frames=128", "+model.backbone.config={max_length:128}"],
+FAST = {"ast": ["+model.frontend={_target_:audioml.features.kaldi_fbank.KaldiFbank,sample_rate:16000,n_mels:128,"
+                 "target_frames:128,mean:-4.2677393,std:9.1379948}", "+model.backbone.config={max_length:128}"],
         "imagenet_cnn": ["model.backbone.image_size=64"]}
 #: Full-size transformers take minutes on a shared CPU; ``ast_tiny`` runs the same code by default.
 SLOW = {"ast"}
@@ -108,10 +110,12 @@ def test_model_contract(name: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", [m for m in MODELS if m not in ("cnn", "cnn_deep")])
 def test_model_yaml_declares_its_input(name: str, tmp_path: Path) -> None:
-    """Every model names its sample rate and a front end whose sample rate is the same."""
+    """Every model names its sample rate and a front end whose sample rate is the same (its
+    own, or with ``frontend: null`` the one of its weights' record)."""
     cfg = compose_model(name, tmp_path)
     assert int(cfg.model.sample_rate) > 0
-    frontend = OmegaConf.to_container(cfg.model.frontend, resolve=True)
+    frontend = (OmegaConf.to_container(cfg.model.frontend, resolve=True) if cfg.model.frontend is not None
+                else get_pretrained_cfg(cfg.model.backbone.weights).frontend_config())
     assert frontend["sample_rate"] == cfg.model.sample_rate
 
 

@@ -15,14 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from torch.nn import functional as F
 
 from audioml.config import CONFIG_DIR
 from audioml.models.backbones.ast import AudioSpectrogramTransformer
+from audioml.models.backbones.cnn import ScratchCNN
 from audioml.models.backbones.imagenet import ImageNetCNN
 from audioml.models.backbones.panns import Cnn14
 from audioml.models.backbones.vggish import VGGish
+from audioml.models.classifier import AudioClassifier
 from audioml.models.pretrained import (
     PRETRAINED_CFGS,
     PretrainedCfg,
@@ -32,6 +33,7 @@ from audioml.models.pretrained import (
     load_pretrained,
     weights_folder,
 )
+from audioml.run.compose import build_model
 
 
 @pytest.fixture()
@@ -270,16 +272,28 @@ def test_ast_pretrained_offline_names_repo_url_and_folder(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("model_name", ["efficientat_mn04", "panns_cnn14", "panns_cnn14_16k", "vggish", "ast"])
-def test_yaml_front_end_is_the_registry_contract(model_name: str) -> None:
+def test_the_input_contract_is_written_once_in_the_record(model_name: str) -> None:
+    """The YAMLs do not copy the contract: the rate comes from the record, the front end is null."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=[f"model={model_name}"])
     record = get_pretrained_cfg(cfg.model.backbone.weights)
-    assert cfg.model.sample_rate == record.sample_rate
-    from_yaml = instantiate(cfg.model.frontend)
+    assert cfg.model.sample_rate == record.sample_rate and cfg.model.frontend is None
+
+
+def test_the_model_builds_its_front_end_from_the_backbone_record() -> None:
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["model=efficientat_mn04", "model.pretrained=false"])
+    model = build_model(cfg, ["a", "b"])
+    record = model.backbone.pretrained_cfg
+    assert record is get_pretrained_cfg("efficientat_mn04_as")  # attached to the backbone, as timm does
     from_record = record.build_frontend()
-    assert type(from_yaml) is type(from_record)
+    assert type(model.frontend) is type(from_record)
     waveform = 0.1 * torch.randn(2, record.sample_rate, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(from_yaml(waveform), from_record(waveform))
+    assert torch.equal(model.frontend(waveform), from_record(waveform))
+    with pytest.raises(ValueError, match="take 32000 Hz"):
+        AudioClassifier(model.backbone, None, 2, sample_rate=16000)
+    with pytest.raises(ValueError, match="model.frontend is null"):
+        AudioClassifier(ScratchCNN(), None, 2)
 
 
 def test_registry_records_are_complete() -> None:

@@ -33,6 +33,19 @@ def persist_metric_states(module: nn.Module) -> None:
             sub.persistent(True)
 
 
+def contract_frontend(backbone: Backbone, sample_rate: int) -> nn.Module:
+    """The front end of the backbone's weights record (``frontend=None``), checked against the
+    model's ``sample_rate``."""
+    record = getattr(backbone, "pretrained_cfg", None)
+    if record is None or not record.frontend_target:
+        raise ValueError(f"model.frontend is null, but {type(backbone).__name__} has no weights record with a "
+                         "front end: set model.frontend (e.g. frontend: ${features})")
+    if record.sample_rate and int(sample_rate) != record.sample_rate:
+        raise ValueError(f"model.sample_rate={sample_rate}, but the weights {record.name!r} take "
+                         f"{record.sample_rate} Hz audio: leave model.sample_rate to the record")
+    return record.build_frontend()
+
+
 class EpochMeans(nn.Module):
     """Epoch means of per-batch values (losses), one ``torchmetrics.MeanMetric`` per name.
 
@@ -67,10 +80,10 @@ class EpochMeans(nn.Module):
 class AudioModule(L.LightningModule):
     """Base of ``AudioClassifier`` and ``SequenceRegressor`` (their docs list the arguments)."""
 
-    def _build(self, backbone: Backbone, frontend: nn.Module, num_outputs: int, head: HeadFactory | None,
+    def _build(self, backbone: Backbone, frontend: nn.Module | None, num_outputs: int, head: HeadFactory | None,
                freeze: str, optimizer: OptimizerFactory | None, scheduler: Callable | None,
-               waveform_augment: nn.Module | None, spec_augment: nn.Module | None) -> None:
-        self.frontend = frontend
+               waveform_augment: nn.Module | None, spec_augment: nn.Module | None, sample_rate: int) -> None:
+        self.frontend = frontend if frontend is not None else contract_frontend(backbone, sample_rate)
         self.backbone = backbone
         self.backbone.reset_classifier(num_outputs, head)
         self.backbone.freeze(freeze)

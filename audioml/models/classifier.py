@@ -23,7 +23,8 @@ class AudioClassifier(AudioModule):
 
     Args:
         backbone: a ``Backbone``; its classifier is replaced by ``head`` for ``num_classes``.
-        frontend: waveform ``(batch, time)`` -> spectrogram ``(batch, 1, n_mels, frames)``.
+        frontend: waveform ``(batch, time)`` -> spectrogram ``(batch, 1, n_mels, frames)``;
+            ``None``: the front end of the backbone's weights record (its input contract).
         num_classes, class_names: from the DataModule.
         sample_rate: rate (Hz) the front end expects; the data side resamples to it.
         head: head factory ``(in_features, num_classes) -> nn.Module``; linear when ``None``.
@@ -43,7 +44,7 @@ class AudioClassifier(AudioModule):
             the backbone loads them), recorded in the hyperparameters.
     """
 
-    def __init__(self, backbone: Backbone, frontend: nn.Module, num_classes: int,
+    def __init__(self, backbone: Backbone, frontend: nn.Module | None, num_classes: int,
                  class_names: Sequence[str] | None = None, sample_rate: int = 16000,
                  head: HeadFactory | None = None, loss: nn.Module | None = None,
                  optimizer: OptimizerFactory | None = None, scheduler: Callable | None = None,
@@ -56,7 +57,7 @@ class AudioClassifier(AudioModule):
             raise ValueError(f"num_classes={num_classes}: a classifier needs at least 2 classes")
         self.save_hyperparameters(ignore=NOT_HYPERPARAMETERS)
         self._build(backbone, frontend, num_classes, head, freeze, optimizer, scheduler, waveform_augment,
-                    spec_augment)
+                    spec_augment, sample_rate)
         self.loss_fn = loss if loss is not None else nn.CrossEntropyLoss()
         self.mixup = mixup
         #: ``None``: batches hold waveforms. ``"pooled"``/``"tokens"``: they hold cached backbone

@@ -75,6 +75,12 @@ class PretrainedCfg:
     hub_repo: str | None = None
     license: str = ""
 
+    def frontend_config(self) -> dict[str, Any]:
+        """The front end as a config (``_target_`` and arguments), e.g. for a checkpoint record."""
+        if not self.frontend_target:
+            raise ValueError(f"pretrained weights {self.name!r} declare no audio front end")
+        return {"_target_": self.frontend_target, **dict(self.frontend_args)}
+
     def build_frontend(self) -> nn.Module:
         """Instantiate the front end this checkpoint expects (``ValueError`` when it has none)."""
         if not self.frontend_target:
@@ -302,11 +308,17 @@ def load_pretrained(backbone: nn.Module, cfg: PretrainedCfg, weights_dir: str | 
     if cfg.first_conv and f"{cfg.first_conv}.weight" in state and f"{cfg.first_conv}.weight" in own:
         key = f"{cfg.first_conv}.weight"
         state[key] = adapt_input_conv(state[key], own[key].shape[1])
+    # The published classifier (cfg.classifier, cfg.num_classes outputs) is kept only when the
+    # backbone's head is that classifier: same outputs, same keys and shapes.
     own_head = {k: v.shape for k, v in own.items() if k.startswith("head.")}
     file_head = {k: v.shape for k, v in state.items() if k.startswith("head.")}
-    keep_head = bool(file_head) and own_head == file_head
+    keep_head = (bool(cfg.classifier) and cfg.num_classes > 0 and bool(file_head) and own_head == file_head
+                 and getattr(backbone, "num_classes", cfg.num_classes) == cfg.num_classes)
     if not keep_head:
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        if cfg.classifier:
+            log.info("%s: its classifier %r (%d classes) is left out; the model's head starts fresh",
+                     cfg.name, cfg.classifier, cfg.num_classes)
     mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
                   if k in own and own[k].shape != v.shape]
     if mismatched:

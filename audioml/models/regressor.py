@@ -47,7 +47,7 @@ class SequenceRegressor(AudioModule):
         mixup: not supported for regression; must be ``None``.
     """
 
-    def __init__(self, backbone: Backbone, frontend: nn.Module, num_classes: int,
+    def __init__(self, backbone: Backbone, frontend: nn.Module | None, num_classes: int,
                  class_names: Sequence[str] | None = None, sample_rate: int = 16000,
                  head: HeadFactory | None = None, loss: nn.Module | None = None,
                  optimizer: OptimizerFactory | None = None, scheduler: Callable | None = None,
@@ -69,7 +69,7 @@ class SequenceRegressor(AudioModule):
             raise ValueError("mixup mixes class labels; it does not apply to sequence regression")
         self.save_hyperparameters(ignore=[*NOT_HYPERPARAMETERS, "feature_mean", "feature_std"])
         self._build(backbone, frontend, num_classes, head, freeze, optimizer, scheduler, waveform_augment,
-                    spec_augment)
+                    spec_augment, sample_rate)
         if loss is None:
             from audioml.losses import CCCLoss
 
@@ -81,7 +81,7 @@ class SequenceRegressor(AudioModule):
         if len(self.target_names) != self.num_targets:
             raise ValueError(f"{len(self.target_names)} target names for {num_classes} targets")
         # Always present (identity until fitted), so every checkpoint has the same state keys.
-        bins = self._frontend_bins(frontend, sample_rate)
+        bins = self._frontend_bins(self.frontend, sample_rate)
         mean = self._stat(feature_mean, "feature_mean", bins)
         std = self._stat(feature_std, "feature_std", bins)
         self.register_buffer("feature_mean", torch.zeros(bins) if mean is None else mean)

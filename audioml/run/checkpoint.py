@@ -85,6 +85,12 @@ def model_record(cfg: DictConfig, datamodule) -> dict[str, Any]:
     model = OmegaConf.to_container(cfg.model, resolve=True)
     for key in _TRAINING_ONLY:
         model.pop(key, None)
+    if model.get("frontend") is None and (weights := (model.get("backbone") or {}).get("weights")):
+        from audioml.models.pretrained import (
+            get_pretrained_cfg,  # pin the record's front end
+        )
+
+        model["frontend"] = get_pretrained_cfg(weights).frontend_config()
     _set_pretrained_false(model)
     return {"format": FORMAT, "model": model,
             "loss": OmegaConf.to_container(cfg.loss, resolve=True) if cfg.get("loss") else None,

@@ -40,6 +40,7 @@ class AudioSpectrogramTransformer(Backbone):
                  weights_dir: str | None = None, local_files_only: bool = False,
                  config: Mapping[str, Any] | None = None, num_classes: int = 527) -> None:
         super().__init__()
+        self.attach_pretrained_cfg(weights)
         from transformers import ASTConfig, ASTModel
 
         config = dict(config or {})

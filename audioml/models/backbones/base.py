@@ -23,11 +23,21 @@ class Backbone(nn.Module, ABC):
     """
 
     num_features: int
+    #: The weights' record (``audioml.models.pretrained.PretrainedCfg``) when the architecture
+    #: has registered weights, pretrained or not: its input contract (rate, front end) is the
+    #: one source the model builds its front end from (timm's ``pretrained_cfg``).
+    pretrained_cfg = None
 
     def __init__(self) -> None:
         super().__init__()
         self.head: nn.Module = nn.Identity()
         self.frozen_prefix: str | None = None
+
+    def attach_pretrained_cfg(self, weights: str | None) -> None:
+        """Attach the registry record called ``weights`` (``None``: none)."""
+        from audioml.models.pretrained import get_pretrained_cfg
+
+        self.pretrained_cfg = get_pretrained_cfg(weights) if weights else None
 
     @abstractmethod
     def forward_features(self, spec: torch.Tensor) -> torch.Tensor:

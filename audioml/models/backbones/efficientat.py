@@ -153,6 +153,7 @@ class EfficientATMobileNet(Backbone):
                  dropout: float = 0.2, pretrained: bool = False, weights: str | None = "efficientat_mn04_as",
                  weights_dir: str | None = None, strides: Sequence[int] = (2, 2, 2, 2)) -> None:
         super().__init__()
+        self.attach_pretrained_cfg(weights)
         if len(strides) != 4:
             raise ValueError(f"strides={list(strides)}: give the strides of the 4 down-sampling blocks")
         channels = make_divisible(_STEM_CHANNELS * width_mult)

@@ -36,6 +36,7 @@ class ImageNetCNN(Backbone):
                  pretrained: bool = False, weights: str | None = None, weights_dir: str | None = None,
                  num_classes: int = 2) -> None:
         super().__init__()
+        self.attach_pretrained_cfg(weights)
         import timm
 
         if in_chans not in (1, 3):

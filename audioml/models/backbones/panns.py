@@ -53,11 +53,14 @@ class Cnn14(Backbone):
             (``panns_cnn14`` or ``panns_cnn14_16k``) from ``weights_dir``.
     """
 
-    def __init__(self, n_mels: int = 64, channels: Sequence[int] = (64, 128, 256, 512, 1024, 2048),
+    def __init__(self, n_mels: int | None = None, channels: Sequence[int] = (64, 128, 256, 512, 1024, 2048),
                  num_classes: int = 527, dropout: float = 0.2, embedding_dropout: float = 0.5,
                  pretrained: bool = False, weights: str | None = "panns_cnn14",
                  weights_dir: str | None = None) -> None:
         super().__init__()
+        self.attach_pretrained_cfg(weights)
+        if n_mels is None:  # the mel bands of the weights' front end
+            n_mels = int(self.pretrained_cfg.frontend_args["n_mels"]) if self.pretrained_cfg else 64
         if len(channels) < 1:
             raise ValueError("model.backbone.channels must list at least one block")
         self.bn0 = nn.BatchNorm2d(n_mels)

@@ -41,6 +41,7 @@ class VGGish(Backbone):
                  embedding_sizes: Sequence[int] = (4096, 4096, 128), num_classes: int = 2,
                  pretrained: bool = False, weights: str | None = "vggish", weights_dir: str | None = None) -> None:
         super().__init__()
+        self.attach_pretrained_cfg(weights)
         self.example_frames = int(example_frames)
         self.n_mels = int(n_mels)
         layers: list[nn.Module] = []

@@ -23,6 +23,7 @@ from audioml.features.vggish_frontend import (
     hertz_to_mel,
     vggish_mel_matrix,
 )
+from audioml.models.pretrained import get_pretrained_cfg
 
 
 def noisy_tones(batch: int, seconds: float, sample_rate: int, seed: int = 0) -> torch.Tensor:
@@ -34,8 +35,12 @@ def noisy_tones(batch: int, seconds: float, sample_rate: int, seed: int = 0) -> 
 
 
 def yaml_frontend(model: str):
+    """The front end ``model=<model>`` runs: its own, or (``frontend: null``) its weights record's."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return instantiate(compose("train", overrides=[f"model={model}"]).model.frontend)
+        model_cfg = compose("train", overrides=[f"model={model}"]).model
+    if model_cfg.frontend is not None:
+        return instantiate(model_cfg.frontend)
+    return get_pretrained_cfg(model_cfg.backbone.weights).build_frontend()
 
 
 @pytest.mark.parametrize("window", ["hanning", "povey", "hamming"])

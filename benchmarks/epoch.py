@@ -26,9 +26,20 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from benchmarks.common import (Measurement, add_data_arguments, audioml_logmel, machine_description, make_datamodule,
-                               measure, pick_device, plain_dataset, print_memory, resolve_data, split_rows,
-                               synchronize)
+from benchmarks.common import (
+    Measurement,
+    add_data_arguments,
+    audioml_logmel,
+    machine_description,
+    make_datamodule,
+    measure,
+    pick_device,
+    plain_dataset,
+    print_memory,
+    resolve_data,
+    split_rows,
+    synchronize,
+)
 
 CNN = dict(channels=[32, 64], convs_per_block=1, batch_norm=False, dense=128, dropout=0.3)
 
@@ -164,7 +175,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         epoch, step, _ = timers[m.name]
         print(f"  {m.name:<40} {epoch:8.2f} | {step:8.2f} | {1 - step / epoch:6.1%} | {m.seconds:8.2f}")
     plain_warm, ours_warm = timers["plain warm (second epoch)"], timers["audioml warm (cache hit + epoch)"]
-    plain_cold, ours_cold = timers["plain cold (first epoch)"], timers["audioml cold (decode + cache + epoch)"]
     ratios = {"warm_epoch": plain_warm[0] / ours_warm[0],
               "cold_wall": results[1].seconds / cold.seconds,
               "warm_share_outside": 1 - ours_warm[1] / ours_warm[0],

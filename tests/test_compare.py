@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from audioml import compare, tracking
-from audioml.sweep import find_or_create_sweep_run
+from audioml import compare
+from audioml.run import tracking
+from audioml.run.sweep import find_or_create_sweep_run
 
 
 @pytest.fixture(scope="module")

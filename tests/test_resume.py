@@ -17,7 +17,6 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mlflow import MlflowClient
 
 from audioml import config as entry
-from audioml import resume, tracking
 from audioml.checkpointing import (
     AtomicCheckpointIO,
     checkpoint_is_intact,
@@ -29,6 +28,7 @@ from audioml.data.resumable import (
     ResumableDataLoader,
 )
 from audioml.run import compose as run_compose
+from audioml.run import resume, tracking
 
 
 def _loader(items, sampler, batch_size=4, workers=0):

@@ -10,8 +10,8 @@ import time
 
 from conftest import REPO
 
-from audioml import resume
 from audioml.files import exclusive_lock
+from audioml.run import resume
 from audioml.run.training import RUN_LOCK
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from audioml import tracking
-from audioml.sweep import find_or_create_sweep_run, sweep_key
+from audioml.run import facts, tracking
+from audioml.run.sweep import find_or_create_sweep_run, sweep_key
 
 
 @pytest.fixture(scope="module")
@@ -91,17 +91,17 @@ def test_dataset_fingerprint_follows_content_not_location(tmp_path):
         (tmp_path / root / "x" / "1.wav").write_bytes(b"12345")
         (tmp_path / root / "2.wav").write_bytes(b"1")
     files = ["x/1.wav", "2.wav"]
-    fingerprint_a = tracking.dataset_fingerprint([tmp_path / "a" / f for f in files], tmp_path / "a", [[0], [1]])
-    fingerprint_b = tracking.dataset_fingerprint([tmp_path / "b" / f for f in reversed(files)], tmp_path / "b",
+    fingerprint_a = facts.dataset_fingerprint([tmp_path / "a" / f for f in files], tmp_path / "a", [[0], [1]])
+    fingerprint_b = facts.dataset_fingerprint([tmp_path / "b" / f for f in reversed(files)], tmp_path / "b",
                                                  [[1], [0]])
     assert fingerprint_a == fingerprint_b
-    assert tracking.dataset_fingerprint([tmp_path / "a" / f for f in files], tmp_path / "a", [[0], [2]]) != fingerprint_a
+    assert facts.dataset_fingerprint([tmp_path / "a" / f for f in files], tmp_path / "a", [[0], [2]]) != fingerprint_a
     (tmp_path / "a" / "2.wav").write_bytes(b"12")
-    assert tracking.dataset_fingerprint([tmp_path / "a" / f for f in files], tmp_path / "a", [[0], [1]]) != fingerprint_a
+    assert facts.dataset_fingerprint([tmp_path / "a" / f for f in files], tmp_path / "a", [[0], [1]]) != fingerprint_a
 
 
 def test_git_state_names_the_commit_of_the_source_tree():
-    state = tracking.git_state()
+    state = facts.git_state()
     assert len(state["git.commit"]) == 40 or state["git.commit"] == "unknown"
     if state["git.commit"] != "unknown":
         assert state["git.dirty"] in ("true", "false")
@@ -110,7 +110,7 @@ def test_git_state_names_the_commit_of_the_source_tree():
 _RACER = """
 import sys, time
 from pathlib import Path
-from audioml import tracking
+from audioml.run import facts, tracking
 uri, index, folder = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 (folder / f"ready{index}").touch()
 while not (folder / "go").exists():  # all four start on the fresh store at the same moment

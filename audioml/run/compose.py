@@ -15,8 +15,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from audioml import distributed, tracking
+from audioml import distributed
 from audioml.checkpointing import AtomicCheckpointIO
+from audioml.run import facts, tracking
 from audioml.run.checkpoint import instantiate_model
 
 __all__ = ["build_datamodule", "build_model", "fit_data_statistics", "build_trainer", "build_test_trainer", "runtime_tags",
@@ -63,7 +64,7 @@ def runtime_tags(cfg: DictConfig) -> dict[str, str]:
     (``audioml.choice.<group>``, shown side by side by ``audioml-compare``)."""
     choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
     return {"host": socket.gethostname(), "device": "cuda" if torch.cuda.is_available() else "cpu",
-            **tracking.git_state(),
+            **facts.git_state(),
             **{f"audioml.choice.{group}": str(choice) for group, choice in choices.items()
                if not group.startswith("hydra") and choice is not None},
             "audioml.data": str(choices.get("data")) if HydraConfig.initialized() else "",
@@ -96,6 +97,6 @@ def data_tags(datamodule) -> dict[str, str]:
     if manifest is None or "path" not in manifest:
         return {}
     extra_columns = [c for c in ("target", "offset", "duration") if c in manifest]
-    fingerprint = tracking.dataset_fingerprint(manifest["path"], getattr(datamodule, "root", None),
+    fingerprint = facts.dataset_fingerprint(manifest["path"], getattr(datamodule, "root", None),
                                                manifest[extra_columns].astype(str).to_numpy().tolist())
     return {"data.fingerprint": fingerprint, "data.clips": str(len(manifest))}

@@ -17,10 +17,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from audioml import distributed, resume, tracking
+from audioml import distributed
 from audioml.checkpointing import find_resume_checkpoint
 from audioml.files import atomic_write_bytes, exclusive_lock
 from audioml.models.embedding_cache import use_embedding_cache
+from audioml.run import facts, resume, tracking
 from audioml.run.checkpoint import ModelInCheckpoint, model_record, untrusted_targets
 from audioml.run.compose import (
     build_datamodule,
@@ -119,7 +120,7 @@ def train(cfg: DictConfig, run_dir: str | Path, parent_run_id: str | None = None
 
     Rerun with the same ``run_dir`` after an interruption: a finished run (``DONE`` marker)
     returns its metrics without training; an unfinished one continues from its newest intact
-    checkpoint into the same MLflow run (``audioml.resume``). On SIGTERM the run writes a
+    checkpoint into the same MLflow run (``audioml.run.resume``). On SIGTERM the run writes a
     checkpoint, marks its MLflow run KILLED and exits with status 143.
     """
     run_dir = Path(run_dir)
@@ -154,7 +155,7 @@ def train(cfg: DictConfig, run_dir: str | Path, parent_run_id: str | None = None
 
         trainer = build_trainer(cfg, run_dir, [ModelInCheckpoint(record)], logger)
         if logger is not None and rank_zero:
-            tracking.set_tags(logger.experiment, logger.run_id, {"device": tracking.device_description(
+            tracking.set_tags(logger.experiment, logger.run_id, {"device": facts.device_description(
                 trainer.strategy.root_device.type, trainer.num_devices, trainer.num_nodes)})
         # The newest intact resume checkpoint (a damaged one falls back to the one before it).
         last = find_resume_checkpoint(run_dir / "checkpoints")

@@ -255,7 +255,7 @@ def exit_preempted(logger=None) -> None:
     """Leave the run resumable and exit: MLflow status KILLED (rank zero), then
     ``SystemExit(PREEMPTED_EXIT_CODE)``. Rerunning the same command continues the run."""
     if logger is not None and getattr(logger, "run_id", None):
-        from audioml import tracking
+        from audioml.run import tracking
 
         tracking.set_status(logger.experiment, logger.run_id, "KILLED")
     log.warning("stopped by SIGTERM after saving a checkpoint; rerun the same command to continue")

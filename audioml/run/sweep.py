@@ -2,11 +2,11 @@
 
 :class:`MLflowSweepCallback` is registered in ``conf/hydra/default.yaml``. When a multirun
 starts it finds or creates the sweep's parent run and hands its id to the jobs through the
-environment (:data:`audioml.tracking.PARENT_RUN_ENV`): that reaches jobs run in this process
+environment (:data:`audioml.run.tracking.PARENT_RUN_ENV`): that reaches jobs run in this process
 (basic launcher), in joblib workers and in SLURM jobs submitted from here. The parent is
 identified by a key hashed from the sweep's command-line overrides, so rerunning an
 interrupted sweep continues the same parent (its jobs skip or resume by themselves, see
-:mod:`audioml.resume`). When the sweep ends the parent is marked FINISHED.
+:mod:`audioml.run.resume`). When the sweep ends the parent is marked FINISHED.
 
 It also prepares an Optuna sweeper's SQL storage: ``optuna<3`` (which hydra-optuna-sweeper
 requires) cannot record its schema version with SQLAlchemy 2 (which MLflow requires), so the
@@ -27,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from audioml import tracking
+from audioml.run import tracking
 
 log = logging.getLogger(__name__)
 

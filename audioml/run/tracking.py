@@ -3,7 +3,7 @@
 Layout: one experiment per ``logger.experiment_name`` (the dataset by default); a run per
 training job, continued (same run id, stored in ``<run_dir>/mlflow_run_id``) when the job is
 rerun after an interruption; a Hydra sweep is a parent run and its jobs are its children
-(``mlflow.parentRunId``, see :mod:`audioml.sweep`). Every run gets the flattened resolved
+(``mlflow.parentRunId``, see :mod:`audioml.run.sweep`). Every run gets the flattened resolved
 config as params (the full file as the ``config.yaml`` artifact), tags for the code version,
 data, host and device, per-epoch metrics and the final test metrics under stable names
 (``test/<metric>``), and the best checkpoint as an artifact (``logger.log_checkpoint``).
@@ -11,12 +11,10 @@ data, host and device, per-epoch metrics and the final test metrics under stable
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
-import subprocess
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,12 +28,12 @@ log = logging.getLogger(__name__)
 
 __all__ = ["resolve_tracking_uri", "default_artifact_location", "prepare_store", "get_or_create_experiment",
            "flatten_params", "ResumableMLFlowLogger", "make_mlflow_logger", "open_run", "log_params", "set_tags",
-           "git_state", "dataset_fingerprint", "device_description", "log_artifacts", "set_status",
+           "log_artifacts", "set_status",
            "PARENT_RUN_ENV", "SWEEP_KEY_ENV", "ended_on_error"]
 
 #: MLflow rejects longer param values; the full config is always an artifact as well.
 MAX_PARAM_LENGTH = 6000
-#: Environment variables through which a sweep (audioml.sweep) hands its parent run to its jobs.
+#: Environment variables through which a sweep (audioml.run.sweep) hands its parent run to its jobs.
 PARENT_RUN_ENV = "AUDIOML_MLFLOW_PARENT_RUN_ID"
 SWEEP_KEY_ENV = "AUDIOML_SWEEP_KEY"
 _METRIC_KEY = re.compile(r"[^a-zA-Z0-9_/. -]+")  # what MLflowLogger strips from metric names
@@ -259,7 +257,7 @@ def set_tags(client, run_id: str, tags: Mapping[str, str]) -> None:
 @contextmanager
 def ended_on_error(logger) -> Iterator[None]:
     """Ends ``logger``'s MLflow run when the ``with`` body raises, so that no exit path leaves it
-    RUNNING: ``KILLED`` for an interrupt (Ctrl-C; SIGTERM is ``audioml.resume.exit_preempted``'s,
+    RUNNING: ``KILLED`` for an interrupt (Ctrl-C; SIGTERM is ``audioml.run.resume.exit_preempted``'s,
     which marks it KILLED itself), ``FAILED`` for anything else, with the root cause's first line
     as the ``audioml.error`` tag. A run already ended (FINISHED, KILLED) is left as it is.
     ``logger=None`` (MLflow off, or not rank zero): does nothing."""
@@ -291,53 +289,6 @@ def set_status(client, run_id: str, status: str) -> None:
         client.update_run(run_id, status="RUNNING")
     else:
         client.set_terminated(run_id, status)
-
-
-def git_state(path: str | Path | None = None) -> dict[str, str]:
-    """``{"git.commit": sha, "git.dirty": "true"|"false"}`` of the git work tree holding
-    ``path`` (default: this package's source), or ``git.commit=unknown`` outside one."""
-    path = Path(path) if path is not None else Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True,
-                                timeout=20, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path,
-                                capture_output=True, text=True, timeout=20, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {"git.commit": "unknown"}
-    return {"git.commit": commit, "git.dirty": str(bool(status.strip())).lower()}
-
-
-def dataset_fingerprint(paths: Iterable[str | Path], root: str | Path | None = None,
-                        extra: Iterable[Iterable[Any]] | None = None) -> str:
-    """sha256 (16 hex) over every file's path (relative to ``root`` when inside it, so the same
-    data fingerprints alike on every machine) and size, plus per-file ``extra`` values (target,
-    segment bounds). Missing files count with size -1."""
-    root_path = Path(root).expanduser().resolve() if root is not None else None
-    rows = []
-    extras = list(extra) if extra is not None else None
-    for index, path in enumerate(paths):
-        resolved = Path(path).expanduser().resolve()
-        try:
-            name = resolved.relative_to(root_path).as_posix() if root_path is not None else resolved.as_posix()
-        except ValueError:
-            name = resolved.as_posix()
-        size = resolved.stat().st_size if resolved.is_file() else -1
-        values = "|".join(map(str, extras[index])) if extras is not None else ""
-        rows.append(f"{name}|{size}|{values}")
-    digest = hashlib.sha256("\n".join(sorted(rows)).encode())
-    return digest.hexdigest()[:16]
-
-
-def device_description(accelerator: str, num_devices: int, num_nodes: int = 1) -> str:
-    """``"cuda:NVIDIA H100 80GB HBM3 x2"``, ``"cpu x1"``... for the ``device`` tag."""
-    name = accelerator
-    if accelerator == "cuda":
-        import torch
-
-        if torch.cuda.is_available():
-            name = f"cuda:{torch.cuda.get_device_name(0)}"
-    text = f"{name} x{num_devices}"
-    return text + (f" x{num_nodes} nodes" if num_nodes > 1 else "")
 
 
 def log_artifacts(logger, paths: list[Path], artifact_path: str | None = None) -> None:

@@ -21,7 +21,6 @@ Warm arms report the median of ``--repeats`` epochs. The target (>= 10x) is on w
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 from pathlib import Path
 

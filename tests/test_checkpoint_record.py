@@ -18,12 +18,7 @@ import torch
 from conftest import find_run_dirs, read_metrics, run_entry_point
 from test_data_fixtures import make_ravdess
 
-from audioml.run.checkpoint import (
-    FORMAT,
-    UntrustedCheckpointError,
-    check_record,
-    read_record,
-)
+from audioml.run.checkpoint import FORMAT, UntrustedCheckpointError, check_record, read_record
 
 SMALL = ["model=cnn", "model.backbone.channels=[8,16]", "model.backbone.dense=16", "data.num_workers=0",
          "trainer.enable_progress_bar=false"]

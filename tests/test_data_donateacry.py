@@ -6,11 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audioml.data.donateacry import (
-    CLEANED_FOLDER,
-    DonateacryDataModule,
-    parse_cry_filename,
-)
+from audioml.data.donateacry import CLEANED_FOLDER, DonateacryDataModule, parse_cry_filename
 
 
 def test_parse_regular_and_malformed_names():

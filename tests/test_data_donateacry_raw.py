@@ -13,12 +13,7 @@ import soundfile as sf
 from test_data_fixtures import write_android_upload, write_ios_upload
 
 from audioml.data.donateacry import DonateacryDataModule
-from audioml.data.donateacry_raw import (
-    STATUSES,
-    cleaned_class,
-    ensure_prepared,
-    prepare_raw_uploads,
-)
+from audioml.data.donateacry_raw import STATUSES, cleaned_class, ensure_prepared, prepare_raw_uploads
 
 ANDROID = "donateacry-android-upload-bucket"
 IOS = "donateacry-ios-upload-bucket"

@@ -9,13 +9,7 @@ import pandas as pd
 import pytest
 from test_data_fixtures import make_emotify
 
-from audioml.data.emotify import (
-    EmotifyDataModule,
-    read_annotations,
-    segment_offsets,
-    track_audio_path,
-    track_emotions,
-)
+from audioml.data.emotify import EmotifyDataModule, read_annotations, segment_offsets, track_audio_path, track_emotions
 
 # 10 tracks over the four genres. Track 3 ties calmness with tension (calmness is first in GEMS
 # order); amazement is dominant in one track only (dropped with min_tracks_per_class=2); track 102

@@ -12,12 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from audioml.data.muse import (
-    MuseDataModule,
-    cut_windows,
-    sequence_starts,
-    window_starts,
-)
+from audioml.data.muse import MuseDataModule, cut_windows, sequence_starts, window_starts
 from audioml.features import LogMel
 from audioml.models.backbones.crnn import CRNNAttention
 from audioml.models.regressor import SequenceRegressor

@@ -10,12 +10,7 @@ import soundfile as sf
 from test_data_fixtures import make_ravdess, ravdess_name, tone
 
 from audioml.data.audio import load_audio
-from audioml.data.ravdess import (
-    EMOTIONS,
-    RavdessDataModule,
-    actor_split,
-    parse_ravdess_filename,
-)
+from audioml.data.ravdess import EMOTIONS, RavdessDataModule, actor_split, parse_ravdess_filename
 
 
 def _module(root: Path, **kwargs) -> RavdessDataModule:

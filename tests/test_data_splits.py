@@ -3,12 +3,7 @@
 import numpy as np
 import pytest
 
-from audioml.data.splits import (
-    assign_groups,
-    group_holdout_split,
-    group_kfold,
-    holdout_from_kfold,
-)
+from audioml.data.splits import assign_groups, group_holdout_split, group_kfold, holdout_from_kfold
 
 
 def _imbalanced(seed: int = 0, n_groups: int = 60):

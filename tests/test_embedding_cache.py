@@ -20,10 +20,7 @@ from audioml.data.synthetic import SyntheticDataModule
 from audioml.features import LogMel
 from audioml.models.backbones.cnn import ScratchCNN
 from audioml.models.classifier import AudioClassifier
-from audioml.models.embedding_cache import (
-    CachedEmbeddingDataModule,
-    use_embedding_cache,
-)
+from audioml.models.embedding_cache import CachedEmbeddingDataModule, use_embedding_cache
 from audioml.models.heads import LinearHead, TransformerHead
 
 GENERATOR = dict(num_classes=3, clips_per_class=8, num_groups=6, seconds=0.5, learnable=True)

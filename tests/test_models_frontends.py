@@ -18,11 +18,7 @@ from audioml.config import CONFIG_DIR
 from audioml.features.kaldi_fbank import KaldiFbank
 from audioml.features.kaldi_mel import KaldiMelSpectrogram
 from audioml.features.panns_logmel import PannsLogMel
-from audioml.features.vggish_frontend import (
-    VGGishLogMel,
-    hertz_to_mel,
-    vggish_mel_matrix,
-)
+from audioml.features.vggish_frontend import VGGishLogMel, hertz_to_mel, vggish_mel_matrix
 from audioml.models.pretrained import get_pretrained_cfg
 
 

@@ -17,16 +17,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mlflow import MlflowClient
 
 from audioml import config as entry
-from audioml.checkpointing import (
-    AtomicCheckpointIO,
-    checkpoint_is_intact,
-    find_resume_checkpoint,
-)
-from audioml.data.resumable import (
-    EpochRandomSampler,
-    EpochWeightedRandomSampler,
-    ResumableDataLoader,
-)
+from audioml.checkpointing import AtomicCheckpointIO, checkpoint_is_intact, find_resume_checkpoint
+from audioml.data.resumable import EpochRandomSampler, EpochWeightedRandomSampler, ResumableDataLoader
 from audioml.run import compose as run_compose
 from audioml.run import resume, tracking
 

@@ -4,12 +4,7 @@ Recipes live in ``conf/augmentation/``; each transform is a class here with its 
 ranges as constructor arguments.
 """
 
-from audioml.augment.base import (
-    AugmentationChain,
-    RandomTransform,
-    derive_seed,
-    seeded_randomness,
-)
+from audioml.augment.base import AugmentationChain, RandomTransform, derive_seed, seeded_randomness
 from audioml.augment.offline import OfflineAugmentation, copies_per_clip
 from audioml.augment.spectrogram import Mixup, SpecAugment
 from audioml.augment.waveform import (

@@ -5,12 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from audioml.augment.base import (
-    RandomTransform,
-    derive_seed,
-    distributed_rank,
-    seeded_randomness,
-)
+from audioml.augment.base import RandomTransform, derive_seed, distributed_rank, seeded_randomness
 
 __all__ = ["SpecAugment", "Mixup", "band_masks"]
 

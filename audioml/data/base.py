@@ -21,11 +21,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from audioml.data.audio import AudioDecodeError
 from audioml.data.cache import WaveformCache, fingerprint_files, reopen, reopenable
 from audioml.data.decoder import ClipDecoder
-from audioml.data.resumable import (
-    EpochRandomSampler,
-    EpochWeightedRandomSampler,
-    ResumableDataLoader,
-)
+from audioml.data.resumable import EpochRandomSampler, EpochWeightedRandomSampler, ResumableDataLoader
 from audioml.data.splits import group_holdout_split, holdout_from_kfold
 
 if TYPE_CHECKING:

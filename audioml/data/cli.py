@@ -20,13 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audioml.data.download import (
-    MUSE_INSTRUCTIONS,
-    SOURCES,
-    DownloadError,
-    default_data_dir,
-    download_dataset,
-)
+from audioml.data.download import MUSE_INSTRUCTIONS, SOURCES, DownloadError, default_data_dir, download_dataset
 
 log = logging.getLogger("audioml.data.cli")
 

@@ -17,12 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import (
-    BatchSampler,
-    DataLoader,
-    RandomSampler,
-    WeightedRandomSampler,
-)
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, WeightedRandomSampler
 
 __all__ = ["epoch_seed", "EpochRandomSampler", "EpochWeightedRandomSampler", "ResumableDataLoader"]
 

@@ -86,9 +86,7 @@ def model_record(cfg: DictConfig, datamodule) -> dict[str, Any]:
     for key in _TRAINING_ONLY:
         model.pop(key, None)
     if model.get("frontend") is None and (weights := (model.get("backbone") or {}).get("weights")):
-        from audioml.models.pretrained import (
-            get_pretrained_cfg,  # pin the record's front end
-        )
+        from audioml.models.pretrained import get_pretrained_cfg  # pin the record's front end
 
         model["frontend"] = get_pretrained_cfg(weights).frontend_config()
     _set_pretrained_false(model)

@@ -21,11 +21,7 @@ from omegaconf import DictConfig
 
 from audioml.data.audio import AudioDecodeError
 from audioml.data.decoder import ClipDecoder
-from audioml.run.checkpoint import (
-    datamodule_from_record,
-    model_from_record,
-    read_record,
-)
+from audioml.run.checkpoint import datamodule_from_record, model_from_record, read_record
 
 log = logging.getLogger(__name__)
 

@@ -76,9 +76,7 @@ def prepare_optuna_storage(storage: str) -> None:
     import alembic.config
     import alembic.migration
     import alembic.script
-    from optuna.storages._rdb import (
-        models,  # the schema optuna's own RDBStorage creates
-    )
+    from optuna.storages._rdb import models  # the schema optuna's own RDBStorage creates
     from sqlalchemy import create_engine
 
     if storage.startswith("sqlite:///"):

@@ -34,12 +34,7 @@ from audioml.run.compose import (
     runtime_tags,
 )
 from audioml.run.protocols import RunResult
-from audioml.run.results import (
-    finished_result,
-    honest_test_scores,
-    write_kfold_reports,
-    write_run_reports,
-)
+from audioml.run.results import finished_result, honest_test_scores, write_kfold_reports, write_run_reports
 
 log = logging.getLogger(__name__)
 

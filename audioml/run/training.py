@@ -1,6 +1,7 @@
-"""One training run and the evaluation protocols over it: ``train`` fits, validates and tests
-one configuration in its run directory; ``run_evaluation`` runs ``cfg.evaluation`` (holdout or
-k-fold) over ``train``.
+"""One training run and the evaluation protocols over it: a ``TrainingRun`` fits, validates and
+tests one configuration in the run directory it owns and returns its ``RunResult``;
+``run_evaluation`` runs ``cfg.evaluation`` (holdout, or k-fold over ``RunResult``s) under the
+run directory's lock.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from audioml.run.results import finished_result, honest_test_scores, write_kfold
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_evaluation", "train", "RUN_LOCK"]
+__all__ = ["run_evaluation", "train", "TrainingRun", "RUN_LOCK"]
 
 #: Lock file of a run directory (see ``run_evaluation``).
 RUN_LOCK = ".lock"
@@ -103,100 +104,126 @@ def _open_parent_run(cfg: DictConfig, run_dir: Path, protocol):
 
 
 def train(cfg: DictConfig, run_dir: str | Path, parent_run_id: str | None = None) -> RunResult:
-    """Train, validate and test one configuration; returns its ``RunResult`` (final test
-    metrics, test predictions).
+    """``TrainingRun(cfg, run_dir, parent_run_id).run()``."""
+    return TrainingRun(cfg, run_dir, parent_run_id).run()
 
-    Writes into ``run_dir``: ``config.yaml`` (resolved), ``checkpoints/``, ``metrics.json``,
-    ``confusion_matrix.png``, ``per_class_report.csv``, ``test_predictions.csv`` and, when
-    files were skipped, ``skipped_files.csv``; all of them also go to MLflow. ``metrics.json``
-    also holds the honest numbers of ``cfg.evaluation`` (intervals, baseline, permutation test;
-    see ``audioml.stats``) and ``val/best_<name>``, the best score of the ``monitor``.
-    ``parent_run_id`` nests the MLflow run under that run (k-fold; else the running sweep's).
+
+class TrainingRun:
+    """One configuration trained, validated and tested in the run directory it owns.
+
+    ``run()`` writes into ``run_dir``: ``config.yaml`` (resolved), ``checkpoints/``,
+    ``metrics.json``, ``confusion_matrix.png``, ``per_class_report.csv``,
+    ``test_predictions.csv`` and, when files were skipped, ``skipped_files.csv``; all of them
+    also go to MLflow. The metrics also hold the honest numbers of ``cfg.evaluation``
+    (intervals, baseline, permutation test; ``audioml.stats``) and ``val/best_<name>``, the
+    best score of the ``monitor``. It returns the ``RunResult`` in memory. ``parent_run_id``
+    nests the MLflow run under that run (k-fold; else the running sweep's).
 
     Rerun with the same ``run_dir`` after an interruption: a finished run (``DONE`` marker)
-    returns its metrics without training; an unfinished one continues from its newest intact
+    returns its result without training; an unfinished one continues from its newest intact
     checkpoint into the same MLflow run (``audioml.run.resume``). On SIGTERM the run writes a
     checkpoint, marks its MLflow run KILLED and exits with status 143.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if (finished := resume.read_done(run_dir)) is not None:
-        log.info("%s finished before (%s): skipped; delete the folder to train again", run_dir, resume.DONE_FILE)
-        return finished_result(run_dir, finished)
-    rank_zero = distributed.is_global_zero_process()
-    L.seed_everything(cfg.seed, workers=True)
-    torch.set_float32_matmul_precision("high")
 
-    datamodule = build_datamodule(cfg)
-    model = build_model(cfg, datamodule.class_names, datamodule.train_class_counts())
-    fit_data_statistics(model, datamodule)
+    def __init__(self, cfg: DictConfig, run_dir: str | Path, parent_run_id: str | None = None) -> None:
+        self.cfg, self.run_dir, self.parent_run_id = cfg, Path(run_dir), parent_run_id
+        self.rank_zero = distributed.is_global_zero_process()
+        self.logger = None
 
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    config_path = run_dir / "config.yaml"
-    if rank_zero:
-        atomic_write_bytes(config_path, OmegaConf.to_yaml(OmegaConf.create(resolved)).encode())
-    record = model_record(cfg, datamodule)
-    if rank_zero and (refusal := untrusted_targets(record, cfg.get("trusted_modules") or ())):
-        log.warning("audioml-eval/predict will refuse this run's checkpoints unless told to trust them: %s", refusal)
+    def run(self) -> RunResult:
+        cfg, run_dir = self.cfg, self.run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if (finished := resume.read_done(run_dir)) is not None:
+            log.info("%s finished before (%s): skipped; delete the folder to train again", run_dir, resume.DONE_FILE)
+            return finished_result(run_dir, finished)
+        L.seed_everything(cfg.seed, workers=True)
+        torch.set_float32_matmul_precision("high")
+        datamodule = build_datamodule(cfg)
+        model = build_model(cfg, datamodule.class_names, datamodule.train_class_counts())
+        fit_data_statistics(model, datamodule)
+        resolved = self._write_config()
+        record = model_record(cfg, datamodule)
+        if self.rank_zero and (refusal := untrusted_targets(record, cfg.get("trusted_modules") or ())):
+            log.warning("audioml-eval/predict will refuse this run's checkpoints unless told to trust them: %s", refusal)
+        tags = {**runtime_tags(cfg), **data_tags(datamodule),
+                **({"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else {})}
+        self.logger = open_mlflow_logger(cfg, run_dir, tags, finish_on_finalize=False)  # closed when all is written
+        with tracking.ended_on_error(self.logger if self.rank_zero else None):  # no run left RUNNING on a crash
+            if self.rank_zero:
+                log.info("run directory %s; %s", run_dir, _mlflow_location(cfg, self.logger))
+                if self.logger is not None:
+                    tracking.log_params(self.logger.experiment, self.logger.run_id, tracking.flatten_params(resolved))
+            trainer, datamodule = self._fit(model, datamodule, record)
+            best_callback = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+            best = best_callback.best_model_path if best_callback is not None else ""
+            if trainer.world_size > 1:  # test on one device, so every clip counts exactly once
+                distributed.destroy_process_group()
+                if not trainer.is_global_zero:
+                    return finished_result(run_dir, resume.wait_for_done(run_dir))
+                trainer = build_test_trainer(cfg, run_dir, self.logger)
+            metrics = self._test(trainer, model, datamodule, best, best_callback)
+            return self._report(model, datamodule, metrics, set(trainer.callback_metrics), best)
 
-    tags = {**runtime_tags(cfg), **data_tags(datamodule),
-            **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
-    logger = open_mlflow_logger(cfg, run_dir, tags, finish_on_finalize=False)  # closed below, when all is written
-    with tracking.ended_on_error(logger if rank_zero else None):  # no run left RUNNING on a crash
-        if rank_zero:
-            log.info("run directory %s; %s", run_dir, _mlflow_location(cfg, logger))
-        if logger is not None and rank_zero:
-            tracking.log_params(logger.experiment, logger.run_id, tracking.flatten_params(resolved))
+    def _write_config(self) -> dict:
+        resolved = OmegaConf.to_container(self.cfg, resolve=True)
+        if self.rank_zero:
+            atomic_write_bytes(self.run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)).encode())
+        return resolved
 
-        trainer = build_trainer(cfg, run_dir, [ModelInCheckpoint(record)], logger)
-        if logger is not None and rank_zero:
+    def _fit(self, model, datamodule, record: dict) -> tuple[L.Trainer, object]:
+        """Fit from the newest intact resume checkpoint (a damaged one falls back to the one
+        before it); returns the trainer and the DataModule the model was fitted on."""
+        cfg, logger = self.cfg, self.logger
+        trainer = build_trainer(cfg, self.run_dir, [ModelInCheckpoint(record)], logger)
+        if logger is not None and self.rank_zero:
             tracking.set_tags(logger.experiment, logger.run_id, {"device": facts.device_description(
                 trainer.strategy.root_device.type, trainer.num_devices, trainer.num_nodes)})
-        # The newest intact resume checkpoint (a damaged one falls back to the one before it).
-        last = find_resume_checkpoint(run_dir / "checkpoints")
+        last = find_resume_checkpoint(self.run_dir / "checkpoints")
         if hasattr(model, "fit_pretraining_stage"):  # two-stage models (autoencoder_ffnn): unsupervised stage first
             model.fit_pretraining_stage(datamodule, partial(instantiate, cfg.trainer, logger=logger,
-                                                            default_root_dir=str(run_dir)),
+                                                            default_root_dir=str(self.run_dir)),
                                         resume_checkpoint=last)
         # freeze=all without augmentation: train the head on cached backbone outputs (same splits).
         datamodule = use_embedding_cache(model, datamodule, cfg.paths.cache_dir, trainer.strategy.root_device)
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=str(last) if last else None)
         except SIGTERMException:
-            resume.exit_preempted(logger if rank_zero else None)
+            resume.exit_preempted(logger if self.rank_zero else None)
         if resume.stop_requested(trainer):  # SIGTERM in the last epoch: its checkpoint is written
-            resume.exit_preempted(logger if rank_zero else None)
-        best_callback = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
-        best = best_callback.best_model_path if best_callback is not None else ""
-        if trainer.world_size > 1:  # test on one device, so every clip counts exactly once
-            distributed.destroy_process_group()
-            if not trainer.is_global_zero:
-                return finished_result(run_dir, resume.wait_for_done(run_dir))
-            trainer = build_test_trainer(cfg, run_dir, logger)
+            resume.exit_preempted(logger if self.rank_zero else None)
+        return trainer, datamodule
+
+    def _test(self, trainer: L.Trainer, model, datamodule, best: str, best_callback) -> dict[str, float]:
+        """Test the best checkpoint; the test metrics, ``val/best_<monitor>`` and the honest numbers."""
         try:
             trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
         except SIGTERMException:
-            resume.exit_preempted(logger)
-
+            resume.exit_preempted(self.logger)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         if best_callback is not None and best_callback.best_model_score is not None and best_callback.monitor:
             group, _, name = best_callback.monitor.rpartition("/")
             metrics[f"{group}/best_{name}" if group else f"best_{name}"] = float(best_callback.best_model_score)
-        honest, honest_files = ({}, []) if not cfg.get("evaluation") else honest_test_scores(
-            instantiate(cfg.evaluation), model, datamodule, run_dir)
-        logged = set(trainer.callback_metrics)
-        metrics.update(honest)
+        self._honest_files: list[Path] = []
+        if self.cfg.get("evaluation"):
+            honest, self._honest_files = honest_test_scores(instantiate(self.cfg.evaluation), model, datamodule,
+                                                            self.run_dir)
+            metrics.update(honest)
+        return metrics
+
+    def _report(self, model, datamodule, metrics: dict[str, float], logged: set[str], best: str) -> RunResult:
+        """Write the reports, log what Lightning did not, end the MLflow run, mark DONE."""
+        cfg, logger, run_dir = self.cfg, self.logger, self.run_dir
         if logger is not None and (unlogged := {k: v for k, v in metrics.items() if k not in logged}):
             logger.log_metrics(unlogged)
         result, files = write_run_reports(model, datamodule, run_dir, metrics)
-        files += honest_files
         if logger is not None:
-            tracking.log_artifacts(logger, [config_path, *files])
+            tracking.log_artifacts(logger, [run_dir / "config.yaml", *files, *self._honest_files])
             if best and cfg.logger.get("log_checkpoint", True):
                 tracking.log_artifacts(logger, [Path(best)], "checkpoints")
             tracking.set_status(logger.experiment, logger.run_id, "FINISHED")
         resume.write_done(run_dir, metrics)  # last: the run counts as finished only now
-        log.info("test metrics: %s", {k: round(v, 4) for k, v in metrics.items() if "_" not in k.split("/")[-1] or k.endswith("macro_f1")})
+        log.info("test metrics: %s", {k: round(v, 4) for k, v in metrics.items()
+                                      if "_" not in k.split("/")[-1] or k.endswith("macro_f1")})
         log.info("finished: run directory %s; %s", run_dir, _mlflow_location(cfg, logger))
         return result
 

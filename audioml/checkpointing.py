@@ -54,24 +54,44 @@ def checkpoint_is_intact(path: str | Path) -> bool:
         return False
 
 
+def _loads(path: Path) -> str | None:
+    """Why ``path`` cannot be loaded as plain data (``None`` when it can); memory-mapped, so
+    the tensors are not read."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # torch raises many types for foreign or damaged files
+        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:200]
+    return None
+
+
 def find_resume_checkpoint(directory: str | Path) -> Path | None:
     """The newest intact resume checkpoint in ``directory`` (see ``RESUME_FILENAMES``), or
     ``None`` when there is none.
 
-    A damaged file is skipped with a warning and renamed to ``<name>.damaged`` (replacing an
-    older one), so that the next save cannot rotate it into the place of the good fallback.
+    A damaged file (torn, or complete but not loadable with ``weights_only=True``, e.g. one
+    holding pickled objects) is skipped with a warning and renamed to ``<name>.damaged``
+    (replacing an older one), so that the next save cannot rotate it into the place of the
+    good fallback.
     """
     directory = Path(directory)
+    found = None
     for name in RESUME_FILENAMES:
         path = directory / name
         if not path.is_file():
             continue
-        if checkpoint_is_intact(path):
-            return path
+        problem = None if checkpoint_is_intact(path) else "damaged (truncated or corrupt)"
+        if problem is None and (reason := _loads(path)) is not None:
+            problem = f"complete but cannot be loaded as plain data ({reason})"
+        if problem is None:
+            found = path
+            break
         try:
             os.replace(path, path.with_name(path.name + ".damaged"))
         except FileNotFoundError:  # another DDP rank moved it aside first
             pass
-        log.warning("checkpoint %s is damaged (truncated or corrupt): moved aside to %s.damaged; "
-                    "resuming from the checkpoint before it", path, path.name)
-    return None
+        log.warning("checkpoint %s is %s: moved aside to %s.damaged", path, problem, path.name)
+    if found is None and any(directory.glob("*.damaged")):
+        log.warning("no intact resume checkpoint in %s: training starts from the beginning", directory)
+    elif found is not None and found.name != RESUME_FILENAMES[0]:
+        log.warning("resuming from %s, the checkpoint before the damaged one", found)
+    return found

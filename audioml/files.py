@@ -24,7 +24,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["atomic_path", "atomic_write_bytes", "fsync_directory", "exclusive_lock", "fingerprint"]
+__all__ = ["atomic_path", "atomic_write_bytes", "fsync_directory", "exclusive_lock", "fingerprint",
+           "remove_temporaries"]
 
 
 @contextmanager
@@ -44,6 +45,20 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     finally:
         temporary.unlink(missing_ok=True)
     fsync_directory(path.parent)
+
+
+def remove_temporaries(folder: str | Path, name: str) -> int:
+    """Delete the temporary files ``atomic_path`` left for ``folder/name`` when its writer was
+    killed (``kill -9``, power loss); call it only while holding the lock that excludes a live
+    writer of that file. Returns how many were removed."""
+    removed = 0
+    for leftover in Path(folder).glob(f".{name}.*"):
+        if leftover.is_file():
+            leftover.unlink(missing_ok=True)
+            removed += 1
+    if removed:
+        log.info("removed %d temporary file(s) of %s left by an interrupted writer", removed, Path(folder) / name)
+    return removed
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

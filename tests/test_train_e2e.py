@@ -129,10 +129,18 @@ def test_the_readme_quick_start_learns(tmp_path):
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a CUDA GPU")
 def test_a_crash_after_the_run_opened_leaves_it_failed_not_running(tmp_path):
-    process = run_entry_point("audioml.train", "data=synthetic", "model=cnn", "trainer=ddp", *FAST,
+    process = run_entry_point("audioml.train", "data=synthetic", "model=cnn", "model.optimizer.lr=nan", *FAST,
                               f"paths.output_dir={tmp_path}", check=False)
-    assert process.returncode != 0 and "trainer=ddp_cpu" in process.stderr
+    assert process.returncode != 0 and "Invalid learning rate" in process.stderr
     _, client = _mlflow_client(tmp_path)
     (run,) = client.search_runs([client.get_experiment_by_name("synthetic").experiment_id])
     assert run.info.status == "FAILED"
-    assert run.data.tags["audioml.error"].startswith("ValueError: trainer.accelerator=gpu but this machine")
+    assert run.data.tags["audioml.error"].startswith("ValueError: Invalid learning rate: nan")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="trainer=ddp is valid where there is a GPU")
+def test_a_trainer_that_cannot_run_here_is_refused_before_any_run_opens(tmp_path):
+    process = run_entry_point("audioml.train", "data=synthetic", "model=cnn", "trainer=ddp", *FAST,
+                              f"paths.output_dir={tmp_path}", check=False)
+    assert process.returncode != 0 and "trainer=ddp_cpu" in process.stderr
+    assert not (tmp_path / "mlflow").exists() and not (tmp_path / "cache").exists()  # nothing opened or decoded

@@ -9,9 +9,20 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["AudioDecodeError", "load_audio", "fix_length", "resample", "to_mono", "audio_info"]
+__all__ = ["AUDIO_EXTENSIONS", "is_audio_file", "AudioDecodeError", "load_audio", "fix_length", "resample", "to_mono",
+           "audio_info"]
 
 # Extensions soundfile (libsndfile) reads natively; anything else goes through PyAV.
+#: File name endings the decoder reads (soundfile or FFmpeg), matched case-insensitively.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".m4a", ".aac", ".aiff", ".aif", ".3gp",
+                    ".amr", ".caf", ".wma", ".webm", ".mp4")
+
+
+def is_audio_file(path: str | Path) -> bool:
+    """Whether ``path`` ends in one of ``AUDIO_EXTENSIONS`` (any letter case)."""
+    return Path(path).suffix.lower() in AUDIO_EXTENSIONS
+
+
 _SOUNDFILE_EXTENSIONS = {".wav", ".flac", ".ogg", ".aiff", ".aif"}
 
 

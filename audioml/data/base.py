@@ -29,10 +29,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AudioDataModule", "WaveformDataset", "MANIFEST_COLUMNS"]
+__all__ = ["AudioDataModule", "WaveformDataset", "MANIFEST_COLUMNS", "NoUsableFilesError"]
 
 #: Columns every manifest has; datasets add their own metadata columns.
 MANIFEST_COLUMNS = ("path", "target", "group")
+
+
+class NoUsableFilesError(ValueError):
+    """Every file of a dataset was skipped; ``skipped`` lists them with the reasons."""
+
+    def __init__(self, message: str, skipped: pd.DataFrame) -> None:
+        super().__init__(message)
+        self.skipped = skipped
 
 
 class WaveformDataset(Dataset):
@@ -227,6 +235,9 @@ class AudioDataModule(L.LightningDataModule, ABC):
             keep = np.setdiff1d(np.arange(len(manifest)), np.fromiter(failures, dtype=int))
         else:
             keep = np.arange(len(manifest))
+        if len(keep) == 0:
+            raise NoUsableFilesError(f"no usable files in {self.root}: all {len(manifest)} were skipped "
+                                     "(see skipped_files.csv for why each one)", self.skipped)
         self.manifest = manifest.iloc[keep].reset_index(drop=True)
         self._rows = keep  # manifest row -> cache row
         self._waveforms = waveforms

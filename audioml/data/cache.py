@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from audioml.files import atomic_path, atomic_write_bytes, exclusive_lock
+from audioml.files import atomic_path, atomic_write_bytes, exclusive_lock, remove_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +167,8 @@ class ArrayCache:
                 self.status = "waited"
                 log.info("cache built by another process: %s", self.array_path)
                 return loaded
+            for path in (self.array_path, self.meta_path):  # a killed builder's leftovers (we hold the lock)
+                remove_temporaries(self.cache_dir, path.name)
             started = time.perf_counter()
             self._build_and_publish(shape, dtype, build)
             self.status = "built"

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from audioml.data.audio import AUDIO_EXTENSIONS
 from audioml.data.base import AudioDataModule, WaveformDataset
 from audioml.data.splits import group_holdout_split
 
@@ -29,9 +30,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["AUDIO_EXTENSIONS", "FolderDataModule", "CsvDataModule", "normalise_split_name"]
 
-#: File name endings the decoder reads (soundfile or FFmpeg), matched case-insensitively.
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".m4a", ".aac", ".aiff", ".aif", ".3gp",
-                    ".amr", ".caf", ".wma", ".webm", ".mp4")
 _SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                 "dev": "val", "devel": "val", "test": "test", "testing": "test", "eval": "test"}
 _SPLIT_MODES = ("auto", "given", "grouped", "random")

@@ -10,12 +10,16 @@ never lands in two parts.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from audioml.data.audio import AUDIO_EXTENSIONS, is_audio_file
 from audioml.data.base import AudioDataModule
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DonateacryDataModule", "CryFileName", "parse_cry_filename", "REASON_CODES",
            "CLEANED_CLASSES", "CLEANED_FOLDER"]
@@ -50,7 +54,7 @@ def parse_cry_filename(name: str) -> CryFileName:
     Raises ``ValueError`` naming the file when a field is not a known code.
     """
     stem = Path(name).name
-    while Path(stem).suffix.lower() in {".wav", ".caf", ".3gp", ".mp3", ".m4a"}:
+    while Path(stem).suffix.lower() in AUDIO_EXTENSIONS:
         stem = stem[: -len(Path(stem).suffix)]
     if len(stem) < 37 or stem[36] != "-":
         raise ValueError(f"{name}: does not start with a 36-character app-instance uuid")
@@ -144,12 +148,14 @@ class DonateacryDataModule(AudioDataModule):
             from audioml.data.donateacry_raw import ensure_prepared
 
             ensure_prepared(self.root, self.prepared_dir, self.raw_min_seconds)
-        rows = []
+        rows, ignored = [], []
         for class_dir in sorted(p for p in self.audio_dir.iterdir() if p.is_dir()):
             if class_dir.name not in CLEANED_CLASSES:
                 raise ValueError(f"donateacry: unexpected class folder {class_dir} "
                                  f"(expected {list(CLEANED_CLASSES)})")
-            for path in sorted(class_dir.glob("*.wav")):
+            files = sorted(p for p in class_dir.iterdir() if not p.name.startswith(".") and not p.is_dir())
+            ignored += [p for p in files if not is_audio_file(p)]
+            for path in (p for p in files if is_audio_file(p)):
                 fields = parse_cry_filename(path.name)
                 reason = class_dir.name
                 target = (CLEANED_CLASSES.index(reason) if self.labels == "multiclass"
@@ -157,6 +163,9 @@ class DonateacryDataModule(AudioDataModule):
                 rows.append({"path": str(path), "target": target, "group": fields.app_instance_id,
                              "reason": reason, "gender": fields.gender, "age": fields.age,
                              "app_version": fields.app_version, "timestamp": fields.timestamp})
+        if ignored:
+            log.warning("donateacry: %d files in the class folders are not audio (by their extension) and were "
+                        "left out: %s", len(ignored), ", ".join(p.name for p in ignored[:10]))
         if not rows:
-            raise FileNotFoundError(f"donateacry: no .wav files under {self.audio_dir}/<class>/")
+            raise FileNotFoundError(f"donateacry: no audio files under {self.audio_dir}/<class>/")
         return pd.DataFrame(rows)

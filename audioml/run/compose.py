@@ -20,8 +20,8 @@ from audioml.checkpointing import AtomicCheckpointIO
 from audioml.run import facts, tracking
 from audioml.run.checkpoint import instantiate_model
 
-__all__ = ["build_datamodule", "build_model", "fit_data_statistics", "build_trainer", "build_test_trainer", "runtime_tags",
-           "data_tags", "open_mlflow_logger"]
+__all__ = ["build_datamodule", "build_model", "fit_data_statistics", "validate_trainer", "build_trainer",
+           "build_test_trainer", "runtime_tags", "data_tags", "open_mlflow_logger"]
 
 
 def build_datamodule(cfg: DictConfig):
@@ -57,6 +57,13 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback], l
         built = [c for c in built if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
     return instantiate(cfg.trainer, callbacks=built + callbacks, logger=logger,
                        default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()])
+
+
+def validate_trainer(cfg: DictConfig) -> None:
+    """Build ``cfg.trainer`` once without logger or callbacks, so that its settings (epochs,
+    devices, strategy) are refused before anything is opened or written."""
+    instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False, enable_progress_bar=False,
+                enable_model_summary=False)
 
 
 def runtime_tags(cfg: DictConfig) -> dict[str, str]:

@@ -198,6 +198,25 @@ def make_mlflow_logger(experiment_name: str, run_name: str | None, tracking_uri:
                                  log_model=False, finish_on_finalize=finish_on_finalize)
 
 
+def _read_run_id(run_id_file: Path) -> str | None:
+    """The run id kept in ``run_id_file``; a file that holds no text id (binary garbage) is
+    moved aside to ``<name>.unreadable`` with a warning, and a new run is started."""
+    if not run_id_file.is_file():
+        return None
+    raw = run_id_file.read_bytes()
+    try:
+        text = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and text.isprintable():
+        return text or None
+    aside = run_id_file.with_name(run_id_file.name + ".unreadable")
+    os.replace(run_id_file, aside)
+    log.warning("%s holds %d bytes that are not a run id: moved aside to %s; starting a new MLflow run",
+                run_id_file, len(raw), aside.name)
+    return None
+
+
 def open_run(experiment_name: str, run_name: str, tracking_uri: str, run_id_file: str | Path,
              artifact_location: str | None = None, tags: Mapping[str, str] | None = None,
              finish_on_finalize: bool = True, rank_zero: bool = True) -> ResumableMLFlowLogger:
@@ -214,7 +233,7 @@ def open_run(experiment_name: str, run_name: str, tracking_uri: str, run_id_file
     if "mlflow.parentRunId" not in tags and os.environ.get(PARENT_RUN_ENV):
         tags["mlflow.parentRunId"] = os.environ[PARENT_RUN_ENV]
         tags["audioml.sweep_key"] = os.environ.get(SWEEP_KEY_ENV, "")
-    previous = run_id_file.read_text().strip() if run_id_file.is_file() else None
+    previous = _read_run_id(run_id_file)
     if rank_zero:
         prepare_store(tracking_uri)
         get_or_create_experiment(tracking_uri, experiment_name, artifact_location)
@@ -267,7 +286,9 @@ def ended_on_error(logger) -> Iterator[None]:
         if logger is not None and getattr(logger, "run_id", None):
             preempted = isinstance(error, SystemExit) and error.code in (0, None, 143)
             try:
-                if not preempted and logger.experiment.get_run(logger.run_id).info.status == "RUNNING":
+                current = logger.experiment.get_run(logger.run_id).info.status
+                # RUNNING, or FAILED by Lightning's own logger on a fit error (without the cause)
+                if not preempted and current in ("RUNNING", "FAILED"):
                     status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
                     cause = error
                     while cause.__cause__ is not None:  # e.g. Hydra's InstantiationException: say why

@@ -20,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from audioml import distributed
 from audioml.checkpointing import find_resume_checkpoint
-from audioml.files import atomic_write_bytes, exclusive_lock
+from audioml.data.base import NoUsableFilesError
+from audioml.files import atomic_write_bytes, exclusive_lock, remove_temporaries
 from audioml.models.embedding_cache import use_embedding_cache
 from audioml.run import facts, resume, tracking
 from audioml.run.checkpoint import ModelInCheckpoint, model_record, untrusted_targets
@@ -33,6 +34,7 @@ from audioml.run.compose import (
     fit_data_statistics,
     open_mlflow_logger,
     runtime_tags,
+    validate_trainer,
 )
 from audioml.run.protocols import RunResult
 from audioml.run.results import finished_result, honest_test_scores, write_kfold_reports, write_run_reports
@@ -56,6 +58,8 @@ def run_evaluation(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     if not distributed.is_global_zero_process():
         return _run_evaluation(cfg, run_dir)
     with exclusive_lock(run_dir / RUN_LOCK, f"training in {run_dir}: waiting until it ends"):
+        for folder in [run_dir / "checkpoints", *run_dir.glob("fold_*/checkpoints")]:  # a killed run's partial writes
+            remove_temporaries(folder, "*.ckpt")
         return _run_evaluation(cfg, run_dir)
 
 
@@ -138,7 +142,15 @@ class TrainingRun:
             return finished_result(run_dir, finished)
         L.seed_everything(cfg.seed, workers=True)
         torch.set_float32_matmul_precision("high")
-        datamodule = build_datamodule(cfg)
+        validate_trainer(cfg)  # before decoding and the MLflow run: a config that cannot train leaves nothing
+        try:
+            datamodule = build_datamodule(cfg)
+        except NoUsableFilesError as error:
+            if self.rank_zero:
+                error.skipped.to_csv(run_dir / "skipped_files.csv", index=False)
+            raise NoUsableFilesError(f"{error} ({run_dir / 'skipped_files.csv'})", error.skipped) from None
+        if self.rank_zero and len(datamodule.skipped):  # written now: a later failure keeps the list
+            datamodule.skipped.to_csv(run_dir / "skipped_files.csv", index=False)
         model = build_model(cfg, datamodule.class_names, datamodule.train_class_counts())
         fit_data_statistics(model, datamodule)
         resolved = self._write_config()

@@ -1,0 +1,133 @@
+"""The reliability cases of ../shared/RELIABILITY_CASES.md that are fixed, one test each (ids as
+there): bad input is named or skipped and listed, a fault leaves a resumable state, and no
+MLflow run is opened for a config that cannot train. (T2/T3: test_checkpoint_record.py; M1:
+test_tracking_server.py; C1/C2: test_run_lock.py.)"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+from conftest import run_entry_point
+from test_data_donateacry import make_cleaned_corpus
+
+from audioml.checkpointing import find_resume_checkpoint
+from audioml.config import compose_config
+from audioml.data.donateacry import DonateacryDataModule
+from audioml.run import tracking
+from audioml.run.compose import build_datamodule
+
+TINY = ["data=synthetic", "model=cnn", "model.backbone.channels=[8,16]", "model.backbone.dense=16",
+        "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "data.num_workers=0"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.clip_seconds=-1", "data.clip_seconds"),                       # K3
+    ("data.clip_seconds=0", "data.clip_seconds"),                        # K4
+    ("model.sample_rate=0", "model.sample_rate"),                        # K14
+    ("model.sample_rate=-16000", "model.sample_rate"),                   # K15
+])
+def test_impossible_decode_settings_name_the_key_before_any_decoding(tmp_path, override, message):
+    cfg = compose_config(["data=donateacry", "model=cnn", f"paths.output_dir={tmp_path}", override])
+    with pytest.raises(Exception, match=message) as error:  # Hydra wraps the DataModule's ValueError
+        build_datamodule(cfg)
+    assert "ValueError" in repr(error.value) and "negative dimensions" not in str(error.value)
+    assert not (tmp_path / "cache").exists()  # refused where the value enters, nothing decoded
+
+
+def _runs(output):
+    store = output / "mlflow" / "mlflow.db"
+    if not store.is_file():
+        return []
+    client = mlflow.MlflowClient(f"sqlite:///{store}")
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def test_a_trainer_setting_that_cannot_train_is_refused_before_the_mlflow_run_opens(tmp_path):  # K8
+    process = run_entry_point("audioml.train", *TINY, "trainer.max_epochs=-5", f"paths.output_dir={tmp_path}",
+                              check=False)
+    assert process.returncode != 0 and "max_epochs" in process.stderr
+    assert not [r for r in _runs(tmp_path) if r.info.status == "RUNNING"]
+    assert _runs(tmp_path) == []  # validated before the run opened: nothing to end
+
+
+def test_a_binary_mlflow_run_id_file_is_set_aside_and_a_new_run_started(tmp_path, caplog):  # P6
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id_file = tmp_path / "run" / "mlflow_run_id"
+    run_id_file.parent.mkdir()
+    run_id_file.write_bytes(b"\xff\xfe\x00garbage\x80")
+    logger = tracking.open_run("e", "r", uri, run_id_file)
+    assert logger.run_id and run_id_file.read_text() == logger.run_id
+    assert (tmp_path / "run" / "mlflow_run_id.unreadable").read_bytes() == b"\xff\xfe\x00garbage\x80"
+    assert "mlflow_run_id" in caplog.text and "not a run id" in caplog.text
+
+
+def test_a_checkpoint_that_passes_the_zip_check_but_cannot_load_falls_back(tmp_path, caplog):  # P16
+    good = tmp_path / "last-previous.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}}, good)
+    bad = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "object": pd.Timestamp("2020-01-01")}, bad)  # a pickled object
+    assert find_resume_checkpoint(tmp_path) == good
+    assert (tmp_path / "last.ckpt.damaged").is_file() and "cannot be loaded" in caplog.text
+
+
+def test_every_audio_extension_in_any_case_is_read_and_others_are_listed(tmp_path, caplog):  # B16
+    root = make_cleaned_corpus(tmp_path / "donateacry-corpus")
+    tired = root / "donateacry_corpus_cleaned_and_updated_data" / "tired"
+    first = sorted(tired.iterdir())[0]
+    audio, rate = sf.read(first)
+    shutil.copy(first, tired / first.name.replace(".wav", ".WAV").replace("-1430", "-2430"))
+    sf.write(tired / first.name.replace(".wav", ".flac").replace("-1430", "-3430"), audio, rate)
+    (tired / "notes.txt").write_text("not audio")
+    module = DonateacryDataModule(root=root, sample_rate=8000, clip_seconds=1.0)
+    module.setup()
+    assert (module.manifest["reason"] == "tired").sum() == 6 + 2
+    assert "notes.txt" in caplog.text and "not audio" in caplog.text
+
+
+def test_a_dataset_without_one_usable_file_says_so_and_lists_them(tmp_path):  # B18
+    root = tmp_path / "data" / "donateacry-corpus" / "donateacry_corpus_cleaned_and_updated_data" / "hungry"
+    root.mkdir(parents=True)
+    for index in range(6):
+        (root / f"0000000{index}-aaaa-aaaa-aaaa-aaaaaaaaaaaa-1430000000-1.7-f-26-hu.wav").write_bytes(b"")
+    output = tmp_path / "out"
+    process = run_entry_point("audioml.train", "data=donateacry", "model=cnn", "trainer.max_epochs=1",
+                              f"paths.output_dir={output}", env={"AUDIOML_DATA_DIR": str(tmp_path / "data")},
+                              check=False)
+    assert process.returncode != 0 and "no usable files" in process.stderr and "IndexError" not in process.stderr
+    (listed,) = list(output.rglob("skipped_files.csv"))
+    assert len(pd.read_csv(listed)) == 6
+
+
+def test_a_killed_builders_temporary_files_are_removed_by_the_next_build(tmp_path):  # P1/P2
+    from audioml.data.cache import ArrayCache
+
+    cache = ArrayCache(tmp_path, "waveforms", "k1")
+    orphan = tmp_path / ".waveforms-k1.npy.abcd1234.npy"
+    orphan.write_bytes(b"\0" * 4096)  # what a builder killed with -9 leaves
+    os.utime(orphan, (1, 1))
+
+    def build(out):
+        out[:] = 1.0
+        return {}
+
+    array, _ = cache.get_or_build((3, 2), build)
+    assert array.shape == (3, 2) and float(array.min()) == 1.0 and not orphan.exists()
+
+
+def test_a_killed_runs_partial_checkpoint_writes_are_removed_on_the_next_start(tmp_path):  # P1 (checkpoints)
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    orphan = run_dir / "checkpoints" / ".last-incoming.ckpt.x1y2z3.tmp"
+    orphan.write_bytes(b"\0" * 1024)
+    cfg = compose_config([*TINY, f"paths.output_dir={tmp_path / 'out'}", "logger.enabled=false"])
+    from audioml.run.training import run_evaluation
+
+    metrics = run_evaluation(cfg, run_dir)
+    assert "test/acc" in metrics and not orphan.exists()

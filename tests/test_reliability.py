@@ -9,7 +9,6 @@ import os
 import shutil
 
 import mlflow
-import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf

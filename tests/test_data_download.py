@@ -15,15 +15,8 @@ import pytest
 import soundfile as sf
 
 from audioml.data import download
-from audioml.data.download import (
-    ChecksumError,
-    DatasetSource,
-    DownloadError,
-    RemoteFile,
-    download_dataset,
-    fetch,
-    install,
-)
+from audioml.data.download import (ChecksumError, DatasetSource, DownloadError, RemoteFile, download_dataset, fetch,
+                                   install)
 
 
 class _Server:

@@ -24,15 +24,8 @@ from audioml.models.backbones.imagenet import ImageNetCNN
 from audioml.models.backbones.panns import Cnn14
 from audioml.models.backbones.vggish import VGGish
 from audioml.models.classifier import AudioClassifier
-from audioml.models.pretrained import (
-    PRETRAINED_CFGS,
-    PretrainedCfg,
-    adapt_input_conv,
-    download_weights,
-    get_pretrained_cfg,
-    load_pretrained,
-    weights_folder,
-)
+from audioml.models.pretrained import (PRETRAINED_CFGS, PretrainedCfg, adapt_input_conv, download_weights,
+                                       get_pretrained_cfg, load_pretrained, weights_folder)
 from audioml.run.compose import build_model
 
 

@@ -46,7 +46,8 @@ from audioml.models.base import persist_metric_states
 log = logging.getLogger(__name__)
 
 __all__ = ["RECORD_KEY", "FORMAT", "UntrustedCheckpointError", "ModelInCheckpoint", "model_record",
-           "read_record", "check_record", "instantiate_model", "model_from_record", "datamodule_from_record"]
+           "read_record", "check_record", "untrusted_targets", "instantiate_model", "model_from_record",
+           "datamodule_from_record"]
 
 #: Key of the model record inside a checkpoint.
 RECORD_KEY = "audioml"

@@ -25,17 +25,8 @@ from audioml.files import atomic_write_bytes, exclusive_lock, remove_temporaries
 from audioml.models.embedding_cache import use_embedding_cache
 from audioml.run import facts, resume, tracking
 from audioml.run.checkpoint import ModelInCheckpoint, model_record, untrusted_targets
-from audioml.run.compose import (
-    build_datamodule,
-    build_model,
-    build_test_trainer,
-    build_trainer,
-    data_tags,
-    fit_data_statistics,
-    open_mlflow_logger,
-    runtime_tags,
-    validate_trainer,
-)
+from audioml.run.compose import (build_datamodule, build_model, build_test_trainer, build_trainer, data_tags,
+                                 fit_data_statistics, open_mlflow_logger, runtime_tags, validate_trainer)
 from audioml.run.protocols import RunResult
 from audioml.run.results import finished_result, honest_test_scores, write_kfold_reports, write_run_reports
 

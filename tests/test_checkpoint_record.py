@@ -148,6 +148,10 @@ def test_an_old_format_checkpoint_says_which_format_and_what_to_do(tmp_path):
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(ValueError, match="not written by audioml-train"):
         read_record(foreign)
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a checkpoint .*truncated, or another kind of file"):
+        read_record(junk)
 
 
 def test_predict_on_a_trimmed_ravdess_checkpoint_sees_the_test_set_inputs(tmp_path):

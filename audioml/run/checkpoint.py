@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import pickle
 import re
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,9 @@ def read_record(path: str | Path, trusted_modules: Iterable[str] = ()) -> tuple[
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a checkpoint (not a torch zip archive: truncated, or another kind of "
+                         "file); give a .ckpt from <run dir>/checkpoints/")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

@@ -1,13 +1,16 @@
-"""``audioml-predict``: class probabilities for audio files from a trained checkpoint
-(``audioml.run.inference.predict_files``).
+"""``audioml-predict``: the answers of a trained model for recordings (``audioml.run.inference``).
 
-Each file goes through the decoder the training data went through (resampled to the model's
-rate, downmixed, silence-trimmed when training trimmed, padded/cropped to the clip length); files that cannot be decoded are reported and
-skipped (listed in the log and in ``<output>.skipped.csv``).
+Files, folders and globs in; every file decoded as the training data was (resampled to the
+model's rate, downmixed, silence-trimmed when training trimmed); a classifier scores recordings
+longer than its clip in sliding windows aggregated per file, a regressor gives a value per
+window. Writes ``<output>`` (CSV, a row per file), ``<output stem>.json`` and, with
+``per_window=true`` or for regressors, ``<output stem>.windows.csv``; files that cannot be
+decoded are listed with the reason (``<output stem>.skipped.csv``) while the rest are scored.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -21,22 +24,84 @@ log = logging.getLogger(__name__)
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
 def _app(cfg: DictConfig) -> None:
-    from audioml.run.inference import collect_inputs, predict_files
+    from audioml.run.inference import Predictor, collect_inputs
+    from audioml.run.tracking import resolve_tracking_uri
 
     logging.getLogger("audioml").setLevel(logging.INFO)
-    files = collect_inputs(list(cfg.inputs), cfg.input_dir, list(cfg.extensions))
-    predictions, skipped = predict_files(cfg.ckpt_path, files, cfg.batch_size, cfg.device,
-                                        cfg.get("trusted_modules") or ())
+    if (cfg.source is None) == (cfg.ckpt_path is None):
+        raise SystemExit("audioml-predict: give the model as source=<run dir | .ckpt | runs:/<run id>/model | "
+                         "models:/<name>/<version>> (or ckpt_path=<.ckpt>), one of the two")
+    source = cfg.source if cfg.source is not None else cfg.ckpt_path
+    files = collect_inputs(list(cfg.inputs), cfg.input_dir, list(cfg.extensions) if cfg.extensions else None)
     output = Path(cfg.output)
+    predictor = Predictor.from_source(
+        source, cfg.get("trusted_modules") or (), resolve_tracking_uri(cfg.tracking_uri, cfg.paths.mlflow_dir),
+        download_dir=output.parent / f".{output.stem}-model", device=cfg.device, hop_seconds=cfg.hop_seconds,
+        aggregate=cfg.aggregate, sliding_windows=cfg.sliding_windows, batch_size=cfg.batch_size)
+    predictions = predictor.predict_files(files, progress=cfg.progress)
+    written = write_predictions(predictions, predictor, output, str(source),
+                                per_window=cfg.per_window or predictor.task == "regression")
+    print(summary(predictions, predictor))
+    log.info("%d files scored, %d skipped; written: %s", len(predictions.files), len(predictions.skipped),
+             ", ".join(map(str, written)))
+
+
+def write_predictions(predictions, predictor, output: Path, source: str, per_window: bool) -> list[Path]:
+    """The CSV per file, the JSON (files with their windows when ``per_window``), the window
+    table and the skipped list; returns the paths written."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    predictions.to_csv(output, index=False)
-    if len(skipped):
-        skipped_path = output.with_suffix(".skipped.csv")
-        skipped.to_csv(skipped_path, index=False)
-        log.warning("skipped %d of %d files that could not be decoded (listed in %s)", len(skipped),
-                    len(files), skipped_path)
-    print(predictions[["path", "predicted"]].to_string(index=False))
-    log.info("%d predictions written to %s", len(predictions), output)
+    stem = output.with_suffix("")
+    written = [output, stem.with_suffix(".json")]
+    predictions.files.to_csv(output, index=False)
+    windows_by_file = {path: table.drop(columns="path").to_dict("records")
+                       for path, table in predictions.windows.groupby("path", sort=False)} if per_window else {}
+    document = {"model": source, "task": predictor.task, "sample_rate": predictor.sample_rate,
+                "clip_seconds": predictor.decoder.clip_seconds, "classes": predictor.names,
+                "aggregate": predictor.aggregate if predictor.task == "classification" else None,
+                "files": [{**row, **({"windows_detail": windows_by_file.get(row["path"], [])} if per_window else {})}
+                          for row in predictions.files.to_dict("records")],
+                "skipped": predictions.skipped.to_dict("records")}
+    written[1].write_text(json.dumps(_finite(document), indent=1, allow_nan=False))
+    if per_window:
+        written.append(Path(f"{stem}.windows.csv"))
+        predictions.windows.to_csv(written[-1], index=False)
+    if len(predictions.skipped):
+        written.append(Path(f"{stem}.skipped.csv"))
+        predictions.skipped.to_csv(written[-1], index=False)
+        log.warning("skipped %d of %d files that could not be scored (listed in %s): %s", len(predictions.skipped),
+                    len(predictions.skipped) + len(predictions.files), written[-1],
+                    "; ".join(predictions.skipped["reason"].head(3)))
+    return written
+
+
+def _finite(value):
+    """NaN (a per_sequence regressor's windows between its answers) as JSON null."""
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    if isinstance(value, float) and value != value:
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def summary(predictions, predictor, rows: int = 30) -> str:
+    """What a user reads on the terminal: the first ``rows`` answers and the counts."""
+    files = predictions.files
+    if files.empty:
+        return f"no file could be scored ({len(predictions.skipped)} skipped)"
+    if predictor.task == "classification":
+        shown = files[["path", "predicted", "windows"]].assign(
+            probability=files[[f"p_{n}" for n in predictor.names]].max(axis=1).round(3))
+        counts = files["predicted"].value_counts().to_dict()
+        tail = f"{len(files)} files: " + ", ".join(f"{name} {count}" for name, count in counts.items())
+    else:
+        shown = files[["path", "windows", *predictor.names]].round(3)
+        tail = f"{len(files)} files, {int(files['windows'].sum())} windows of {predictor.decoder.clip_seconds} s"
+    text = shown.head(rows).to_string(index=False)
+    more = f"\n... {len(files) - rows} more in the CSV" if len(files) > rows else ""
+    skipped = f"; {len(predictions.skipped)} skipped" if len(predictions.skipped) else ""
+    return f"{text}{more}\n{tail}{skipped}"
 
 
 def main() -> None:

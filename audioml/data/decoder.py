@@ -90,6 +90,12 @@ class ClipDecoder:
 
     def finish(self, audio: np.ndarray, source: str | Path = "") -> np.ndarray:
         """Trim, check and fix the length of decoded ``(time,)`` audio (a file or a segment)."""
+        audio = self.trimmed(audio, source)
+        return np.ascontiguousarray(fix_length(audio, self.num_samples, self.pad_mode), dtype=np.float32)
+
+    def trimmed(self, audio: np.ndarray, source: str | Path = "") -> np.ndarray:
+        """Decoded audio with the silence trimmed as ``finish`` trims it, at its own length
+        (checked as ``finish`` checks it)."""
         if self.trim_db is not None:
             import librosa
 
@@ -100,7 +106,30 @@ class ClipDecoder:
                                    f"< data.min_seconds={self.min_seconds}")
         if not np.any(audio):
             raise AudioDecodeError(f"{prefix}silent: all samples are zero")
-        return np.ascontiguousarray(fix_length(audio, self.num_samples, self.pad_mode), dtype=np.float32)
+        return audio
+
+    def windows(self, audio: np.ndarray, hop_seconds: float | None = None,
+                source: str | Path = "") -> tuple[np.ndarray, np.ndarray]:
+        """Decoded ``(time,)`` audio as clips of the training length: ``(windows (n, num_samples),
+        start seconds (n,))``.
+
+        Audio no longer than a clip gives one clip exactly as ``finish`` makes it (trimmed,
+        padded as in training). Longer audio is covered by windows every ``hop_seconds``
+        (default: half a clip) from the start, plus one window ending at the end when the hop
+        leaves a tail, so every sample is scored and no window is padded."""
+        audio = self.trimmed(audio, source)
+        size = self.num_samples
+        if audio.shape[0] <= size:
+            return fix_length(audio, size, self.pad_mode)[None].astype(np.float32, copy=False), np.zeros(1)
+        hop = int(round((hop_seconds if hop_seconds is not None else self.clip_seconds / 2) * self.sample_rate))
+        if hop <= 0:
+            raise ValueError(f"hop_seconds={hop_seconds}: use a positive number of seconds")
+        starts = list(range(0, audio.shape[0] - size + 1, hop))
+        if starts[-1] != audio.shape[0] - size:
+            starts.append(audio.shape[0] - size)
+        starts = np.asarray(starts)
+        index = starts[:, None] + np.arange(size)[None, :]
+        return np.ascontiguousarray(audio[index], dtype=np.float32), starts / self.sample_rate
 
     def __call__(self, path: str | Path) -> np.ndarray:
         """``path`` as one model-ready clip; raises ``AudioDecodeError`` when unusable."""

@@ -1,15 +1,25 @@
 """Using a trained model: rebuild it from its checkpoint (``audioml.run.checkpoint``: the
 model record, checked before anything runs), test it on a split of its data
-(``evaluate_checkpoint``) or score audio files (``predict_files``).
+(``evaluate_checkpoint``) or score recordings (``Predictor``).
 
-The data is found through this machine's ``paths``; files to score go through the decoder the
-training data went through (``ClipDecoder`` settings in the checkpoint).
+A model comes from a checkpoint file, a run directory, an MLflow model directory, an MLflow
+run (``runs:/<run id>/model``) or a registered model (``models:/<name>/<version or alias>``)
+(``find_checkpoint``); in every case what is read is the checkpoint, as data.
+
+Recordings go through the decoder the training data went through (``ClipDecoder`` settings in
+the checkpoint: rate, downmix, silence trimming). A classifier scores a recording longer than
+its training clip in sliding windows of that length and aggregates them per file; a sequence
+regressor gives one value per window (0.5 s for MuSe) over the whole recording.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
@@ -19,13 +29,36 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from audioml.data.audio import AudioDecodeError
+from audioml.data.audio import AUDIO_EXTENSIONS, AudioDecodeError
 from audioml.data.decoder import ClipDecoder
 from audioml.run.checkpoint import datamodule_from_record, model_from_record, read_record
 
 log = logging.getLogger(__name__)
 
-__all__ = ["evaluate_checkpoint", "collect_inputs", "predict_files"]
+__all__ = ["OutputModel", "AGGREGATIONS", "Predictions", "Predictor", "evaluate_checkpoint", "collect_inputs",
+           "find_checkpoint", "display_path", "predict_files"]
+
+#: How a classifier's window probabilities become one answer per file (``Predictor``).
+AGGREGATIONS = ("mean", "max", "vote")
+_GLOB_CHARACTERS = set("*?[")
+
+
+class OutputModel(torch.nn.Module):
+    """What a trained model answers, as one ``nn.Module`` from waveform to output, the front
+    end included: class probabilities ``(batch, classes)`` for a classifier (the softmax of its
+    logits), values for a regressor (``(batch, windows, targets)`` per window). Export, the
+    MLflow model and ``audioml-predict`` all run this module."""
+
+    def __init__(self, model: torch.nn.Module, task: str) -> None:
+        super().__init__()
+        if task not in ("classification", "regression"):
+            raise ValueError(f"task {task!r}: expected classification or regression")
+        self.model = model
+        self.task = task
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        output = self.model(waveform)
+        return output.softmax(dim=-1) if self.task == "classification" else output
 
 
 def evaluate_checkpoint(ckpt_path: str | Path, paths: DictConfig, trainer_cfg: DictConfig,
@@ -46,65 +79,302 @@ def evaluate_checkpoint(ckpt_path: str | Path, paths: DictConfig, trainer_cfg: D
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
 
 
-def collect_inputs(inputs: list[str], input_dir: str | None, extensions: list[str]) -> list[Path]:
-    """Explicit files plus every file under ``input_dir`` with one of ``extensions`` (sorted).
+def display_path(path: str | Path) -> str:
+    """``path`` as printable text: bytes that are not UTF-8 (a name from another system) shown
+    as ``\\xff`` escapes instead of breaking CSV/JSON writers."""
+    return os.fsencode(os.fspath(path)).decode("utf-8", "backslashreplace")
 
-    Raises ``FileNotFoundError`` for a missing explicit file or folder, ``ValueError`` when
-    nothing is given.
-    """
-    paths = [Path(p) for p in inputs]
-    missing = [str(p) for p in paths if not p.is_file()]
+
+def collect_inputs(inputs: Sequence[str], input_dir: str | None = None,
+                   extensions: Sequence[str] | None = None) -> list[Path]:
+    """The files to score, in order: each input is a file, a folder (every audio file under it,
+    sorted) or a glob pattern (``recordings/**/*.m4a``); ``input_dir`` is one more folder.
+
+    Folders and globs keep files with one of ``extensions`` (default: every format the decoder
+    reads, any letter case); an explicit file is always kept. Raises ``FileNotFoundError``
+    naming the inputs that match nothing, ``ValueError`` when nothing is given."""
+    suffixes = {f".{e.lower().lstrip('.')}" for e in extensions} if extensions else set(AUDIO_EXTENSIONS)
+    wanted = [str(i) for i in inputs] + ([str(input_dir)] if input_dir else [])
+    if not wanted:
+        raise ValueError("nothing to predict: give inputs=[file,folder,'glob/*.wav',...] (or input_dir=<folder>)")
+    paths: list[Path] = []
+    missing = []
+    for item in wanted:
+        path = Path(item)
+        if path.is_file():
+            found = [path]
+        elif path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
+        elif _GLOB_CHARACTERS & set(item):
+            found = sorted(Path(p) for p in glob.glob(item, recursive=True)
+                           if Path(p).suffix.lower() in suffixes and Path(p).is_file())
+        else:
+            found = []
+        if not found:
+            missing.append(item)
+        paths += found
     if missing:
-        raise FileNotFoundError(f"input files not found: {missing}")
-    if input_dir:
-        folder = Path(input_dir)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"input_dir={folder} is not a folder")
-        suffixes = {f".{e.lower().lstrip('.')}" for e in extensions}
-        paths += sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
-    if not paths:
-        raise ValueError("nothing to predict: give inputs=[file,...] and/or input_dir=<folder>")
-    return paths
+        raise FileNotFoundError(f"no audio file at {missing} (give files, folders or glob patterns; folders and "
+                                f"globs match {sorted(suffixes)})")
+    unique = list(dict.fromkeys(paths))  # a file named twice is scored once
+    return unique
+
+
+# ------------------------------------------------------------------------------ model sources
+def find_checkpoint(source: str | Path, tracking_uri: str | None = None,
+                    download_dir: str | Path | None = None) -> Path:
+    """The checkpoint file behind ``source``: a ``.ckpt`` file; a run directory (its best
+    checkpoint, else ``last.ckpt``); an MLflow model directory; ``runs:/<id>/model`` or
+    ``models:/<name>/<version or alias>`` (downloaded from ``tracking_uri`` into
+    ``download_dir``). The checkpoint is then read as data like any other (``read_record``)."""
+    text = str(source)
+    if text.startswith(("runs:/", "models:/")):
+        import mlflow
+
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+            mlflow.set_registry_uri(tracking_uri)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=str(download_dir) if download_dir
+                                                        else None)
+        except MlflowException as error:
+            raise FileNotFoundError(f"{text} could not be fetched from {mlflow.get_tracking_uri()}: "
+                                    f"{str(error).splitlines()[0]} (set tracking_uri=... to the store that holds "
+                                    "it)") from None
+        return _checkpoint_of_model_dir(Path(local), text)
+    path = Path(source)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} does not exist: give a .ckpt, a run directory, runs:/<run id>/model or "
+                                "models:/<name>/<version>")
+    if (path / "MLmodel").is_file():
+        return _checkpoint_of_model_dir(path, text)
+    checkpoints = path / "checkpoints"
+    best = sorted(checkpoints.glob("best-*.ckpt"))
+    if best:
+        return best[-1]
+    if (checkpoints / "last.ckpt").is_file():
+        log.warning("%s has no best checkpoint; using last.ckpt", path)
+        return checkpoints / "last.ckpt"
+    if sorted(path.glob("fold_*/checkpoints")):
+        raise FileNotFoundError(f"{path} is a k-fold run: each fold is its own model; give one, e.g. "
+                                f"{path / 'fold_0'}")
+    raise FileNotFoundError(f"{path} holds no checkpoints/ (is it a run directory?)")
+
+
+def _checkpoint_of_model_dir(folder: Path, source: str) -> Path:
+    """The checkpoint an audioml MLflow model carries (``artifacts/<file>.ckpt``)."""
+    found = sorted(folder.glob("artifacts/*.ckpt"))
+    if len(found) != 1:
+        raise FileNotFoundError(f"{source} is not an audioml model: expected one artifacts/*.ckpt in {folder}, "
+                                f"found {len(found)}")
+    return found[0]
+
+
+# --------------------------------------------------------------------------------- predicting
+@dataclass
+class Predictions:
+    """What ``Predictor.predict_files`` found.
+
+    ``files``: one row per scored file (``path``, ``predicted`` and ``p_<class>`` for a
+    classifier, the mean value per target for a regressor; ``windows``, ``seconds``);
+    ``windows``: one row per window (``path``, ``window``, ``start_s``, ``end_s`` and the
+    window's probabilities or values); ``skipped``: ``path``, ``reason`` for each file that
+    could not be scored."""
+
+    files: pd.DataFrame
+    windows: pd.DataFrame
+    skipped: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["path", "reason"]))
+
+
+class Predictor:
+    """A trained model ready to answer: the checkpoint's model (``OutputModel``) on ``device``
+    with the checkpoint's decoder.
+
+    Args:
+        record, state_dict: from ``read_record`` (checked).
+        device: ``auto`` (a GPU when there is one), ``cpu``, ``cuda``, ``cuda:1``, ...
+        hop_seconds: classifier windows start every ``hop_seconds`` (default half a clip).
+        aggregate: per-file answer from the windows: ``mean`` of probabilities, per-class
+            ``max`` (the columns then need not sum to 1), or majority ``vote`` (columns: the
+            share of windows voting for each class; ties go to the higher mean probability).
+        sliding_windows: ``False`` scores each file as training saw it: one clip, cropped.
+        batch_size: windows (classifier) or sequences (regressor) per forward pass.
+    """
+
+    def __init__(self, record: dict, state_dict: dict, device: str = "auto", hop_seconds: float | None = None,
+                 aggregate: str = "mean", sliding_windows: bool = True, batch_size: int = 32) -> None:
+        if aggregate not in AGGREGATIONS:
+            raise ValueError(f"aggregate={aggregate!r}: use one of {list(AGGREGATIONS)}")
+        if hop_seconds is not None and not hop_seconds > 0:
+            raise ValueError(f"hop_seconds={hop_seconds}: use a positive number of seconds, or null (half a clip)")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r}: use a whole number >= 1")
+        self.record = record
+        self.task = record["task"]
+        self.names = [str(c) for c in record["class_names"]]
+        self.decoder = ClipDecoder.from_settings(record["decoder"]).with_options(min_seconds=0.0)
+        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+        self.model = OutputModel(model_from_record(record, state_dict), self.task).to(self.device).eval()
+        self.hop_seconds, self.aggregate, self.sliding = hop_seconds, aggregate, bool(sliding_windows)
+        self.batch_size = batch_size
+        data = record.get("data") or {}
+        self.sequence_length = int(data.get("sequence_length") or 40)
+        self.sequence_stride = int(data.get("eval_stride") or self.sequence_length)
+
+    @classmethod
+    def from_source(cls, source: str | Path, trusted_modules: Iterable[str] = (), tracking_uri: str | None = None,
+                    download_dir: str | Path | None = None, **options) -> Predictor:
+        """The predictor of a checkpoint, run directory or MLflow model (``find_checkpoint``)."""
+        record, state_dict = read_record(find_checkpoint(source, tracking_uri, download_dir), trusted_modules)
+        return cls(record, state_dict, **options)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.decoder.sample_rate
+
+    @torch.no_grad()
+    def forward(self, inputs: np.ndarray) -> np.ndarray:
+        """The model's output for a stack of inputs, in batches of ``batch_size``."""
+        outputs = [self.model(torch.from_numpy(np.ascontiguousarray(inputs[i:i + self.batch_size])).to(self.device))
+                   .float().cpu().numpy() for i in range(0, len(inputs), self.batch_size)]
+        return np.concatenate(outputs)
+
+    # ------------------------------------------------------------------------- per recording
+    def windows_of(self, audio: np.ndarray, source: str = "") -> tuple[np.ndarray, np.ndarray]:
+        """``(inputs, start seconds)`` of decoded audio: classifier clips (``ClipDecoder.windows``),
+        or the regressor's 0.5 s windows (the tail padded with zeros, as the MuSe data does)."""
+        if self.task == "classification":
+            if not self.sliding:
+                return self.decoder.finish(audio, source)[None], np.zeros(1)
+            return self.decoder.windows(audio, self.hop_seconds, source)
+        audio = self.decoder.trimmed(audio, source)
+        size = self.decoder.num_samples
+        count = -(-audio.shape[0] // size)
+        padded = np.zeros(count * size, dtype=np.float32)
+        padded[:audio.shape[0]] = audio
+        return padded.reshape(count, size), np.arange(count) * size / self.sample_rate
+
+    def score_windows(self, windows: np.ndarray) -> np.ndarray:
+        """Classifier: probabilities per window ``(n, classes)``. Regressor: values per window
+        ``(n, targets)``, from sequences of the training length (``data.sequence_length``, a
+        shorter recording as one shorter sequence; overlapping sequences averaged per window;
+        ``output=per_sequence`` models answer at each sequence's last window, ``NaN`` elsewhere)."""
+        if self.task == "classification":
+            return self.forward(windows)
+        from audioml.data.muse import sequence_starts
+
+        count, length = len(windows), min(self.sequence_length, len(windows))
+        starts = sequence_starts(count, length, self.sequence_stride)
+        sequences = windows[starts[:, None] + np.arange(length)[None, :]]
+        outputs = self.forward(sequences)
+        total = np.zeros((count, len(self.names)))
+        seen = np.zeros((count, 1))
+        for start, output in zip(starts, outputs):
+            if output.ndim == 2:  # per_step: (length, targets)
+                total[start:start + length] += output
+                seen[start:start + length] += 1
+            else:  # per_sequence: one answer for the sequence, at its last window
+                total[start + length - 1] += output
+                seen[start + length - 1] += 1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(seen > 0, total / np.maximum(seen, 1), np.nan)
+
+    def summarise(self, scores: np.ndarray) -> dict[str, object]:
+        """One file's answer from its window scores (``aggregate``)."""
+        if self.task == "regression":
+            return {name: float(np.nanmean(scores[:, i])) for i, name in enumerate(self.names)}
+        if self.aggregate == "mean":
+            per_class = scores.mean(axis=0)
+        elif self.aggregate == "max":
+            per_class = scores.max(axis=0)
+        else:
+            votes = np.bincount(scores.argmax(axis=1), minlength=len(self.names)) / len(scores)
+            per_class = votes + 1e-9 * scores.mean(axis=0)  # ties: the higher mean probability
+            predicted = int(per_class.argmax())
+            return {"predicted": self.names[predicted], **{f"p_{n}": float(v) for n, v in zip(self.names, votes)}}
+        return {"predicted": self.names[int(per_class.argmax())],
+                **{f"p_{n}": float(v) for n, v in zip(self.names, per_class)}}
+
+    def _columns(self) -> list[str]:
+        return [f"p_{n}" for n in self.names] if self.task == "classification" else list(self.names)
+
+    def predict_audio(self, audio: np.ndarray, name: str = "waveform") -> tuple[dict, pd.DataFrame]:
+        """One decoded recording at ``sample_rate``: ``(file row, window table)``; raises
+        ``AudioDecodeError`` when it is unusable (silent, empty)."""
+        windows, starts = self.windows_of(np.asarray(audio, dtype=np.float32), name)
+        return self._rows(name, windows, starts, self.score_windows(windows), audio.shape[0] / self.sample_rate)
+
+    def _rows(self, name: str, windows: np.ndarray, starts: np.ndarray, scores: np.ndarray,
+              seconds: float) -> tuple[dict, pd.DataFrame]:
+        table = pd.DataFrame(scores, columns=self._columns())
+        table.insert(0, "end_s", np.minimum(starts + self.decoder.clip_seconds, max(seconds, self.decoder.clip_seconds)))
+        table.insert(0, "start_s", starts)
+        table.insert(0, "window", np.arange(len(windows)))
+        table.insert(0, "path", name)
+        return {"path": name, **self.summarise(scores), "windows": len(windows), "seconds": round(seconds, 3)}, table
+
+    # ---------------------------------------------------------------------------- many files
+    def predict_files(self, files: Sequence[str | Path], progress: bool = True, decode_workers: int = 4) -> Predictions:
+        """Score every file; files that cannot be decoded or are unusable are listed in
+        ``skipped`` with the reason while the others are scored. Files are decoded in a few
+        threads ahead of the model (decoding, not the model, is the slow part on a CPU)."""
+        from tqdm.auto import tqdm
+
+        rows, tables, skipped = [], [], []
+        pending: list[tuple[str, np.ndarray, np.ndarray, float]] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            if self.task == "classification":  # windows of several files in one pass
+                scores = self.forward(np.concatenate([w for _, w, _, _ in pending]))
+                offsets = np.cumsum([0] + [len(w) for _, w, _, _ in pending])
+                parts = [scores[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+            else:
+                parts = [self.score_windows(w) for _, w, _, _ in pending]
+            for (name, windows, starts, seconds), part in zip(pending, parts):
+                row, table = self._rows(name, windows, starts, part, seconds)
+                rows.append(row)
+                tables.append(table)
+            pending.clear()
+
+        bar = tqdm(total=len(files), desc="predict", unit="file", disable=not progress or len(files) < 2)
+        with ThreadPoolExecutor(max_workers=max(1, decode_workers)) as pool:
+            for path, decoded in zip(files, pool.map(self._decode, files)):
+                name = display_path(path)
+                if isinstance(decoded, str):
+                    skipped.append({"path": name, "reason": decoded})
+                else:
+                    pending.append((name, *decoded))
+                    if sum(len(w) for _, w, _, _ in pending) >= self.batch_size:
+                        flush()
+                bar.update(1)
+        flush()
+        bar.close()
+        windows = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
+            columns=["path", "window", "start_s", "end_s", *self._columns()])
+        return Predictions(pd.DataFrame(rows), windows, pd.DataFrame(skipped, columns=["path", "reason"]))
+
+    def _decode(self, path: str | Path) -> tuple[np.ndarray, np.ndarray, float] | str:
+        """``(windows, starts, seconds)`` of one file, or why it cannot be scored."""
+        try:
+            audio = self.decoder.read(path)
+            windows, starts = self.windows_of(audio, display_path(path))
+        except AudioDecodeError as error:
+            return str(error)
+        except OSError as error:  # unreadable: permissions, a directory, a vanished file
+            return f"{display_path(path)}: cannot read ({error.strerror or error})"
+        return windows, starts, audio.shape[0] / self.sample_rate
 
 
 def predict_files(ckpt_path: str | Path, files: list[Path], batch_size: int = 32, device: str = "auto",
-                  trusted_modules: Iterable[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(predictions, skipped)``: one row per decodable file with the predicted class and a
-    probability column per class; ``skipped`` lists files that could not be decoded, with why.
-
-    Every file goes through the checkpoint's decoder (rate, downmix, silence trimming, padding
-    or cropping to the clip length), except that short files are padded rather than refused."""
-    record, state_dict = read_record(ckpt_path, trusted_modules)
-    if record["task"] != "classification":
-        raise ValueError(f"{ckpt_path} is a {record['task']} checkpoint; audioml-predict scores classifiers. "
-                         "Use audioml-eval for sequence regressors.")
-    decoder = ClipDecoder.from_settings(record["decoder"]).with_options(min_seconds=0.0)
-    model = model_from_record(record, state_dict)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    model.to(device)
-    class_names = record["class_names"]
-
-    rows, skipped, batch, batch_paths = [], [], [], []
-
-    def flush() -> None:
-        if not batch:
-            return
-        with torch.no_grad():
-            probabilities = model(torch.from_numpy(np.stack(batch)).to(device)).softmax(dim=1).cpu().numpy()
-        for path, probs in zip(batch_paths, probabilities):
-            rows.append({"path": str(path), "predicted": class_names[int(probs.argmax())],
-                         **{f"p_{name}": float(p) for name, p in zip(class_names, probs)}})
-        batch.clear()
-        batch_paths.clear()
-
-    for path in files:
-        try:
-            batch.append(decoder(path))
-        except AudioDecodeError as error:
-            skipped.append({"path": str(path), "reason": str(error)})
-            continue
-        batch_paths.append(path)
-        if len(batch) == batch_size:
-            flush()
-    flush()
-    return pd.DataFrame(rows), pd.DataFrame(skipped, columns=["path", "reason"])
+                  trusted_modules: Iterable[str] = (), **options) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(per-file predictions, skipped)`` of ``files`` by the model behind ``ckpt_path``
+    (``Predictor``; ``options`` are its settings)."""
+    predictor = Predictor.from_source(ckpt_path, trusted_modules, device=device, batch_size=batch_size, **options)
+    predictions = predictor.predict_files(files, progress=False)
+    return predictions.files, predictions.skipped

@@ -223,12 +223,30 @@ class TrainingRun:
             tracking.log_artifacts(logger, [run_dir / "config.yaml", *files, *self._honest_files])
             if best and cfg.logger.get("log_checkpoint", True):
                 tracking.log_artifacts(logger, [Path(best)], "checkpoints")
+            if best and (cfg.logger.get("log_model", True) or cfg.logger.get("register_model")):
+                self._log_model(Path(best))
             tracking.set_status(logger.experiment, logger.run_id, "FINISHED")
         resume.write_done(run_dir, metrics)  # last: the run counts as finished only now
         log.info("test metrics: %s", {k: round(v, 4) for k, v in metrics.items()
                                       if "_" not in k.split("/")[-1] or k.endswith("macro_f1")})
         log.info("finished: run directory %s; %s", run_dir, _mlflow_location(cfg, logger))
         return result
+
+    def _log_model(self, best: Path) -> None:
+        """The best checkpoint as the run's MLflow model (``audioml.run.serving``)."""
+        from audioml.run import serving
+        from audioml.run.checkpoint import UntrustedCheckpointError, read_record
+
+        cfg = self.cfg
+        trusted = list(cfg.get("trusted_modules") or ())
+        try:
+            record, _ = read_record(best, trusted)
+        except UntrustedCheckpointError as error:
+            log.warning("no MLflow model logged: the checkpoint would be refused when loaded (%s)", error)
+            return
+        serving.log_model(self.logger.run_id, tracking.resolve_tracking_uri(cfg.logger.get("tracking_uri"),
+                                                                            cfg.paths.mlflow_dir),
+                          best, record, cfg.logger.get("register_model"), trusted)
 
 
 def _mlflow_location(cfg: DictConfig, logger) -> str:

@@ -1,0 +1,162 @@
+"""A trained run as an MLflow model: what others load with ``mlflow.pyfunc.load_model``, serve
+with ``mlflow models serve`` and find in the Model Registry.
+
+The MLflow model (``log_model``, called at the end of training for the best checkpoint) holds
+the checkpoint as its one artifact and is "a model from code" (``audioml/run/pyfunc_model.py``):
+loading it imports audioml and reads the checkpoint as data (``read_record``), so neither
+MLflow nor audioml unpickles anything. Its pyfunc answers a DataFrame with a ``waveform``
+column (mono float samples at the model's rate, or at the ``sample_rate`` param) or a ``path``
+column (files the serving machine can read), one row per recording, with the answers of
+``audioml.run.inference.Predictor``: the predicted class and a probability per class (a
+classifier; sliding windows over recordings longer than its clip, averaged), or the mean value
+per target (a regressor), plus the number of windows.
+
+The pip requirements pin every audioml dependency to the version installed at training time,
+and audioml itself; serve it where audioml is installed (``--env-manager local``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AudiomlModel", "MODEL_ARTIFACT_PATH", "signature_of", "pip_requirements", "log_model"]
+
+#: Where under its run the model is logged: ``runs:/<run id>/model``.
+MODEL_ARTIFACT_PATH = "model"
+_CODE = Path(__file__).with_name("pyfunc_model.py")
+
+try:
+    import mlflow.pyfunc
+
+    _PythonModel = mlflow.pyfunc.PythonModel
+except ImportError:  # pragma: no cover - mlflow is a dependency; keeps the module importable for docs
+    _PythonModel = object
+
+
+class AudiomlModel(_PythonModel):
+    """The pyfunc of an audioml checkpoint (see the module docs for its input and output)."""
+
+    def load_context(self, context) -> None:
+        from audioml.run.inference import Predictor
+
+        config = dict(context.model_config or {})
+        self.predictor = Predictor.from_source(context.artifacts["checkpoint"], config.get("trusted_modules") or (),
+                                               device=config.get("device", "auto"),
+                                               batch_size=int(config.get("batch_size", 32)))
+
+    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        predictor = self.predictor
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        if not {"waveform", "path"} & set(frame.columns):
+            raise ValueError("give a 'waveform' column (mono float samples at the model's rate) or a 'path' column "
+                             f"(audio files); got columns {list(frame.columns)}")
+        rate = int((params or {}).get("sample_rate") or predictor.sample_rate)
+        rows = []
+        for index, row in enumerate(frame.to_dict("records")):
+            path, waveform = row.get("path"), row.get("waveform")
+            if isinstance(path, str) and path:
+                decoded = predictor._decode(path)
+                if isinstance(decoded, str):
+                    raise ValueError(f"row {index}: {decoded}")
+                windows, starts, seconds = decoded
+                file_row, _ = predictor._rows(path, windows, starts, predictor.score_windows(windows), seconds)
+            elif waveform is not None:
+                audio = np.asarray(waveform, dtype=np.float32)
+                if audio.ndim != 1 or audio.size == 0 or not np.isfinite(audio).all():
+                    raise ValueError(f"row {index}: 'waveform' must be a non-empty list of finite mono samples")
+                if rate != predictor.sample_rate:
+                    from audioml.data.audio import resample
+
+                    audio = resample(audio, rate, predictor.sample_rate)
+                from audioml.data.audio import AudioDecodeError
+
+                try:
+                    file_row, _ = predictor.predict_audio(audio, f"row {index}")
+                except AudioDecodeError as error:
+                    raise ValueError(str(error)) from None
+            else:
+                raise ValueError(f"row {index}: neither 'waveform' nor 'path' is given")
+            rows.append({key: value for key, value in file_row.items() if key not in ("path", "seconds")})
+        return pd.DataFrame(rows, columns=_output_columns(predictor.task, predictor.names))
+
+
+def _output_columns(task: str, names: list[str]) -> list[str]:
+    return (["predicted", *[f"p_{n}" for n in names]] if task == "classification" else list(names)) + ["windows"]
+
+
+def signature_of(record: dict):
+    """Input: ``waveform`` (float array) or ``path`` (string), each optional per row, and the
+    ``sample_rate`` param (default: the model's); output: the answer columns."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
+
+    names = [str(c) for c in record["class_names"]]
+    outputs = [ColSpec(DataType.double if name != "predicted" else DataType.string, name)
+               for name in _output_columns(record["task"], names)[:-1]] + [ColSpec(DataType.long, "windows")]
+    return ModelSignature(
+        inputs=Schema([ColSpec(Array(DataType.double), "waveform", required=False),
+                       ColSpec(DataType.string, "path", required=False)]),
+        outputs=Schema(outputs),
+        params=ParamSchema([ParamSpec("sample_rate", DataType.long, int(record["decoder"]["sample_rate"]))]))
+
+
+def pip_requirements() -> list[str]:
+    """audioml and each of its dependencies pinned to the version installed here."""
+    from packaging.requirements import Requirement
+
+    pinned = [f"audioml=={metadata.version('audioml')}"]
+    for text in metadata.requires("audioml") or []:
+        requirement = Requirement(text)
+        if requirement.marker is not None and "extra" in str(requirement.marker):
+            continue
+        try:
+            pinned.append(f"{requirement.name}=={metadata.version(requirement.name)}")
+        except metadata.PackageNotFoundError:
+            pinned.append(str(requirement))
+    return pinned
+
+
+def log_model(run_id: str, tracking_uri: str, checkpoint: str | Path, record: dict,
+              registered_model_name: str | None = None, trusted_modules: list[str] | None = None) -> str:
+    """Log ``checkpoint`` as the MLflow model of run ``run_id`` (``runs:/<run id>/model``),
+    registered as ``registered_model_name`` when given; returns the model URI."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a log line says it is done
+    import mlflow
+
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            # the artifact under a stable name: the model directory always holds artifacts/model.ckpt
+            stable = Path(scratch) / "model.ckpt"
+            try:  # a hard link costs nothing; MLflow refuses symbolic links out of the folder
+                os.link(checkpoint, stable)
+            except OSError:
+                shutil.copyfile(checkpoint, stable)
+            client = mlflow.MlflowClient()
+            status = client.get_run(run_id).info.status
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.pyfunc.log_model(
+                    name=MODEL_ARTIFACT_PATH, python_model=str(_CODE), artifacts={"checkpoint": str(stable)},
+                    signature=signature_of(record), pip_requirements=pip_requirements(),
+                    model_config={"trusted_modules": list(trusted_modules or []), "device": "auto"},
+                    registered_model_name=registered_model_name, await_registration_for=60)
+            client.update_run(run_id, status=status)  # the run ends when training says so, not here
+    finally:
+        if previous is not None:
+            mlflow.set_tracking_uri(previous)
+    log.info("MLflow model logged: runs:/%s/%s%s", run_id, MODEL_ARTIFACT_PATH,
+             f", registered as {registered_model_name!r}" if registered_model_name else "")
+    return info.model_uri

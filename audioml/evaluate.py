@@ -1,14 +1,16 @@
-"""``audioml-eval ckpt_path=...``: rebuild a model from a self-describing checkpoint and test it
-(``audioml.run.inference.evaluate_checkpoint``); writes ``metrics.json`` in its output folder."""
+"""``audioml-eval source=...``: rebuild a model from its checkpoint and test it on a split of its
+own data or on another dataset with the same classes (``audioml.run.inference.evaluate_checkpoint``);
+writes ``metrics.json`` and the run's reports (confusion matrix, per-class table, predictions,
+intervals) in its output folder and logs them as an MLflow evaluation run linked to the
+training run."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from audioml.config import CONFIG_PATH, register_resolvers
 
@@ -19,17 +21,43 @@ log = logging.getLogger(__name__)
 def _app(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from audioml.run.inference import evaluate_checkpoint
+    from audioml.run.checkpoint import read_record
+    from audioml.run.inference import evaluate_checkpoint, find_checkpoint, log_evaluation
+    from audioml.run.tracking import resolve_tracking_uri
 
     logging.getLogger("audioml").setLevel(logging.INFO)
-    metrics = evaluate_checkpoint(cfg.ckpt_path, cfg.paths, cfg.trainer, cfg.split, cfg.get("data"),
-                                  cfg.get("trusted_modules") or ())
+    if (cfg.source is None) == (cfg.ckpt_path is None):
+        raise SystemExit("audioml-eval: give the model as source=<run dir | .ckpt | runs:/<run id>/model | "
+                         "models:/<name>/<version>> (or ckpt_path=<.ckpt>), one of the two")
+    source = cfg.source if cfg.source is not None else cfg.ckpt_path
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    uri = resolve_tracking_uri(cfg.tracking_uri, cfg.paths.mlflow_dir)
+    checkpoint = find_checkpoint(source, uri, out_dir / "model")
+    trusted = cfg.get("trusted_modules") or ()
+    data_cfg = _dataset_config(cfg.dataset, read_record(checkpoint, trusted)[0]) if cfg.dataset else None
+    metrics, files = evaluate_checkpoint(checkpoint, cfg.paths, cfg.trainer, cfg.split, cfg.get("data"), trusted,
+                                         data_cfg=data_cfg, evaluation_cfg=cfg.get("evaluation"), out_dir=out_dir)
     width = max(map(len, metrics), default=0)
     print("\n".join(f"{name:<{width}}  {value:.4f}" for name, value in sorted(metrics.items())))
-    log.info("metrics written to %s", out_dir / "metrics.json")
+    log.info("evaluated %s on the %s split%s; reports in %s", checkpoint, cfg.split,
+             f" of {cfg.dataset}" if cfg.dataset else "", out_dir)
+    if cfg.log_to_mlflow:
+        run_id = log_evaluation(uri, source, checkpoint, cfg.split, cfg.dataset, metrics, files)
+        log.info("MLflow evaluation run %s in %s", run_id, uri)
+
+
+def _dataset_config(name: str, record: dict) -> DictConfig:
+    """The data config ``data/<name>.yaml`` as training would compose it, at the model's rate and
+    clip length, resolved on this machine."""
+    from hydra import compose
+
+    decoder = record["decoder"]
+    composed = compose("train", overrides=[f"data={name}", f"model.sample_rate={decoder['sample_rate']}"])
+    data = composed.data
+    for key in ("clip_seconds", "pad_mode", "trim_db"):
+        if key in data:
+            data[key] = decoder[key]
+    return OmegaConf.create(OmegaConf.to_container(data, resolve=True))
 
 
 def main() -> None:

@@ -161,7 +161,7 @@ def test_cached_training_reuses_embeddings_and_checkpoint_runs_on_waveforms(tmp_
         metrics["test/acc"])
     (best,) = (tmp_path / "runs" / "b" / "checkpoints").glob("best-*.ckpt")
     # The checkpoint is a full waveform model: evaluation runs front end + backbone + head.
-    reproduced = evaluate_checkpoint(best, second.paths, second.trainer)
+    reproduced, _ = evaluate_checkpoint(best, second.paths, second.trainer)
     for name in ("test/acc", "test/macro_f1", "test/loss"):
         assert reproduced[name] == pytest.approx(metrics[name], abs=1e-5), name
     state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]

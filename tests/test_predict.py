@@ -282,3 +282,29 @@ def test_a_regression_checkpoint_gives_a_time_series(tmp_path):
     with torch.no_grad():
         first = model(torch.from_numpy(audio[: 8 * 8000].reshape(1, 8, 8000))).numpy()[0]
     assert np.allclose(series[["valence", "arousal"]].to_numpy()[:8], first, atol=1e-5)
+
+
+def test_eval_logs_a_linked_evaluation_run_on_any_split_or_a_dataset_with_the_same_classes(cnn_run, tmp_path):
+    output, run_dir, run_id = cnn_run
+    run_entry_point("audioml.evaluate", f"source={run_dir}", "split=val", f"paths.output_dir={output}",
+                    "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'val'}")
+    metrics = json.loads((tmp_path / "val" / "metrics.json").read_text())
+    assert {"test/acc", "test/macro_f1_ci_low", "test/macro_f1_ci_high", "baseline/macro_f1"} <= set(metrics)
+    assert (tmp_path / "val" / "confusion_matrix.png").is_file()
+    client = mlflow.MlflowClient(_store(output))
+    training = client.get_run(run_id)
+    (evaluation,) = client.search_runs([training.info.experiment_id], f"tags.`audioml.evaluates` = '{run_id}'")
+    assert evaluation.data.tags["audioml.split"] == "val" and evaluation.info.status == "FINISHED"
+    assert evaluation.data.metrics["test/acc"] == pytest.approx(metrics["test/acc"])
+    assert {"confusion_matrix.png", "metrics.json"} <= {a.path for a in client.list_artifacts(evaluation.info.run_id)}
+    # the registered model on another dataset config with the same classes (here: regenerated)
+    run_entry_point("audioml.evaluate", "source=models:/synth-cnn/1", "dataset=synthetic",
+                    "+data.generator_seed=7", f"paths.output_dir={output}", "trainer.enable_progress_bar=false",
+                    f"hydra.run.dir={tmp_path / 'other'}")
+    other = json.loads((tmp_path / "other" / "metrics.json").read_text())
+    assert 0 <= other["test/acc"] <= 1
+    runs = client.search_runs([training.info.experiment_id], f"tags.`audioml.evaluates` = '{run_id}'")
+    assert sorted(r.data.tags.get("audioml.dataset", "") for r in runs) == ["", "synthetic"]
+    refused = run_entry_point("audioml.evaluate", f"source={run_dir}", "dataset=synthetic", "+data.num_classes=4",
+                              f"paths.output_dir={output}", check=False)
+    assert refused.returncode != 0 and "same classes" in refused.stderr

@@ -17,6 +17,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from audioml.data.audio import AUDIO_EXTENSIONS, AudioDecodeError
 from audioml.data.decoder import ClipDecoder
@@ -35,7 +36,8 @@ from audioml.run.checkpoint import datamodule_from_record, model_from_record, re
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OutputModel", "AGGREGATIONS", "Predictions", "Predictor", "evaluate_checkpoint", "collect_inputs",
+__all__ = ["OutputModel", "AGGREGATIONS", "Predictions", "Predictor", "evaluate_checkpoint", "training_run_of",
+           "log_evaluation", "collect_inputs",
            "find_checkpoint", "display_path", "predict_files"]
 
 #: How a classifier's window probabilities become one answer per file (``Predictor``).
@@ -63,20 +65,109 @@ class OutputModel(torch.nn.Module):
 
 def evaluate_checkpoint(ckpt_path: str | Path, paths: DictConfig, trainer_cfg: DictConfig,
                         split: str = "test", data_overrides: DictConfig | None = None,
-                        trusted_modules: Iterable[str] = ()) -> dict[str, float]:
-    """Test the checkpoint on ``split`` of the data it was trained with; returns the metrics
-    under the names training used (``test/...``)."""
+                        trusted_modules: Iterable[str] = (), data_cfg: DictConfig | None = None,
+                        evaluation_cfg: DictConfig | None = None,
+                        out_dir: str | Path | None = None) -> tuple[dict[str, float], list[Path]]:
+    """Test the checkpoint on ``split`` of the data it was trained with (or of ``data_cfg``,
+    another dataset with the same classes); returns ``(metrics, files)``: the metrics under the
+    names training used (``test/...``; with ``evaluation_cfg`` also the intervals, baseline
+    and permutation test of ``audioml.stats``) and, with ``out_dir``, the reports written there
+    (metrics.json, confusion matrix, per-class table, predictions, plots), as a run writes them."""
+    from audioml.run.results import honest_test_scores, write_run_reports
+
     if split not in ("test", "val", "train"):
         raise ValueError(f"split={split!r}: use test, val or train")
     record, state_dict = read_record(ckpt_path, trusted_modules)
     L.seed_everything(record["seed"], workers=True)
-    datamodule = datamodule_from_record(record, paths, data_overrides)
+    if data_cfg is not None:
+        datamodule = datamodule_from_record({**record, "data": OmegaConf.to_container(data_cfg, resolve=False)},
+                                            paths, data_overrides)
+        if [str(c) for c in datamodule.class_names] != [str(c) for c in record["class_names"]]:
+            raise ValueError(f"the model was trained on the classes {record['class_names']}; this dataset has "
+                             f"{list(datamodule.class_names)}: evaluate on a dataset with the same classes, in the "
+                             "same order")
+    else:
+        datamodule = datamodule_from_record(record, paths, data_overrides)
     if split != "test":  # evaluate another split through the test loop, so names stay stable
         datamodule.split_indices["test"] = datamodule.split_indices[split]
     model = model_from_record(record, state_dict)
     trainer = instantiate(trainer_cfg, logger=False, callbacks=[], enable_checkpointing=False)
     trainer.test(model, datamodule=datamodule, verbose=False)
-    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    files: list[Path] = []
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if evaluation_cfg is not None:
+            honest, files = honest_test_scores(instantiate(evaluation_cfg), model, datamodule, out_dir)
+            metrics.update(honest)
+        _, written = write_run_reports(model, datamodule, out_dir, metrics)
+        files = [*written, *files]
+    return metrics, files
+
+
+def training_run_of(source: str | Path, checkpoint: Path, tracking_uri: str) -> str | None:
+    """The MLflow run that trained the model behind ``source``: ``runs:/<id>/...``, a registered
+    version's run, or the ``mlflow_run_id`` of the run directory holding the checkpoint."""
+    text = str(source)
+    if text.startswith("runs:/"):
+        return text[len("runs:/"):].split("/")[0]
+    if text.startswith("models:/"):
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        name, _, version = text[len("models:/"):].partition("/")
+        client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+        try:
+            found = client.get_model_version(name, version) if version.isdigit() else \
+                client.get_model_version_by_alias(name, version)
+        except MlflowException:
+            return None
+        return found.run_id
+    run_id_file = checkpoint.resolve().parent.parent / "mlflow_run_id"
+    try:
+        text = run_id_file.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if text.isalnum() else None
+
+
+def log_evaluation(tracking_uri: str, source: str | Path, checkpoint: Path, split: str, dataset: str | None,
+                   metrics: dict[str, float], files: list[Path]) -> str:
+    """An MLflow evaluation run linked to the training run (tag ``audioml.evaluates``, in its
+    experiment when it is found there; else in ``audioml-evaluations``); returns its id."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from audioml.run import tracking
+
+    tracking.prepare_store(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    trained_by = training_run_of(source, checkpoint, tracking_uri)
+    experiment_id, trained_name = None, None
+    if trained_by:
+        try:
+            trained = client.get_run(trained_by)
+            experiment_id, trained_name = trained.info.experiment_id, trained.info.run_name
+        except MlflowException:
+            log.warning("the training run %s is not in %s: the evaluation is logged on its own", trained_by,
+                        tracking_uri)
+            trained_by = None
+    if experiment_id is None:
+        experiment_id = tracking.get_or_create_experiment(tracking_uri, "audioml-evaluations")
+    tags = {"audioml.kind": "evaluation", "audioml.split": split, "audioml.model_source": display_path(source),
+            "audioml.checkpoint": display_path(checkpoint), **({"audioml.dataset": dataset} if dataset else {}),
+            **({"audioml.evaluates": trained_by} if trained_by else {})}
+    run = client.create_run(experiment_id, run_name=f"eval {trained_name or checkpoint.stem} {dataset or ''} "
+                                                    f"{split}".replace("  ", " "), tags=tags)
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    for path in files:
+        client.log_artifact(run.info.run_id, str(path))
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
 
 
 def display_path(path: str | Path) -> str:

@@ -1,0 +1,56 @@
+"""``audioml-export``: a trained model as one ONNX or TorchScript file (``audioml.run.export``).
+
+The file takes the waveform (mono float32 at the model's rate) and answers class probabilities
+(a classifier) or values per window (a regressor), the front end included; batch and length are
+dynamic where the model allows. Before the file is published its answers are compared with the
+PyTorch model's (``tolerance``); its input contract (rate, clip length, classes, names, shapes,
+the parity measured) is written to ``<output>.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+from omegaconf import DictConfig
+
+from audioml.config import CONFIG_PATH, register_resolvers
+
+log = logging.getLogger(__name__)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="export")
+def _app(cfg: DictConfig) -> None:
+    from audioml.run.export import ExportError, ParityError, export_checkpoint
+    from audioml.run.tracking import resolve_tracking_uri
+
+    logging.getLogger("audioml").setLevel(logging.INFO)
+    if (cfg.source is None) == (cfg.ckpt_path is None):
+        raise SystemExit("audioml-export: give the model as source=<run dir | .ckpt | runs:/<run id>/model | "
+                         "models:/<name>/<version>> (or ckpt_path=<.ckpt>), one of the two")
+    source = cfg.source if cfg.source is not None else cfg.ckpt_path
+    registry = str(source).startswith(("runs:/", "models:/"))  # only these need the MLflow store
+    try:
+        result = export_checkpoint(
+            source, cfg.format, cfg.output,
+            trusted_modules=cfg.get("trusted_modules") or (), parity_files=list(cfg.parity_inputs or []),
+            parity_clips=cfg.parity_clips, tolerance=cfg.tolerance, opset=cfg.opset, optimize=cfg.optimize,
+            tracking_uri=resolve_tracking_uri(cfg.tracking_uri, cfg.paths.mlflow_dir) if registry else None,
+            output_dir=f"{cfg.paths.output_dir}/export")
+    except (ExportError, ParityError) as error:
+        raise SystemExit(f"audioml-export: {error}") from None
+    contract = result.contract
+    print(f"{result.path}  ({contract['format']}; {contract['input_name']} {contract['input_shape']} float32 at "
+          f"{contract['sample_rate']} Hz -> {contract['output_name']} {contract['output_shape']})\n"
+          f"parity: max abs difference {result.max_abs_diff:.3g} (tolerance {contract['parity']['tolerance']:g}) "
+          f"on {contract['parity']['inputs']} inputs; contract: {result.contract_path}")
+
+
+def main() -> None:
+    """Console script: register the config resolvers, then hand the command line to Hydra."""
+    register_resolvers()
+    _app()
+
+
+if __name__ == "__main__":
+    main()

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -40,6 +41,23 @@ def _parse_urls(pairs: Sequence[str]) -> dict[str, str]:
             raise ValueError(f"--url {pair!r}: use FILE=URL, e.g. --url data.csv=https://mirror/data.csv")
         urls[name] = url
     return urls
+
+
+#: What to do about the file-system errors a command can meet (``_os_error_message``).
+_OS_ERROR_HINTS = {
+    errno.ENOTDIR: "a part of that path is a file, not a folder: point --data-dir / $AUDIOML_DATA_DIR (or --dest) "
+                   "at a folder",
+    errno.ENOSPC: "free some space there, or choose another --data-dir / --dest",
+    errno.EACCES: "you may not write there: choose another --data-dir / --dest",
+    errno.EROFS: "that file system is read-only: choose another --data-dir / --dest",
+}
+
+
+def _os_error_message(error: OSError) -> str:
+    """One line for an ``OSError``: what the system said, about which path, and what to do."""
+    where = f": {error.filename}" if error.filename else ""
+    hint = _OS_ERROR_HINTS.get(error.errno)
+    return f"{error.strerror or error}{where}" + (f" ({hint})" if hint else "")
 
 
 def _list(_: argparse.Namespace) -> int:
@@ -159,6 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, DownloadError) as error:
         print(f"audioml-data {args.command}: {error}", file=sys.stderr)
         return 1 if isinstance(error, DownloadError) else 2
+    except OSError as error:  # the file system refused (a data dir that is a file, a full disk): no traceback
+        print(f"audioml-data {args.command}: {_os_error_message(error)}", file=sys.stderr)
+        return 2 if error.errno == errno.ENOTDIR else 1
 
 
 if __name__ == "__main__":

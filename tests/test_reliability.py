@@ -143,3 +143,24 @@ def test_a_data_dir_that_is_a_file_is_one_line_not_a_traceback(tmp_path, monkeyp
     error = capsys.readouterr().err
     assert status == 2 and len(error.strip().splitlines()) == 1
     assert str(not_a_folder) in error and "is a file, not a folder" in error and "Traceback" not in error
+
+
+def test_a_symlink_loop_and_a_dangling_link_named_like_clips_are_skipped_and_listed(tmp_path):  # B12/B13
+    root = make_cleaned_corpus(tmp_path / "donateacry-corpus")
+    hungry = root / "donateacry_corpus_cleaned_and_updated_data" / "hungry"
+    clips = len(list(hungry.iterdir()))
+    loop = hungry / "11111111-1111-1111-1111-111111111111-1430000000000-1.7-f-26-hu.wav"
+    loop.symlink_to(loop.name)
+    dangling = hungry / "22222222-2222-2222-2222-222222222222-1430000000000-1.7-f-26-hu.wav"
+    dangling.symlink_to(tmp_path / "nonexistent" / "x.wav")
+    module = DonateacryDataModule(root=root, sample_rate=8000, clip_seconds=1.0, cache_dir=tmp_path / "cache")
+    module.setup()
+    assert (module.manifest["reason"] == "hungry").sum() == clips
+    reasons = dict(zip(module.skipped["path"], module.skipped["reason"]))
+    assert "symbolic link loop" in reasons[str(loop)]
+    assert "broken symbolic link" in reasons[str(dangling)] and "nonexistent" in reasons[str(dangling)]
+    dangling.unlink()  # once the link is fixed the cache key changes and the clip is read
+    shutil.copy(next(p for p in sorted(hungry.iterdir()) if not p.is_symlink()), dangling)
+    again = DonateacryDataModule(root=root, sample_rate=8000, clip_seconds=1.0, cache_dir=tmp_path / "cache")
+    again.setup()
+    assert (again.manifest["reason"] == "hungry").sum() == clips + 1 and list(again.skipped["path"]) == [str(loop)]

@@ -98,6 +98,23 @@ def fix_length(audio: np.ndarray, num_samples: int, mode: str = "start") -> np.n
     return np.pad(audio, widths)
 
 
+def _why_not_a_file(path: Path) -> str:
+    """Why ``path`` cannot be opened as a file, in the words of ``skipped_files.csv``."""
+    import errno
+    import os
+
+    if path.is_symlink():
+        try:
+            os.stat(path)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                return "symbolic link loop"
+            return f"broken symbolic link (to {os.readlink(path)}, which does not exist)"
+    if path.is_dir():
+        return "a folder, not a file"
+    return "file not found"
+
+
 def load_audio(path: str | Path, sample_rate: int | None = None, mono: bool = True,
                offset_seconds: float = 0.0, duration_seconds: float | None = None) -> np.ndarray:
     """Decode ``path`` to float32, optionally resampled to ``sample_rate`` and downmixed.
@@ -107,7 +124,7 @@ def load_audio(path: str | Path, sample_rate: int | None = None, mono: bool = Tr
     """
     path = Path(path)
     if not path.is_file():
-        raise AudioDecodeError(f"{path}: file not found")
+        raise AudioDecodeError(f"{path}: {_why_not_a_file(path)}")
     suffix = path.suffix.lower()
     try:
         if suffix in _SOUNDFILE_EXTENSIONS:

@@ -42,13 +42,23 @@ def fingerprint_files(paths: Sequence[str | Path], settings: dict[str, Any]) -> 
     """sha256 (hex, 20 chars) over each file's absolute path, size and mtime (ns) plus ``settings``.
 
     Touching or rewriting any file, adding, removing or reordering files, or changing a setting
-    gives a different fingerprint. Raises ``FileNotFoundError`` for a missing file.
+    gives a different fingerprint. A path that cannot be followed (a dangling symbolic link, a
+    symlink loop, a file gone) counts by the link itself, or as absent: it is never an error
+    here, the decoder lists it as unreadable, and the fingerprint changes once it can be read.
     """
     digest = hashlib.sha256()
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     for path in paths:
-        stat = os.stat(path)
-        digest.update(f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        try:
+            stat = os.stat(path)
+            state = f"{stat.st_size}|{stat.st_mtime_ns}"
+        except OSError as error:  # ENOENT for a dangling link or a vanished file, ELOOP for a loop
+            try:
+                link = os.lstat(path)
+                state = f"unreadable link {error.errno}|{link.st_mtime_ns}|{os.readlink(path)}"
+            except OSError:
+                state = f"absent {error.errno}"
+        digest.update(f"{os.path.abspath(path)}|{state}\n".encode(errors="surrogateescape"))
     return digest.hexdigest()[:20]
 
 

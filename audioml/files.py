@@ -8,6 +8,8 @@
 - ``exclusive_lock(path)``: an ``flock`` on ``path`` (created if needed) for the ``with`` block;
   on platforms without ``fcntl`` (Windows) it does not lock.
 - ``fingerprint(value)``: sha256 of ``value`` as canonical JSON (sorted keys), hex-truncated.
+- ``storable_path(path)`` / ``printable_path(path)``: whether a file name is valid UTF-8, and
+  the name with escapes where it is not (for skipped-file lists and messages).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 __all__ = ["atomic_path", "atomic_write_bytes", "fsync_directory", "exclusive_lock", "fingerprint",
-           "remove_temporaries"]
+           "remove_temporaries", "storable_path", "printable_path"]
 
 
 @contextmanager
@@ -111,3 +113,20 @@ def fingerprint(value: Any, length: int = 20) -> str:
     cannot encode are written with ``str``."""
     text = json.dumps(value, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def storable_path(path: str | Path) -> bool:
+    """Whether ``path`` is valid text (UTF-8). A name made under another file-name encoding
+    (``b"\\xff"``) reaches Python as lone surrogates, which no table (pandas' Arrow strings), CSV,
+    log file or MLflow tag can hold."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable_path(path: str | Path) -> str:
+    """``path`` as text that can always be shown or stored: the undecodable bytes of a
+    non-UTF-8 name written as escapes (``...-14\\xff\\xfe00-...wav``)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")

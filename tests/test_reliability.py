@@ -164,3 +164,54 @@ def test_a_symlink_loop_and_a_dangling_link_named_like_clips_are_skipped_and_lis
     again = DonateacryDataModule(root=root, sample_rate=8000, clip_seconds=1.0, cache_dir=tmp_path / "cache")
     again.setup()
     assert (again.manifest["reason"] == "hungry").sum() == clips + 1 and list(again.skipped["path"]) == [str(loop)]
+
+
+def _copy_under_a_non_utf8_name(folder, stem: bytes = b"0a0a0a0a-0a0a-0a0a-0a0a-0a0a0a0a0a0a-14\xff\xfe00-1.7-f-26-hu"):
+    source = next(p for p in sorted(folder.iterdir()) if p.is_file())
+    target = os.fsencode(folder) + b"/" + stem + source.suffix.encode()
+    shutil.copy(os.fsencode(source), target)
+    return os.fsencode(target).decode("utf-8", "backslashreplace")
+
+
+def test_a_non_utf8_file_name_is_skipped_and_listed_in_every_folder_dataset(tmp_path, capsys):  # B11
+    from audioml.data.cli import main
+    from audioml.data.custom import FolderDataModule
+    from audioml.data.donateacry_raw import prepare_raw_uploads
+    from audioml.data.ravdess import RavdessDataModule
+    from test_data_donateacry_raw import make_raw_corpus
+    from test_data_fixtures import make_ravdess
+
+    root = make_cleaned_corpus(tmp_path / "data" / "donateacry-corpus")
+    hungry = root / "donateacry_corpus_cleaned_and_updated_data" / "hungry"
+    clips = len(list(hungry.iterdir()))
+    shown = _copy_under_a_non_utf8_name(hungry)
+    assert "\\xff\\xfe00" in shown
+    module = DonateacryDataModule(root=root, sample_rate=8000, clip_seconds=1.0)
+    module.setup()
+    assert (module.manifest["reason"] == "hungry").sum() == clips
+    (row,) = module.skipped.itertuples(index=False)
+    assert row.path == shown and "not valid UTF-8" in row.reason and "rename" in row.reason
+    module.skipped.to_csv(tmp_path / "skipped_files.csv", index=False)  # what a run writes
+    assert pd.read_csv(tmp_path / "skipped_files.csv")["path"].tolist() == [shown]
+    assert main(["info", "donateacry", "--data-dir", str(tmp_path / "data")]) == 0
+    assert "names not valid UTF-8: 1" in capsys.readouterr().out
+
+    ravdess = make_ravdess(tmp_path / "ravdess", actors=(1, 2, 3, 4), emotions=(1, 2), statements=(1,))
+    _copy_under_a_non_utf8_name(ravdess / "Actor_01", b"03-01-01-01-01-\xff-01")
+    speech = RavdessDataModule(root=ravdess, sample_rate=8000, clip_seconds=0.5)
+    assert len(speech.build_manifest()) == 8 and len(speech.unstorable_names) == 1
+
+    folder = tmp_path / "mine"
+    shutil.copytree(hungry.parent / "tired", folder / "tired")
+    os.mkdir(os.fsencode(folder) + b"/bad-class-\xff")  # a class folder whose own name is not UTF-8
+    shutil.copy(os.fsencode(next((folder / "tired").iterdir())), os.fsencode(folder) + b"/bad-class-\xff/x.wav")
+    _copy_under_a_non_utf8_name(folder / "tired", b"clip-\xfe")
+    own = FolderDataModule(root=folder, sample_rate=8000, clip_seconds=1.0)
+    own.setup()
+    assert own.class_names == ["tired"] and len(own.manifest) == len(list((hungry.parent / "tired").iterdir()))
+    assert sorted(own.skipped["path"].map(lambda p: p.rsplit("/", 1)[-1])) == ["bad-class-\\xff", "clip-\\xfe.wav"]
+
+    raw = make_raw_corpus(tmp_path / "raw")
+    _copy_under_a_non_utf8_name(raw / "donateacry-android-upload-bucket", b"00000017-1111-4222-8333-\xff-1430-1.7-f-26-hu")
+    report = prepare_raw_uploads(raw, tmp_path / "prepared", progress=False)
+    assert report.loc[report["file"].str.contains("\\\\xff"), "status"].tolist() == ["unreadable"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ from audioml.data.cache import WaveformCache, fingerprint_files, reopen, reopena
 from audioml.data.decoder import ClipDecoder
 from audioml.data.resumable import EpochRandomSampler, EpochWeightedRandomSampler, ResumableDataLoader
 from audioml.data.splits import group_holdout_split, holdout_from_kfold
+from audioml.files import printable_path, storable_path
 
 if TYPE_CHECKING:
     from audioml.augment.offline import OfflineAugmentation
@@ -162,6 +164,9 @@ class AudioDataModule(L.LightningDataModule, ABC):
         #: Rows ``build_manifest`` left out because their file is absent (with ``allow_missing``):
         #: listed first in ``skipped``.
         self.missing: pd.DataFrame = pd.DataFrame(columns=["path", "reason"])
+        #: Files and folders ``build_manifest`` left out because their name is not valid UTF-8
+        #: (``storable_paths``): printable name -> reason; listed in ``skipped`` after ``missing``.
+        self.unstorable_names: dict[str, str] = {}
         self.split_indices: dict[str, np.ndarray] = {}
         self._waveforms: np.ndarray | None = None
         #: The WaveformCache of the last ``setup`` (key, ``status``, ``decode_calls``).
@@ -178,6 +183,26 @@ class AudioDataModule(L.LightningDataModule, ABC):
     def build_manifest(self) -> pd.DataFrame:
         """Table with at least ``path``, ``target``, ``group``; optional ``offset``/``duration``
         (seconds) for segments of longer files. Raises ``FileNotFoundError`` naming missing paths."""
+
+    def storable_paths(self, paths: Iterable[Path], kind: str = "file") -> list[Path]:
+        """``paths`` without those whose name is not valid UTF-8 (copied from a system with
+        another file-name encoding). No table, log or CSV can hold such a name, so instead of
+        failing the whole dataset each one is left out with a warning and listed in ``skipped``
+        under its name with escapes (``\\xff``). Manifest builders that list folders call it
+        before they parse or store a name."""
+        kept, left_out = [], []
+        for path in paths:
+            if storable_path(path):
+                kept.append(path)
+                continue
+            name = printable_path(path)
+            if name not in self.unstorable_names:  # warned once, however often the folder is listed
+                left_out.append(name)
+            self.unstorable_names[name] = f"{kind} name is not valid UTF-8: rename it to use the {kind}"
+        if left_out:
+            log.warning("%s: left out %d %ss whose names are not valid UTF-8 (rename them; listed in "
+                        "skipped_files.csv): %s", type(self).__name__, len(left_out), kind, ", ".join(left_out[:5]))
+        return kept
 
     def check_root(self) -> None:
         """Raise ``FileNotFoundError`` naming the expected path when the data is not there."""
@@ -226,8 +251,11 @@ class AudioDataModule(L.LightningDataModule, ABC):
         if failures:
             self.skipped = pd.DataFrame(
                 {"path": [manifest.loc[i, "path"] for i in failures], "reason": list(failures.values())})
-        if len(self.missing):
-            self.skipped = pd.concat([self.missing, self.skipped], ignore_index=True)
+        left_out = [frame for frame in (self.missing, pd.DataFrame({"path": list(self.unstorable_names),
+                                                                    "reason": list(self.unstorable_names.values())}))
+                    if len(frame)]
+        if left_out:
+            self.skipped = pd.concat([*left_out, self.skipped], ignore_index=True)
         if failures:
             log.warning("skipped %d of %d files that could not be used (see skipped_files.csv): %s",
                         len(failures), len(manifest),

@@ -124,6 +124,10 @@ def _info(args: argparse.Namespace) -> int:
     missing = getattr(module, "missing", None)
     if missing is not None and len(missing):
         print(f"missing audio files: {len(missing)} (first: {', '.join(Path(p).name for p in missing['path'][:5])})")
+    unstorable = list(getattr(module, "unstorable_names", {}))
+    if unstorable:
+        print(f"left out, names not valid UTF-8: {len(unstorable)} (first: "
+              f"{', '.join(Path(p).name for p in unstorable[:5])}); rename them to use them")
     return 0
 
 

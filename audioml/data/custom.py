@@ -25,6 +25,7 @@ import torch
 from audioml.data.audio import AUDIO_EXTENSIONS
 from audioml.data.base import AudioDataModule, WaveformDataset
 from audioml.data.splits import group_holdout_split
+from audioml.files import printable_path
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,8 @@ class FolderDataModule(_TableDataModule):
 
     def _class_dirs(self) -> list[Path]:
         self.check_root()
-        dirs = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        dirs = self.storable_paths(sorted(p for p in self.root.iterdir()
+                                          if p.is_dir() and not p.name.startswith(".")), "folder")
         if not dirs:
             raise FileNotFoundError(f"data=folder: {self.root} has no class sub-folders "
                                     "(expected <root>/<class name>/<audio files>)")
@@ -177,6 +179,7 @@ class FolderDataModule(_TableDataModule):
         wanted = set(self.class_names)
         for class_dir in self._class_dirs():
             audio, other = _audio_files(class_dir)
+            audio = self.storable_paths(audio)
             ignored += other
             if class_dir.name not in wanted:
                 ignored += audio
@@ -187,7 +190,7 @@ class FolderDataModule(_TableDataModule):
                              "group": self._group_of(relative)})
         if ignored:
             log.warning("data=folder: ignored %d files that are not audio or not in data.classes (e.g. %s)",
-                        len(ignored), ", ".join(p.name for p in ignored[:3]))
+                        len(ignored), ", ".join(printable_path(p.name) for p in ignored[:3]))
         if not rows:
             raise FileNotFoundError(f"data=folder: no audio files ({', '.join(AUDIO_EXTENSIONS)}) under "
                                     f"{self.root}/<class>/")

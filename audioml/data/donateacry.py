@@ -153,7 +153,8 @@ class DonateacryDataModule(AudioDataModule):
             if class_dir.name not in CLEANED_CLASSES:
                 raise ValueError(f"donateacry: unexpected class folder {class_dir} "
                                  f"(expected {list(CLEANED_CLASSES)})")
-            files = sorted(p for p in class_dir.iterdir() if not p.name.startswith(".") and not p.is_dir())
+            files = self.storable_paths(sorted(p for p in class_dir.iterdir()
+                                               if not p.name.startswith(".") and not p.is_dir()))
             ignored += [p for p in files if not is_audio_file(p)]
             for path in (p for p in files if is_audio_file(p)):
                 fields = parse_cry_filename(path.name)

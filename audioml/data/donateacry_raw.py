@@ -31,6 +31,7 @@ from audioml.data.audio import AudioDecodeError, load_audio
 from audioml.data.cache import fingerprint_files
 from audioml.data.donateacry import parse_cry_filename
 from audioml.data.download import publish_directory
+from audioml.files import printable_path, storable_path
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +95,15 @@ def prepare_raw_uploads(root: str | Path, output: str | Path, min_seconds: float
     import soundfile as sf
 
     root, output = Path(root), Path(output)
-    files = raw_upload_files(root)
+    uploads = raw_upload_files(root)
+    # A name that is not valid UTF-8 cannot be parsed or stored: a report row under its escaped name.
+    rows = [{"file": printable_path(path.relative_to(root)), "status": "unreadable",
+             "reason": "file name is not valid UTF-8: rename it to use the upload"}
+            for path in uploads if not storable_path(path)]
+    files = [path for path in uploads if storable_path(path)]
     parsed = [parse_cry_filename(path.name) for path in files]  # unknown codes fail before any work
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-staging-", dir=output.parent))
-    rows = []
     try:
         iterator = zip(files, parsed)
         if progress:
@@ -139,7 +144,7 @@ def prepare_raw_uploads(root: str | Path, output: str | Path, min_seconds: float
         report = pd.DataFrame(rows, columns=["file", "status", "reason", "class", "output", "seconds",
                                              "app_instance_id", "reason_code"])
         report.to_csv(staging / "report.csv", index=False)
-        (staging / "prepare.json").write_text(json.dumps(_settings(root, files, min_seconds, sample_rate)))
+        (staging / "prepare.json").write_text(json.dumps(_settings(root, uploads, min_seconds, sample_rate)))
         publish_directory(staging, output)
     finally:
         if staging.exists():

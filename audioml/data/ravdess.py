@@ -220,7 +220,7 @@ class RavdessDataModule(AudioDataModule):
     def build_manifest(self) -> pd.DataFrame:
         rows, songs = [], 0
         for actor_dir in find_actor_dirs(self.root):
-            for path in sorted(actor_dir.glob("*.wav")):
+            for path in self.storable_paths(sorted(actor_dir.glob("*.wav"))):
                 fields = parse_ravdess_filename(path.name)
                 if f"Actor_{fields.actor:02d}" != actor_dir.name:
                     raise ValueError(f"{path}: actor field {fields.actor:02d} does not match its "

@@ -5,7 +5,8 @@ baseline, label-permutation tests, collapsed tasks and fold aggregates.
 For a set of test predictions ``HonestScoring.score`` reports:
 
 - **bootstrap confidence intervals** resampling whole groups (babies, actors, tracks) with
-  replacement, percentile method: ``test/<m>_ci_low``, ``test/<m>_ci_high``;
+  replacement within the strata of their class, percentile method: ``test/<m>_ci_low``,
+  ``test/<m>_ci_high``;
 - the **majority-class baseline** (always predict the training split's most frequent class):
   ``baseline/<m>``;
 - optionally a **label-permutation test** of the fixed predictions: ``permutation/<m>_p_value``
@@ -34,7 +35,7 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 __all__ = ["SUMMARY_METRICS", "confusion_matrices", "metrics_from_confusion", "per_class_table",
-           "group_bootstrap_confusions", "permutation_test", "collapse_probabilities", "aggregate_folds",
+           "group_bootstrap_confusions", "group_strata", "permutation_test", "collapse_probabilities", "aggregate_folds",
            "Scores", "HonestScoring"]
 
 #: Metrics computed from a confusion matrix for a task (per-class ones are added per class).
@@ -95,19 +96,37 @@ def per_class_table(matrix: np.ndarray, class_names: Sequence[str]) -> pd.DataFr
 
 
 def group_bootstrap_confusions(targets: np.ndarray, predictions: np.ndarray, groups: Sequence,
-                               num_classes: int, n_boot: int, seed: int) -> np.ndarray:
+                               num_classes: int, n_boot: int, seed: int, stratified: bool = True) -> np.ndarray:
     """Confusion matrices of ``n_boot`` cluster-bootstrap resamples ``(n_boot, C, C)``.
 
-    Each resample draws as many groups as there are, uniformly with replacement, and takes every
-    clip of each drawn group (clips of one baby are not independent, so they are resampled as a
-    block).
+    Each resample draws groups uniformly with replacement and takes every clip of each drawn
+    group (clips of one baby are not independent, so they are resampled as a block). With
+    ``stratified`` the groups are drawn within the stratum of their class (the most frequent
+    true class of their clips), each stratum as many as it has, so every resample keeps the
+    test set's classes. Without it, a label that is constant within groups (RAVDESS gender:
+    one actor, one gender) gives resamples that lack a class, and the interval then measures
+    those degenerate test sets, not the model (macro-F1 0.958 with a "95 % CI" of 0.49-0.97).
+    ``stratified=False`` draws as many groups as there are from all of them. An empty test set
+    gives all-zero matrices.
     """
+    targets = np.asarray(targets, dtype=np.int64)
+    if targets.size == 0:
+        return np.zeros((n_boot, num_classes, num_classes), dtype=np.int64)
     _, group_index = np.unique(np.asarray(groups).astype(str), return_inverse=True)
     per_group = _group_confusions(targets, predictions, group_index, num_classes)
-    n_groups = per_group.shape[0]
+    strata = group_strata(per_group) if stratified else np.zeros(per_group.shape[0], dtype=np.int64)
     rng = np.random.default_rng(seed)
-    draws = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_boot)
+    draws = np.zeros((n_boot, per_group.shape[0]), dtype=np.int64)
+    for stratum in np.unique(strata):
+        members = np.flatnonzero(strata == stratum)
+        draws[:, members] = rng.multinomial(len(members), np.full(len(members), 1.0 / len(members)), size=n_boot)
     return np.einsum("bg,gij->bij", draws, per_group)
+
+
+def group_strata(per_group: np.ndarray) -> np.ndarray:
+    """Stratum of each group for the bootstrap: the most frequent true class of its clips (the
+    lowest class id on a tie), from per-group confusion matrices ``(groups, C, C)`` -> ``(groups,)``."""
+    return np.asarray(per_group).sum(axis=2).argmax(axis=1)
 
 
 def _group_confusions(targets: np.ndarray, predictions: np.ndarray, group_index: np.ndarray,
@@ -233,6 +252,8 @@ class HonestScoring:
 
     Args:
         bootstrap_samples: group-bootstrap resamples for the intervals (0 disables them).
+        stratified_bootstrap: draw the groups within the strata of their class (see
+            ``group_bootstrap_confusions``); ``False`` resamples all groups together.
         confidence: two-sided coverage of the intervals (0.95 = 2.5th to 97.5th percentile).
         permutations: label permutations for the permutation test (0 disables it).
         permutation_metric: the statistic of the permutation test (a summary metric).
@@ -247,7 +268,8 @@ class HonestScoring:
 
     def __init__(self, bootstrap_samples: int = 1000, confidence: float = 0.95, permutations: int = 0,
                  permutation_metric: str = "macro_f1", grouped_permutation: bool = True,
-                 alpha: float = 0.05, collapse_by: str = "argmax", seed: int = 0) -> None:
+                 alpha: float = 0.05, collapse_by: str = "argmax", seed: int = 0,
+                 stratified_bootstrap: bool = True) -> None:
         if not 0 < confidence < 1:
             raise ValueError(f"evaluation.confidence={confidence} must be in (0, 1)")
         if bootstrap_samples < 0 or permutations < 0:
@@ -255,6 +277,7 @@ class HonestScoring:
         if permutation_metric not in SUMMARY_METRICS:
             raise ValueError(f"evaluation.permutation_metric={permutation_metric!r}: use one of {SUMMARY_METRICS}")
         self.bootstrap_samples = int(bootstrap_samples)
+        self.stratified_bootstrap = bool(stratified_bootstrap)
         self.confidence = float(confidence)
         self.permutations = int(permutations)
         self.permutation_metric = permutation_metric
@@ -324,10 +347,20 @@ class HonestScoring:
 
     def _intervals(self, truth: np.ndarray, predicted: np.ndarray, groups: np.ndarray,
                    names: Sequence[str], prefix: str) -> dict[str, float]:
+        if len(truth) == 0:
+            log.warning("bootstrap: the test set is empty; no intervals")
+            return {}
         if len(np.unique(groups)) < 2:
             log.warning("bootstrap: the test set holds a single group; intervals are degenerate")
+        elif self.stratified_bootstrap:
+            _, group_index = np.unique(groups, return_inverse=True)
+            strata = group_strata(_group_confusions(truth, predicted, group_index, len(names)))
+            lonely = [names[s] for s, count in zip(*np.unique(strata, return_counts=True)) if count == 1]
+            if lonely:  # a stratum of one group is the same in every resample
+                log.warning("bootstrap: the test clips of %s come from a single group each: the intervals hold no "
+                            "variation between groups of %s", lonely, "these classes" if len(lonely) > 1 else "it")
         matrices = group_bootstrap_confusions(truth, predicted, groups, len(names), self.bootstrap_samples,
-                                              self.seed)
+                                              self.seed, self.stratified_bootstrap)
         tail = (1 - self.confidence) / 2 * 100
         out = {}
         for name, values in metrics_from_confusion(matrices, names).items():

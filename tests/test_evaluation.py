@@ -53,6 +53,33 @@ def test_bootstrap_resamples_whole_groups():
     assert np.array_equal(matrices, again)
 
 
+def test_bootstrap_is_stratified_when_the_label_is_constant_within_groups(caplog):  # D16
+    """RAVDESS gender on one fold: every actor is one gender. Resampling actors freely gives
+    resamples holding one gender only (1 in 8 with four test actors), whose macro-F1 is near 0.5
+    however good the model is; drawn within their class, every resample keeps two actors of each
+    gender."""
+    rng = np.random.default_rng(0)
+    groups = np.repeat([f"actor_{i:02d}" for i in range(4)], 20)
+    targets = np.repeat([0, 1] * 2, 20)  # actors alternate male, female
+    predictions = np.where(rng.random(80) < 0.95, targets, 1 - targets)
+    probabilities = np.eye(2)[predictions]
+    free = ev.group_bootstrap_confusions(targets, predictions, groups, 2, n_boot=2000, seed=0, stratified=False)
+    strata = ev.group_bootstrap_confusions(targets, predictions, groups, 2, n_boot=2000, seed=0)
+    assert (free.sum(axis=2)[:, 0] == 0).any()  # some free resamples hold no male clip
+    assert (strata.sum(axis=2) == 40).all()  # two actors (40 clips) of each gender, every time
+    low = {name: Holdout(bootstrap_samples=2000, stratified_bootstrap=stratified).score(
+        probabilities, targets, groups, ["male", "female"], 0).metrics["test/macro_f1_ci_low"]
+        for name, stratified in (("free", False), ("strata", True))}
+    estimate = ev.metrics_from_confusion(ev.confusion_matrices(targets, predictions, 2), ["m", "f"])["macro_f1"]
+    assert low["free"] < 0.6 < 0.85 < low["strata"] <= estimate
+
+    ones = Holdout(bootstrap_samples=100).score(probabilities[:40], targets[:40], groups[:40], ["m", "f"], 0)
+    assert ones.metrics["test/macro_f1_ci_low"] <= ones.metrics["test/macro_f1_ci_high"]
+    assert "single group each" in caplog.text  # one actor per gender: said, not hidden
+    empty = ev.group_bootstrap_confusions(np.array([], int), np.array([], int), [], 2, n_boot=5, seed=0)
+    assert empty.shape == (5, 2, 2) and not empty.any()
+
+
 def test_intervals_contain_the_estimate_and_shrink_with_more_groups():
     protocol = Holdout(bootstrap_samples=400, seed=1)
     rng = np.random.default_rng(3)

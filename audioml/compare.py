@@ -171,14 +171,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from mlflow import MlflowClient
 
+    from audioml.run.tracking import check_reachable
+
     try:
-        client = MlflowClient(_tracking_uri(args.tracking_uri, args.output_dir))
+        uri = _tracking_uri(args.tracking_uri, args.output_dir)
+        check_reachable(uri)  # a closed port fails in seconds, not after MLflow's silent retries
+        client = MlflowClient(uri)
         runs = collect_runs(client, args.experiment or (), args.sweep)
         if runs.empty:
             print("no runs", file=sys.stderr)
             return 1
         table = comparison_table(runs, args.metrics, args.params, args.sort, args.ascending)
-    except (FileNotFoundError, LookupError, ValueError) as error:
+    except (FileNotFoundError, LookupError, ValueError, ConnectionError) as error:
         print(f"audioml-compare: {error}", file=sys.stderr)
         return 2
     if args.csv:

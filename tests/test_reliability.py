@@ -215,3 +215,28 @@ def test_a_non_utf8_file_name_is_skipped_and_listed_in_every_folder_dataset(tmp_
     _copy_under_a_non_utf8_name(raw / "donateacry-android-upload-bucket", b"00000017-1111-4222-8333-\xff-1430-1.7-f-26-hu")
     report = prepare_raw_uploads(raw, tmp_path / "prepared", progress=False)
     assert report.loc[report["file"].str.contains("\\\\xff"), "status"].tolist() == ["unreadable"]
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:  # bound, then closed: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_an_unreachable_tracking_server_fails_in_seconds_naming_it(tmp_path, capsys):  # M2
+    import time
+
+    from audioml.compare import main as compare
+
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    started = time.monotonic()
+    process = run_entry_point("audioml.train", *TINY, f"paths.output_dir={tmp_path}", f"logger.tracking_uri={uri}",
+                              check=False, timeout=120)
+    assert process.returncode != 0 and f"{uri}" in process.stderr and "cannot be reached" in process.stderr
+    assert time.monotonic() - started < 60  # MLflow's own retries take about four minutes
+    assert not (tmp_path / "cache").exists()  # refused before any decoding
+    started = time.monotonic()
+    assert compare(["--experiment", "synthetic", "--tracking-uri", uri]) == 2
+    assert time.monotonic() - started < 10 and "cannot be reached" in capsys.readouterr().err

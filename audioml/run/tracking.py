@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 __all__ = ["resolve_tracking_uri", "default_artifact_location", "prepare_store", "get_or_create_experiment",
            "flatten_params", "ResumableMLFlowLogger", "make_mlflow_logger", "open_run", "log_params", "set_tags",
            "log_artifacts", "set_status",
-           "PARENT_RUN_ENV", "SWEEP_KEY_ENV", "ended_on_error"]
+           "PARENT_RUN_ENV", "SWEEP_KEY_ENV", "ended_on_error", "check_reachable", "REACHABLE_TIMEOUT_SECONDS"]
 
 #: MLflow rejects longer param values; the full config is always an artifact as well.
 MAX_PARAM_LENGTH = 6000
@@ -49,6 +50,41 @@ def resolve_tracking_uri(tracking_uri: str | None, default_store: str | Path) ->
     store = Path(default_store).expanduser().resolve()
     store.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{store / 'mlflow.db'}"
+
+
+#: How long ``check_reachable`` waits for a tracking server to accept a connection.
+REACHABLE_TIMEOUT_SECONDS = 5.0
+
+
+def check_reachable(uri: str, timeout: float = REACHABLE_TIMEOUT_SECONDS) -> None:
+    """Raise ``ConnectionError`` naming ``uri`` when an ``http(s)://`` tracking server does not
+    accept a connection within ``timeout`` seconds.
+
+    Called before a run decodes or trains anything: MLflow's client would otherwise retry a
+    closed port for about four minutes, silently, and then print a traceback. Only the
+    connection is tried (a server that wants credentials is reachable). Other stores (SQLite, a
+    folder, a database URI, databricks) and servers reached through a proxy
+    (``HTTPS_PROXY``/``HTTP_PROXY``, not bypassed by ``NO_PROXY``) are left to MLflow.
+    """
+    from urllib.parse import urlsplit
+    from urllib.request import getproxies, proxy_bypass
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    if parts.scheme in getproxies() and not proxy_bypass(parts.hostname):
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    shown = f"{parts.scheme}://{parts.hostname}:{port}{parts.path}"  # without any user:password@
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            pass
+    except OSError as error:
+        reason = "no answer within {:g} s".format(timeout) if isinstance(error, TimeoutError) else \
+            (error.strerror or str(error))
+        raise ConnectionError(
+            f"the MLflow tracking server {shown} cannot be reached ({reason}): start it, fix logger.tracking_uri / "
+            "MLFLOW_TRACKING_URI, or unset both to log to the embedded store under paths.output_dir") from None
 
 
 def default_artifact_location(default_store: str | Path) -> str:

@@ -48,6 +48,8 @@ def run_evaluation(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     run_dir = Path(run_dir)
     if not distributed.is_global_zero_process():
         return _run_evaluation(cfg, run_dir)
+    if cfg.logger.get("enabled", True):  # an unreachable server fails now, not after decoding and MLflow's retries
+        tracking.check_reachable(tracking.resolve_tracking_uri(cfg.logger.get("tracking_uri"), cfg.paths.mlflow_dir))
     with exclusive_lock(run_dir / RUN_LOCK, f"training in {run_dir}: waiting until it ends"):
         for folder in [run_dir / "checkpoints", *run_dir.glob("fold_*/checkpoints")]:  # a killed run's partial writes
             remove_temporaries(folder, "*.ckpt")

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 
+import lightning as L
 import mlflow
 import pandas as pd
 import pytest
@@ -240,3 +242,27 @@ def test_an_unreachable_tracking_server_fails_in_seconds_naming_it(tmp_path, cap
     started = time.monotonic()
     assert compare(["--experiment", "synthetic", "--tracking-uri", uri]) == 2
     assert time.monotonic() - started < 10 and "cannot be reached" in capsys.readouterr().err
+
+
+class SigtermWhenBuilt(L.Callback):
+    """A callback that sends this process SIGTERM when the Trainer is built: after the MLflow run
+    is open, before ``fit`` (where the embedding-cache build of case P13 sits)."""
+
+    def __init__(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("protocol", [[], ["evaluation=kfold", "evaluation.k=2"]], ids=["holdout", "kfold"])
+def test_a_sigterm_before_fit_ends_every_mlflow_run_killed_and_exits_143(tmp_path, protocol):  # P13
+    from audioml.run.training import run_evaluation
+
+    cfg = compose_config([*TINY, *protocol, f"paths.output_dir={tmp_path}",
+                          f"+callbacks.sigterm._target_={__name__}.SigtermWhenBuilt"])
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped:
+        run_evaluation(cfg, tmp_path / "run")
+    assert stopped.value.code == 143 and signal.getsignal(signal.SIGTERM) is before
+    runs = _runs(tmp_path)
+    assert len(runs) == (2 if protocol else 1)  # k-fold: the parent and fold 0
+    assert {r.info.status for r in runs} == {"KILLED"}
+    assert all(r.data.tags.get("audioml.error") == "stopped by SIGTERM" for r in runs)

@@ -34,6 +34,9 @@ import json
 import logging
 import random
 import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +53,7 @@ from audioml.models.base import persist_metric_states
 log = logging.getLogger(__name__)
 
 __all__ = ["ResumeCheckpoint", "capture_rng_states", "restore_rng_states", "DONE_FILE",
-           "read_done", "write_done", "PREEMPTED_EXIT_CODE"]
+           "read_done", "write_done", "PREEMPTED_EXIT_CODE", "stop_on_sigterm"]
 
 #: Marker written (atomically, last) when a run finished; holds its final metrics.
 DONE_FILE = "DONE"
@@ -260,6 +263,33 @@ def exit_preempted(logger=None) -> None:
         tracking.set_status(logger.experiment, logger.run_id, "KILLED")
     log.warning("stopped by SIGTERM after saving a checkpoint; rerun the same command to continue")
     raise SystemExit(PREEMPTED_EXIT_CODE)
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """A SIGTERM anywhere in the ``with`` body outside the training loop (decoding, building a
+    cache, waiting for the run lock, opening the MLflow run, testing, writing the reports) raises
+    Lightning's ``SIGTERMException`` where the run is, so that ``tracking.ended_on_error`` ends
+    the open MLflow runs KILLED and temporary files are removed on the way out; the process then
+    exits with ``PREEMPTED_EXIT_CODE``. Rerunning the command continues the run. Inside the
+    training loop ``ResumeCheckpoint`` takes over: it stops at the end of the batch, after a
+    checkpoint. Outside the main thread (which alone receives signals) it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_sigterm)
+    try:
+        yield
+    except SIGTERMException:
+        log.warning("stopped by SIGTERM (MLflow run KILLED); rerun the same command to continue")
+        raise SystemExit(PREEMPTED_EXIT_CODE) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _raise_sigterm(signum, frame) -> None:
+    raise SIGTERMException()
 
 
 def wait_for_done(run_dir: str | Path, poll_seconds: float = 2.0) -> dict[str, float]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from audioml.files import exclusive_lock
@@ -312,26 +313,29 @@ def set_tags(client, run_id: str, tags: Mapping[str, str]) -> None:
 @contextmanager
 def ended_on_error(logger) -> Iterator[None]:
     """Ends ``logger``'s MLflow run when the ``with`` body raises, so that no exit path leaves it
-    RUNNING: ``KILLED`` for an interrupt (Ctrl-C; SIGTERM is ``audioml.run.resume.exit_preempted``'s,
-    which marks it KILLED itself), ``FAILED`` for anything else, with the root cause's first line
-    as the ``audioml.error`` tag. A run already ended (FINISHED, KILLED) is left as it is.
-    ``logger=None`` (MLflow off, or not rank zero): does nothing."""
+    RUNNING: ``KILLED`` for an interrupt (Ctrl-C) or a SIGTERM (Lightning's ``SIGTERMException``,
+    raised outside the training loop by ``audioml.run.resume.stop_on_sigterm``, or the exit of
+    ``exit_preempted``, e.g. a k-fold parent whose fold was preempted), ``FAILED`` for anything
+    else, with the root cause's first line as the ``audioml.error`` tag. A run already ended
+    (FINISHED, KILLED) is left as it is. ``logger=None`` (MLflow off, or not rank zero): does
+    nothing."""
     try:
         yield
     except BaseException as error:
         if logger is not None and getattr(logger, "run_id", None):
-            preempted = isinstance(error, SystemExit) and error.code in (0, None, 143)
+            sigterm = isinstance(error, SIGTERMException) or (isinstance(error, SystemExit) and error.code == 143)
+            clean_exit = isinstance(error, SystemExit) and not sigterm and error.code in (0, None)
             try:
                 current = logger.experiment.get_run(logger.run_id).info.status
                 # RUNNING, or FAILED by Lightning's own logger on a fit error (without the cause)
-                if not preempted and current in ("RUNNING", "FAILED"):
-                    status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+                if not clean_exit and current in ("RUNNING", "FAILED"):
+                    status = "KILLED" if sigterm or isinstance(error, KeyboardInterrupt) else "FAILED"
                     cause = error
                     while cause.__cause__ is not None:  # e.g. Hydra's InstantiationException: say why
                         cause = cause.__cause__
                     first_line = (str(cause).strip().splitlines() or [""])[0][:500]
-                    logger.experiment.set_tag(logger.run_id, "audioml.error",
-                                              f"{type(cause).__name__}: {first_line}")
+                    logger.experiment.set_tag(logger.run_id, "audioml.error", "stopped by SIGTERM" if sigterm
+                                              else f"{type(cause).__name__}: {first_line}")
                     set_status(logger.experiment, logger.run_id, status)
                     log.error("MLflow run %s marked %s: %s", logger.run_id, status, type(error).__name__)
             except Exception as tracking_error:  # the store itself is gone: the original error matters

@@ -44,8 +44,14 @@ def run_evaluation(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
 
     One process at a time works in ``run_dir`` (an exclusive lock on ``<run_dir>/.lock``, held
     by DDP rank zero): the same command started twice, or a sweep repeating a job, waits for
-    the first and then finds the run finished (or continues it where the first stopped)."""
-    run_dir = Path(run_dir)
+    the first and then finds the run finished (or continues it where the first stopped).
+    A SIGTERM at any point ends the open MLflow runs KILLED and exits with status 143
+    (``resume.stop_on_sigterm``; in the training loop after a checkpoint)."""
+    with resume.stop_on_sigterm():
+        return _locked_evaluation(cfg, Path(run_dir))
+
+
+def _locked_evaluation(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     if not distributed.is_global_zero_process():
         return _run_evaluation(cfg, run_dir)
     if cfg.logger.get("enabled", True):  # an unreachable server fails now, not after decoding and MLflow's retries

@@ -18,10 +18,10 @@ __all__ = ["compose_config", "train"]
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], Path]:
     """Train/validate/test ``cfg`` (from ``compose_config``) under its evaluation protocol
-    (holdout or k-fold); returns ``(test metrics, run_dir)``."""
+    (holdout or k-fold); returns ``(test metrics, run_dir)``: the run directory the config
+    names, or the one of this data beside it when that one holds a run on other data."""
     from hydra.core.hydra_config import HydraConfig
 
-    from audioml.run.training import run_evaluation
+    from audioml.run.training import run_evaluation_in
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    return run_evaluation(cfg, run_dir), run_dir
+    return run_evaluation_in(cfg, Path(HydraConfig.get().runtime.output_dir))

@@ -266,3 +266,37 @@ def test_a_sigterm_before_fit_ends_every_mlflow_run_killed_and_exits_143(tmp_pat
     assert len(runs) == (2 if protocol else 1)  # k-fold: the parent and fold 0
     assert {r.info.status for r in runs} == {"KILLED"}
     assert all(r.data.tags.get("audioml.error") == "stopped by SIGTERM" for r in runs)
+
+
+def test_the_same_command_on_other_data_never_continues_or_reuses_the_first_run(tmp_path, caplog):  # O1/O2
+    from audioml.run import resume
+    from audioml.run.training import run_evaluation_in
+
+    def config(data: str):  # the data location is a path, outside the run key: one run directory for both
+        return compose_config([*TINY, f"paths.output_dir={tmp_path / 'out'}", f"paths.cache_dir={tmp_path / data}"])
+
+    metrics_a, run_dir = run_evaluation_in(config("A"), tmp_path / "run")
+    assert run_dir == tmp_path / "run" and resume.read_data_record(run_dir)["clips"] == "72"
+    (folder,) = (tmp_path / "A").glob("synthetic-*")
+    shutil.copytree(folder, tmp_path / "B" / folder.name)
+    table = pd.read_csv(tmp_path / "B" / folder.name / "manifest.csv")
+    table.iloc[6:].to_csv(tmp_path / "B" / folder.name / "manifest.csv", index=False)  # six clips fewer
+    first_done = (run_dir / "DONE").read_bytes()
+
+    _, other = run_evaluation_in(config("B"), tmp_path / "run")  # O1: finished on A, not skipped for B
+    fingerprint_a, fingerprint_b = (resume.read_data_record(d)["fingerprint"] for d in (run_dir, other))
+    assert other == resume.data_run_dir(run_dir, fingerprint_b) and fingerprint_a != fingerprint_b
+    assert (other / "DONE").is_file() and (run_dir / "DONE").read_bytes() == first_done
+    assert "72 clips" in caplog.text and "66 clips" in caplog.text and str(other) in caplog.text
+
+    (run_dir / "DONE").unlink()  # O2: the first run is unfinished now; B must not continue it
+    _, again = run_evaluation_in(config("B"), tmp_path / "run")
+    assert again == other and not (run_dir / "DONE").exists()
+    runs = {r.info.run_id: r for r in _runs(tmp_path / "out")}
+    assert len(runs) == 2 and {r.info.status for r in runs.values()} == {"FINISHED"}
+    assert runs[(run_dir / "mlflow_run_id").read_text()].data.tags["data.fingerprint"] == fingerprint_a
+    assert runs[(other / "mlflow_run_id").read_text()].data.tags["data.fingerprint"] == fingerprint_b
+
+    metrics, same = run_evaluation_in(config("A"), tmp_path / "run")  # A again: its own run, continued
+    assert same == run_dir and (run_dir / "DONE").is_file() and metrics["test/acc"] == metrics_a["test/acc"]
+    assert len(_runs(tmp_path / "out")) == 2

@@ -99,10 +99,14 @@ def build_test_trainer(cfg: DictConfig, run_dir: Path, logger) -> L.Trainer:
 
 def data_tags(datamodule) -> dict[str, str]:
     """``data.fingerprint``: paths (relative to the dataset root), sizes and targets of the
-    manifest, so runs on the same data compare alike on every machine."""
+    manifest, so runs on the same data compare alike on every machine; ``data.clips``. Both
+    count the data read, not the offline augmentation's copies (a function of the config and
+    the split): a run directory is bound to this fingerprint (``audioml.run.training``)."""
     manifest = getattr(datamodule, "manifest", None)
     if manifest is None or "path" not in manifest:
         return {}
+    if "augmented_copy" in manifest:
+        manifest = manifest[manifest["augmented_copy"] == 0]
     extra_columns = [c for c in ("target", "offset", "duration") if c in manifest]
     fingerprint = facts.dataset_fingerprint(manifest["path"], getattr(datamodule, "root", None),
                                                manifest[extra_columns].astype(str).to_numpy().tolist())

@@ -53,10 +53,14 @@ from audioml.models.base import persist_metric_states
 log = logging.getLogger(__name__)
 
 __all__ = ["ResumeCheckpoint", "capture_rng_states", "restore_rng_states", "DONE_FILE",
-           "read_done", "write_done", "PREEMPTED_EXIT_CODE", "stop_on_sigterm"]
+           "read_done", "write_done", "PREEMPTED_EXIT_CODE", "stop_on_sigterm", "DATA_FILE", "read_data_record",
+           "write_data_record", "data_run_dir"]
 
 #: Marker written (atomically, last) when a run finished; holds its final metrics.
 DONE_FILE = "DONE"
+#: The data a run directory trains on, written before its first training: ``fingerprint`` (the
+#: ``data.fingerprint`` tag), ``clips`` and ``root``.
+DATA_FILE = "data.json"
 #: Exit status of a run stopped by SIGTERM after saving its checkpoint (128 + SIGTERM).
 PREEMPTED_EXIT_CODE = 143
 _STATE_KEY = "audioml_resume"
@@ -246,6 +250,35 @@ def read_done(run_dir: str | Path) -> dict[str, float] | None:
     except (ValueError, KeyError, TypeError):
         log.warning("%s is unreadable: the run is treated as unfinished", path)
         return None
+
+
+# ---------------------------------------------------------------------- the data of a run
+def write_data_record(run_dir: str | Path, record: dict[str, str]) -> Path:
+    """Bind ``run_dir`` to the data described by ``record`` (``fingerprint``, ``clips``, ``root``)."""
+    path = Path(run_dir) / DATA_FILE
+    atomic_write_bytes(path, json.dumps(record, indent=2, sort_keys=True).encode())
+    return path
+
+
+def read_data_record(run_dir: str | Path) -> dict[str, str] | None:
+    """The data ``run_dir`` is bound to, or ``None`` (a new directory, or one written before runs
+    were bound to their data). An unreadable record is ``None`` with a warning."""
+    path = Path(run_dir) / DATA_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        return {key: str(record[key]) for key in ("fingerprint", "clips", "root")}
+    except (ValueError, KeyError, TypeError):
+        log.warning("%s is unreadable: the run's data cannot be checked", path)
+        return None
+
+
+def data_run_dir(run_dir: str | Path, fingerprint: str) -> Path:
+    """The directory, beside ``run_dir``, of the same configuration on the data with this
+    ``fingerprint``: ``<run_dir>-data-<first 8 hex digits>``."""
+    run_dir = Path(run_dir)
+    return run_dir.with_name(f"{run_dir.name}-data-{fingerprint[:8]}")
 
 
 # ------------------------------------------------------------------------------ preemption

@@ -1,13 +1,16 @@
 """One training run and the evaluation protocols over it: a ``TrainingRun`` fits, validates and
 tests one configuration in the run directory it owns and returns its ``RunResult``;
 ``run_evaluation`` runs ``cfg.evaluation`` (holdout, or k-fold over ``RunResult``s) under the
-run directory's lock.
+run directory's lock, in the run directory of the data it finds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+import os
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -32,7 +35,7 @@ from audioml.run.results import finished_result, honest_test_scores, write_kfold
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_evaluation", "train", "TrainingRun", "RUN_LOCK"]
+__all__ = ["run_evaluation", "run_evaluation_in", "train", "TrainingRun", "RUN_LOCK"]
 
 #: Lock file of a run directory (see ``run_evaluation``).
 RUN_LOCK = ".lock"
@@ -46,29 +49,156 @@ def run_evaluation(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     by DDP rank zero): the same command started twice, or a sweep repeating a job, waits for
     the first and then finds the run finished (or continues it where the first stopped).
     A SIGTERM at any point ends the open MLflow runs KILLED and exits with status 143
-    (``resume.stop_on_sigterm``; in the training loop after a checkpoint)."""
+    (``resume.stop_on_sigterm``; in the training loop after a checkpoint).
+
+    A run directory is bound to the data it trains on (``resume.DATA_FILE``: the fingerprint of
+    the ``data.fingerprint`` tag, the clip count, the root), which is checked before the run is
+    continued or skipped as finished (from the decode cache when the data is unchanged). The
+    same command on other data (another ``AUDIOML_DATA_DIR``, clips added, removed or
+    relabelled) neither continues that run nor returns its results: it runs in the directory
+    of its own data beside it, ``resume.data_run_dir`` (``<run_dir>-data-<fingerprint>``), with a
+    warning naming both data sets, and the first run is left as it is."""
+    return run_evaluation_in(cfg, run_dir)[0]
+
+
+def run_evaluation_in(cfg: DictConfig, run_dir: str | Path) -> tuple[dict[str, float], Path]:
+    """``run_evaluation``, and the run directory its results are in: ``run_dir``, or the
+    directory of this data beside it."""
+    run_dir = Path(run_dir)
     with resume.stop_on_sigterm():
-        return _locked_evaluation(cfg, Path(run_dir))
+        metrics, other_data_dir = _locked_evaluation(cfg, run_dir)
+        if other_data_dir is None:
+            return metrics, run_dir
+        with _job_log_also_in(other_data_dir):
+            return run_evaluation_in(_moved_config(cfg, other_data_dir), other_data_dir)
 
 
-def _locked_evaluation(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
-    if not distributed.is_global_zero_process():
-        return _run_evaluation(cfg, run_dir)
-    if cfg.logger.get("enabled", True):  # an unreachable server fails now, not after decoding and MLflow's retries
-        tracking.check_reachable(tracking.resolve_tracking_uri(cfg.logger.get("tracking_uri"), cfg.paths.mlflow_dir))
-    with exclusive_lock(run_dir / RUN_LOCK, f"training in {run_dir}: waiting until it ends"):
-        for folder in [run_dir / "checkpoints", *run_dir.glob("fold_*/checkpoints")]:  # a killed run's partial writes
-            remove_temporaries(folder, "*.ckpt")
-        return _run_evaluation(cfg, run_dir)
+def _locked_evaluation(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, float] | None, Path | None]:
+    """``(metrics, None)`` once the protocol ran in ``run_dir`` (or found it finished);
+    ``(None, directory of this data)`` when ``run_dir`` is bound to other data."""
+    rank_zero = distributed.is_global_zero_process()
+    if rank_zero and cfg.logger.get("enabled", True):  # an unreachable server fails now, not after MLflow's retries
+        tracking.check_reachable(cfg.logger.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI", ""))
+    lock = (exclusive_lock(run_dir / RUN_LOCK, f"training in {run_dir}: waiting until it ends") if rank_zero
+            else contextlib.nullcontext())
+    with lock:
+        if rank_zero:
+            for folder in [run_dir / "checkpoints", *run_dir.glob("fold_*/checkpoints")]:  # a killed run's writes
+                remove_temporaries(folder, "*.ckpt")
+        return _bound_evaluation(cfg, run_dir)
 
 
-def _run_evaluation(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
-    if (finished := resume.read_done(run_dir)) is not None:
+def _bound_evaluation(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, float] | None, Path | None]:
+    """The data check of ``run_evaluation``, then the protocol (under the run directory's lock)."""
+    bound, finished = resume.read_data_record(run_dir), resume.read_done(run_dir)
+    if finished is not None and bound is None:  # finished before runs were bound to their data: nothing to compare
         log.info("%s finished before (%s): skipped; delete the folder to train again", run_dir, resume.DONE_FILE)
-        return finished
+        return finished, None
     protocol = instantiate(cfg.evaluation) if cfg.get("evaluation") else None
+    folds = None if protocol is None else protocol.num_folds
+    try:
+        datamodule = _data_of_run(cfg, run_dir, folds, finished is not None)
+    except FileNotFoundError as error:
+        if finished is None:
+            raise
+        log.warning("%s finished before; its data cannot be checked now (%s): skipped", run_dir, error)
+        return finished, None
+    current = _data_record(datamodule)
+    if bound is not None and bound["fingerprint"] and current["fingerprint"] != bound["fingerprint"]:
+        other = resume.data_run_dir(run_dir, current["fingerprint"])
+        log.warning("%s %s on other data: %s clips under %s (fingerprint %s). The data now is %s clips under %s "
+                    "(fingerprint %s): it gets its own run directory, %s, so that neither run mixes with the other. "
+                    "To %s the first run instead, point AUDIOML_DATA_DIR / paths.data_dir (or data.root) back at "
+                    "its data.", run_dir, "finished" if finished is not None else "was trained", bound["clips"],
+                    bound["root"], bound["fingerprint"], current["clips"], current["root"], current["fingerprint"],
+                    other, "reuse" if finished is not None else "continue")
+        return None, other
+    if finished is not None:
+        log.info("%s finished before (%s) on this data: skipped; delete the folder to train again", run_dir,
+                 resume.DONE_FILE)
+        return finished, None
+    if bound is None and distributed.is_global_zero_process():
+        resume.write_data_record(run_dir, current)
+    return _run_evaluation(cfg, run_dir, protocol, datamodule if folds is None else None), None
+
+
+def _data_of_run(cfg: DictConfig, run_dir: Path, folds: int | None, finished: bool):
+    """The loaded DataModule whose data the run directory is bound to. For a holdout run that
+    will train, it is the run's own (``TrainingRun`` takes it: nothing is loaded twice), built
+    after the Trainer settings are validated. For a finished run, or a k-fold run (whose folds
+    load their own), it is loaded without offline augmentation (fold 0 for k-fold): the
+    fingerprint counts only the data read."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not finished:
+        validate_trainer(cfg)  # before decoding and the MLflow run: a config that cannot train leaves nothing
+    L.seed_everything(cfg.seed, workers=True)
+    if folds is None and not finished:
+        return _loaded_data(run_dir, lambda: build_datamodule(cfg))
+
+    def without_training_extras():
+        datamodule = instantiate(cfg.data, **({"fold": 0, "num_folds": folds} if folds else {}))
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        return datamodule
+
+    return _loaded_data(run_dir, without_training_extras)
+
+
+def _loaded_data(run_dir: Path, load: Callable[[], object]):
+    """``load()``; when no file of the data is usable, ``skipped_files.csv`` is written in
+    ``run_dir`` at once (rank zero) and the error names it."""
+    try:
+        return load()
+    except NoUsableFilesError as error:
+        if distributed.is_global_zero_process():
+            error.skipped.to_csv(run_dir / "skipped_files.csv", index=False)
+        raise NoUsableFilesError(f"{error} ({run_dir / 'skipped_files.csv'})", error.skipped) from None
+
+
+def _data_record(datamodule) -> dict[str, str]:
+    """What ``resume.write_data_record`` keeps: the ``data.fingerprint`` and ``data.clips`` tags
+    and the dataset root (shown when the data differs)."""
+    tags = data_tags(datamodule)
+    return {"fingerprint": tags.get("data.fingerprint", ""), "clips": tags.get("data.clips", "?"),
+            "root": str(getattr(datamodule, "root", "?"))}
+
+
+def _moved_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
+    moved = copy.deepcopy(cfg)
+    with open_dict(moved):
+        moved.paths.run_dir = str(run_dir)
+    return moved
+
+
+@contextlib.contextmanager
+def _job_log_also_in(run_dir: Path) -> Iterator[None]:
+    """Hydra writes the job's log (``train.log``) in the directory it chose; a run that moves to
+    the directory of its data gets the same lines in its own copy there."""
+    from hydra.core.hydra_config import HydraConfig
+
+    root = logging.getLogger()
+    hydra_dir = Path(HydraConfig.get().runtime.output_dir).resolve() if HydraConfig.initialized() else None
+    hydra_file = next((h for h in root.handlers if isinstance(h, logging.FileHandler)
+                       and Path(h.baseFilename).resolve().parent == hydra_dir), None)
+    if hydra_file is None:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    copy_handler = logging.FileHandler(run_dir / Path(hydra_file.baseFilename).name, encoding="utf-8")
+    copy_handler.setFormatter(hydra_file.formatter)
+    copy_handler.setLevel(hydra_file.level)
+    root.addHandler(copy_handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(copy_handler)
+        copy_handler.close()
+
+
+def _run_evaluation(cfg: DictConfig, run_dir: Path, protocol, datamodule=None) -> dict[str, float]:
+    """The protocol in ``run_dir`` (bound to the data of ``datamodule``, which a holdout run trains on)."""
     if protocol is None or protocol.num_folds is None:
-        return train(cfg, run_dir).metrics
+        return TrainingRun(cfg, run_dir, datamodule=datamodule).run().metrics
     rank_zero = distributed.is_global_zero_process()
     parent = _open_parent_run(cfg, run_dir, protocol)
     with tracking.ended_on_error(parent if rank_zero else None):
@@ -120,7 +250,9 @@ class TrainingRun:
     also go to MLflow. The metrics also hold the honest numbers of ``cfg.evaluation``
     (intervals, baseline, permutation test; ``audioml.stats``) and ``val/best_<name>``, the
     best score of the ``monitor``. It returns the ``RunResult`` in memory. ``parent_run_id``
-    nests the MLflow run under that run (k-fold; else the running sweep's).
+    nests the MLflow run under that run (k-fold; else the running sweep's). ``datamodule``: the
+    loaded data to train on (``run_evaluation`` loads it to check the run directory's data,
+    after validating the Trainer settings and seeding); ``None`` loads ``cfg.data`` here.
 
     Rerun with the same ``run_dir`` after an interruption: a finished run (``DONE`` marker)
     returns its result without training; an unfinished one continues from its newest intact
@@ -128,8 +260,10 @@ class TrainingRun:
     checkpoint, marks its MLflow run KILLED and exits with status 143.
     """
 
-    def __init__(self, cfg: DictConfig, run_dir: str | Path, parent_run_id: str | None = None) -> None:
+    def __init__(self, cfg: DictConfig, run_dir: str | Path, parent_run_id: str | None = None,
+                 datamodule=None) -> None:
         self.cfg, self.run_dir, self.parent_run_id = cfg, Path(run_dir), parent_run_id
+        self.datamodule = datamodule
         self.rank_zero = distributed.is_global_zero_process()
         self.logger = None
 
@@ -139,15 +273,12 @@ class TrainingRun:
         if (finished := resume.read_done(run_dir)) is not None:
             log.info("%s finished before (%s): skipped; delete the folder to train again", run_dir, resume.DONE_FILE)
             return finished_result(run_dir, finished)
-        L.seed_everything(cfg.seed, workers=True)
         torch.set_float32_matmul_precision("high")
-        validate_trainer(cfg)  # before decoding and the MLflow run: a config that cannot train leaves nothing
-        try:
-            datamodule = build_datamodule(cfg)
-        except NoUsableFilesError as error:
-            if self.rank_zero:
-                error.skipped.to_csv(run_dir / "skipped_files.csv", index=False)
-            raise NoUsableFilesError(f"{error} ({run_dir / 'skipped_files.csv'})", error.skipped) from None
+        datamodule = self.datamodule
+        if datamodule is None:
+            L.seed_everything(cfg.seed, workers=True)
+            validate_trainer(cfg)  # before decoding and the MLflow run: a config that cannot train leaves nothing
+            datamodule = _loaded_data(run_dir, lambda: build_datamodule(cfg))
         if self.rank_zero and len(datamodule.skipped):  # written now: a later failure keeps the list
             datamodule.skipped.to_csv(run_dir / "skipped_files.csv", index=False)
         model = build_model(cfg, datamodule.class_names, datamodule.train_class_counts())

@@ -1,7 +1,8 @@
 """The reliability cases of ../shared/RELIABILITY_CASES.md that are fixed, one test each (ids as
-there): bad input is named or skipped and listed, a fault leaves a resumable state, and no
-MLflow run is opened for a config that cannot train. (T2/T3: test_checkpoint_record.py; M1:
-test_tracking_server.py; C1/C2: test_run_lock.py.)"""
+there): bad input is named or skipped and listed, a fault leaves a resumable state and no
+RUNNING MLflow run, no MLflow run is opened for a config that cannot train, and a run never
+mixes two data sets. (T2/T3: test_checkpoint_record.py; M1: test_tracking_server.py; C1/C2:
+test_run_lock.py; D16: test_evaluation.py.)"""
 
 from __future__ import annotations
 

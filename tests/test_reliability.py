@@ -301,3 +301,24 @@ def test_the_same_command_on_other_data_never_continues_or_reuses_the_first_run(
     metrics, same = run_evaluation_in(config("A"), tmp_path / "run")  # A again: its own run, continued
     assert same == run_dir and (run_dir / "DONE").is_file() and metrics["test/acc"] == metrics_a["test/acc"]
     assert len(_runs(tmp_path / "out")) == 2
+
+
+def test_a_full_disk_during_a_cache_build_is_a_clear_error_not_sigbus(tmp_path):  # P10
+    import subprocess
+    import sys
+
+    disk = tmp_path / "small"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs a 1 MB tmpfs (mount, as root)")
+    try:
+        build = ("import sys\nfrom audioml.data.cache import ArrayCache\n"
+                 "ArrayCache(sys.argv[1], 'waveforms', 'k1').get_or_build((1000, 1000), lambda out: out.fill(1.0) or {})")
+        process = subprocess.run([sys.executable, "-c", build, str(disk / "cache")], capture_output=True, text=True,
+                                 timeout=120)
+        assert process.returncode == 1, (process.returncode, process.stderr[-2000:])  # -7 would be SIGBUS
+        assert "no space left in" in process.stderr and "paths.cache_dir" in process.stderr
+        assert [p.name for p in (disk / "cache").iterdir()] == ["waveforms-k1.lock"]  # no 4 MB orphan fills the disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

@@ -15,11 +15,13 @@ array, even where ``flock`` is unavailable or a builder is killed half-way.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import mmap
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -190,12 +192,33 @@ class ArrayCache:
         # Metadata first, array last: the entry exists only once both are in place.
         with atomic_path(self.array_path, suffix=".npy") as array_temp:
             out = np.lib.format.open_memmap(array_temp, mode="w+", dtype=dtype, shape=shape)
+            _reserve_space(array_temp, self.array_path)
             user_meta = dict(build(out))
             out.flush()
             del out
             meta = {**user_meta, "key": self.key, "format": CACHE_FORMAT, "shape": list(shape),
                     "dtype": dtype.str, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
             atomic_write_bytes(self.meta_path, json.dumps(meta).encode())
+
+
+def _reserve_space(path: Path, destination: Path) -> None:
+    """Allocate every block of the memory-mapped file ``path`` (to become ``destination``) now. A memory map on a full file
+    system does not raise: the first write to a page that has no block kills the process with
+    SIGBUS (exit 135, no message). Reserved up front, a full disk is an ``OSError`` here, and
+    the temporary file is removed on the way out. File systems that cannot reserve are left as
+    they are."""
+    size = path.stat().st_size
+    with open(path, "rb+") as file:
+        try:
+            os.posix_fallocate(file.fileno(), 0, size)
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                free = shutil.disk_usage(destination.parent).free
+                raise OSError(error.errno, f"no space left in {destination.parent} for the {size / 2**20:.1f} MiB "
+                                           f"cache file {destination.name} ({free / 2**20:.1f} MiB free): free some "
+                                           "space or set paths.cache_dir to a larger disk") from None
+            if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
 
 
 class WaveformCache:

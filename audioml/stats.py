@@ -35,8 +35,8 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 __all__ = ["SUMMARY_METRICS", "confusion_matrices", "metrics_from_confusion", "per_class_table",
-           "group_bootstrap_confusions", "group_strata", "permutation_test", "collapse_probabilities", "aggregate_folds",
-           "Scores", "HonestScoring"]
+           "group_bootstrap_confusions", "group_strata", "permutation_test", "collapse_probabilities",
+           "aggregate_folds", "Scores", "HonestScoring"]
 
 #: Metrics computed from a confusion matrix for a task (per-class ones are added per class).
 SUMMARY_METRICS = ("acc", "balanced_acc", "macro_f1")

@@ -215,7 +215,8 @@ def test_a_non_utf8_file_name_is_skipped_and_listed_in_every_folder_dataset(tmp_
     assert sorted(own.skipped["path"].map(lambda p: p.rsplit("/", 1)[-1])) == ["bad-class-\\xff", "clip-\\xfe.wav"]
 
     raw = make_raw_corpus(tmp_path / "raw")
-    _copy_under_a_non_utf8_name(raw / "donateacry-android-upload-bucket", b"00000017-1111-4222-8333-\xff-1430-1.7-f-26-hu")
+    _copy_under_a_non_utf8_name(raw / "donateacry-android-upload-bucket",
+                                b"00000017-1111-4222-8333-\xff-1430-1.7-f-26-hu")
     report = prepare_raw_uploads(raw, tmp_path / "prepared", progress=False)
     assert report.loc[report["file"].str.contains("\\\\xff"), "status"].tolist() == ["unreadable"]
 
@@ -313,8 +314,9 @@ def test_a_full_disk_during_a_cache_build_is_a_clear_error_not_sigbus(tmp_path):
                                            capture_output=True).returncode != 0:
         pytest.skip("needs a 1 MB tmpfs (mount, as root)")
     try:
-        build = ("import sys\nfrom audioml.data.cache import ArrayCache\n"
-                 "ArrayCache(sys.argv[1], 'waveforms', 'k1').get_or_build((1000, 1000), lambda out: out.fill(1.0) or {})")
+        build = ("import sys\nfrom audioml.data.cache import ArrayCache\n"  # 4 MB on a 1 MB disk
+                 "ArrayCache(sys.argv[1], 'waveforms', 'k1').get_or_build((1000, 1000), "
+                 "lambda out: out.fill(1.0) or {})")
         process = subprocess.run([sys.executable, "-c", build, str(disk / "cache")], capture_output=True, text=True,
                                  timeout=120)
         assert process.returncode == 1, (process.returncode, process.stderr[-2000:])  # -7 would be SIGBUS

@@ -202,11 +202,11 @@ class ArrayCache:
 
 
 def _reserve_space(path: Path, destination: Path) -> None:
-    """Allocate every block of the memory-mapped file ``path`` (to become ``destination``) now. A memory map on a full file
-    system does not raise: the first write to a page that has no block kills the process with
-    SIGBUS (exit 135, no message). Reserved up front, a full disk is an ``OSError`` here, and
-    the temporary file is removed on the way out. File systems that cannot reserve are left as
-    they are."""
+    """Allocate every block of the memory-mapped file ``path`` (to become ``destination``) now.
+    A memory map on a full file system does not raise: the first write to a page that has no
+    block kills the process with SIGBUS (exit 135, no message). Reserved up front, a full disk
+    is an ``OSError`` here, and the temporary file is removed on the way out. File systems that
+    cannot reserve are left as they are."""
     size = path.stat().st_size
     with open(path, "rb+") as file:
         try:

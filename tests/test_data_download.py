@@ -93,6 +93,17 @@ def _wav_bytes(seconds: float = 0.5, sample_rate: int = 8000) -> bytes:
     return buffer.getvalue()
 
 
+def emotify_csv(tracks=range(1, 401)) -> bytes:
+    """A data.csv in the published format: two listeners for each of ``tracks``."""
+    genres = ("classical", "rock", "electronic", "pop")
+    header = ("track id, genre, amazement, solemnity, tenderness, nostalgia, calmness, power, joyful_activation, "
+              "tension, sadness, mood, liked, disliked, age, gender, mother tongue\n")
+    ticks = [",".join("1" if e == shift % 9 else "0" for e in range(9)) for shift in range(9)]
+    rows = [f"{track},{genres[(track - 1) // 100]},{ticks[(track + listener) % 9]},3,1,0,30,1,English\n"
+            for track in tracks for listener in range(2)]
+    return (header + "".join(rows)).encode()
+
+
 def _sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
@@ -174,7 +185,7 @@ def test_install_layouts_from_archives(tmp_path):
                          "donateacry-corpus-master/donateacry-android-upload-bucket/b.3gp": b"3gp",
                          "donateacry-corpus-master/donateacry-ios-upload-bucket/c.caf": b"caf"})
     music = _zip_bytes({f"{genre}/1.mp3": b"mp3" for genre in ("classical", "rock", "electronic", "pop")})
-    csv = b"track id, genre, amazement\n1,classical,0\n"
+    csv = emotify_csv()  # all 400 tracks: a shorter table is refused as incomplete
     with _Server({"master.zip": github, "emotifymusic.zip": music, "data.csv": csv}) as server:
         corpus = DatasetSource("donateacry", "donateacry-corpus",
                                (RemoteFile(f"{server.url}/master.zip", "master.zip", _sha256(github), True,

@@ -324,3 +324,86 @@ def test_a_full_disk_during_a_cache_build_is_a_clear_error_not_sigbus(tmp_path):
         assert [p.name for p in (disk / "cache").iterdir()] == ["waveforms-k1.lock"]  # no 4 MB orphan fills the disk
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_data_csv_cut_short_or_a_login_page_is_not_installed(tmp_path):  # D10/D11
+    from audioml.data import download
+    from test_data_download import _Server, _zip_bytes, emotify_csv
+
+    music = _zip_bytes({f"{genre}/1.mp3": b"mp3" for genre in ("classical", "rock", "electronic", "pop")})
+    cut = emotify_csv().splitlines(keepends=True)
+    served = {"music.zip": music, "full.csv": emotify_csv(), "login.html": b"<html><body>Please log in</body></html>",
+              "cut.csv": b"".join(cut[: len(cut) // 2])}  # cut at a line boundary: still a valid table
+    with _Server(served) as server:
+        for name, reason in (("cut.csv", "holds 200 of the 400 tracks"), ("login.html", "missing columns")):
+            urls = {"emotifymusic.zip": f"{server.url}/music.zip", "data.csv": f"{server.url}/{name}"}
+            with pytest.raises(download.DownloadError, match=reason):
+                download.download_dataset("emotify", data_dir=tmp_path, urls=urls, progress=False)
+            assert not (tmp_path / "emotify").exists() and not (tmp_path / ".downloads" / "data.csv").exists()
+        urls["data.csv"] = f"{server.url}/full.csv"  # the rerun needs no --force: nothing was installed
+        target = download.download_dataset("emotify", data_dir=tmp_path, urls=urls, progress=False)
+    assert (target / "data.csv").read_bytes() == emotify_csv()
+
+
+def test_a_stale_larger_part_from_another_archive_is_discarded_not_installed(tmp_path, caplog):  # D12
+    from audioml.data import download
+    from test_data_download import _Server, _wav_bytes, _zip_bytes
+
+    good = _zip_bytes({"root/donateacry_corpus_cleaned_and_updated_data/hungry/a.wav": _wav_bytes(),
+                       "root/donateacry-android-upload-bucket/b.3gp": b"3gp",
+                       "root/donateacry-ios-upload-bucket/c.caf": b"caf"})
+    other = _zip_bytes({"root/donateacry_corpus_cleaned_and_updated_data/hungry/evil.txt": b"x" * len(good),
+                        "root/donateacry-android-upload-bucket/x": b"", "root/donateacry-ios-upload-bucket/y": b""})
+    assert len(other) > len(good)
+    (tmp_path / ".downloads").mkdir()
+    (tmp_path / ".downloads" / "donateacry-corpus-master.zip.part").write_bytes(other)
+    with _Server({"good.zip": good}) as server:  # answers 416 to a range past its end
+        target = download.download_dataset("donateacry", data_dir=tmp_path, progress=False,
+                                           urls={"donateacry-corpus-master.zip": f"{server.url}/good.zip"})
+    installed = sorted(p.name for p in (target / "donateacry_corpus_cleaned_and_updated_data" / "hungry").iterdir())
+    assert installed == ["a.wav"] and "not from this file; discarded" in caplog.text
+
+
+def test_a_zip_bomb_and_a_trickling_server_are_refused(tmp_path):  # D8/D13
+    import io
+    import threading
+    import time
+    import zipfile
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from audioml.data import download
+    from test_data_download import _Server
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("Actor_01/zeros.wav", bytes(120 * 2**20))  # about 120 KB expanding to 120 MB
+    with _Server({"bomb.zip": buffer.getvalue()}) as server:
+        source = download.DatasetSource("ravdess", "ravdess", (download.RemoteFile(
+            f"{server.url}/bomb.zip", "bomb.zip", unpack=True, anchor="Actor_01"),), ("Actor_01",), "-", "-")
+        with pytest.raises(download.DownloadError, match="over 50 times its size"):
+            download.install(source, tmp_path / "ravdess", progress=False)
+    assert not (tmp_path / "ravdess").exists() and not list(tmp_path.glob(".ravdess-staging-*"))
+
+    class Trickle(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(2**20))
+            self.end_headers()
+            for _ in range(40):  # one byte every 0.1 s: never a socket timeout, never a file
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.1)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(download.DownloadError, match="stalled"):
+            download.fetch(f"http://127.0.0.1:{httpd.server_address[1]}/x", tmp_path / "x", progress=False, timeout=1)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert time.monotonic() - started < 5

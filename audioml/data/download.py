@@ -1,15 +1,21 @@
 """Download datasets from their publishers into the layout the DataModules read.
 
 ``fetch`` is resumable (HTTP ``Range`` into ``<name>.part``; the ``.part`` file is never treated
-as data), verifies a checksum when one is known, and only renames a complete, verified file to
-its final name. ``install`` extracts into a private staging folder beside the destination and
-publishes it with one rename, so an interrupted install leaves no half-filled dataset folder.
+as data, and one the server cannot continue is discarded), verifies a checksum when one is
+known, gives up on a stalled transfer, and only renames a complete, verified file to its final
+name. ``install`` checks each file's content where the source says how (``RemoteFile.validate``:
+a page or a file cut short is not installed), refuses an archive that would expand beyond
+``MAX_EXPANSION`` times its size or beyond the free disk space, extracts into a private staging
+folder beside the destination and publishes it with one rename, so an interrupted install
+leaves no half-filled dataset folder.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.client
+import importlib
 import logging
 import os
 import shutil
@@ -29,6 +35,12 @@ __all__ = ["RemoteFile", "DatasetSource", "SOURCES", "DownloadError", "ChecksumE
            "fetch", "install", "download_dataset", "default_data_dir", "MUSE_INSTRUCTIONS"]
 
 _USER_AGENT = "audioml-data/0.1"
+#: An archive whose content is more than this many times its size (and over
+#: ``_MIN_REFUSED_EXPANSION`` bytes) is refused as a zip bomb; audio archives expand 1-3 times.
+MAX_EXPANSION = 50
+_MIN_REFUSED_EXPANSION = 100 * 2**20
+#: Fewer bytes than this within one ``timeout`` is a stalled transfer (e.g. 1 byte every 2 s).
+_STALLED_BYTES = 16 * 1024
 
 
 class DownloadError(RuntimeError):
@@ -58,6 +70,10 @@ class RemoteFile:
             shallowest entry of that name is what gets installed (archives differ in whether
             they wrap everything in a top folder).
         target: folder inside the dataset folder where the content goes.
+        validate: ``"module:function"`` called with the downloaded file before anything is
+            installed; it raises ``ValueError`` saying why the content is not the publisher's
+            file (a login page instead of a table, a table cut short). For files without a
+            published checksum, whose transfer may end early without the server saying so.
     """
 
     url: str
@@ -66,6 +82,7 @@ class RemoteFile:
     unpack: bool = False
     anchor: str | None = None
     target: str = "."
+    validate: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,7 +121,8 @@ SOURCES: dict[str, DatasetSource] = {
         name="emotify", folder="emotify",
         files=(RemoteFile("http://www2.projects.science.uu.nl/memotion/emotifydata/emotifymusic.zip",
                           "emotifymusic.zip", None, unpack=True, anchor="classical", target="emotifymusic"),
-               RemoteFile("http://www2.projects.science.uu.nl/memotion/emotifydata/data.csv", "data.csv")),
+               RemoteFile("http://www2.projects.science.uu.nl/memotion/emotifydata/data.csv", "data.csv",
+                          validate="audioml.data.emotify:check_annotations")),
         expect=("data.csv", "emotifymusic/classical", "emotifymusic/rock", "emotifymusic/electronic",
                 "emotifymusic/pop"),
         homepage="http://www2.projects.science.uu.nl/memotion/emotifydata/",
@@ -165,8 +183,16 @@ def _transfer(url: str, part: Path, progress: bool, timeout: float) -> None:
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as error:
-        if error.code == 416 and offset:  # nothing left to send: the .part is already complete
-            return
+        if error.code == 416 and offset:
+            total = _range_total(error.headers.get("Content-Range", ""))
+            if total == offset:  # nothing left to send: the .part is already complete
+                return
+            # A .part the file cannot continue (larger: left by another archive or version) is not this file.
+            log.warning("%s: the server cannot continue the %d bytes kept in %s (the file has %s bytes): that "
+                        "part is not from this file; discarded, downloading from the start", url, offset, part.name,
+                        total if total is not None else "an unknown number of")
+            part.unlink(missing_ok=True)
+            return _transfer(url, part, progress, timeout)
         raise DownloadError(f"{url}: HTTP {error.code} {error.reason}", retryable=error.code >= 500) from error
     with response:
         length = response.headers.get("Content-Length")
@@ -180,17 +206,33 @@ def _transfer(url: str, part: Path, progress: bool, timeout: float) -> None:
         total = start + int(length) if length is not None else None
         from tqdm.auto import tqdm
 
+        read = getattr(response, "read1", response.read)  # what arrived, so a stall is seen while it lasts
+        window_start, window_bytes = time.monotonic(), 0
         with open(part, mode) as file, tqdm(total=total, initial=start, unit="B", unit_scale=True,
                                             desc=part.name[:-5], disable=not progress, leave=False) as bar:
             while True:
-                block = response.read(1 << 16)
+                block = read(1 << 16)
                 if not block:
                     break
                 file.write(block)
                 bar.update(len(block))
+                window_bytes += len(block)
+                if time.monotonic() - window_start >= timeout:
+                    if window_bytes < _STALLED_BYTES:
+                        file.flush()
+                        raise DownloadError(f"{url}: the transfer stalled ({window_bytes} bytes in the last "
+                                            f"{timeout:.0f} s); {part.stat().st_size} bytes kept in {part}, rerun to "
+                                            "resume or pass a mirror with --url FILE=URL", retryable=False)
+                    window_start, window_bytes = time.monotonic(), 0
         size = part.stat().st_size
         if total is not None and size != total:
             raise DownloadError(f"{url}: connection closed after {size} of {total} bytes")
+
+
+def _range_total(content_range: str) -> int | None:
+    """The full size in a ``Content-Range: bytes */<size>`` (or ``bytes a-b/<size>``) header."""
+    _, _, total = content_range.rpartition("/")
+    return int(total) if total.strip().isdigit() else None
 
 
 def unreachable_reason(url: str, error: BaseException) -> str | None:
@@ -255,6 +297,37 @@ def _content_root(extracted: Path, anchor: str | None) -> Path:
     return matches[0].parent
 
 
+def _check_content(remote: RemoteFile, path: Path) -> None:
+    """Run ``remote.validate`` on the downloaded file; a file it refuses is deleted (a rerun
+    fetches it again, no ``--force`` needed) and the refusal is a ``DownloadError``."""
+    if remote.validate is None:
+        return
+    module, _, function = remote.validate.partition(":")
+    try:
+        getattr(importlib.import_module(module), function)(path)
+    except ValueError as error:
+        path.unlink(missing_ok=True)
+        raise DownloadError(f"{remote.url} did not give the published {remote.filename}: {error}. The file was "
+                            "deleted and nothing installed; rerun (a transfer cut short, a captive-portal page), or "
+                            f"pass a mirror with --url {remote.filename}=URL", retryable=False) from error
+
+
+def _check_expansion(archive: zipfile.ZipFile, path: Path, staging: Path) -> None:
+    """Refuse to extract an archive that expands far beyond its size (a zip bomb) or beyond the
+    free space of the destination's disk, before anything is written."""
+    content = sum(entry.file_size for entry in archive.infolist())
+    size = path.stat().st_size
+    if content > max(MAX_EXPANSION * size, _MIN_REFUSED_EXPANSION):
+        raise DownloadError(f"{path.name}: {size / 2**20:.1f} MiB that would expand to {content / 2**20:.0f} MiB "
+                            f"(over {MAX_EXPANSION} times its size): not a dataset archive; nothing installed",
+                            retryable=False)
+    free = shutil.disk_usage(staging).free
+    if content > free:
+        raise DownloadError(f"{path.name} needs {content / 2**20:.0f} MiB to unpack, {staging.parent} has "
+                            f"{free / 2**20:.0f} MiB free: free some space or choose another --data-dir / --dest",
+                            retryable=False)
+
+
 def install(source: DatasetSource, destination: str | Path, downloads: str | Path | None = None,
             force: bool = False, keep_archives: bool = False, progress: bool = True) -> Path:
     """Download every file of ``source`` and publish the dataset folder at ``destination``.
@@ -269,6 +342,8 @@ def install(source: DatasetSource, destination: str | Path, downloads: str | Pat
         return destination
     downloads = Path(downloads) if downloads is not None else destination.parent / ".downloads"
     local = [fetch(f.url, downloads / f.filename, f.checksum, progress=progress) for f in source.files]
+    for remote, path in zip(source.files, local):
+        _check_content(remote, path)
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}-staging-", dir=destination.parent))
     try:
@@ -281,6 +356,7 @@ def install(source: DatasetSource, destination: str | Path, downloads: str | Pat
             extracted = staging / f".extract-{remote.filename}"
             try:
                 with zipfile.ZipFile(path) as archive:
+                    _check_expansion(archive, path, staging)
                     archive.extractall(extracted)
             except zipfile.BadZipFile as error:
                 path.unlink(missing_ok=True)
@@ -322,8 +398,7 @@ def download_dataset(name: str, data_dir: str | Path | None = None, destination:
         unknown = sorted(set(urls) - {f.filename for f in source.files})
         if unknown:
             raise ValueError(f"{name}: no file named {unknown}; files are {[f.filename for f in source.files]}")
-        files = tuple(RemoteFile(urls.get(f.filename, f.url), f.filename, f.checksum, f.unpack, f.anchor, f.target)
-                      for f in source.files)
+        files = tuple(dataclasses.replace(f, url=urls.get(f.filename, f.url)) for f in source.files)
         source = DatasetSource(source.name, source.folder, files, source.expect, source.homepage, source.license)
     if destination is None:
         destination = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()

@@ -24,7 +24,7 @@ from audioml.data.base import AudioDataModule
 log = logging.getLogger(__name__)
 
 __all__ = ["EmotifyDataModule", "GEMS", "GENRE_OFFSETS", "read_annotations", "track_emotions",
-           "track_audio_path", "segment_offsets", "probe_duration"]
+           "track_audio_path", "segment_offsets", "probe_duration", "check_annotations", "TRACK_IDS"]
 
 #: The nine GEMS emotions in data.csv column order (also the tie-break order).
 GEMS = ("amazement", "solemnity", "tenderness", "nostalgia", "calmness", "power",
@@ -52,6 +52,26 @@ def read_annotations(csv_path: str | Path) -> pd.DataFrame:
         raise ValueError(f"{csv_path}: row {bad + 2} has an emotion value other than 0/1")
     table["genre"] = table["genre"].astype(str).str.strip()
     return table
+
+
+#: Track ids of the published data.csv: 100 per genre.
+TRACK_IDS = range(1, 401)
+
+
+def check_annotations(csv_path: str | Path) -> None:
+    """Raise ``ValueError`` unless ``csv_path`` is the whole published data.csv: the checks of
+    ``read_annotations`` (an HTML page has none of its columns) and every one of the 400 tracks
+    (a transfer cut at a line boundary keeps the format but loses tracks, and with them whole
+    classes). ``audioml-data download emotify`` runs it before installing the file."""
+    try:
+        table = read_annotations(csv_path)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{csv_path}: not a text table ({error})") from None
+    found = set(pd.to_numeric(table["track id"], errors="coerce").dropna().astype(int))
+    missing = sorted(set(TRACK_IDS) - found)
+    if missing:
+        raise ValueError(f"{csv_path} holds {len(TRACK_IDS) - len(missing)} of the {len(TRACK_IDS)} tracks "
+                         f"(first missing: {missing[:5]}): the file is incomplete")
 
 
 def track_audio_path(track_id: int, genre: str) -> str:

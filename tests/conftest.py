@@ -56,3 +56,24 @@ def find_run_dirs(output_dir: Path) -> list[Path]:
 
 def read_metrics(run_dir: Path) -> dict[str, float]:
     return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_process_defaults():
+    """Each test starts from the same MLflow defaults: a test that points the fluent API at its
+    own store (``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI``) must not send
+    the next test's in-process runs there. audioml itself restores them (``tracking.using_store``;
+    asserted in test_reliability and test_tracking)."""
+    from mlflow.tracking._model_registry import utils as registry
+    from mlflow.tracking._tracking_service import utils as tracking
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    environment = {name: os.environ.get(name) for name in names}
+    before = tracking._tracking_uri, registry._registry_uri
+    yield
+    tracking._tracking_uri, registry._registry_uri = before
+    for name, value in environment.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

@@ -278,6 +278,8 @@ def test_the_same_command_on_other_data_never_continues_or_reuses_the_first_run(
         return compose_config([*TINY, f"paths.output_dir={tmp_path / 'out'}", f"paths.cache_dir={tmp_path / data}"])
 
     metrics_a, run_dir = run_evaluation_in(config("A"), tmp_path / "run")
+    # logging the MLflow model must not leave this store as the process default for the next run
+    assert "MLFLOW_TRACKING_URI" not in os.environ and not mlflow.is_tracking_uri_set()
     assert run_dir == tmp_path / "run" and resume.read_data_record(run_dir)["clips"] == "72"
     (folder,) = (tmp_path / "A").glob("synthetic-*")
     shutil.copytree(folder, tmp_path / "B" / folder.name)

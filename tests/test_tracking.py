@@ -3,6 +3,7 @@ points, run status, sweep parents through the environment, params, fingerprints.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -81,8 +82,24 @@ def test_params_are_flattened_logged_once_and_never_changed(store, tmp_path):
     assert len(params["long"]) == tracking.MAX_PARAM_LENGTH and params["long"].endswith("[see config.yaml]")
     tracking.log_params(client, logger.run_id, params)
     tracking.log_params(client, logger.run_id, {**params, "paths.output_dir": "/b", "new": "1"})  # continued elsewhere
-    logged = client.get_run(logger.run_id).data.params
-    assert logged["paths.output_dir"] == "/a" and logged["new"] == "1" and logged["model.backbone.channels"] == "[32, 64]"
+    run = client.get_run(logger.run_id)
+    logged = run.data.params
+    assert logged["new"] == "1" and logged["model.backbone.channels"] == "[32, 64]"
+    # a location is a tag, not a param: it shows where the run is now
+    assert "paths.output_dir" not in logged and run.data.tags["path.paths.output_dir"] == "/b"
+
+
+def test_using_store_puts_the_process_defaults_back(tmp_path, monkeypatch):
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.setattr(utils, "_tracking_uri", None)
+    with tracking.using_store(f"sqlite:///{tmp_path / 'a.db'}"):
+        assert mlflow.get_tracking_uri().endswith("a.db") and mlflow.get_registry_uri().endswith("a.db")
+    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///elsewhere.db" and "MLFLOW_REGISTRY_URI" not in os.environ
+    assert utils._tracking_uri is None  # the environment variable, not a process-wide value, decides again
 
 
 def test_dataset_fingerprint_follows_content_not_location(tmp_path):

@@ -222,16 +222,14 @@ def find_checkpoint(source: str | Path, tracking_uri: str | None = None,
     if text.startswith(("runs:/", "models:/")):
         import mlflow
 
-        if tracking_uri:
-            mlflow.set_tracking_uri(tracking_uri)
-            mlflow.set_registry_uri(tracking_uri)
         from mlflow.exceptions import MlflowException
 
+        uri = tracking_uri or mlflow.get_tracking_uri()
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=str(download_dir) if download_dir
-                                                        else None)
+                                                        else None, tracking_uri=uri, registry_uri=uri)
         except MlflowException as error:
-            raise FileNotFoundError(f"{text} could not be fetched from {mlflow.get_tracking_uri()}: "
+            raise FileNotFoundError(f"{text} could not be fetched from {uri}: "
                                     f"{str(error).splitlines()[0]} (set tracking_uri=... to the store that holds "
                                     "it)") from None
         return _checkpoint_of_model_dir(Path(local), text)

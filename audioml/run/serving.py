@@ -134,29 +134,24 @@ def log_model(run_id: str, tracking_uri: str, checkpoint: str | Path, record: di
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a log line says it is done
     import mlflow
 
-    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    try:
-        with tempfile.TemporaryDirectory() as scratch:
-            # the artifact under a stable name: the model directory always holds artifacts/model.ckpt
-            stable = Path(scratch) / "model.ckpt"
-            try:  # a hard link costs nothing; MLflow refuses symbolic links out of the folder
-                os.link(checkpoint, stable)
-            except OSError:
-                shutil.copyfile(checkpoint, stable)
-            client = mlflow.MlflowClient()
-            status = client.get_run(run_id).info.status
-            with mlflow.start_run(run_id=run_id):
-                info = mlflow.pyfunc.log_model(
-                    name=MODEL_ARTIFACT_PATH, python_model=str(_CODE), artifacts={"checkpoint": str(stable)},
-                    signature=signature_of(record), pip_requirements=pip_requirements(),
-                    model_config={"trusted_modules": list(trusted_modules or []), "device": "auto"},
-                    registered_model_name=registered_model_name, await_registration_for=60)
-            client.update_run(run_id, status=status)  # the run ends when training says so, not here
-    finally:
-        if previous is not None:
-            mlflow.set_tracking_uri(previous)
+    from audioml.run.tracking import using_store
+
+    with using_store(tracking_uri), tempfile.TemporaryDirectory() as scratch:
+        # the artifact under a stable name: the model directory always holds artifacts/model.ckpt
+        stable = Path(scratch) / "model.ckpt"
+        try:  # a hard link costs nothing; MLflow refuses symbolic links out of the folder
+            os.link(checkpoint, stable)
+        except OSError:
+            shutil.copyfile(checkpoint, stable)
+        client = mlflow.MlflowClient()
+        status = client.get_run(run_id).info.status
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT_PATH, python_model=str(_CODE), artifacts={"checkpoint": str(stable)},
+                signature=signature_of(record), pip_requirements=pip_requirements(),
+                model_config={"trusted_modules": list(trusted_modules or []), "device": "auto"},
+                registered_model_name=registered_model_name, await_registration_for=60)
+        client.update_run(run_id, status=status)  # the run ends when training says so, not here
     log.info("MLflow model logged: runs:/%s/%s%s", run_id, MODEL_ARTIFACT_PATH,
              f", registered as {registered_model_name!r}" if registered_model_name else "")
     return info.model_uri

@@ -29,15 +29,21 @@ from audioml.files import exclusive_lock
 log = logging.getLogger(__name__)
 
 __all__ = ["resolve_tracking_uri", "default_artifact_location", "prepare_store", "get_or_create_experiment",
-           "flatten_params", "ResumableMLFlowLogger", "make_mlflow_logger", "open_run", "log_params", "set_tags",
+           "flatten_params", "is_location", "ResumableMLFlowLogger", "make_mlflow_logger", "open_run", "log_params",
+           "set_tags",
            "log_artifacts", "set_status",
-           "PARENT_RUN_ENV", "SWEEP_KEY_ENV", "ended_on_error", "check_reachable", "REACHABLE_TIMEOUT_SECONDS"]
+           "PARENT_RUN_ENV", "SWEEP_KEY_ENV", "ended_on_error", "check_reachable", "REACHABLE_TIMEOUT_SECONDS",
+           "using_store"]
 
 #: MLflow rejects longer param values; the full config is always an artifact as well.
 MAX_PARAM_LENGTH = 6000
 #: Environment variables through which a sweep (audioml.run.sweep) hands its parent run to its jobs.
 PARENT_RUN_ENV = "AUDIOML_MLFLOW_PARENT_RUN_ID"
 SWEEP_KEY_ENV = "AUDIOML_SWEEP_KEY"
+#: Config keys that name a location (logged as tags, not params; ``is_location``).
+_LOCATION_KEYS = {"dirpath", "root", "cache_dir", "data_dir", "output_dir", "run_dir", "weights_dir", "mlflow_dir",
+                  "noise_dir", "ir_dir", "tracking_uri", "path"}
+MAX_TAG_LENGTH = 5000
 _METRIC_KEY = re.compile(r"[^a-zA-Z0-9_/. -]+")  # what MLflowLogger strips from metric names
 
 
@@ -55,6 +61,42 @@ def resolve_tracking_uri(tracking_uri: str | None, default_store: str | Path) ->
 
 #: How long ``check_reachable`` waits for a tracking server to accept a connection.
 REACHABLE_TIMEOUT_SECONDS = 5.0
+
+
+@contextmanager
+def _process_defaults_kept() -> Iterator[None]:
+    """Put MLflow's process-wide store settings back as they were after the block:
+    ``mlflow.set_tracking_uri`` (also called by Lightning's ``MLFlowLogger``) is process-global
+    and exports ``MLFLOW_TRACKING_URI`` / ``MLFLOW_REGISTRY_URI``. Left set, the next run in the
+    same process (a sweep's next job, a notebook's next cell) would log into this store instead
+    of its own."""
+    from mlflow.tracking._model_registry import utils as registry
+    from mlflow.tracking._tracking_service import utils as tracking
+
+    environment = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    tracking_before, registry_before = tracking._tracking_uri, registry._registry_uri
+    try:
+        yield
+    finally:
+        # the module globals directly: set_tracking_uri(None) would also reset MLflow's tracer
+        tracking._tracking_uri, registry._registry_uri = tracking_before, registry_before
+        for name, value in environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextmanager
+def using_store(uri: str) -> Iterator[None]:
+    """MLflow's fluent API (``mlflow.pyfunc.log_model``, ``mlflow.start_run``) pointed at
+    ``uri`` for the block, then put back as it was (``_process_defaults_kept``)."""
+    import mlflow
+
+    with _process_defaults_kept():
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        yield
 
 
 def check_reachable(uri: str, timeout: float = REACHABLE_TIMEOUT_SECONDS) -> None:
@@ -178,17 +220,11 @@ class ResumableMLFlowLogger(MLFlowLogger):
 
     @property
     def experiment(self):
-        """The ``MlflowClient`` (rank zero). Lightning's ``mlflow.set_tracking_uri`` also exports
-        ``MLFLOW_TRACKING_URI``; the user's value is put back, so that the next run in this
-        process (a sweep's next job) resolves its own store as configured."""
-        before = os.environ.get("MLFLOW_TRACKING_URI")
-        try:
+        """The ``MlflowClient`` (rank zero). Lightning calls ``mlflow.set_tracking_uri``, which is
+        process-wide; the user's settings are put back, so that the next run in this process (a
+        sweep's next job) resolves its own store as configured."""
+        with _process_defaults_kept():
             return MLFlowLogger.experiment.fget(self)
-        finally:
-            if before is None:
-                os.environ.pop("MLFLOW_TRACKING_URI", None)
-            else:
-                os.environ["MLFLOW_TRACKING_URI"] = before
 
     def _existing_points(self) -> dict[str, set[int]]:
         if self._points_before is None:
@@ -200,6 +236,9 @@ class ResumableMLFlowLogger(MLFlowLogger):
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        # audioml logs per epoch: plot against the epoch (Lightning passes its global step)
+        if "epoch" in metrics:
+            step = int(metrics["epoch"])
         if self.resumed:
             existing = self._existing_points()
             metrics = {k: v for k, v in metrics.items()
@@ -289,12 +328,26 @@ def open_run(experiment_name: str, run_name: str, tracking_uri: str, run_id_file
     return logger
 
 
+def is_location(key: str, value: Any) -> bool:
+    """Whether a flattened config entry says where something is (``paths.*``, a checkpoint
+    ``dirpath``, a dataset ``root``, any absolute path): a fact of the machine, not a
+    hyperparameter."""
+    text = str(value)
+    return (key.split(".")[0] == "paths" or key.rsplit(".", 1)[-1] in _LOCATION_KEYS
+            or text.startswith(("/", "~")) or bool(re.match(r"^[A-Za-z]:[\\/]", text)))
+
+
 def log_params(client, run_id: str, params: Mapping[str, str]) -> None:
-    """Log ``params`` on the run, skipping those it already holds. A changed value (e.g. a
-    different ``paths.output_dir`` when a run continues on another machine) keeps the first
-    value: MLflow params are immutable."""
+    """Log ``params`` on the run, skipping those it already holds. A changed value keeps the
+    first value: MLflow params are immutable. Locations (``is_location``) go to tags
+    ``path.<key>`` instead, so the compare view plots hyperparameters, not folders, and a run
+    continued on another machine shows where it is now."""
     from mlflow.entities import Param
 
+    locations = {f"path.{k}": v for k, v in params.items() if is_location(k, v)}
+    if locations:
+        set_tags(client, run_id, {k: str(v)[:MAX_TAG_LENGTH] for k, v in locations.items()})
+    params = {k: v for k, v in params.items() if not is_location(k, v)}
     existing = client.get_run(run_id).data.params
     changed = sorted(k for k, v in params.items() if k in existing and existing[k] != str(v))
     if changed:

@@ -76,6 +76,12 @@ def _runs(client: MlflowClient):
     return parents, [r for r in runs if r.data.tags.get("audioml.role") != "sweep"]
 
 
+def _run_dir_of(output: Path, run_id: str) -> Path:
+    """The run directory whose ``mlflow_run_id`` is ``run_id`` (run names are titles now)."""
+    (run_dir,) = [p.parent for p in (output / "runs").glob("*/mlflow_run_id") if p.read_text().strip() == run_id]
+    return run_dir
+
+
 def test_grid_sweep_is_one_parent_run_with_a_child_per_job(interrupted_grid):
     output, _, parent_before, _ = interrupted_grid
     client = _store(output)
@@ -86,7 +92,7 @@ def test_grid_sweep_is_one_parent_run_with_a_child_per_job(interrupted_grid):
     grid = set()
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parent_before and child.info.status == "FINISHED"
-        run_dir = output / "runs" / child.info.run_name
+        run_dir = _run_dir_of(output, child.info.run_id)
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
         dense, loss = child.data.params["model.backbone.dense"], child.data.tags["audioml.choice.loss"]
         assert dense == str(config["model"]["backbone"]["dense"]) and (run_dir / "mlflow_run_id").read_text() == child.info.run_id
@@ -166,7 +172,7 @@ def test_four_parallel_jobs_on_one_embedded_store_lose_nothing(tmp_path):
             assert sorted(m.step for m in client.get_metric_history(child.info.run_id, key)) == sorted(
                 {m.step for m in client.get_metric_history(child.info.run_id, key)}), key
             assert len(client.get_metric_history(child.info.run_id, key)) == 2, key
-        run_dir = tmp_path / "runs" / child.info.run_name
+        run_dir = _run_dir_of(tmp_path, child.info.run_id)
         metrics = json.loads((run_dir / "metrics.json").read_text())
         assert all(child.data.metrics[k] == pytest.approx(v) for k, v in metrics.items()), child.info.run_name
 

@@ -51,6 +51,12 @@ def test_run_is_recorded_in_mlflow(trained):
     assert run.data.metrics["test/macro_f1"] == pytest.approx(metrics["test/macro_f1"])
     history = client.get_metric_history(run.info.run_id, "val/loss")
     assert len(history) == 2  # one value per epoch
+    for key in ("train/loss", "val/loss"):  # plotted against the epoch
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [0, 1], key
+    # the name says what the run is; locations are tags, not params the compare view would plot
+    assert run.info.run_name == "cnn max_epochs=2"
+    assert not [k for k in run.data.params if k.startswith("paths.") or k.endswith(".dirpath")]
+    assert run.data.tags["path.paths.run_dir"] == str(run_dir)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "metrics.json", "confusion_matrix.png", "per_class_report.csv"} <= artifacts
 

@@ -21,7 +21,7 @@ from audioml.run import facts, tracking
 from audioml.run.checkpoint import instantiate_model
 
 __all__ = ["build_datamodule", "build_model", "fit_data_statistics", "validate_trainer", "build_trainer",
-           "build_test_trainer", "runtime_tags", "data_tags", "open_mlflow_logger"]
+           "build_test_trainer", "runtime_tags", "data_tags", "open_mlflow_logger", "run_title"]
 
 
 def build_datamodule(cfg: DictConfig):
@@ -86,9 +86,32 @@ def open_mlflow_logger(cfg: DictConfig, run_dir: Path, tags: dict[str, str], fin
     uri = tracking.resolve_tracking_uri(cfg.logger.get("tracking_uri"), cfg.paths.mlflow_dir)
     artifact_location = (tracking.default_artifact_location(cfg.paths.mlflow_dir)
                          if uri.startswith("sqlite:///") and not cfg.logger.get("tracking_uri") else None)
-    return tracking.open_run(cfg.logger.experiment_name, cfg.logger.get("run_name") or run_dir.name, uri,
+    return tracking.open_run(cfg.logger.experiment_name, cfg.logger.get("run_name") or run_title(cfg, run_dir), uri,
                              run_dir / "mlflow_run_id", artifact_location, tags, finish_on_finalize,
                              rank_zero=distributed.is_global_zero_process())
+
+
+#: Overrides that say where or how loudly a run goes, not what it is (left out of its title).
+_NOT_IN_TITLE = ("paths", "logger", "hydra", "trainer.enable_progress_bar", "data.num_workers", "callbacks")
+
+
+def run_title(cfg: DictConfig, run_dir: Path) -> str:
+    """The MLflow run name: the model choice and the command line's overrides, keys shortened
+    (``cnn lr=0.0003 seed=7``); the run directory's name outside a Hydra app."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return run_dir.name
+    hydra_cfg = HydraConfig.get()
+    choices = hydra_cfg.runtime.choices
+    parts = [str(choices.get("experiment") or choices.get("model") or run_dir.name)]
+    for override in hydra_cfg.overrides.task:
+        key, _, value = str(override).partition("=")
+        key = key.lstrip("+~")
+        if key in ("model", "data", "experiment") or key.startswith(_NOT_IN_TITLE):
+            continue
+        parts.append(f"{key.rsplit('.', 1)[-1]}={value}" if "." in key else f"{key}={value}")
+    return " ".join(parts)[:240]
 
 
 def build_test_trainer(cfg: DictConfig, run_dir: Path, logger) -> L.Trainer:

@@ -29,7 +29,8 @@ from audioml.models.embedding_cache import use_embedding_cache
 from audioml.run import facts, resume, tracking
 from audioml.run.checkpoint import ModelInCheckpoint, model_record, untrusted_targets
 from audioml.run.compose import (build_datamodule, build_model, build_test_trainer, build_trainer, data_tags,
-                                 fit_data_statistics, open_mlflow_logger, runtime_tags, validate_trainer)
+                                 fit_data_statistics, open_mlflow_logger, run_title, runtime_tags,
+                                 validate_trainer)
 from audioml.run.protocols import RunResult
 from audioml.run.results import finished_result, honest_test_scores, write_kfold_reports, write_run_reports
 
@@ -220,7 +221,7 @@ def _fold_config(cfg: DictConfig, run_dir: Path, fold: int, num_folds: int) -> D
     with open_dict(fold_cfg):
         fold_cfg.data.fold, fold_cfg.data.num_folds = fold, num_folds
         fold_cfg.paths.run_dir = str(run_dir / f"fold_{fold}")
-        fold_cfg.logger.run_name = f"{cfg.logger.get('run_name') or run_dir.name}-fold{fold}"
+        fold_cfg.logger.run_name = f"{cfg.logger.get('run_name') or run_title(cfg, run_dir)} fold{fold}"
     return fold_cfg
 
 

@@ -224,10 +224,13 @@ def find_checkpoint(source: str | Path, tracking_uri: str | None = None,
 
         from mlflow.exceptions import MlflowException
 
+        from audioml.run.tracking import using_store
+
         uri = tracking_uri or mlflow.get_tracking_uri()
-        try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=str(download_dir) if download_dir
-                                                        else None, tracking_uri=uri, registry_uri=uri)
+        try:  # MLflow resolves runs:/ of a logged model through the process's store: set it for the call only
+            with using_store(uri):
+                local = mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=str(download_dir)
+                                                            if download_dir else None)
         except MlflowException as error:
             raise FileNotFoundError(f"{text} could not be fetched from {uri}: "
                                     f"{str(error).splitlines()[0]} (set tracking_uri=... to the store that holds "

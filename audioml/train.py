@@ -8,6 +8,7 @@ composed a job, so ``audioml-train --help`` starts without torch.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -37,7 +38,15 @@ def _app(cfg: DictConfig) -> float | None:
 def main() -> None:
     """Console script: register the config resolvers, then hand the command line to Hydra."""
     register_resolvers()
-    _app()
+    try:
+        _app()
+    except BaseException as error:
+        # a multirun that raised (a job failed, the launcher refused, Ctrl-C) ends its parent MLflow run;
+        # the sweep module is loaded only by a multirun's callback
+        sweep = sys.modules.get("audioml.run.sweep")
+        if sweep is not None:
+            sweep.end_running_sweep(error)
+        raise
 
 
 if __name__ == "__main__":

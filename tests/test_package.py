@@ -21,7 +21,7 @@ def test_wheel_holds_the_configs_and_runs_from_any_directory(tmp_path):
     for expected in ("audioml/conf/train.yaml", "audioml/conf/eval.yaml", "audioml/conf/predict.yaml",
                      "audioml/conf/__init__.py", "audioml/conf/data/folder.yaml", "audioml/conf/data/csv.yaml",
                      "audioml/conf/model/cnn.yaml", "audioml/conf/hydra/default.yaml",
-                     "hydra_plugins/audioml_searchpath/__init__.py"):
+                     "hydra_plugins/audioml_searchpath/__init__.py", "hydra_plugins/audioml_launchers/__init__.py"):
         assert expected in names, expected
     assert sum(n.startswith("audioml/conf/") and n.endswith(".yaml") for n in names) == \
         sum(1 for _ in (REPO / "audioml" / "conf").rglob("*.yaml"))

@@ -6,7 +6,10 @@ environment (:data:`audioml.run.tracking.PARENT_RUN_ENV`): that reaches jobs run
 (basic launcher), in joblib workers and in SLURM jobs submitted from here. The parent is
 identified by a key hashed from the sweep's command-line overrides, so rerunning an
 interrupted sweep continues the same parent (its jobs skip or resume by themselves, see
-:mod:`audioml.run.resume`). When the sweep ends the parent is marked FINISHED.
+:mod:`audioml.run.resume`). When the sweep ends the parent is marked FINISHED; when it raises
+(a job failed, the launcher could not submit, Ctrl-C), ``audioml-train`` ends it FAILED or
+KILLED with the cause (:func:`end_running_sweep`). ``hydra/launcher=slurm`` on a machine without
+SLURM's tools is refused before anything is submitted (:func:`check_slurm_tools`).
 
 It also prepares an Optuna sweeper's SQL storage: ``optuna<3`` (which hydra-optuna-sweeper
 requires) cannot record its schema version with SQLAlchemy 2 (which MLflow requires), so the
@@ -20,10 +23,13 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,10 +38,64 @@ from audioml.run import tracking
 log = logging.getLogger(__name__)
 
 __all__ = ["MLflowSweepCallback", "sweep_key", "find_or_create_sweep_run", "prepare_optuna_storage",
-           "continue_optuna_study"]
+           "continue_optuna_study", "check_slurm_tools", "LauncherUnavailableError", "end_running_sweep",
+           "SLURM_TOOLS"]
 
 _KEY_TAG = "audioml.sweep_key"
 _ROLE_TAG = "audioml.role"
+#: What the submitit SLURM launcher runs: ``sbatch`` submits each job, ``srun`` starts its tasks.
+SLURM_TOOLS = ("sbatch", "srun")
+#: The parent run of the multirun this process is launching, ``(client, run id)``, until it ends.
+_running_sweep: list[tuple[Any, str]] = []
+
+
+class LauncherUnavailableError(CompactHydraException):
+    """The sweep's launcher cannot start jobs on this machine (Hydra prints the message alone)."""
+
+
+def check_slurm_tools(which: Callable[[str], str | None] = shutil.which) -> None:
+    """Raise ``LauncherUnavailableError`` when ``sbatch`` or ``srun`` is not on ``PATH``
+    (``which``: ``shutil.which``); called by ``hydra/launcher=slurm`` before it submits anything
+    (``hydra_plugins.audioml_launchers``)."""
+    missing = [tool for tool in SLURM_TOOLS if which(tool) is None]
+    if missing:
+        raise LauncherUnavailableError(
+            f"hydra/launcher=slurm submits each job with SLURM's sbatch and srun, and {' and '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not on PATH here: run the sweep on a SLURM login node (where "
+            "`sbatch --version` works), or leave out hydra/launcher=slurm to run the jobs on this machine with "
+            "the local launcher (one after another; hydra/launcher=parallel for several at once)")
+
+
+def _end_parent(client, run_id: str, error: BaseException) -> None:
+    """End the sweep's parent run FAILED (KILLED for Ctrl-C) with the first line of ``error``'s
+    root cause as the ``audioml.error`` tag; a parent no longer RUNNING is left as it is."""
+    status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+    try:
+        if client.get_run(run_id).info.status != "RUNNING":
+            return
+        cause = error
+        while cause.__cause__ is not None:  # e.g. Hydra's InstantiationException: say why
+            cause = cause.__cause__
+        first_line = (str(cause).strip().splitlines() or [""])[0][:500]
+        client.set_tag(run_id, "audioml.error", f"{type(cause).__name__}: {first_line}")
+        tracking.set_status(client, run_id, status)
+        log.error("sweep's MLflow parent run %s marked %s: %s", run_id, status, type(error).__name__)
+    except Exception as tracking_error:  # the store itself is gone: the original error matters
+        log.warning("could not mark the sweep's MLflow run %s as ended: %s", run_id, tracking_error)
+
+
+def end_running_sweep(error: BaseException) -> None:
+    """Called by ``audioml-train`` when the multirun raised ``error``: the parent run of the
+    sweep still running in this process ends FAILED (KILLED for Ctrl-C) naming the cause. Hydra
+    turns the cause into ``SystemExit(1)`` raised while handling it (``__context__``); an exit
+    with status 0 (``--help``) ends nothing. Job runs end themselves (``tracking.ended_on_error``)."""
+    if isinstance(error, SystemExit):
+        if error.code in (0, None) or error.__context__ is None:
+            return
+        error = error.__context__
+    while _running_sweep:
+        client, run_id = _running_sweep.pop()
+        _end_parent(client, run_id, error)
 
 
 def sweep_key(overrides: list[str], config_name: str | None = None) -> str:
@@ -151,6 +211,7 @@ class MLflowSweepCallback(Callback):
         key = sweep_key(overrides, kwargs.get("config_name"))
         self.client = MlflowClient(uri)
         self.parent_run_id = find_or_create_sweep_run(uri, experiment_id, key, overrides)
+        _running_sweep.append((self.client, self.parent_run_id))
         os.environ[tracking.PARENT_RUN_ENV] = self.parent_run_id
         os.environ[tracking.SWEEP_KEY_ENV] = key
         log.info("sweep %s: MLflow parent run %s (%s); compare its jobs with: audioml-compare --sweep %s",
@@ -160,6 +221,7 @@ class MLflowSweepCallback(Callback):
         if self.parent_run_id is None:
             return
         tracking.set_status(self.client, self.parent_run_id, "FINISHED")
+        _running_sweep[:] = [entry for entry in _running_sweep if entry[1] != self.parent_run_id]
         os.environ.pop(tracking.PARENT_RUN_ENV, None)
         os.environ.pop(tracking.SWEEP_KEY_ENV, None)
         log.info("sweep finished: audioml-compare --sweep %s", self.parent_run_id)

@@ -257,3 +257,31 @@ def test_unreachable_host_is_named_not_resumed(tmp_path, caplog):
     assert download.unreachable_reason("https://zenodo.org/x.zip", offline).startswith(
         "cannot reach zenodo.org: its name does not resolve")
     assert download.unreachable_reason("https://zenodo.org/x.zip", ConnectionResetError()) is None
+
+
+@pytest.mark.parametrize("host, reason", [("nonexistent.invalid", "its name does not resolve"),
+                                          ("127.0.0.1:{port}", "the connection was refused")])
+def test_offline_download_stops_saying_the_host_cannot_be_reached(tmp_path, caplog, capsys, monkeypatch, host,
+                                                                   reason):
+    """Through ``audioml-data download``, with the real resolver (``.invalid`` never resolves,
+    RFC 6761) and a real closed port: one line naming the host, at once, nothing left behind."""
+    import socket
+    import time
+
+    from audioml.data import cli
+
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)  # a proxy would answer for the host
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    host = host.format(port=closed.getsockname()[1])
+    closed.close()
+    started = time.monotonic()
+    status = cli.main(["download", "emotify", "--data-dir", str(tmp_path), "--no-progress",
+                       "--url", f"emotifymusic.zip=http://{host}/emotifymusic.zip",
+                       "--url", f"data.csv=http://{host}/data.csv"])
+    assert status == 1 and time.monotonic() - started < 10
+    error = capsys.readouterr().err
+    assert f"cannot reach {host}: {reason}" in error and error.count("\n") == 1, error
+    assert "resuming" not in caplog.text and "interrupted" not in error
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no .part, no half-installed dataset

@@ -6,9 +6,11 @@
 
 Columns: run name, status, the config groups chosen for each run (``data``, ``model``, ``loss``...)
 and the params that differ between the listed runs, then the selected metrics. The printed
-table shortens run ids and fits the terminal (``fit_to_width``); the CSV keeps everything. The store is ``--tracking-uri``, else the
-embedded store ``<--output-dir>/mlflow/mlflow.db``, else ``MLFLOW_TRACKING_URI``, else the
-embedded store under ``AUDIOML_OUTPUT_DIR`` or ``./outputs``.
+table shortens run ids and fits the terminal (``fit_to_width``: long cells cut in the middle,
+further columns in blocks that repeat the run name; 120 columns when not a terminal); the CSV
+keeps everything. The store is ``--tracking-uri``, else the embedded store
+``<--output-dir>/mlflow/mlflow.db``, else ``MLFLOW_TRACKING_URI``, else the embedded store under
+``AUDIOML_OUTPUT_DIR`` or ``./outputs``.
 """
 
 from __future__ import annotations
@@ -138,13 +140,56 @@ def comparison_table(runs: pd.DataFrame, metrics: Sequence[str] | None = None,
     return table.reset_index(drop=True)
 
 
-def fit_to_width(table: pd.DataFrame, width: int, max_cell: int = 24) -> str:
-    """``table`` as text no line of which is wider than ``width``: cells cut to ``max_cell``
-    characters (ending in "..."), columns wrapped into blocks that fit (pandas ``line_width``).
-    The CSV keeps the full values."""
-    headers = {c: c if len(c) <= max_cell + 8 else c[:max_cell + 5] + "..." for c in table.columns}
-    return table.rename(columns=headers).to_string(index=False, line_width=max(width, 40), max_colwidth=max_cell,
-                           float_format="{:.4f}".format)
+def _elide(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters in the middle (``"cnn lr=...seed=7"``): the ends of
+    run titles and dotted param names are what tells them apart."""
+    if len(text) <= width:
+        return text
+    head = (width - 3 + 1) // 2
+    return f"{text[:head]}...{text[len(text) - (width - 3 - head):]}"
+
+
+def fit_to_width(table: pd.DataFrame, width: int, max_cell: int = 24, max_key: int = 40) -> str:
+    """``table`` as text no line of which is wider than ``width`` (at least 40).
+
+    Cells and headers longer than ``max_cell`` characters (``max_key`` for the first column, the
+    run name) are cut in the middle ("..."); numbers are right-aligned, floats to 4 decimals,
+    missing values blank. Columns that do not fit beside each other go into further blocks, each
+    starting again with the first column (and ``run_id`` when the cut names are not distinct),
+    separated by a blank line. The CSV keeps the full values."""
+    width = max(width, 40)
+    if not len(table.columns):
+        return ""
+    columns = []  # (header, cells, right-aligned)
+    for position, name in enumerate(table.columns):
+        limit = min(max_key, width // 2) if position == 0 else max_cell
+        values = table[name]
+        numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+        cells = ["" if pd.isna(v) else _elide(f"{v:.4f}" if isinstance(v, float) else str(v), limit) for v in values]
+        columns.append((_elide(str(name), limit), cells, numeric))
+    widths = [max(len(header), *(len(c) for c in cells), 1) for header, cells, _ in columns]
+    keys = [0]
+    if len(set(columns[0][1])) < len(table) and "run_id" in table.columns[1:]:  # names cut alike: the id tells
+        keys.append(list(table.columns).index("run_id"))
+    key_width = sum(widths[k] + 1 for k in keys) - 1
+    blocks, current, used = [], [], key_width
+    for index in (i for i in range(len(columns)) if i not in keys):
+        if current and used + 1 + widths[index] > width:
+            blocks.append(current)
+            current, used = [], key_width
+        current.append(index)
+        used += 1 + widths[index]
+    blocks.append(current)
+
+    def line(index_list: list[int], row: int | None) -> str:
+        parts = []
+        for index in index_list:
+            header, cells, numeric = columns[index]
+            text = header if row is None else cells[row]
+            parts.append(text.rjust(widths[index]) if numeric else text.ljust(widths[index]))
+        return " ".join(parts).rstrip()
+
+    return "\n\n".join("\n".join(line([*keys, *block], row) for row in [None, *range(len(table))]) for block in blocks)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -110,3 +110,40 @@ def test_printed_table_fits_the_terminal_and_the_csv_keeps_everything(output_dir
     assert len(full.columns) > 10 and full["run_id"].str.len().eq(32).all()
     wide = pd.DataFrame({"x" * 300: ["y" * 500, "z"], **{f"params.long.name.{i}": ["v" * 80, "w"] for i in range(15)}})
     assert max(len(line) for line in compare.fit_to_width(wide, 120).splitlines()) <= 120
+
+
+def test_wide_runs_print_within_120_columns_when_not_a_terminal(tmp_path):
+    """Long run titles and many long params (what a real sweep logs): every printed line fits the
+    default 120 columns of a pipe, each block of columns starts with the run name again, and the
+    CSV keeps every value whole."""
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    (tmp_path / "mlflow").mkdir()
+    tracking.prepare_store(uri)
+    client = MlflowClient(uri)
+    experiment = tracking.get_or_create_experiment(uri, "wide")
+    names = [f"cnn lr=0.0003 seed={seed} " + " ".join(f"model.backbone.option_{i}=value_{i}" for i in range(12))
+             for seed in (1, 2)]
+    for seed, name in zip((1, 2), names):
+        run = client.create_run(experiment, run_name=name)
+        tracking.log_params(client, run.info.run_id, {f"model.backbone.setting_number_{i}": f"{seed}-" + "x" * 80
+                                                       for i in range(30)})
+        client.log_metric(run.info.run_id, "test/macro_f1", 0.5 + seed / 10)
+    csv = tmp_path / "wide.csv"
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("COLUMNS", "LINES")}
+    process = subprocess.run([sys.executable, "-m", "audioml.compare", "--experiment", "wide", "--sort", "test/macro_f1",
+                              "--csv", str(csv), "--tracking-uri", uri], capture_output=True, text=True, env=env)
+    assert process.returncode == 0, process.stderr
+    lines = process.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 120
+    blocks = process.stdout.split("\n\n")[:-1]  # the last one is the CSV note
+    assert len(blocks) > 3
+    header = blocks[0].splitlines()[0]
+    key_width = header.index("run_id") + len("run_id ")  # two names cut alike: the short id follows them
+    keys = [line[:key_width] for line in blocks[0].splitlines()]
+    assert keys[0].split() == ["run_name", "run_id"] and keys[1] != keys[2]
+    assert keys[1].startswith("cnn lr=0.0003 seed=") and "...option_11=value_11 " in keys[1]
+    for block in blocks:
+        assert [line[:key_width] for line in block.splitlines()] == keys
+    full = pd.read_csv(csv)
+    assert full["run_name"].tolist() == names[::-1]
+    assert full["model.backbone.setting_number_29"].tolist() == ["2-" + "x" * 80, "1-" + "x" * 80]

@@ -2,10 +2,13 @@
 own data or on another dataset with the same classes (``audioml.run.inference.evaluate_checkpoint``);
 writes ``metrics.json`` and the run's reports (confusion matrix, per-class table, predictions,
 intervals) in its output folder and logs them as an MLflow evaluation run linked to the
-training run."""
+training run. A run directory as the source means the checkpoint its test scored, so the numbers
+reproduce its ``metrics.json``; which file the numbers come from is printed first and kept in
+``evaluation.json`` (``audioml.run.results.evaluated_checkpoint``)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -22,7 +25,8 @@ def _app(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from audioml.run.checkpoint import read_record
-    from audioml.run.inference import evaluate_checkpoint, find_checkpoint, log_evaluation
+    from audioml.run.inference import display_path, evaluate_checkpoint, log_evaluation
+    from audioml.run.results import evaluated_checkpoint, file_sha256
     from audioml.run.tracking import resolve_tracking_uri
 
     logging.getLogger("audioml").setLevel(logging.INFO)
@@ -32,12 +36,20 @@ def _app(cfg: DictConfig) -> None:
     source = cfg.source if cfg.source is not None else cfg.ckpt_path
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     uri = resolve_tracking_uri(cfg.tracking_uri, cfg.paths.mlflow_dir)
-    checkpoint = find_checkpoint(source, uri, out_dir / "model")
+    checkpoint, what = evaluated_checkpoint(source, uri, out_dir / "model")
+    if what.startswith("not "):
+        log.warning("%s is %s", checkpoint, what)
     trusted = cfg.get("trusted_modules") or ()
     data_cfg = _dataset_config(cfg.dataset, read_record(checkpoint, trusted)[0]) if cfg.dataset else None
     metrics, files = evaluate_checkpoint(checkpoint, cfg.paths, cfg.trainer, cfg.split, cfg.get("data"), trusted,
                                          data_cfg=data_cfg, evaluation_cfg=cfg.get("evaluation"), out_dir=out_dir)
+    # every output names the file its numbers come from: this report, stdout, the MLflow run's tags
+    evaluated = {"checkpoint": display_path(checkpoint.resolve()), "what": what, "sha256": file_sha256(checkpoint),
+                 "source": display_path(source), "split": cfg.split, "dataset": cfg.dataset}
+    (out_dir / "evaluation.json").write_text(json.dumps(evaluated, indent=2))
+    files = [*files, out_dir / "evaluation.json"]
     width = max(map(len, metrics), default=0)
+    print(f"checkpoint {evaluated['checkpoint']}\n  ({what})")
     print("\n".join(f"{name:<{width}}  {value:.4f}" for name, value in sorted(metrics.items())))
     log.info("evaluated %s on the %s split%s; reports in %s", checkpoint, cfg.split,
              f" of {cfg.dataset}" if cfg.dataset else "", out_dir)

@@ -1,9 +1,12 @@
 """What a run leaves on disk and in memory after testing: ``metrics.json``, the confusion
-matrices, ``per_class_report.csv``, ``test_predictions.csv``, the honest numbers of one run
-and of a k-fold protocol, and the ``RunResult`` read back from a run finished earlier."""
+matrices, ``per_class_report.csv``, ``test_predictions.csv``, which checkpoint file the test
+scored (``tested_checkpoint.json``; what ``audioml-eval source=<run dir>`` evaluates), the honest
+numbers of one run and of a k-fold protocol, and the ``RunResult`` read back from a run finished
+earlier."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -18,12 +21,91 @@ from audioml.stats import per_class_table
 
 log = logging.getLogger(__name__)
 
-__all__ = ["COLLAPSE_FILE", "PREDICTIONS_FILE", "honest_test_scores", "write_run_reports", "finished_result",
-           "write_kfold_reports", "collect_embeddings"]
+__all__ = ["COLLAPSE_FILE", "PREDICTIONS_FILE", "TESTED_CHECKPOINT_FILE", "honest_test_scores", "write_run_reports",
+           "finished_result", "write_kfold_reports", "collect_embeddings", "write_tested_checkpoint",
+           "read_tested_checkpoint", "evaluated_checkpoint", "file_sha256"]
 
 #: Written next to test_predictions.csv when the DataModule declares a collapse.
 COLLAPSE_FILE = "class_collapse.json"
 PREDICTIONS_FILE = "test_predictions.csv"
+#: Which checkpoint file a run's test scored, i.e. where the numbers of its metrics.json come from.
+TESTED_CHECKPOINT_FILE = "tested_checkpoint.json"
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_tested_checkpoint(run_dir: Path, checkpoint: Path) -> Path:
+    """Record in ``run_dir/tested_checkpoint.json`` that its test scored ``checkpoint``: its path
+    relative to ``run_dir`` (the run may move), size in bytes and sha256."""
+    checkpoint = Path(checkpoint).resolve()
+    try:
+        shown = str(checkpoint.relative_to(Path(run_dir).resolve()))
+    except ValueError:  # a checkpoint outside the run directory (dirpath set elsewhere)
+        shown = str(checkpoint)
+    path = Path(run_dir) / TESTED_CHECKPOINT_FILE
+    path.write_text(json.dumps({"checkpoint": shown, "bytes": checkpoint.stat().st_size,
+                                "sha256": file_sha256(checkpoint)}, indent=2))
+    return path
+
+
+def read_tested_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint file whose test numbers are in ``run_dir/metrics.json``: as recorded by
+    ``write_tested_checkpoint`` and still the same bytes. ``None`` when the run recorded none
+    (before this record existed, or still training), or with a warning when that file is gone
+    or was rewritten since."""
+    record_path = Path(run_dir) / TESTED_CHECKPOINT_FILE
+    if not record_path.is_file():
+        return None
+    try:
+        record = json.loads(record_path.read_text())
+        checkpoint = Path(run_dir) / record["checkpoint"]
+        unchanged = checkpoint.is_file() and checkpoint.stat().st_size == record["bytes"] and \
+            file_sha256(checkpoint) == record["sha256"]
+    except (ValueError, KeyError, TypeError, OSError) as error:
+        log.warning("%s is unreadable (%s): which checkpoint the test scored is unknown", record_path, error)
+        return None
+    if not unchanged:
+        log.warning("%s, the checkpoint %s's test scored, is %s since", checkpoint, run_dir,
+                    "changed" if checkpoint.is_file() else "gone")
+        return None
+    return checkpoint
+
+
+def evaluated_checkpoint(source: str | Path, tracking_uri: str | None = None,
+                         download_dir: str | Path | None = None) -> tuple[Path, str]:
+    """``(checkpoint file, what it is)`` for ``audioml-eval source=...``: for a run directory,
+    the checkpoint its test scored (``tested_checkpoint.json``), so the numbers reproduce its
+    ``metrics.json``; for any other source the file ``inference.find_checkpoint`` finds, and when
+    that is a checkpoint of a run directory whose test scored another file, the line says so
+    (e.g. ``last.ckpt`` after a run that tested its best epoch)."""
+    from audioml.run.inference import find_checkpoint
+
+    path = Path(str(source))
+    if path.is_dir() and not (path / "MLmodel").is_file():
+        tested = read_tested_checkpoint(path)
+        if tested is not None:
+            return tested, f"the checkpoint the test of run {path} scored: the numbers of its metrics.json"
+    checkpoint = find_checkpoint(source, tracking_uri, download_dir)
+    run_dir = checkpoint.resolve().parent.parent
+    tested = read_tested_checkpoint(run_dir) if (run_dir / TESTED_CHECKPOINT_FILE).is_file() else None
+    if path.is_dir() and not (path / "MLmodel").is_file():
+        why = ("the one its test scored is gone or was rewritten: its metrics.json may differ"
+               if (path / TESTED_CHECKPOINT_FILE).is_file() else "the run did not record which one its test scored")
+        return checkpoint, f"the best checkpoint of run {path} ({why})"
+    if tested is None:
+        return checkpoint, f"from {source}"
+    if tested.resolve() == checkpoint.resolve():
+        return checkpoint, f"the checkpoint the test of run {run_dir} scored: the numbers of its metrics.json"
+    return checkpoint, (f"not the checkpoint the test of run {run_dir} scored ({tested.name}, whose numbers are in "
+                        f"its metrics.json): these numbers are {checkpoint.name}'s; give source={run_dir} for the "
+                        "tested one")
 
 
 def honest_test_scores(protocol: EvaluationProtocol, model, datamodule, run_dir: Path) -> tuple[dict[str, float], list[Path]]:

@@ -32,7 +32,8 @@ from audioml.run.compose import (build_datamodule, build_model, build_test_train
                                  fit_data_statistics, open_mlflow_logger, run_title, runtime_tags,
                                  validate_trainer)
 from audioml.run.protocols import RunResult
-from audioml.run.results import finished_result, honest_test_scores, write_kfold_reports, write_run_reports
+from audioml.run.results import (TESTED_CHECKPOINT_FILE, finished_result, honest_test_scores, write_kfold_reports,
+                                 write_run_reports, write_tested_checkpoint)
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +247,8 @@ class TrainingRun:
     """One configuration trained, validated and tested in the run directory it owns.
 
     ``run()`` writes into ``run_dir``: ``config.yaml`` (resolved), ``checkpoints/``,
-    ``metrics.json``, ``confusion_matrix.png``, ``per_class_report.csv``,
+    ``metrics.json``, ``tested_checkpoint.json`` (which checkpoint the test scored),
+    ``confusion_matrix.png``, ``per_class_report.csv``,
     ``test_predictions.csv`` and, when files were skipped, ``skipped_files.csv``; all of them
     also go to MLflow. The metrics also hold the honest numbers of ``cfg.evaluation``
     (intervals, baseline, permutation test; ``audioml.stats``) and ``val/best_<name>``, the
@@ -359,7 +361,14 @@ class TrainingRun:
         if logger is not None and (unlogged := {k: v for k, v in metrics.items() if k not in logged}):
             logger.log_metrics(unlogged)
         result, files = write_run_reports(model, datamodule, run_dir, metrics)
+        # without a best checkpoint the test scored the final weights, which last.ckpt holds
+        tested = Path(best) if best else run_dir / "checkpoints" / "last.ckpt"
+        if tested.is_file():
+            files.append(write_tested_checkpoint(run_dir, tested))
+            log.info("tested checkpoint %s (recorded in %s)", tested, TESTED_CHECKPOINT_FILE)
         if logger is not None:
+            if tested.is_file():
+                tracking.set_tags(logger.experiment, logger.run_id, {"audioml.tested_checkpoint": tested.name})
             tracking.log_artifacts(logger, [run_dir / "config.yaml", *files, *self._honest_files])
             if best and cfg.logger.get("log_checkpoint", True):
                 tracking.log_artifacts(logger, [Path(best)], "checkpoints")

@@ -58,7 +58,7 @@ def run_key(root: DictConfig) -> str:
     digest = fingerprint(container, length=10)
     choices = root.get("hydra", {}).get("runtime", {}).get("choices", {}) if "hydra" in root else {}
     data_name = choices.get("data") or "data"
-    model_name = choices.get("model") or "model"
+    model_name = choices.get("model") or (f"classical_{choices['grid']}" if choices.get("grid") else "model")
     return f"{data_name}-{model_name}-{digest}".replace("/", "_")
 
 

@@ -9,7 +9,10 @@ from omegaconf import OmegaConf
 from audioml.api import compose_config
 from audioml.config import CONFIG_DIR
 
-EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+ALL_EXPERIMENTS = sorted((Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+#: Experiments of audioml-classical (they choose a grid=), composed with its config.
+CLASSICAL = sorted(p.stem for p in ALL_EXPERIMENTS if "override /grid" in p.read_text())
+EXPERIMENTS = sorted(p.stem for p in ALL_EXPERIMENTS if p.stem not in CLASSICAL)
 DATASETS = sorted(p.stem for p in (Path(CONFIG_DIR) / "data").glob("*.yaml"))
 
 
@@ -31,6 +34,15 @@ def test_experiment_composes_and_resolves(name):
     assert config["callbacks"]["model_checkpoint"]["monitor"] == config["monitor"]
 
 
+@pytest.mark.parametrize("name", CLASSICAL)
+def test_classical_experiment_composes_and_resolves(name):
+    cfg = compose_config([f"experiment={name}", "paths.output_dir=/tmp/audioml-compose", "paths.data_dir=/tmp/data"],
+                         config_name="classical")
+    config = OmegaConf.to_container(cfg, resolve=True)
+    assert config["data"]["_target_"].startswith("audioml.data.") and config["descriptors"]["kind"]
+    assert config["grid"]["estimators"] and config["protocol"]["kind"] in ("kfold", "partition")
+
+
 @pytest.mark.parametrize("name", DATASETS)
 def test_every_dataset_composes_with_the_default_model(name):
     model = "crnn_attention" if name == "muse" else "cnn"
@@ -41,4 +53,5 @@ def test_every_dataset_composes_with_the_default_model(name):
 
 def test_there_is_an_experiment_per_study():
     studies = {name.split("_")[0] for name in EXPERIMENTS}
+    assert {"emotify_handcrafted", "emotify_deep_features", "muse_feature_grid"} <= set(CLASSICAL)
     assert {"donateacry", "ravdess", "emotify", "muse"} <= studies

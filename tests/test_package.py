@@ -53,6 +53,7 @@ def test_quick_commands_do_not_import_the_training_stack():
              "importlib.import_module(module).main()\n")
     for module, arguments in (("audioml.train", ["--help"]), ("audioml.evaluate", ["--help"]),
                               ("audioml.predict", ["--help"]), ("audioml.compare", ["--help"]),
+                              ("audioml.export", ["--help"]), ("audioml.classical.cli", ["--help"]),
                               ("audioml.data.cli", ["list"])):
         process = subprocess.run([sys.executable, "-c", probe, module, *arguments], cwd=REPO,
                                  capture_output=True, text=True, timeout=120)

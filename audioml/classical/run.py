@@ -1,0 +1,217 @@
+"""``audioml-classical``: one grid of scikit-learn pipelines on one feature table, as a run.
+
+``run_classical(cfg, run_dir)`` builds the rows from the configured data (the same DataModule
+and decoder as training), computes or reads the cached feature table (``descriptors=``), runs
+the grid (``grid=``) with the dataset's protocol, logs an MLflow parent run with one child per
+combination (``GridTracker``), prints the ranking and writes it, the best pipeline and its
+reports into the run directory. Rerunning the command continues: finished combinations are
+read back, the same MLflow runs are continued.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from audioml.classical.grid import Combination, GridResult, check_grid, combinations, run_grid
+from audioml.classical.table import FeatureTable, backbone_table, checkpoint_table, handcrafted_table, rows_of
+from audioml.classical.table import settings_from_config
+
+log = logging.getLogger(__name__)
+
+__all__ = ["run_classical", "feature_table", "GridTracker"]
+
+
+class GridTracker:
+    """The grid's MLflow parent run (continued across reruns through ``<run dir>/mlflow_run_id``)
+    and a child run per combination: params = the pipeline's choices and settings, metrics =
+    validation and test scores, artifact = the fitted pipeline (``.skops``)."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, title: str, tags: dict[str, str]) -> None:
+        from audioml.run import tracking
+
+        uri = tracking.resolve_tracking_uri(cfg.logger.get("tracking_uri"), cfg.paths.mlflow_dir)
+        artifact_location = (tracking.default_artifact_location(cfg.paths.mlflow_dir)
+                             if uri.startswith("sqlite:///") and not cfg.logger.get("tracking_uri") else None)
+        tracking.check_reachable(uri)
+        self.key = run_dir.name
+        self.logger = tracking.open_run(cfg.logger.experiment_name, title, uri, run_dir / "mlflow_run_id",
+                                        artifact_location, {**tags, "audioml.role": "sweep",
+                                                            "audioml.sweep_key": self.key, "audioml.kind": "classical"})
+        self.client, self.parent = self.logger.experiment, self.logger.run_id
+        self.experiment_id = self.logger.experiment_id
+        self.tags = tags
+
+    def log_combination(self, combination: Combination, record: dict[str, Any], grid: DictConfig,
+                        pipeline_file: Path) -> str:
+        from audioml.run import tracking
+
+        # a child logged just before the grid was stopped (its record not yet written) is reused
+        existing = self.client.search_runs([self.experiment_id], filter_string=(
+            f"tags.`mlflow.parentRunId` = '{self.parent}' and tags.`audioml.combination` = '{combination.name}'"))
+        run = existing[0] if existing else self.client.create_run(
+            self.experiment_id, run_name=combination.name, tags={
+                **self.tags, "mlflow.parentRunId": self.parent, "audioml.sweep_key": self.key, "audioml.role": "job",
+                "audioml.kind": "classical", "audioml.combination": combination.name})
+        params = {"scaler": combination.scaler, "reducer": combination.reducer, "estimator": combination.estimator}
+        for part, name in (("scalers", combination.scaler), ("reducers", combination.reducer),
+                           ("estimators", combination.estimator)):
+            node = grid[part][name] if grid.get(part) else None
+            if node is not None:
+                params.update(tracking.flatten_params(OmegaConf.to_container(node, resolve=True), f"{part[:-1]}."))
+        tracking.log_params(self.client, run.info.run_id, params)
+        self._log_metrics(run.info.run_id, record["metrics"])
+        self.client.log_artifact(run.info.run_id, str(pipeline_file), "pipeline")
+        self.client.set_terminated(run.info.run_id, "FINISHED")
+        return run.info.run_id
+
+    def _log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
+        import math
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        values = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
+        for begin in range(0, len(values), 500):
+            self.client.log_batch(run_id, metrics=values[begin:begin + 500])
+
+    def finish(self, result: GridResult, files: list[Path]) -> None:
+        self._log_metrics(self.parent, result.metrics)
+        self.client.set_tag(self.parent, "audioml.best", result.best)
+        for path in files:
+            if path.is_file():
+                self.client.log_artifact(self.parent, str(path))
+        self.client.log_artifact(self.parent, str(result.run_dir / "best" / "pipeline.skops"), "best")
+        self.client.set_terminated(self.parent, "FINISHED")
+
+
+def _datamodule(cfg: DictConfig):
+    from hydra.utils import instantiate
+
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule
+
+
+def feature_table(cfg: DictConfig) -> tuple[FeatureTable, str, dict[str, str]]:
+    """The feature table of ``cfg.descriptors`` on the configured data: ``(table, cache status,
+    facts for the run's params)``."""
+    kind = cfg.descriptors.kind
+    cache_dir = cfg.paths.get("cache_dir")
+    progress = bool(cfg.get("progress", True))
+    if kind == "handcrafted":
+        settings = settings_from_config(cfg.descriptors)
+        rows = rows_of(_datamodule(cfg))
+        table, status = handcrafted_table(rows, settings, cache_dir, int(cfg.get("n_jobs", -1)), progress=progress)
+        return table, status, {"features.kind": kind}
+    device = _device(cfg.descriptors.get("device", "auto"))
+    if kind == "backbone":
+        from audioml.config import compose_config
+        from audioml.run.compose import build_datamodule, build_model
+
+        from omegaconf import open_dict
+
+        choices = _choices()
+        train_cfg = compose_config([f"model={cfg.descriptors.model}", f"data={choices.get('data', 'synthetic')}",
+                                    *[str(o) for o in cfg.descriptors.get("overrides") or []]])
+        with open_dict(train_cfg):  # this command's data and paths, at the backbone's sample rate
+            train_cfg.paths = cfg.paths
+            for key, value in OmegaConf.to_container(cfg.data, resolve=True).items():
+                if key != "sample_rate":
+                    train_cfg.data[key] = value
+        datamodule = build_datamodule(train_cfg)
+        model = build_model(train_cfg, list(datamodule.class_names))
+        table, status = backbone_table(rows_of(datamodule), model, cache_dir, int(cfg.descriptors.get("batch_size", 32)),
+                                       device, progress, name=str(cfg.descriptors.model))
+        return table, status, {"features.kind": kind, "features.model": str(cfg.descriptors.model)}
+    if kind == "checkpoint":
+        from audioml.run.checkpoint import datamodule_from_record, model_from_record, read_record
+        from audioml.run.inference import find_checkpoint
+
+        source = cfg.descriptors.get("source")
+        if not source:
+            raise ValueError("descriptors=checkpoint needs descriptors.source=<run dir | .ckpt | runs:/<id>/model>")
+        checkpoint = find_checkpoint(source, cfg.logger.get("tracking_uri"), Path(cfg.paths.output_dir) / "downloads")
+        record, state = read_record(checkpoint, list(cfg.get("trusted_modules") or []))
+        model = model_from_record(record, state)
+        data = cfg.descriptors.get("data")
+        data_overrides = OmegaConf.to_container(data, resolve=True) if data is not None else {}
+        datamodule = datamodule_from_record(record, cfg.paths, data_overrides or None)
+        table, status = checkpoint_table(rows_of(datamodule), model, checkpoint, cache_dir,
+                                         int(cfg.descriptors.get("batch_size", 32)), device, progress)
+        return table, status, {"features.kind": kind, "features.checkpoint": str(checkpoint)}
+    raise ValueError(f"descriptors.kind={kind!r}: use handcrafted, backbone or checkpoint")
+
+
+def _device(value: str) -> str:
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if value == "auto" else str(value)
+
+
+def _choices() -> dict[str, str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items()} if HydraConfig.initialized() else {}
+
+
+def _title(cfg: DictConfig) -> str:
+    choices = _choices()
+    return " ".join(filter(None, [choices.get("experiment") or "classical", choices.get("descriptors"),
+                                  choices.get("grid")]))
+
+
+def run_classical(cfg: DictConfig, run_dir: str | Path) -> GridResult:
+    """Features, grid, MLflow and reports of one ``audioml-classical`` command (module docstring)."""
+    from audioml.run import facts, tracking
+    from audioml.stats import HonestScoring
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    choices = _choices()
+    grid_source = f"grid={choices.get('grid', '?')} (audioml/conf/grid/{choices.get('grid', '?')}.yaml)"
+    tags = {"host": socket.gethostname(), **facts.git_state(),
+            **{f"audioml.choice.{k}": v for k, v in choices.items() if not k.startswith("hydra") and v != "None"}}
+    tracker = GridTracker(cfg, run_dir, _title(cfg), tags) if cfg.logger.get("enabled", True) else None
+    log.info("audioml-classical: run directory %s%s", run_dir,
+             f", MLflow run {tracker.parent}" if tracker else "")
+    with tracking.ended_on_error(tracker.logger if tracker else None):
+        table, status, feature_facts = feature_table(cfg)
+        log.info("features: %d rows x %d columns (%s cache: %s)", *table.values.shape, feature_facts["features.kind"],
+                 status)
+        if cfg.get("export"):
+            folder = table.save(Path(cfg.export))
+            log.info("feature table exported to %s (features.npy, targets.npy, columns.json, rows.csv)", folder)
+        table.skipped.to_csv(run_dir / "skipped_files.csv", index=False)
+        check_grid(cfg.grid, table.task, grid_source)
+        if tracker is not None:
+            tracking.log_params(tracker.client, tracker.parent, {
+                **feature_facts, "features.rows": str(len(table.values)), "features.columns": str(table.values.shape[1]),
+                "features.key": table.key, **tracking.flatten_params(
+                    OmegaConf.to_container(cfg.protocol, resolve=True), "protocol."),
+                "grid.combinations": str(len(combinations(cfg.grid)))})
+        scoring = HonestScoring(**OmegaConf.to_container(cfg.scoring, resolve=True))
+        result = run_grid(table, cfg.grid, cfg.protocol, run_dir, scoring, int(cfg.seed), int(cfg.get("n_jobs", -1)),
+                          tracker, grid_source)
+        if tracker is not None:
+            tracker.finish(result, [run_dir / name for name in ("ranking.csv", "ranking.txt", "metrics.json",
+                                                                 "config.yaml", "skipped_files.csv")] +
+                           [run_dir / "best" / name for name in ("confusion_matrix.png", "predictions.csv")])
+    print((run_dir / "ranking.txt").read_text(), end="")
+    metric = str(cfg.grid.get("select_by") or ("macro_f1" if table.task == "classification" else "ccc"))
+    best = result.metrics
+    print(f"best by validation: {result.best}: test/{metric} {best[f'test/{metric}']:.3f}"
+          + (f" [{best[f'test/{metric}_ci_low']:.3f}-{best[f'test/{metric}_ci_high']:.3f}]"
+             if f"test/{metric}_ci_low" in best else "")
+          + f", baseline {best.get(f'baseline/{metric}', float('nan')):.3f}")
+    print(f"run directory: {run_dir}")
+    if tracker:
+        print(f"MLflow run: {tracker.parent} (experiment {cfg.logger.experiment_name})")
+    return result

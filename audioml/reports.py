@@ -134,7 +134,8 @@ def plot_embedding_pca(before_head: np.ndarray, after_head: np.ndarray, labels: 
 
 class LearningCurves(L.Callback):
     """Records every epoch's ``train/*`` and ``val/*`` metrics; at the end of fit writes
-    ``<trainer.default_root_dir>/<filename>`` and logs it to the run of an MLflow logger.
+    ``<trainer.default_root_dir>/<filename>`` and the same numbers beside it as ``.csv`` (one row
+    per epoch), and logs both to the run of an MLflow logger.
 
     An epoch is recorded when the next one starts (and at the end of fit), when everything the
     module logs for it is in ``trainer.callback_metrics``. The history travels in checkpoints, so
@@ -159,9 +160,12 @@ class LearningCurves(L.Callback):
         if not self.history or not trainer.is_global_zero:
             return
         path = plot_learning_curves(self.history, Path(trainer.default_root_dir) / self.filename)
+        table = path.with_suffix(".csv")  # the numbers behind the plot, also where MLflow is off
+        pd.DataFrame(self.history).to_csv(table, index=False)
         logger = trainer.logger
         if logger is not None and hasattr(logger, "run_id") and hasattr(logger, "experiment"):
-            logger.experiment.log_artifact(logger.run_id, str(path))
+            for written in (path, table):
+                logger.experiment.log_artifact(logger.run_id, str(written))
 
     def state_dict(self) -> dict:
         return {"history": self.history}

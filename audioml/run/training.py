@@ -213,7 +213,8 @@ def _run_evaluation(cfg: DictConfig, run_dir: Path, protocol, datamodule=None) -
                 parent.log_metrics(result.metrics)
                 tracking.log_artifacts(parent, files)
                 parent.finalize("success")
-            resume.write_done(run_dir, result.metrics)  # the folds are done, the summary written
+            if cfg.get("mark_done", True):  # false: a debug preset, never counted as finished
+                resume.write_done(run_dir, result.metrics)  # the folds are done, the summary written
     return result.metrics
 
 
@@ -375,7 +376,10 @@ class TrainingRun:
             if best and (cfg.logger.get("log_model", True) or cfg.logger.get("register_model")):
                 self._log_model(Path(best))
             tracking.set_status(logger.experiment, logger.run_id, "FINISHED")
-        resume.write_done(run_dir, metrics)  # last: the run counts as finished only now
+        if cfg.get("mark_done", True):
+            resume.write_done(run_dir, metrics)  # last: the run counts as finished only now
+        else:
+            log.info("no %s marker (mark_done=false, a debug preset): this run is not kept as finished", resume.DONE_FILE)
         log.info("test metrics: %s", {k: round(v, 4) for k, v in metrics.items()
                                       if "_" not in k.split("/")[-1] or k.endswith("macro_f1")})
         log.info("finished: run directory %s; %s", run_dir, _mlflow_location(cfg, logger))

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from audioml import distributed
 from audioml.checkpointing import AtomicCheckpointIO
-from audioml.run import facts, tracking
+from audioml.run import facts, relog, tracking
 from audioml.run.checkpoint import instantiate_model
 
 __all__ = ["build_datamodule", "build_model", "fit_data_statistics", "validate_trainer", "build_trainer",
@@ -80,15 +80,19 @@ def runtime_tags(cfg: DictConfig) -> dict[str, str]:
 
 def open_mlflow_logger(cfg: DictConfig, run_dir: Path, tags: dict[str, str], finish_on_finalize: bool = True):
     """The MLflow logger of the run in ``run_dir`` (continuing the run id saved there; a child
-    of the running sweep's parent run), or ``None`` when ``logger.enabled`` is false."""
+    of the running sweep's parent run; its store recorded in ``<run_dir>/mlflow_store``), or
+    ``None`` when ``logger.enabled`` is false."""
     if not cfg.logger.get("enabled", True):
         return None
     uri = tracking.resolve_tracking_uri(cfg.logger.get("tracking_uri"), cfg.paths.mlflow_dir)
     artifact_location = (tracking.default_artifact_location(cfg.paths.mlflow_dir)
                          if uri.startswith("sqlite:///") and not cfg.logger.get("tracking_uri") else None)
-    return tracking.open_run(cfg.logger.experiment_name, cfg.logger.get("run_name") or run_title(cfg, run_dir), uri,
-                             run_dir / "mlflow_run_id", artifact_location, tags, finish_on_finalize,
-                             rank_zero=distributed.is_global_zero_process())
+    logger = tracking.open_run(cfg.logger.experiment_name, cfg.logger.get("run_name") or run_title(cfg, run_dir), uri,
+                               run_dir / "mlflow_run_id", artifact_location, tags, finish_on_finalize,
+                               rank_zero=distributed.is_global_zero_process())
+    if distributed.is_global_zero_process():
+        relog.record_store(run_dir, uri)  # beside mlflow_run_id: which store that id is in
+    return logger
 
 
 #: Overrides that say where or how loudly a run goes, not what it is (left out of its title).

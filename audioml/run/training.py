@@ -26,7 +26,7 @@ from audioml.checkpointing import find_resume_checkpoint
 from audioml.data.base import NoUsableFilesError
 from audioml.files import atomic_write_bytes, exclusive_lock, remove_temporaries
 from audioml.models.embedding_cache import use_embedding_cache
-from audioml.run import facts, resume, tracking
+from audioml.run import facts, relog, resume, tracking
 from audioml.run.checkpoint import ModelInCheckpoint, model_record, untrusted_targets
 from audioml.run.compose import (build_datamodule, build_model, build_test_trainer, build_trainer, data_tags,
                                  fit_data_statistics, open_mlflow_logger, run_title, runtime_tags,
@@ -95,7 +95,7 @@ def _bound_evaluation(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, float] 
     bound, finished = resume.read_data_record(run_dir), resume.read_done(run_dir)
     if finished is not None and bound is None:  # finished before runs were bound to their data: nothing to compare
         log.info("%s finished before (%s): skipped; delete the folder to train again", run_dir, resume.DONE_FILE)
-        return finished, None
+        return _skipped_as_finished(cfg, run_dir, finished)
     protocol = instantiate(cfg.evaluation) if cfg.get("evaluation") else None
     folds = None if protocol is None else protocol.num_folds
     try:
@@ -104,7 +104,7 @@ def _bound_evaluation(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, float] 
         if finished is None:
             raise
         log.warning("%s finished before; its data cannot be checked now (%s): skipped", run_dir, error)
-        return finished, None
+        return _skipped_as_finished(cfg, run_dir, finished)
     current = _data_record(datamodule)
     if bound is not None and bound["fingerprint"] and current["fingerprint"] != bound["fingerprint"]:
         other = resume.data_run_dir(run_dir, current["fingerprint"])
@@ -118,10 +118,19 @@ def _bound_evaluation(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, float] 
     if finished is not None:
         log.info("%s finished before (%s) on this data: skipped; delete the folder to train again", run_dir,
                  resume.DONE_FILE)
-        return finished, None
+        return _skipped_as_finished(cfg, run_dir, finished)
     if bound is None and distributed.is_global_zero_process():
         resume.write_data_record(run_dir, current)
     return _run_evaluation(cfg, run_dir, protocol, datamodule if folds is None else None), None
+
+
+def _skipped_as_finished(cfg: DictConfig, run_dir: Path, finished: dict[str, float]) -> tuple[dict[str, float], None]:
+    """The result of a run directory finished before; its MLflow run checked against the store
+    this command logs to (``relog.check_store``: said when it is elsewhere, copied with
+    ``logger.relog=true``)."""
+    if distributed.is_global_zero_process():
+        relog.check_store(cfg, run_dir)
+    return finished, None
 
 
 def _data_of_run(cfg: DictConfig, run_dir: Path, folds: int | None, finished: bool):

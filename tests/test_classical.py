@@ -274,3 +274,14 @@ def test_emotify_handcrafted_runs_on_the_real_sample(shared_data, tmp_path):
     table = load_table(next((tmp_path / "cache" / "features").glob("handcrafted-*")))
     assert np.isfinite(table.values).all() and "mfcc_03_mean" in table.columns
     assert table.rows["group"].nunique() == len({p for p in table.rows["path"]})  # one group per track
+
+
+def test_backbone_features_of_a_pretrained_model(shared_weights, tmp_path):
+    process = run_entry_point("audioml.classical", "descriptors=backbone", "descriptors.model=efficientat_mn04",
+                              f"paths.output_dir={tmp_path}", *FAST_GRID, "data.num_workers=0",
+                              env={"AUDIOML_WEIGHTS_DIR": str(shared_weights / "efficientat-mn04")})
+    assert "best by validation" in process.stdout
+    table = load_table(next((tmp_path / "cache" / "features").glob("backbone-*")))
+    assert table.values.shape == (72, 384) and table.columns[0] == "efficientat_mn04_0000"
+    metrics = json.loads(next((tmp_path / "classical").glob("*/metrics.json")).read_text())
+    assert metrics["test/macro_f1"] > metrics["baseline/macro_f1"]

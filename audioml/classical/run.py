@@ -118,8 +118,16 @@ def feature_table(cfg: DictConfig) -> tuple[FeatureTable, str, dict[str, str]]:
         from omegaconf import open_dict
 
         choices = _choices()
-        train_cfg = compose_config([f"model={cfg.descriptors.model}", f"data={choices.get('data', 'synthetic')}",
-                                    *[str(o) for o in cfg.descriptors.get("overrides") or []]])
+        overrides = [f"model={cfg.descriptors.model}", f"data={choices.get('data', 'synthetic')}",
+                     *[str(o) for o in cfg.descriptors.get("overrides") or []]]
+        from hydra.core.global_hydra import GlobalHydra
+
+        if GlobalHydra.instance().is_initialized():  # inside the audioml-classical app: the same config root
+            from hydra import compose
+
+            train_cfg = compose(config_name="train", overrides=overrides)
+        else:
+            train_cfg = compose_config(overrides)
         with open_dict(train_cfg):  # this command's data and paths, at the backbone's sample rate
             train_cfg.paths = cfg.paths
             for key, value in OmegaConf.to_container(cfg.data, resolve=True).items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -129,9 +130,10 @@ def test_wide_runs_print_within_120_columns_when_not_a_terminal(tmp_path):
                                                        for i in range(30)})
         client.log_metric(run.info.run_id, "test/macro_f1", 0.5 + seed / 10)
     csv = tmp_path / "wide.csv"
-    env = {k: v for k, v in __import__("os").environ.items() if k not in ("COLUMNS", "LINES")}
-    process = subprocess.run([sys.executable, "-m", "audioml.compare", "--experiment", "wide", "--sort", "test/macro_f1",
-                              "--csv", str(csv), "--tracking-uri", uri], capture_output=True, text=True, env=env)
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    process = subprocess.run([sys.executable, "-m", "audioml.compare", "--experiment", "wide", "--sort",
+                              "test/macro_f1", "--csv", str(csv), "--tracking-uri", uri],
+                             capture_output=True, text=True, env=env)
     assert process.returncode == 0, process.stderr
     lines = process.stdout.splitlines()
     assert max(len(line) for line in lines) <= 120

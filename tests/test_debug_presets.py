@@ -33,7 +33,8 @@ def test_debug_fast_runs_two_batches_and_every_report(tmp_path):
     assert "limit_train_batches: 2" in (run_dir / "config.yaml").read_text()
     metrics = read_metrics(run_dir)  # the whole test split was scored: every report is there
     assert {"test/macro_f1", "baseline/macro_f1", "test/macro_f1_ci_low"} <= set(metrics)
-    assert {"confusion_matrix.png", "per_class_report.csv", "test_predictions.csv"} <= {p.name for p in run_dir.iterdir()}
+    written = {p.name for p in run_dir.iterdir()}
+    assert {"confusion_matrix.png", "per_class_report.csv", "test_predictions.csv"} <= written
     assert len(pd.read_csv(run_dir / "test_predictions.csv")) == 14  # every test clip of data=synthetic
 
 

@@ -63,5 +63,6 @@ def test_a_sweep_whose_job_fails_ends_its_parent_failed(tmp_path):
     assert process.returncode == 1
     (parent,), children = _runs(tmp_path)
     assert parent.info.status == "FAILED", parent.data.tags
-    assert parent.data.tags["audioml.error"].startswith("ValueError: ") and "ddp_cpu" in parent.data.tags["audioml.error"]
+    error = parent.data.tags["audioml.error"]
+    assert error.startswith("ValueError: ") and "ddp_cpu" in error
     assert all(child.info.status == "FAILED" for child in children)

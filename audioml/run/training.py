@@ -388,7 +388,8 @@ class TrainingRun:
         if cfg.get("mark_done", True):
             resume.write_done(run_dir, metrics)  # last: the run counts as finished only now
         else:
-            log.info("no %s marker (mark_done=false, a debug preset): this run is not kept as finished", resume.DONE_FILE)
+            log.info("no %s marker (mark_done=false, a debug preset): this run is not kept as finished",
+                     resume.DONE_FILE)
         log.info("test metrics: %s", {k: round(v, 4) for k, v in metrics.items()
                                       if "_" not in k.split("/")[-1] or k.endswith("macro_f1")})
         log.info("finished: run directory %s; %s", run_dir, _mlflow_location(cfg, logger))

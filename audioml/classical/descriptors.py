@@ -20,8 +20,8 @@ caller, never turned into numbers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -45,7 +45,6 @@ class DescriptorSettings:
     hop_length: int = 512
     n_mfcc: int = 13
     brightness_hz: float = 1500.0
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = [d for d in self.descriptors if d not in DESCRIPTORS]
@@ -296,6 +295,3 @@ def describe(waveform: np.ndarray, sample_rate: int, settings: DescriptorSetting
     row = np.concatenate(values)
     return np.nan_to_num(row, nan=0.0, posinf=0.0, neginf=0.0)
 
-
-def settings_from(names: Sequence[str], statistics: Sequence[str] = ("mean", "std"), **kwargs) -> DescriptorSettings:
-    return DescriptorSettings(tuple(names), tuple(statistics), **kwargs)

@@ -26,7 +26,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -257,8 +257,7 @@ def handcrafted_table(rows: Rows, settings: DescriptorSettings, cache_dir: str |
 
 
 # -------------------------------------------------------------------------------------- deep
-def _embed_rows(rows: Rows, embed: Callable, batch_size: int, device: str, progress: bool,
-                sequences: bool = False) -> tuple[list[np.ndarray | None], dict[int, str]]:
+def _embed_rows(rows: Rows, embed: Callable, batch_size: int, device: str, progress: bool) -> tuple[list[np.ndarray | None], dict[int, str]]:
     import torch
     from tqdm.auto import tqdm
 
@@ -304,8 +303,14 @@ def checkpoint_table(rows: Rows, model, checkpoint: str | Path, cache_dir: str |
 
     from audioml.models.embedding_cache import module_fingerprint
 
-    state = fingerprint({k: fingerprint(v.detach().cpu().numpy().tobytes().hex()[:4096] + str(tuple(v.shape)))
-                         for k, v in model.state_dict().items()})
+    import hashlib
+
+    weights = hashlib.sha256()  # every byte of every tensor: two checkpoints never share a table
+    for name, value in model.state_dict().items():
+        weights.update(f"{name}{tuple(value.shape)}{value.dtype}".encode())
+        value = value.detach().cpu().contiguous()
+        weights.update((value.float() if value.dtype == torch.bfloat16 else value).numpy().tobytes())
+    state = weights.hexdigest()
     key = fingerprint({"rows": rows.key, "checkpoint": state, "network": module_fingerprint(
         model.frontend if hasattr(model, "frontend") else torch.nn.Identity(), model.backbone),
         "version": TABLE_VERSION})
@@ -358,6 +363,3 @@ def settings_from_config(config) -> DescriptorSettings:
                               n_mfcc=int(config.get("n_mfcc", 13)), brightness_hz=float(config.get("brightness_hz",
                                                                                                    1500.0)))
 
-
-def names_in(values: Sequence[str]) -> list[str]:
-    return [str(v) for v in values]

@@ -185,8 +185,10 @@ def _fit_fold(X: np.ndarray, y: np.ndarray, grid: dict, combination: Combination
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence chatter of 60 fits; the scores say what matters
-        selector = build_pipeline(grid, combination, X.shape[1], len(fold.fit)).fit(X[fold.fit], y[fold.fit])
-        val = _point(task, selector.predict(X[fold.val]), y[fold.val], num_classes)
+        val = None
+        if len(fold.test):  # the final fit on every training row has nothing to select
+            selector = build_pipeline(grid, combination, X.shape[1], len(fold.fit)).fit(X[fold.fit], y[fold.fit])
+            val = _point(task, selector.predict(X[fold.val]), y[fold.val], num_classes)
         model = build_pipeline(grid, combination, X.shape[1], len(fold.train)).fit(X[fold.train], y[fold.train])
         test = model.predict(X[fold.test]) if len(fold.test) else None
     out = {"val": val, "test_prediction": test, "seconds": time.perf_counter() - started}

@@ -23,7 +23,7 @@ from audioml.data.audio import AudioDecodeError
 from audioml.data.cache import WaveformCache, fingerprint_files, reopen, reopenable
 from audioml.data.decoder import ClipDecoder
 from audioml.data.resumable import EpochRandomSampler, EpochWeightedRandomSampler, ResumableDataLoader
-from audioml.data.splits import group_holdout_split, holdout_from_kfold
+from audioml.data.splits import SPLIT_MODES, group_holdout_split, holdout_from_kfold, split_groups
 from audioml.files import printable_path, storable_path
 
 if TYPE_CHECKING:
@@ -104,6 +104,9 @@ class AudioDataModule(L.LightningDataModule, ABC):
             ``default_num_workers`` (0 on CPU, a few on CUDA). ``pin_memory`` is on when the
             trainer's device is CUDA; workers are persistent when ``persistent_workers``.
         val_fraction, test_fraction: holdout fractions (grouped, stratified).
+        split: ``"grouped"`` (default: no group, e.g. a baby or an actor, in two parts) or
+            ``"random"`` (stratified per file, groups shared between parts: the protocol of
+            studies that split files at random, for comparison with theirs).
         seed: split seed; the same seed always gives the same split.
         fold, num_folds: when ``fold`` is set, the test part is fold ``fold`` of a grouped
             ``num_folds``-fold partition and validation is carved from the rest.
@@ -127,16 +130,22 @@ class AudioDataModule(L.LightningDataModule, ABC):
     #: Optional coarser view of the classes for reporting, ``{coarse name: [class names]}``
     #: (e.g. hungry vs not_hungry); the test predictions are also scored on it.
     collapse: dict[str, list[str]] | None = None
+    #: Values ``data.split`` accepts (subclasses with a given split add theirs).
+    split_modes: tuple[str, ...] = SPLIT_MODES
 
     def __init__(self, root: str | Path, sample_rate: int = 16000, clip_seconds: float = 5.0,
                  batch_size: int = 32, num_workers: int | str | None = "auto", val_fraction: float = 0.15,
                  test_fraction: float = 0.15, seed: int = 0, fold: int | None = None,
                  num_folds: int = 5, balance: str | None = None, min_seconds: float = 0.0,
                  cache_dir: str | Path | None = None, pad_mode: str = "start", trim_db: float | None = None,
-                 persistent_workers: bool = True, offline_augmentation: OfflineAugmentation | None = None) -> None:
+                 persistent_workers: bool = True, offline_augmentation: OfflineAugmentation | None = None,
+                 split: str = "grouped") -> None:
         super().__init__()
         if balance not in (None, "none", "sampler", "oversample"):
             raise ValueError(f"data.balance={balance!r}: use null, 'sampler' or 'oversample'")
+        if split not in self.split_modes:
+            raise ValueError(f"data.split={split!r}: use one of {list(self.split_modes)}")
+        self.split_mode = split
         self.root = Path(root).expanduser()
         #: How every file becomes a clip (validates the rate, length, padding and trimming).
         self.decoder = ClipDecoder(sample_rate, clip_seconds, pad_mode, trim_db, min_seconds)
@@ -213,13 +222,13 @@ class AudioDataModule(L.LightningDataModule, ABC):
                 f"folder that holds it, or point data.root at it.")
 
     def split(self, manifest: pd.DataFrame) -> dict[str, np.ndarray]:
-        """Indices of train/val/test; grouped by ``manifest.group``, stratified by target."""
+        """Indices of train/val/test, stratified by target; grouped by ``manifest.group``
+        unless ``data.split=random``."""
         labels = self.stratify_labels(manifest)
+        groups = split_groups(manifest["group"].to_numpy(), "random" if self.split_mode == "random" else "grouped")
         if self.fold is not None:
-            return holdout_from_kfold(labels, manifest["group"].to_numpy(), self.num_folds,
-                                      self.fold, self.val_fraction, self.seed)
-        return group_holdout_split(labels, manifest["group"].to_numpy(), self.val_fraction,
-                                   self.test_fraction, self.seed)
+            return holdout_from_kfold(labels, groups, self.num_folds, self.fold, self.val_fraction, self.seed)
+        return group_holdout_split(labels, groups, self.val_fraction, self.test_fraction, self.seed)
 
     def stratify_labels(self, manifest: pd.DataFrame) -> np.ndarray:
         """Labels used to stratify splits (class ids; subclasses with soft targets override)."""

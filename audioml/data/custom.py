@@ -24,7 +24,6 @@ import torch
 
 from audioml.data.audio import AUDIO_EXTENSIONS
 from audioml.data.base import AudioDataModule, WaveformDataset
-from audioml.data.splits import group_holdout_split
 from audioml.files import printable_path
 
 log = logging.getLogger(__name__)
@@ -58,12 +57,11 @@ class _TableDataModule(AudioDataModule):
         Other args: ``AudioDataModule``.
     """
 
+    split_modes = _SPLIT_MODES
+
     def __init__(self, root: str | Path, classes: Sequence[str] | None = None, split: str = "auto",
                  **kwargs) -> None:
-        if split not in _SPLIT_MODES:
-            raise ValueError(f"data.split={split!r}: use one of {list(_SPLIT_MODES)}")
-        super().__init__(root=root, **kwargs)
-        self.split_mode = split
+        super().__init__(root=root, split=split, **kwargs)
         self._classes = list(classes) if classes else None
         self._found_classes: list[str] | None = None
 
@@ -101,10 +99,7 @@ class _TableDataModule(AudioDataModule):
             if "train" not in set(parts):
                 raise ValueError(f"{self.root}: the split column names no training rows")
             return {name: np.flatnonzero(parts.to_numpy() == name) for name in ("train", "val", "test")}
-        if self.split_mode == "random" and self.fold is None:
-            return group_holdout_split(self.stratify_labels(manifest), np.arange(len(manifest)),
-                                       self.val_fraction, self.test_fraction, self.seed)
-        return super().split(manifest)
+        return super().split(manifest)  # grouped, or per file for split=random
 
     def stratify_labels(self, manifest: pd.DataFrame) -> np.ndarray:
         if self.task == "regression":  # stratify by target quartile, so every part spans the range

@@ -175,6 +175,9 @@ class RavdessDataModule(AudioDataModule):
             raise ValueError("data.task=actor cannot be split by actor; leave train_actors, "
                              "val_actors and test_actors unset (the split is stratified per file)")
         super().__init__(root=root, clip_seconds=clip_seconds, trim_db=trim_db, **kwargs)
+        if explicit and self.split_mode == "random":
+            raise ValueError("data.split=random splits files, not actors: leave train_actors, val_actors and "
+                             "test_actors unset, or use data.split=grouped")
         self.task = "classification"
         self.label_task = task
         self.group_name = "file" if task == "actor" else "actor"
@@ -249,7 +252,7 @@ class RavdessDataModule(AudioDataModule):
                 return super().split(manifest)
             return group_holdout_split(labels, np.arange(len(manifest)), self.val_fraction,
                                        self.test_fraction, self.seed)
-        if self.fold is not None:
+        if self.fold is not None or self.split_mode == "random":
             return super().split(manifest)
         return actor_split(labels, manifest["actor"].to_numpy(), self.val_fraction, self.test_fraction,
                            self.seed, self.train_actors, self.val_actors, self.test_actors)

@@ -2,6 +2,8 @@
 
 Every function returns integer index arrays into the manifest. Groups (babies, actors, tracks)
 never straddle two parts; class proportions are matched as closely as whole groups allow.
+``split_groups`` is the switch between that protocol (``"grouped"``) and the per-file one some
+studies used (``"random"``: every file its own group, so a speaker can be in train and test).
 """
 
 from __future__ import annotations
@@ -10,7 +12,23 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["assign_groups", "group_holdout_split", "group_kfold", "holdout_from_kfold"]
+__all__ = ["SPLIT_MODES", "assign_groups", "group_holdout_split", "group_kfold", "holdout_from_kfold",
+           "split_groups"]
+
+#: ``data.split`` values every DataModule accepts.
+SPLIT_MODES = ("grouped", "random")
+
+
+def split_groups(groups: Sequence, mode: str) -> np.ndarray:
+    """The groups a split keeps together: ``groups`` itself for ``mode="grouped"``, one group per
+    sample (``0..n-1``) for ``mode="random"`` (stratified per file, groups ignored).
+
+    Raises ``ValueError`` for another ``mode``.
+    """
+    if mode not in SPLIT_MODES:
+        raise ValueError(f"data.split={mode!r}: use one of {list(SPLIT_MODES)}")
+    groups = np.asarray(groups)
+    return groups if mode == "grouped" else np.arange(groups.shape[0])
 
 
 def assign_groups(labels: Sequence[int], groups: Sequence, fractions: Sequence[float],

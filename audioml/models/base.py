@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from audioml.features.preprocess import Preprocessed
 from audioml.models.backbones.base import Backbone, HeadFactory
 
 __all__ = ["AudioModule", "EpochMeans", "OptimizerFactory", "NOT_HYPERPARAMETERS", "persist_metric_states"]
@@ -19,7 +20,7 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 #: Constructor arguments that are modules or factories, not hyperparameters to record.
 NOT_HYPERPARAMETERS = ["backbone", "frontend", "head", "loss", "optimizer", "scheduler", "waveform_augment",
-                       "spec_augment", "mixup"]
+                       "spec_augment", "mixup", "preprocess"]
 
 
 def persist_metric_states(module: nn.Module) -> None:
@@ -82,8 +83,12 @@ class AudioModule(L.LightningModule):
 
     def _build(self, backbone: Backbone, frontend: nn.Module | None, num_outputs: int, head: HeadFactory | None,
                freeze: str, optimizer: OptimizerFactory | None, scheduler: Callable | None,
-               waveform_augment: nn.Module | None, spec_augment: nn.Module | None, sample_rate: int) -> None:
-        self.frontend = frontend if frontend is not None else contract_frontend(backbone, sample_rate)
+               waveform_augment: nn.Module | None, spec_augment: nn.Module | None, sample_rate: int,
+               preprocess: nn.Module | None = None) -> None:
+        frontend = frontend if frontend is not None else contract_frontend(backbone, sample_rate)
+        # Waveform preprocessing is part of the front end: every path through model.frontend
+        # (training, embedding caches, prediction, export) applies it.
+        self.frontend = frontend if preprocess is None else Preprocessed(preprocess, frontend)
         self.backbone = backbone
         self.backbone.reset_classifier(num_outputs, head)
         self.backbone.freeze(freeze)

@@ -38,6 +38,8 @@ class AudioClassifier(AudioModule):
         mixup: module ``(spec, target, num_classes) -> (mixed spec, target probabilities)``
             (``audioml.augment.Mixup``) applied to training spectrograms after
             ``spec_augment``; the loss then receives probability targets.
+        preprocess: waveform preprocessing ``(batch, time) -> (batch, time)`` run before the
+            front end in every stage (``audioml.features.WaveformPreprocess``, ``model.preprocess``).
         embedding_cache: with ``freeze="all"`` and no augmentation, let the entry point train
             the head on cached front-end + backbone outputs (``audioml.models.embedding_cache``).
         pretrained: whether the backbone starts from pretrained weights (``model.pretrained``;
@@ -51,13 +53,14 @@ class AudioClassifier(AudioModule):
                  scheduler_monitor: str = "val/loss", scheduler_interval: str = "epoch",
                  freeze: str = "none", waveform_augment: nn.Module | None = None,
                  spec_augment: nn.Module | None = None, mixup: nn.Module | None = None,
-                 embedding_cache: bool = True, pretrained: bool = False) -> None:
+                 embedding_cache: bool = True, pretrained: bool = False,
+                 preprocess: nn.Module | None = None) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes={num_classes}: a classifier needs at least 2 classes")
         self.save_hyperparameters(ignore=NOT_HYPERPARAMETERS)
         self._build(backbone, frontend, num_classes, head, freeze, optimizer, scheduler, waveform_augment,
-                    spec_augment, sample_rate)
+                    spec_augment, sample_rate, preprocess)
         self.loss_fn = loss if loss is not None else nn.CrossEntropyLoss()
         self.mixup = mixup
         #: ``None``: batches hold waveforms. ``"pooled"``/``"tokens"``: they hold cached backbone

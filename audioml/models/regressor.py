@@ -45,6 +45,8 @@ class SequenceRegressor(AudioModule):
         output: ``"per_step"`` or ``"per_sequence"``.
         pretrained: recorded in the hyperparameters (the backbone loads its own weights).
         mixup: not supported for regression; must be ``None``.
+        preprocess: waveform preprocessing run before the front end on every window
+            (``audioml.features.WaveformPreprocess``, ``model.preprocess``).
     """
 
     def __init__(self, backbone: Backbone, frontend: nn.Module | None, num_classes: int,
@@ -55,7 +57,8 @@ class SequenceRegressor(AudioModule):
                  freeze: str = "none", waveform_augment: nn.Module | None = None,
                  spec_augment: nn.Module | None = None, feature_mean: torch.Tensor | None = None,
                  feature_std: torch.Tensor | None = None, output: str = "per_step",
-                 pretrained: bool = False, mixup: nn.Module | None = None) -> None:
+                 pretrained: bool = False, mixup: nn.Module | None = None,
+                 preprocess: nn.Module | None = None) -> None:
         super().__init__()
         if output not in ("per_step", "per_sequence"):
             raise ValueError(f"model.output={output!r}: use 'per_step' or 'per_sequence'")
@@ -69,7 +72,7 @@ class SequenceRegressor(AudioModule):
             raise ValueError("mixup mixes class labels; it does not apply to sequence regression")
         self.save_hyperparameters(ignore=[*NOT_HYPERPARAMETERS, "feature_mean", "feature_std"])
         self._build(backbone, frontend, num_classes, head, freeze, optimizer, scheduler, waveform_augment,
-                    spec_augment, sample_rate)
+                    spec_augment, sample_rate, preprocess)
         if loss is None:
             from audioml.losses import CCCLoss
 

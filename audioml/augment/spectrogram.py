@@ -1,4 +1,5 @@
-"""Spectrogram augmentations on ``(batch, 1, n_mels, frames)`` and mixup of inputs and targets."""
+"""Spectrogram augmentations on ``(batch, 1, n_mels, frames)`` (masking; image-style zoom and
+shifts) and mixup of inputs and targets."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from torch import nn
 
 from audioml.augment.base import RandomTransform, derive_seed, distributed_rank, seeded_randomness
 
-__all__ = ["SpecAugment", "Mixup", "band_masks"]
+__all__ = ["SpecAugment", "ZoomShift", "Mixup", "band_masks", "zoom_shift"]
 
 
 def band_masks(batch: int, size: int, max_width: int, count: int, device: torch.device) -> torch.Tensor:
@@ -62,6 +63,72 @@ class SpecAugment(RandomTransform):
     def extra_repr(self) -> str:
         return (f"freq_mask_param={self.freq_mask_param}, time_mask_param={self.time_mask_param}, "
                 f"num_freq_masks={self.num_freq_masks}, num_time_masks={self.num_time_masks}, p={self.p}")
+
+
+def zoom_shift(x: torch.Tensor, zoom: torch.Tensor, shift: torch.Tensor, fill: str = "nearest") -> torch.Tensor:
+    """Zoom and shift each image of ``x`` ``(batch, channels, height, width)`` about its centre.
+
+    Output pixel ``o`` (per axis, in pixels) samples the input at ``c + zoom * (o - c) + shift``,
+    ``c = (size - 1) / 2``, with bilinear interpolation: ``zoom > 1`` shows more of the image
+    (zooms out), as in Keras' ``ImageDataGenerator``. Outside the image the nearest edge pixel is
+    used (``fill="nearest"``, Keras' default) or 0 (``fill="constant"``).
+
+    Args:
+        zoom: ``(batch, 2)`` factors along (height, width).
+        shift: ``(batch, 2)`` offsets in pixels along (height, width).
+    """
+    if x.dim() != 4:
+        raise ValueError(f"zoom_shift expects (batch, channels, height, width), got {tuple(x.shape)}")
+    if fill not in ("nearest", "constant"):
+        raise ValueError(f"zoom/shift fill={fill!r}: use 'nearest' or 'constant'")
+    batch, _, height, width = x.shape
+    zoom, shift = zoom.to(x.device, torch.float32), shift.to(x.device, torch.float32)
+    theta = torch.zeros(batch, 2, 3, device=x.device)
+    # affine_grid works in [-1, 1] coordinates over pixel centres (align_corners=True); its
+    # first row is the width axis.
+    theta[:, 0, 0], theta[:, 1, 1] = zoom[:, 1], zoom[:, 0]
+    theta[:, 0, 2] = 2 * shift[:, 1] / max(width - 1, 1)
+    theta[:, 1, 2] = 2 * shift[:, 0] / max(height - 1, 1)
+    grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=True)
+    return nn.functional.grid_sample(x.float(), grid, mode="bilinear", align_corners=True,
+                                     padding_mode="border" if fill == "nearest" else "zeros").to(x.dtype)
+
+
+class ZoomShift(RandomTransform):
+    """Image-style augmentation of spectrograms (Keras ``ImageDataGenerator(zoom_range,
+    width_shift_range, height_shift_range)``): per selected example, zoom factors along height
+    and width drawn independently from ``U[1 - zoom, 1 + zoom]``, a width shift of
+    ``U[-width_shift, width_shift] * frames`` pixels and a height shift of
+    ``U[-height_shift, height_shift] * n_mels`` pixels; applied by ``zoom_shift``.
+
+    Input/output ``(batch, channels, n_mels, frames)``. Raises ``ValueError`` for a negative
+    range or ``zoom >= 1``.
+    """
+
+    def __init__(self, zoom: float = 0.05, width_shift: float = 0.02, height_shift: float = 0.02,
+                 fill: str = "nearest", p: float = 1.0) -> None:
+        super().__init__(p)
+        if min(zoom, width_shift, height_shift) < 0 or zoom >= 1:
+            raise ValueError(f"ZoomShift zoom={zoom}, width_shift={width_shift}, height_shift={height_shift}: "
+                             "use ranges >= 0 (zoom < 1)")
+        if fill not in ("nearest", "constant"):
+            raise ValueError(f"ZoomShift fill={fill!r}: use 'nearest' or 'constant'")
+        self.zoom, self.width_shift, self.height_shift = float(zoom), float(width_shift), float(height_shift)
+        self.fill = fill
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"ZoomShift expects (batch, channels, n_mels, frames), got {tuple(x.shape)}")
+        batch, _, height, width = x.shape
+        zoom = 1 + self.zoom * (2 * torch.rand(batch, 2, device=x.device) - 1)
+        fractions = torch.tensor([self.height_shift, self.width_shift], device=x.device)
+        shift = (2 * torch.rand(batch, 2, device=x.device) - 1) * fractions \
+            * torch.tensor([height, width], device=x.device, dtype=torch.float32)
+        return zoom_shift(x, zoom, shift, self.fill)
+
+    def extra_repr(self) -> str:
+        return (f"zoom={self.zoom}, width_shift={self.width_shift}, height_shift={self.height_shift}, "
+                f"fill={self.fill}, p={self.p}")
 
 
 class Mixup(nn.Module):

@@ -1,6 +1,9 @@
-"""Log-mel spectrogram front end, numerically equal to ``librosa.feature.melspectrogram``."""
+"""Log-mel spectrogram front end, numerically equal to ``librosa.feature.melspectrogram``; optionally
+the spectrogram as a fixed-size image scaled to [0, 1] (``features=logmel_image``)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import librosa
 import torch
@@ -10,7 +13,8 @@ __all__ = ["LogMel"]
 
 
 class LogMel(nn.Module):
-    """Waveform ``(batch, time)`` -> log-mel ``(batch, 1, n_mels, frames)``.
+    """Waveform ``(batch, time)`` -> log-mel ``(batch, 1, n_mels, frames)``, or
+    ``(batch, 1, height, width)`` with ``image_size``.
 
     STFT (Hann window, ``center=True``, zero padding) and a Slaney mel filterbank as librosa's
     defaults, so before the log the output equals ``librosa.feature.melspectrogram`` with the
@@ -23,22 +27,29 @@ class LogMel(nn.Module):
         power: 2.0 power spectrogram, 1.0 magnitude.
         log: ``"log"`` (natural log of ``mel + log_offset``), ``"db"`` (10 log10, clamped at
             ``log_offset``; ``top_db`` optional), or ``"none"``.
-        normalize: ``"none"``, ``"instance"`` (each clip to zero mean, unit variance) or
-            ``"global"`` (``(x - mean) / std`` with the given constants).
+        normalize: ``"none"``, ``"instance"`` (each clip to zero mean, unit variance),
+            ``"global"`` (``(x - mean) / std`` with the given constants) or ``"minmax"`` (each
+            clip to [0, 1]: ``(x - min) / (max - min)``, a constant clip to 0).
         mean, std: constants for ``normalize="global"``.
         htk: HTK mel scale instead of Slaney.
+        image_size: ``(height, width)``: after the log, resize the spectrogram to this size
+            (bilinear, half-pixel centres: ``interpolate(align_corners=False)``, no antialiasing),
+            before ``normalize``; ``None`` keeps ``(n_mels, frames)``.
     """
 
     def __init__(self, sample_rate: int = 16000, n_fft: int = 1024, hop_length: int = 256,
                  win_length: int | None = None, n_mels: int = 64, f_min: float = 0.0,
                  f_max: float | None = None, power: float = 2.0, log: str = "log",
                  log_offset: float = 1e-6, top_db: float | None = None, normalize: str = "none",
-                 mean: float = 0.0, std: float = 1.0, htk: bool = False) -> None:
+                 mean: float = 0.0, std: float = 1.0, htk: bool = False,
+                 image_size: Sequence[int] | None = None) -> None:
         super().__init__()
         if log not in ("log", "db", "none"):
             raise ValueError(f"features.log={log!r}: use 'log', 'db' or 'none'")
-        if normalize not in ("none", "instance", "global"):
-            raise ValueError(f"features.normalize={normalize!r}: use 'none', 'instance' or 'global'")
+        if normalize not in ("none", "instance", "global", "minmax"):
+            raise ValueError(f"features.normalize={normalize!r}: use 'none', 'instance', 'global' or 'minmax'")
+        if image_size is not None and (len(image_size) != 2 or min(int(v) for v in image_size) < 1):
+            raise ValueError(f"features.image_size={list(image_size)}: use [height, width] in pixels, or null")
         if f_max is not None and f_max > sample_rate / 2:
             raise ValueError(f"features.f_max={f_max} is above Nyquist ({sample_rate / 2} Hz)")
         self.sample_rate = int(sample_rate)
@@ -53,6 +64,7 @@ class LogMel(nn.Module):
         self.normalize = normalize
         self.mean = float(mean)
         self.std = float(std)
+        self.image_size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
         window = torch.hann_window(self.win_length, periodic=True)
         if self.win_length < self.n_fft:  # centre the window in the frame, as librosa does
             left = (self.n_fft - self.win_length) // 2
@@ -63,8 +75,8 @@ class LogMel(nn.Module):
         self.register_buffer("mel_basis", torch.from_numpy(mel).float(), persistent=False)
 
     def frames(self, num_samples: int) -> int:
-        """Number of output frames for an input of ``num_samples``."""
-        return 1 + num_samples // self.hop_length
+        """Number of output frames (image width with ``image_size``) for ``num_samples``."""
+        return self.image_size[1] if self.image_size else 1 + num_samples // self.hop_length
 
     def mel_power(self, waveform: torch.Tensor) -> torch.Tensor:
         """``(batch, time)`` -> mel power ``(batch, n_mels, frames)`` (before the log)."""
@@ -87,10 +99,17 @@ class LogMel(nn.Module):
             if self.top_db is not None:
                 peak = mel.amax(dim=(-2, -1), keepdim=True)
                 mel = torch.maximum(mel, peak - self.top_db)
+        if self.image_size is not None:
+            mel = nn.functional.interpolate(mel.unsqueeze(1), size=self.image_size, mode="bilinear",
+                                            align_corners=False, antialias=False).squeeze(1)
         if self.normalize == "instance":
             mean = mel.mean(dim=(-2, -1), keepdim=True)
             std = mel.std(dim=(-2, -1), keepdim=True)
             mel = (mel - mean) / (std + 1e-5)
         elif self.normalize == "global":
             mel = (mel - self.mean) / self.std
+        elif self.normalize == "minmax":
+            low = mel.amin(dim=(-2, -1), keepdim=True)
+            span = mel.amax(dim=(-2, -1), keepdim=True) - low
+            mel = torch.where(span > 0, (mel - low) / span.clamp(min=1e-12), torch.zeros_like(mel))
         return mel.unsqueeze(1)

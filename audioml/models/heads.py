@@ -44,14 +44,21 @@ class MLPHead(nn.Module):
 
 
 class TransformerHead(nn.Module):
-    """Time tokens ``(batch, tokens, in_features)`` -> logits: projection, learned [CLS] and
-    positions, a small Transformer encoder, linear classifier on the [CLS] output."""
+    """Time tokens ``(batch, tokens, in_features)`` -> logits: projection, learned positions, a
+    small Transformer encoder, linear classifier on the [CLS] output (``pooling="cls"``, a
+    learned token prepended) or on the mean of the encoded tokens (``pooling="mean"``).
+
+    Raises ``ValueError`` for another ``pooling``."""
 
     uses_tokens = True
 
     def __init__(self, in_features: int, num_classes: int, d_model: int = 128, num_layers: int = 2,
-                 num_heads: int = 4, dropout: float = 0.1, max_tokens: int = 512) -> None:
+                 num_heads: int = 4, dropout: float = 0.1, max_tokens: int = 512,
+                 pooling: str = "cls") -> None:
         super().__init__()
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"TransformerHead pooling={pooling!r}: use 'cls' or 'mean'")
+        self.pooling = pooling
         self.project = nn.Linear(in_features, d_model)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d_model))
         self.positions = nn.Parameter(torch.randn(1, max_tokens + 1, d_model) * 0.02)
@@ -66,6 +73,7 @@ class TransformerHead(nn.Module):
             raise ValueError(f"TransformerHead got {tokens.shape[1]} tokens; raise max_tokens "
                              f"(now {self.positions.shape[1] - 1})")
         x = self.project(tokens)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        if self.pooling == "cls":
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         x = self.encoder(x + self.positions[:, : x.shape[1]])
-        return self.fc(self.norm(x[:, 0]))
+        return self.fc(self.norm(x[:, 0] if self.pooling == "cls" else x.mean(dim=1)))

@@ -14,10 +14,12 @@ __all__ = ["ScratchCNN"]
 
 class ScratchCNN(Backbone):
     """Conv blocks ``[Conv3x3 (+BN) + ReLU (+Conv3x3 ...) + MaxPool]`` -> frequency pooling ->
-    per-frame dense layer (``dense`` units, ReLU, dropout) -> time tokens.
+    per-frame dense layer (``dense`` units, ReLU, dropout) -> time tokens; or, with
+    ``input_size``, the whole conv map flattened into the dense layer (one token).
 
     The RAVDESS study's network is ``channels=[32, 64]``, ``dense=128``: two conv + max-pool
-    blocks, dense 128, dropout. Deeper presets add channels and ``convs_per_block``.
+    blocks, dense 128, dropout; on its fixed-size spectrogram images it flattens
+    (``model=cnn_image``). Deeper presets add channels and ``convs_per_block``.
 
     Args:
         channels: output channels of each block (one max-pool per block).
@@ -26,11 +28,14 @@ class ScratchCNN(Backbone):
         dense: width of the dense layer (= ``num_features``).
         dropout: dropout after the dense layer.
         pool: max-pool kernel (frequency and time).
+        input_size: ``(n_mels, frames)`` of a fixed-size input (e.g. ``features.image_size``):
+            the conv output is flattened (Keras ``Flatten`` -> ``Dense``), so every input must
+            have exactly this size (``ValueError`` otherwise); ``None``: any size, pooled.
     """
 
     def __init__(self, channels: Sequence[int] = (32, 64), convs_per_block: int = 1,
                  batch_norm: bool = False, dense: int = 128, dropout: float = 0.3,
-                 pool: int = 2, in_channels: int = 1) -> None:
+                 pool: int = 2, in_channels: int = 1, input_size: Sequence[int] | None = None) -> None:
         super().__init__()
         if not channels:
             raise ValueError("model.backbone.channels must list at least one block")
@@ -45,11 +50,25 @@ class ScratchCNN(Backbone):
                 width = out_channels
             layers.append(nn.MaxPool2d(pool))
         self.features = nn.Sequential(*layers)
+        self.input_size = None if input_size is None else (int(input_size[0]), int(input_size[1]))
+        if self.input_size is not None:
+            with torch.no_grad():
+                out = self.features(torch.zeros(1, in_channels, *self.input_size))
+            if out.numel() == 0:
+                raise ValueError(f"model.backbone.input_size={list(self.input_size)} is too small for "
+                                 f"{len(channels)} pooling blocks")
+            width = out.numel()
         self.dense = nn.Sequential(nn.Linear(width, dense), nn.ReLU(inplace=True), nn.Dropout(dropout))
         self.num_features = int(dense)
         self.reset_classifier(2)
 
     def forward_features(self, spec: torch.Tensor) -> torch.Tensor:
+        if self.input_size is not None:
+            if tuple(spec.shape[-2:]) != self.input_size:
+                raise ValueError(f"ScratchCNN flattens inputs of {list(self.input_size)}, got "
+                                 f"{list(spec.shape[-2:])}: set model.backbone.input_size to the front end's "
+                                 "output size (features.image_size)")
+            return self.dense(self.features(spec).flatten(1)).unsqueeze(1)  # (batch, 1, dense)
         x = self.features(spec)               # (batch, channels, mels', frames')
         x = x.mean(dim=2).transpose(1, 2)     # (batch, frames', channels)
         return self.dense(x)                  # (batch, frames', dense)

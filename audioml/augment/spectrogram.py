@@ -119,6 +119,8 @@ class ZoomShift(RandomTransform):
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"ZoomShift expects (batch, channels, n_mels, frames), got {tuple(x.shape)}")
+        if self.zoom == self.width_shift == self.height_shift == 0.0:
+            return x  # exactly the identity (resampling would round)
         batch, _, height, width = x.shape
         zoom = 1 + self.zoom * (2 * torch.rand(batch, 2, device=x.device) - 1)
         fractions = torch.tensor([self.height_shift, self.width_shift], device=x.device)

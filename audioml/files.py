@@ -7,6 +7,7 @@
   the destination's (a temporary file elsewhere would be copied across devices, not renamed).
 - ``exclusive_lock(path)``: an ``flock`` on ``path`` (created if needed) for the ``with`` block;
   on platforms without ``fcntl`` (Windows) it does not lock.
+- ``lock_is_held(path)``: whether a live process holds ``exclusive_lock(path)`` now.
 - ``fingerprint(value)``: sha256 of ``value`` as canonical JSON (sorted keys), hex-truncated.
 - ``storable_path(path)`` / ``printable_path(path)``: whether a file name is valid UTF-8, and
   the name with escapes where it is not (for skipped-file lists and messages).
@@ -26,7 +27,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["atomic_path", "atomic_write_bytes", "fsync_directory", "exclusive_lock", "fingerprint",
+__all__ = ["atomic_path", "atomic_write_bytes", "fsync_directory", "exclusive_lock", "lock_is_held", "fingerprint",
            "remove_temporaries", "storable_path", "printable_path"]
 
 
@@ -106,6 +107,27 @@ def exclusive_lock(path: str | Path, waiting_for: str = "") -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def lock_is_held(path: str | Path) -> bool:
+    """Whether some process holds ``exclusive_lock(path)`` now (``False`` when ``path`` does not
+    exist, and on platforms without ``fcntl``). Probes with a non-blocking shared lock, released
+    at once; a holder that died no longer counts (the kernel dropped its lock)."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        handle = open(path, "rb")
+    except OSError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return False
 
 
 def fingerprint(value: Any, length: int = 20) -> str:

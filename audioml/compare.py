@@ -3,6 +3,8 @@
     audioml-compare --experiment donateacry --sort test/macro_f1 --csv outputs/compare.csv
     audioml-compare --sweep <parent run id or sweep key>
     audioml-compare --experiment synthetic --metrics "test/*" "val/best_*" --params "model.*"
+    audioml-compare --status [<sweep key or parent run id>] [--watch [SECONDS]]
+    audioml-compare --sweep <parent run id or sweep key> --aggregate seed
 
 Columns: run name, status, the config groups chosen for each run (``data``, ``model``, ``loss``...)
 and the params that differ between the listed runs, then the selected metrics. The printed
@@ -11,6 +13,15 @@ further columns in blocks that repeat the run name; 120 columns when not a termi
 keeps everything. The store is ``--tracking-uri``, else the embedded store
 ``<--output-dir>/mlflow/mlflow.db``, else ``MLFLOW_TRACKING_URI``, else the embedded store under
 ``AUDIOML_OUTPUT_DIR`` or ``./outputs``.
+
+``--status``: one row per job of a sweep (the last one started when no sweep is named): its
+overrides, state (finished / running / interrupted / failed / not started), epochs done of
+total, best validation score, test score and wall time, from the sweep's record under
+``<output dir>/runs/.sweeps/`` and the jobs' run directories and MLflow runs
+(:mod:`audioml.run.status`); ``--watch`` reprints it every few seconds until no job is running or
+waiting. ``--aggregate KEY``: per configuration (the runs' params other than ``KEY``) the mean,
+std and 95 % t-interval over ``KEY`` (a seed) of each test metric, and which configurations'
+intervals overlap (:mod:`audioml.run.aggregate`).
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -198,6 +210,14 @@ def _parser() -> argparse.ArgumentParser:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--experiment", nargs="+", metavar="NAME", help="experiment name(s) (the dataset by default)")
     which.add_argument("--sweep", metavar="ID", help="parent run id of a sweep, or its sweep key")
+    which.add_argument("--status", nargs="?", const="", metavar="SWEEP",
+                       help="where each job of a sweep stands (its key or parent run id; default: the sweep "
+                            "started last under --output-dir)")
+    parser.add_argument("--watch", nargs="?", type=float, const=10.0, metavar="SECONDS",
+                        help="with --status: reprint the table every SECONDS (default 10) until no job runs or waits")
+    parser.add_argument("--aggregate", metavar="KEY",
+                        help="mean, std and 95%% interval of each test metric over the runs' values of KEY "
+                             "(e.g. seed), per configuration, and whether configurations' intervals overlap")
     parser.add_argument("--sort", metavar="METRIC", help="metric to sort by, e.g. test/macro_f1 (descending)")
     parser.add_argument("--ascending", action="store_true", help="sort ascending (losses)")
     parser.add_argument("--metrics", nargs="+", metavar="PATTERN",
@@ -212,6 +232,54 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _width() -> int:
+    return shutil.get_terminal_size((120, 24)).columns
+
+
+def _status(args: argparse.Namespace) -> int:
+    """``--status`` (and ``--watch``): see the module docs."""
+    from audioml.run import status
+
+    output = Path(args.output_dir or os.environ.get("AUDIOML_OUTPUT_DIR", "outputs")).expanduser().resolve()
+    client = None
+    if args.status and _RUN_ID.match(args.status):  # a parent run id: its tag names the sweep's record
+        from mlflow import MlflowClient
+
+        client = MlflowClient(_tracking_uri(args.tracking_uri, args.output_dir))
+    folder = status.find_record([output / "runs"], args.status or None, client)
+    while True:
+        jobs = status.sweep_jobs(folder)
+        counts = ", ".join(f"{n} {state}" for state in status.STATES
+                           if (n := sum(job.state == state for job in jobs)))
+        monitors = sorted({job.monitor for job in jobs if job.monitor})
+        lines = [f"sweep {folder.name}: {len(jobs)} jobs, {counts or 'none'}"
+                 + (f"; best val: best {', '.join(monitors)} so far" if monitors else "")
+                 + f"  ({time.strftime('%H:%M:%S')})",
+                 fit_to_width(status.status_table(jobs), _width(), max_cell=32)]
+        if args.watch and sys.stdout.isatty():
+            print("\033[2J\033[H", end="")
+        print("\n".join(lines), flush=True)
+        if not args.watch or not any(job.state in ("running", "not started") for job in jobs):
+            return 0
+        try:
+            time.sleep(args.watch)
+        except KeyboardInterrupt:
+            return 0
+        print()
+
+
+def _aggregate(runs: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
+    """``--aggregate``: print the per-configuration table and the overlap notes; returns the full table."""
+    from audioml.run.aggregate import aggregate_report, aggregate_runs
+
+    table = aggregate_runs(runs, args.aggregate, args.metrics)
+    shown, notes = aggregate_report(table, args.aggregate, args.sort)
+    print(fit_to_width(shown, _width(), max_cell=40))
+    if notes:
+        print("\n" + "\n".join(notes))
+    return table
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from mlflow import MlflowClient
@@ -219,6 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from audioml.run.tracking import check_reachable
 
     try:
+        if args.watch is not None and args.status is None:
+            raise ValueError("--watch refreshes --status: add --status [SWEEP]")
+        if args.status is not None:
+            return _status(args)
         uri = _tracking_uri(args.tracking_uri, args.output_dir)
         check_reachable(uri)  # a closed port fails in seconds, not after MLflow's silent retries
         client = MlflowClient(uri)
@@ -226,6 +298,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if runs.empty:
             print("no runs", file=sys.stderr)
             return 1
+        if args.aggregate:
+            table = _aggregate(runs, args)
+            if args.csv:
+                Path(args.csv).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                table.to_csv(args.csv, index=False)
+                print(f"\n{len(table)} configurations written to {args.csv}")
+            return 0
         table = comparison_table(runs, args.metrics, args.params, args.sort, args.ascending)
     except (FileNotFoundError, LookupError, ValueError, ConnectionError) as error:
         print(f"audioml-compare: {error}", file=sys.stderr)
@@ -234,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(args.csv).expanduser().parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(args.csv, index=False)
     shown = table.drop(columns=["experiment"]).assign(run_id=table["run_id"].str[:8])
-    print(fit_to_width(shown, shutil.get_terminal_size((120, 24)).columns))
+    print(fit_to_width(shown, _width()))
     if args.csv:
         print(f"\n{len(table)} runs written to {args.csv}")
     return 0

@@ -1,6 +1,7 @@
 """Honest statistics, as pure functions of predictions: metrics from confusion matrices (the
 one definition every part of audioml uses), group-bootstrap intervals, the majority-class
-baseline, label-permutation tests, collapsed tasks and fold aggregates.
+baseline, label-permutation tests, collapsed tasks, fold aggregates and the t-interval of a
+mean over repeated runs (seeds).
 
 For a set of test predictions ``HonestScoring.score`` reports:
 
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["SUMMARY_METRICS", "confusion_matrices", "metrics_from_confusion", "per_class_table",
            "group_bootstrap_confusions", "group_strata", "permutation_test", "collapse_probabilities",
-           "aggregate_folds", "Scores", "HonestScoring", "regression_point", "regression_scores"]
+           "aggregate_folds", "mean_interval", "Scores", "HonestScoring", "regression_point", "regression_scores"]
 
 #: Metrics computed from a confusion matrix for a task (per-class ones are added per class).
 SUMMARY_METRICS = ("acc", "balanced_acc", "macro_f1")
@@ -232,6 +233,25 @@ def aggregate_folds(fold_metrics: Sequence[Mapping[str, float]]) -> dict[str, fl
         out[f"{name}_mean"] = float(values.mean())
         out[f"{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
     return out
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float, float]:
+    """``(mean, std, low, high)`` of repeated measurements (runs with other seeds): the sample
+    standard deviation (ddof=1) and the two-sided Student-t interval of the mean at
+    ``confidence``. Fewer than two values: ``std``, ``low`` and ``high`` are NaN."""
+    from scipy import stats as scipy_stats
+
+    array = np.asarray(values, dtype=float)
+    if array.size == 0:
+        return math.nan, math.nan, math.nan, math.nan
+    mean = float(array.mean())
+    if array.size < 2:
+        return mean, math.nan, math.nan, math.nan
+    std = float(array.std(ddof=1))
+    if std == 0.0:
+        return mean, 0.0, mean, mean
+    low, high = scipy_stats.t.interval(confidence, df=array.size - 1, loc=mean, scale=std / math.sqrt(array.size))
+    return mean, std, float(low), float(high)
 
 
 # ----------------------------------------------------------------------------------- scoring

@@ -41,12 +41,15 @@ def main() -> None:
     try:
         _app()
     except BaseException as error:
-        # a multirun that raised (a job failed, the launcher refused, Ctrl-C) ends its parent MLflow run;
-        # the sweep module is loaded only by a multirun's callback
+        # a multirun that raised (a job failed, the launcher refused, Ctrl-C) ends its parent MLflow run
+        # and prints its summary; the sweep module is loaded only by a multirun's callback
         sweep = sys.modules.get("audioml.run.sweep")
         if sweep is not None:
             sweep.end_running_sweep(error)
         raise
+    sweep = sys.modules.get("audioml.run.sweep")
+    if sweep is not None and sweep.sweep_had_failures():  # a sweeper that went on past failed jobs (Optuna)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

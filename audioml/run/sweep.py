@@ -11,6 +11,16 @@ interrupted sweep continues the same parent (its jobs skip or resume by themselv
 KILLED with the cause (:func:`end_running_sweep`). ``hydra/launcher=slurm`` on a machine without
 SLURM's tools is refused before anything is submitted (:func:`check_slurm_tools`).
 
+A job that raises (an exception, a NaN loss, CUDA out of memory, a config refused before its
+MLflow run opens) does not stop the others: Hydra's launchers catch it, and this callback, in the
+job's own process, writes ``FAILED`` and ``traceback.txt`` into its run directory, uploads the
+traceback to the job's MLflow run (FAILED; to the parent under ``failed/<run dir>/`` when the job
+never opened one) and tags the run with its overrides. The sweep keeps a record of its planned and
+started jobs (:mod:`audioml.run.status`; ``audioml-compare --status``), and ends with a summary:
+how many jobs finished, which failed and why; ``audioml-train`` then exits with status 1. When the
+sweep varies ``seed``, the parent run gets the mean, std and 95 % interval of every test metric
+per configuration (``aggregate_seed.csv``, ``aggregate_seed.txt``; :mod:`audioml.run.aggregate`).
+
 It also prepares an Optuna sweeper's SQL storage: ``optuna<3`` (which hydra-optuna-sweeper
 requires) cannot record its schema version with SQLAlchemy 2 (which MLflow requires), so the
 version stamp is written here, once, in a committed transaction. A continued study gets a
@@ -24,13 +34,17 @@ import json
 import logging
 import os
 import shutil
+import tempfile
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from audioml.run import tracking
@@ -39,7 +53,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["MLflowSweepCallback", "sweep_key", "find_or_create_sweep_run", "prepare_optuna_storage",
            "continue_optuna_study", "check_slurm_tools", "LauncherUnavailableError", "end_running_sweep",
-           "SLURM_TOOLS"]
+           "SLURM_TOOLS", "planned_jobs", "sweep_had_failures"]
 
 _KEY_TAG = "audioml.sweep_key"
 _ROLE_TAG = "audioml.role"
@@ -47,6 +61,10 @@ _ROLE_TAG = "audioml.role"
 SLURM_TOOLS = ("sbatch", "srun")
 #: The parent run of the multirun this process is launching, ``(client, run id)``, until it ends.
 _running_sweep: list[tuple[Any, str]] = []
+#: The record folder of the multirun this process is launching (``audioml.run.status``), until it ends.
+_running_record: list[Path] = []
+#: Failed jobs of the multirun that ended in this process (``audioml-train`` exits 1 when non-zero).
+_failed_jobs: list[int] = []
 
 
 class LauncherUnavailableError(CompactHydraException):
@@ -73,11 +91,7 @@ def _end_parent(client, run_id: str, error: BaseException) -> None:
     try:
         if client.get_run(run_id).info.status != "RUNNING":
             return
-        cause = error
-        while cause.__cause__ is not None:  # e.g. Hydra's InstantiationException: say why
-            cause = cause.__cause__
-        first_line = (str(cause).strip().splitlines() or [""])[0][:500]
-        client.set_tag(run_id, "audioml.error", f"{type(cause).__name__}: {first_line}")
+        client.set_tag(run_id, "audioml.error", tracking.error_summary(error))
         tracking.set_status(client, run_id, status)
         log.error("sweep's MLflow parent run %s marked %s: %s", run_id, status, type(error).__name__)
     except Exception as tracking_error:  # the store itself is gone: the original error matters
@@ -93,9 +107,88 @@ def end_running_sweep(error: BaseException) -> None:
         if error.code in (0, None) or error.__context__ is None:
             return
         error = error.__context__
+    while _running_record:
+        _close_record(_running_record.pop(), _running_sweep[-1] if _running_sweep else None)
     while _running_sweep:
         client, run_id = _running_sweep.pop()
         _end_parent(client, run_id, error)
+
+
+def sweep_had_failures() -> bool:
+    """Whether the multirun that ended in this process without raising (an Optuna sweep goes on
+    past failed trials) had failed jobs; ``audioml-train`` then exits with status 1."""
+    return any(_failed_jobs)
+
+
+def planned_jobs(config: DictConfig) -> list[list[str]] | None:
+    """The overrides of every job Hydra's basic sweeper will launch for this multirun, in its
+    order (``hydra.sweeper.params`` and the command line, expanded as the sweeper does); ``None``
+    for other sweepers (Optuna decides as it goes) or sweeps it cannot expand here (``glob``)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return None
+    params = config.hydra.sweeper.get("params") or {}
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    try:
+        overrides = OverridesParser.create().parse_overrides(arguments)
+        (batch,) = BasicSweeper.split_arguments(overrides, None)
+    except Exception as error:  # e.g. glob(), which needs Hydra's config loader
+        log.info("the sweep's job list is not known ahead (%s): jobs are listed once started", error)
+        return None
+    return [list(job) for job in batch]
+
+
+def _mlflow_uri(config: DictConfig) -> str:
+    return tracking.resolve_tracking_uri(_select(config, "logger.tracking_uri"), _select(config, "paths.mlflow_dir"))
+
+
+def _log_text(client, run_id: str, name: str, text: str, artifact_path: str | None = None) -> None:
+    """Upload ``text`` as the artifact ``<artifact_path>/<name>`` of run ``run_id``."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / name
+        path.write_text(text, encoding="utf-8")
+        client.log_artifact(run_id, str(path), artifact_path)
+
+
+def _close_record(record: Path, parent: tuple[Any, str] | None) -> None:
+    """At the end of a multirun: log the summary (and keep its number of failed jobs), and give the
+    parent run the status table and, when ``seed`` varies, the seed aggregate."""
+    from audioml.run import status
+
+    try:
+        summary, failed = status.failure_summary(record)
+    except Exception as error:  # the summary must never hide the sweep's own outcome
+        log.warning("no sweep summary: %s", error)
+        return
+    _failed_jobs.append(failed)
+    (log.error if failed else log.info)("%s", summary)
+    if parent is None:
+        return
+    client, run_id = parent
+    try:
+        table = status.status_table(status.sweep_jobs(record))
+        _log_text(client, run_id, "sweep_status.csv", table.to_csv(index=False))
+        _log_text(client, run_id, "sweep_summary.txt", summary + "\n")
+        plan = status.read_plan(record)
+        seeds = {o for job in plan.get("jobs") or [] for o in job if o.startswith("seed=")}
+        if len(seeds) > 1:
+            _log_seed_aggregate(client, run_id)
+    except Exception as error:
+        log.warning("could not log the sweep's status to its MLflow parent run %s: %s", run_id, error)
+
+
+def _log_seed_aggregate(client, run_id: str) -> None:
+    from audioml.compare import collect_runs, fit_to_width
+    from audioml.run.aggregate import aggregate_report, aggregate_runs
+
+    table = aggregate_runs(collect_runs(client, sweep=run_id), "seed")
+    shown, notes = aggregate_report(table, "seed")
+    text = fit_to_width(shown, 200, max_cell=40, max_key=60) + ("\n\n" + "\n".join(notes) if notes else "")
+    _log_text(client, run_id, "aggregate_seed.csv", table.to_csv(index=False))
+    _log_text(client, run_id, "aggregate_seed.txt", text + "\n")
+    log.info("over seeds (audioml-compare --sweep %s --aggregate seed):\n%s", run_id, text)
 
 
 def sweep_key(overrides: list[str], config_name: str | None = None) -> str:
@@ -192,11 +285,22 @@ class MLflowSweepCallback(Callback):
         self.parent_run_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from audioml.run import status
+
         HydraConfig.instance().set_config(config)  # lets ${hydra:...} resolve in the sweep config
         if "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower():
             continue_optuna_study(config)
-        if not _select(config, "logger.enabled"):
-            return
+        overrides = list(config.hydra.overrides.task)
+        key = sweep_key(overrides, kwargs.get("config_name"))
+        os.environ[tracking.SWEEP_KEY_ENV] = key
+        record = status.record_dir(str(_select(config, "hydra.sweep.dir")), key)
+        _failed_jobs.clear()
+        if _select(config, "logger.enabled"):
+            self._open_parent(config, key, overrides, record)
+        status.write_plan(record, key, overrides, planned_jobs(config), self.parent_run_id)
+        _running_record.append(record)
+
+    def _open_parent(self, config: DictConfig, key: str, overrides: list[str], record: Path) -> None:
         from mlflow import MlflowClient
 
         explicit_uri = _select(config, "logger.tracking_uri")
@@ -207,21 +311,78 @@ class MLflowSweepCallback(Callback):
                              if uri.startswith("sqlite:///") and not explicit_uri else None)
         experiment_id = tracking.get_or_create_experiment(uri, str(_select(config, "logger.experiment_name")),
                                                           artifact_location)
-        overrides = list(config.hydra.overrides.task)
-        key = sweep_key(overrides, kwargs.get("config_name"))
         self.client = MlflowClient(uri)
         self.parent_run_id = find_or_create_sweep_run(uri, experiment_id, key, overrides)
+        tracking.set_tags(self.client, self.parent_run_id, {"audioml.sweep_record": str(record.resolve())})
         _running_sweep.append((self.client, self.parent_run_id))
         os.environ[tracking.PARENT_RUN_ENV] = self.parent_run_id
-        os.environ[tracking.SWEEP_KEY_ENV] = key
-        log.info("sweep %s: MLflow parent run %s (%s); compare its jobs with: audioml-compare --sweep %s",
-                 key, self.parent_run_id, uri, self.parent_run_id)
+        log.info("sweep %s: MLflow parent run %s (%s); compare its jobs with: audioml-compare --sweep %s; "
+                 "where each job stands: audioml-compare --status %s", key, self.parent_run_id, uri,
+                 self.parent_run_id, key)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """In the job's process: record that it started (its run directory), forget an earlier failure."""
+        from audioml.run import status
+
+        key = os.environ.get(tracking.SWEEP_KEY_ENV)
+        if not key or _select(config, "hydra.mode") != RunMode.MULTIRUN:
+            return
+        run_dir = Path(str(config.hydra.runtime.output_dir))
+        try:
+            status.clear_failure(run_dir)
+            status.write_job_start(status.record_dir(str(_select(config, "hydra.sweep.dir")), key),
+                                   list(config.hydra.overrides.task), run_dir, _select(config, "hydra.job.num"))
+        except OSError as error:
+            log.warning("could not record the start of the job in %s: %s", run_dir, error)
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        """In the job's process: a failed job gets ``FAILED`` and ``traceback.txt`` in its run
+        directory and on its MLflow run (on the parent's when it opened none); the job's MLflow
+        run is tagged with its overrides."""
+        from audioml.run import relog, status
+
+        if not os.environ.get(tracking.SWEEP_KEY_ENV) or _select(config, "hydra.mode") != RunMode.MULTIRUN:
+            return
+        run_dir = Path(str(config.hydra.runtime.output_dir))
+        overrides = list(config.hydra.overrides.task)
+        error = job_return._return_value if job_return.status == JobStatus.FAILED else None
+        traceback_path = None
+        if isinstance(error, BaseException):
+            summary = tracking.error_summary(error)
+            text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+            traceback_path = status.write_failure(run_dir, summary, f"overrides: {' '.join(overrides)}\n\n{text}")
+            log.error("job %s failed: %s (traceback: %s)", " ".join(overrides), summary, traceback_path)
+        if not _select(config, "logger.enabled"):
+            return
+        try:
+            from mlflow import MlflowClient
+
+            id_file, uri = run_dir / "mlflow_run_id", relog.recorded_store(run_dir) or _mlflow_uri(config)
+            client = MlflowClient(uri)
+            run_id = id_file.read_text().strip() if id_file.is_file() else None
+            if run_id:
+                tracking.set_tags(client, run_id, {"audioml.overrides": json.dumps(overrides)[:tracking.MAX_TAG_LENGTH]})
+            if traceback_path is None:
+                return
+            if run_id:
+                client.log_artifact(run_id, str(traceback_path))
+                if client.get_run(run_id).info.status == "RUNNING":
+                    tracking.set_tags(client, run_id, {"audioml.error": summary})
+                    tracking.set_status(client, run_id, "FAILED")
+            elif os.environ.get(tracking.PARENT_RUN_ENV):  # refused before its run opened: the parent keeps it
+                client.log_artifact(os.environ[tracking.PARENT_RUN_ENV], str(traceback_path), f"failed/{run_dir.name}")
+        except Exception as tracking_error:  # the store is gone: the files in the run directory still tell
+            log.warning("could not record the job's outcome in MLflow: %s", tracking_error)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if self.parent_run_id is None:
+        parent = (self.client, self.parent_run_id) if self.parent_run_id is not None else None
+        for record in list(_running_record):
+            _close_record(record, parent)
+        _running_record.clear()
+        os.environ.pop(tracking.SWEEP_KEY_ENV, None)
+        if parent is None:
             return
-        tracking.set_status(self.client, self.parent_run_id, "FINISHED")
+        tracking.set_status(self.client, self.parent_run_id, "FAILED" if sweep_had_failures() else "FINISHED")
         _running_sweep[:] = [entry for entry in _running_sweep if entry[1] != self.parent_run_id]
         os.environ.pop(tracking.PARENT_RUN_ENV, None)
-        os.environ.pop(tracking.SWEEP_KEY_ENV, None)
         log.info("sweep finished: audioml-compare --sweep %s", self.parent_run_id)

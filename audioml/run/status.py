@@ -1,0 +1,375 @@
+"""Where each job of a sweep stands, from files and MLflow only (so it reads the same while the
+sweep runs, from another shell, for basic, joblib-parallel and SLURM launchers alike).
+
+The sweep callback (:mod:`audioml.run.sweep`) keeps a record of every sweep in
+``<hydra.sweep.dir>/.sweeps/<sweep key>/``:
+
+- ``sweep.json``, written when the multirun starts: the command line's overrides, the planned
+  jobs (each one's overrides, in Hydra's order; ``null`` when the sweeper decides them as it goes,
+  e.g. Optuna) and the MLflow parent run;
+- ``jobs/<job id>.json``, written when a job starts: its overrides, run directory, host and pid.
+
+A job's run directory says the rest: ``DONE`` (finished), a held ``.lock`` (training now),
+``FAILED`` and ``traceback.txt`` (written when the job raised; removed when it is retried), the
+MLflow run in ``mlflow_run_id`` (epochs, best validation score, test score, wall time).
+
+States: ``finished``, ``running``, ``failed``, ``interrupted`` (started, neither running nor
+finished nor failed: killed, preempted, or its machine went away; rerunning the sweep continues
+it) and ``not started``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from audioml.files import atomic_write_bytes, lock_is_held
+
+__all__ = ["SWEEPS_FOLDER", "PLAN_FILE", "FAILED_FILE", "TRACEBACK_FILE", "STATES", "record_dir", "job_id",
+           "write_plan", "read_plan", "write_job_start", "write_failure", "clear_failure", "read_failure",
+           "JobState", "sweep_jobs", "status_table", "failure_summary", "find_record", "HEARTBEAT_SECONDS"]
+
+SWEEPS_FOLDER = ".sweeps"
+PLAN_FILE = "sweep.json"
+_JOBS_FOLDER = "jobs"
+#: Written in a job's run directory when the job raised: ``{"error": "<type>: <first line>", ...}``.
+FAILED_FILE = "FAILED"
+TRACEBACK_FILE = "traceback.txt"
+#: The lock a training job holds on its run directory (``audioml.run.training.RUN_LOCK``).
+_RUN_LOCK = ".lock"
+STATES = ("finished", "running", "failed", "interrupted", "not started")
+#: A job on another host whose MLflow run logged a system metric this recently counts as running.
+HEARTBEAT_SECONDS = 120.0
+
+
+def record_dir(sweep_dir: str | Path, key: str) -> Path:
+    """The record folder of sweep ``key`` under the sweep directory (``hydra.sweep.dir``)."""
+    return Path(sweep_dir) / SWEEPS_FOLDER / key
+
+
+def job_id(overrides: Sequence[str]) -> str:
+    """12 hex digits naming a job by its overrides (their order does not matter)."""
+    return hashlib.sha256(json.dumps(sorted(map(str, overrides))).encode()).hexdigest()[:12]
+
+
+def write_plan(folder: Path, key: str, overrides: Sequence[str], jobs: Sequence[Sequence[str]] | None,
+               parent_run_id: str | None) -> Path:
+    """Write ``sweep.json`` (see module docs); a rerun of the sweep rewrites it."""
+    path = Path(folder) / PLAN_FILE
+    atomic_write_bytes(path, json.dumps({
+        "key": key, "overrides": list(map(str, overrides)),
+        "jobs": None if jobs is None else [list(map(str, job)) for job in jobs],
+        "parent_run_id": parent_run_id, "started": time.time()}, indent=2).encode())
+    return path
+
+
+def read_plan(folder: Path) -> dict[str, Any]:
+    """The sweep's ``sweep.json``; ``FileNotFoundError`` naming the folder when there is none."""
+    path = Path(folder) / PLAN_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no sweep record at {path}")
+    return json.loads(path.read_text())
+
+
+def write_job_start(folder: Path, overrides: Sequence[str], run_dir: str | Path, number: int | None) -> Path:
+    """Record that the job with these ``overrides`` (Hydra's job ``number``) started in ``run_dir``."""
+    overrides = list(map(str, overrides))
+    path = Path(folder) / _JOBS_FOLDER / f"{job_id(overrides)}.json"
+    atomic_write_bytes(path, json.dumps({
+        "overrides": overrides, "run_dir": str(Path(run_dir).resolve()), "number": number,
+        "host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}, indent=2).encode())
+    return path
+
+
+def write_failure(run_dir: str | Path, error: str, traceback_text: str) -> Path:
+    """Write ``FAILED`` (the error's first line, the host, the time) and ``traceback.txt`` in
+    ``run_dir``; returns the traceback's path."""
+    run_dir = Path(run_dir)
+    traceback_path = run_dir / TRACEBACK_FILE
+    atomic_write_bytes(traceback_path, traceback_text.encode("utf-8", "backslashreplace"))
+    atomic_write_bytes(run_dir / FAILED_FILE, json.dumps({
+        "error": error, "traceback": TRACEBACK_FILE, "host": socket.gethostname(), "time": time.time()},
+        indent=2).encode())
+    return traceback_path
+
+
+def clear_failure(run_dir: str | Path) -> None:
+    """Forget an earlier failure of the job in ``run_dir`` (it is being retried)."""
+    (Path(run_dir) / FAILED_FILE).unlink(missing_ok=True)
+
+
+def read_failure(run_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / FAILED_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return {"error": "(unreadable FAILED record)"}
+
+
+@dataclass
+class JobState:
+    """One row of the status table."""
+
+    number: int | None
+    overrides: list[str]
+    state: str
+    run_dir: Path | None = None
+    epochs_done: int | None = None
+    epochs_total: int | None = None
+    folds: str | None = None
+    monitor: str | None = None
+    best_val: float | None = None
+    test: float | None = None
+    wall_seconds: float | None = None
+    error: str | None = None
+    run_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        return yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, ValueError):
+        return {}
+
+
+class _Stores:
+    """MLflow clients by store, and what they say about one run (``None`` where unreachable)."""
+
+    def __init__(self) -> None:
+        self.clients: dict[str, Any] = {}
+
+    def run(self, run_dir: Path):
+        from audioml.run import relog
+
+        id_file = run_dir / "mlflow_run_id"
+        uri = relog.recorded_store(run_dir)
+        if not id_file.is_file() or not uri:
+            return None, None
+        if uri not in self.clients:
+            from mlflow import MlflowClient
+
+            self.clients[uri] = MlflowClient(uri)
+        client = self.clients[uri]
+        try:
+            return client, client.get_run(id_file.read_text().strip())
+        except Exception:  # the store is unreachable or lost the run: the files still tell the state
+            return client, None
+
+
+def _last_heartbeat(client, run) -> float | None:
+    """Seconds since ``run`` last logged a system metric (its monitor's heartbeat), or ``None``."""
+    key = next((k for k in run.data.metrics if k.startswith("system/")), None)
+    if key is None:
+        return None
+    history = client.get_metric_history(run.info.run_id, key)
+    return time.time() - max(m.timestamp for m in history) / 1000 if history else None
+
+
+def _fill_from_mlflow(job: JobState, client, run, config: dict[str, Any], done: dict[str, float] | None) -> None:
+    monitor = str(config.get("monitor") or "val/macro_f1")
+    maximise = str(config.get("monitor_mode") or "max") == "max"
+    group, _, name = monitor.rpartition("/")
+    job.monitor = monitor
+    job.run_id = run.info.run_id if run is not None else None
+    history = client.get_metric_history(run.info.run_id, monitor) if run is not None else []
+    if run is not None:
+        job.epochs_done = len({m.step for m in history})
+    if history:
+        values = [m.value for m in history]
+        job.best_val = max(values) if maximise else min(values)
+    metrics = dict(run.data.metrics) if run is not None else {}
+    metrics.update(done or {})
+    best_key = f"{group}/best_{name}" if group else f"best_{name}"
+    if best_key in metrics:
+        job.best_val = metrics[best_key]
+    test_key = f"test/{name}" if f"test/{name}" in metrics else next(
+        (k for k in sorted(metrics) if k.startswith("test/") and k.count("/") == 1), None)
+    job.test = metrics.get(test_key) if test_key else None
+    if test_key and test_key != f"test/{name}":
+        job.extra["test_metric"] = test_key
+    if run is not None:
+        end = run.info.end_time if run.info.status != "RUNNING" and run.info.end_time else time.time() * 1000
+        job.wall_seconds = max(0.0, (end - run.info.start_time) / 1000)
+
+
+def _job_state(job: JobState, record: dict[str, Any], latest_of_pid: bool, stores: _Stores,
+               with_mlflow: bool) -> None:
+    from audioml.run import resume
+
+    run_dir = job.run_dir
+    config = _read_config(run_dir)
+    job.epochs_total = (config.get("trainer") or {}).get("max_epochs")
+    folds = sorted(run_dir.glob("fold_*"))
+    if folds:
+        k = (config.get("evaluation") or {}).get("k") or len(folds)
+        job.folds = f"{sum((f / resume.DONE_FILE).is_file() for f in folds)}/{k}"
+    done = resume.read_done(run_dir)
+    failure = read_failure(run_dir)
+    client, run = stores.run(run_dir) if with_mlflow else (None, None)
+    here = record.get("host") == socket.gethostname()
+    if done is not None:
+        job.state = "finished"
+    elif lock_is_held(run_dir / _RUN_LOCK) or any(lock_is_held(f / _RUN_LOCK) for f in folds):
+        job.state = "running"
+    elif failure is not None:
+        job.state, job.error = "failed", str(failure.get("error", ""))
+    elif here and latest_of_pid and record.get("pid") and _pid_alive(int(record["pid"])):
+        job.state = "running"  # started, not yet holding its run directory's lock
+    elif run is not None and run.info.status == "FAILED":
+        job.state, job.error = "failed", run.data.tags.get("audioml.error", "")
+    elif (run is not None and run.info.status == "RUNNING" and not here
+          and (beat := _last_heartbeat(client, run)) is not None and beat < HEARTBEAT_SECONDS):
+        job.state = "running"  # on another machine: its system-metrics monitor is still logging
+    else:
+        job.state = "interrupted"
+    if with_mlflow and (run is not None or done is not None):
+        _fill_from_mlflow(job, client, run, config, done)
+    if job.wall_seconds is None and done is not None and record.get("started"):
+        job.wall_seconds = max(0.0, (run_dir / resume.DONE_FILE).stat().st_mtime - float(record["started"]))
+
+
+def sweep_jobs(folder: str | Path, with_mlflow: bool = True) -> list[JobState]:
+    """The jobs of the sweep recorded in ``folder`` (:func:`record_dir`): the planned ones in
+    Hydra's order, then any started job the plan did not list (a sweeper that decides as it
+    goes). ``with_mlflow=False``: states from the files alone (no epochs, scores or times)."""
+    folder = Path(folder)
+    plan = read_plan(folder)
+    records = {}
+    for path in sorted((folder / _JOBS_FOLDER).glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except ValueError:
+            continue
+        records[job_id(record["overrides"])] = record
+    latest_by_pid: dict[tuple[str, int], float] = {}
+    for record in records.values():
+        process = (record.get("host"), record.get("pid"))
+        latest_by_pid[process] = max(latest_by_pid.get(process, 0.0), float(record.get("started") or 0))
+    planned = [list(job) for job in plan.get("jobs") or []]
+    unplanned = [r["overrides"] for r in sorted(records.values(), key=lambda r: r.get("started") or 0)
+                 if job_id(r["overrides"]) not in {job_id(p) for p in planned}]
+    stores, jobs = _Stores(), []
+    for position, overrides in enumerate(planned + unplanned):
+        record = records.get(job_id(overrides))
+        if record is None:
+            jobs.append(JobState(position, overrides, "not started"))
+            continue
+        number = record.get("number") if record.get("number") is not None else position
+        job = JobState(number, overrides, "interrupted", run_dir=Path(record["run_dir"]))
+        latest = latest_by_pid[(record.get("host"), record.get("pid"))] == float(record.get("started") or 0)
+        _job_state(job, record, latest, stores, with_mlflow)
+        jobs.append(job)
+    return jobs
+
+
+def _varying(jobs: Sequence[JobState]) -> list[list[str]]:
+    """Each job's overrides that differ between the jobs (all of them for a single job)."""
+    values: dict[str, set[str]] = {}
+    for job in jobs:
+        for override in job.overrides:
+            key, _, value = override.partition("=")
+            values.setdefault(key, set()).add(value)
+    varying = {key for key, seen in values.items() if len(seen) > 1 or len(jobs) == 1}
+    missing = {key for key in values if any(key not in {o.partition("=")[0] for o in j.overrides} for j in jobs)}
+    return [[o for o in job.overrides if o.partition("=")[0] in varying | missing] for job in jobs]
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def status_table(jobs: Sequence[JobState]) -> pd.DataFrame:
+    """One row per job: ``job``, ``overrides`` (those that differ between jobs), ``state``,
+    ``epochs`` (done/total; ``folds`` done/k for k-fold jobs), ``best val``, ``test``, ``wall``
+    (h:mm:ss), ``error`` (failed jobs), ``run_dir``."""
+    shown = _varying(jobs)
+    rows = []
+    for job, overrides in zip(jobs, shown):
+        epochs = "" if job.epochs_done is None and job.epochs_total is None else \
+            f"{'' if job.epochs_done is None else job.epochs_done}/{'' if job.epochs_total is None else job.epochs_total}"
+        rows.append({"job": job.number, "overrides": " ".join(overrides), "state": job.state, "epochs": epochs,
+                     "folds": job.folds or "", "best val": job.best_val, "test": job.test,
+                     "wall": _duration(job.wall_seconds), "error": job.error or "",
+                     "run_dir": job.run_dir.name if job.run_dir else ""})
+    table = pd.DataFrame(rows, columns=["job", "overrides", "state", "epochs", "folds", "best val", "test", "wall",
+                                        "error", "run_dir"])
+    for optional in ("folds", "error"):
+        if not table[optional].astype(bool).any():
+            table = table.drop(columns=optional)
+    return table
+
+
+def failure_summary(folder: str | Path) -> tuple[str, int]:
+    """The closing lines of a multirun (from the files alone) and its number of failed jobs:
+    how many jobs finished, failed (each with its overrides, error and traceback file),
+    were interrupted or did not start."""
+    folder = Path(folder)
+    jobs = sweep_jobs(folder, with_mlflow=False)
+    counts = {state: sum(job.state == state for job in jobs) for state in STATES}
+    key = read_plan(folder).get("key", folder.name)
+    parts = [f"{counts[s]} {s}" for s in STATES if counts[s]]
+    lines = [f"sweep {key}: {len(jobs)} jobs, {', '.join(parts) or 'none'}"]
+    for job, overrides in zip(jobs, _varying(jobs)):
+        if job.state == "finished":
+            continue
+        detail = f": {job.error}" if job.error else ""
+        where = f" (traceback: {job.run_dir / TRACEBACK_FILE})" if job.state == "failed" and job.run_dir and \
+            (job.run_dir / TRACEBACK_FILE).is_file() else ""
+        lines.append(f"  {job.state} job {job.number} {' '.join(overrides)}{detail}{where}")
+    if any(counts[s] for s in ("failed", "interrupted", "not started")):
+        lines.append("rerun the same command to retry the failed and unfinished jobs (finished ones are skipped); "
+                     f"status: audioml-compare --status {key}")
+    return "\n".join(lines), counts["failed"]
+
+
+def find_record(sweep_dirs: Sequence[str | Path], sweep: str | None = None, client=None) -> Path:
+    """The record folder of ``sweep`` (a sweep key, or the parent run id when ``client`` can look
+    it up: its ``audioml.sweep_record`` tag), searched under ``sweep_dirs``; ``sweep=None``: the
+    sweep that started last there. Raises ``LookupError`` saying what was searched."""
+    if sweep and client is not None and len(sweep) == 32:
+        try:
+            tags = client.get_run(sweep).data.tags
+        except Exception:
+            tags = {}
+        if tags.get("audioml.sweep_record") and (Path(tags["audioml.sweep_record"]) / PLAN_FILE).is_file():
+            return Path(tags["audioml.sweep_record"])
+        sweep = tags.get("audioml.sweep_key", sweep)
+    searched = [Path(d) / SWEEPS_FOLDER for d in sweep_dirs]
+    if sweep:
+        for folder in searched:
+            if (folder / sweep / PLAN_FILE).is_file():
+                return folder / sweep
+        raise LookupError(f"no record of sweep {sweep!r} under {', '.join(map(str, searched))} (pass the "
+                          "--output-dir of the sweep, its paths.output_dir)")
+    plans = [p for folder in searched for p in folder.glob(f"*/{PLAN_FILE}")]
+    if not plans:
+        raise LookupError(f"no sweep recorded under {', '.join(map(str, searched))}")
+    return max(plans, key=lambda p: p.stat().st_mtime).parent

@@ -1,9 +1,12 @@
 """A sweep that cannot run ends its MLflow parent run FAILED with the reason: ``hydra/launcher=slurm``
 where SLURM's tools are not on PATH (refused before submitting, one message, no traceback), and a
-sweep whose job raises. Real processes, a real embedded MLflow store."""
+sweep whose job raises. A sweep survives a failing job: the others finish, the failed one is
+FAILED in MLflow with its traceback, the sweep ends with a summary and exit status 1, and a rerun
+retries only the failed job. Real processes, a real embedded MLflow store."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -14,6 +17,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from audioml import compare
 from audioml.run.sweep import LauncherUnavailableError, check_slurm_tools
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,3 +70,73 @@ def test_a_sweep_whose_job_fails_ends_its_parent_failed(tmp_path):
     error = parent.data.tags["audioml.error"]
     assert error.startswith("ValueError: ") and "ddp_cpu" in error
     assert all(child.info.status == "FAILED" for child in children)
+
+
+#: The middle job's optimiser refuses its learning rate once training starts (its MLflow run is open).
+FAILING_MIDDLE = ["model.optimizer.lr=0.001,nan,0.002", "evaluation.bootstrap_samples=0", "logger.log_model=false",
+                  "logger.log_checkpoint=false"]
+
+
+@pytest.fixture(scope="module")
+def failing_sweep(tmp_path_factory):
+    """A 3-job sweep whose middle job raises, run twice with the same command."""
+    output = tmp_path_factory.mktemp("failing")
+    first = _sweep(output, *FAILING_MIDDLE)
+    done = {p.parent.name: p.stat().st_mtime_ns for p in (output / "runs").glob("*/DONE")}
+    (failed_dir,) = [p.parent for p in (output / "runs").glob("*/FAILED")]
+    traceback_before = (failed_dir / "traceback.txt").stat().st_mtime_ns
+    second = _sweep(output, *FAILING_MIDDLE)
+    return output, first, second, done, failed_dir, traceback_before
+
+
+def test_a_failing_job_is_recorded_and_the_sweep_goes_on(failing_sweep):
+    output, first, _, done, failed_dir, _ = failing_sweep
+    assert first.returncode == 1, first.stderr[-3000:]
+    assert len(done) == 2  # the jobs before and after the failing one finished
+    log = first.stdout + first.stderr
+    assert "sweep " in log and "3 jobs, 2 finished, 1 failed" in log
+    assert "failed job 1 model.optimizer.lr=nan: ValueError: Invalid learning rate: nan" in log
+    assert f"traceback: {failed_dir / 'traceback.txt'}" in log
+    assert json.loads((failed_dir / "FAILED").read_text())["error"] == "ValueError: Invalid learning rate: nan"
+    (parent,), children = _runs(output)
+    assert parent.info.status == "FAILED"
+    assert {a.path for a in MlflowClient(f"sqlite:///{output / 'mlflow' / 'mlflow.db'}").list_artifacts(
+        parent.info.run_id)} >= {"sweep_status.csv", "sweep_summary.txt"}
+    by_lr = {c.data.params["model.optimizer.lr"]: c for c in children}
+    assert sorted(by_lr) == ["0.001", "0.002", "nan"] and len(children) == 3
+    failed = by_lr["nan"]
+    assert failed.info.status == "FAILED"
+    assert failed.data.tags["audioml.error"] == "ValueError: Invalid learning rate: nan"
+    assert "model.optimizer.lr=nan" in json.loads(failed.data.tags["audioml.overrides"])
+    client = MlflowClient(f"sqlite:///{output / 'mlflow' / 'mlflow.db'}")
+    local = client.download_artifacts(failed.info.run_id, "traceback.txt", str(output))
+    text = Path(local).read_text()
+    assert "Traceback (most recent call last)" in text and "ValueError: Invalid learning rate: nan" in text
+    for lr in ("0.001", "0.002"):
+        assert by_lr[lr].info.status == "FINISHED"
+        # system metrics in every run: at least one sample even for a run shorter than the interval
+        assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(
+            by_lr[lr].data.metrics), sorted(by_lr[lr].data.metrics)
+
+
+def test_rerun_retries_only_the_failed_job(failing_sweep):
+    output, _, second, done, failed_dir, traceback_before = failing_sweep
+    assert second.returncode == 1
+    log = second.stdout + second.stderr
+    assert {p.parent.name: p.stat().st_mtime_ns for p in (output / "runs").glob("*/DONE")} == done
+    assert all(f"{name} finished before" in log for name in done) and log.count("finished before") == 2
+    failed_run = (failed_dir / "mlflow_run_id").read_text().strip()
+    assert log.count("continuing MLflow run") == 1 and f"continuing MLflow run {failed_run}" in log
+    assert (failed_dir / "traceback.txt").stat().st_mtime_ns > traceback_before  # it ran (and failed) again
+    (parent,), children = _runs(output)
+    assert len(children) == 3 and parent.data.tags["audioml.sweep_key"]
+
+
+def test_status_of_the_failed_sweep(failing_sweep, capsys):
+    output = failing_sweep[0]
+    (parent,), _ = _runs(output)
+    assert compare.main(["--status", parent.info.run_id, "--output-dir", str(output)]) == 0
+    first_block = capsys.readouterr().out.split("\n\n")[0]  # further columns may follow in another block
+    rows = {line.split()[1]: line for line in first_block.splitlines()[2:]}
+    assert rows["model.optimizer.lr=0.001"].split()[2:4] == ["finished", "1/1"]
+    assert rows["model.optimizer.lr=nan"].split()[2:4] == ["failed", "0/1"]

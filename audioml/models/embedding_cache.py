@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from audioml.data.base import WaveformDataset
+from audioml.data.base import BatchedWaveformDataset, collate_waveforms
 from audioml.data.cache import ArrayCache, reopen, reopenable
 from audioml.files import fingerprint
 
@@ -50,6 +50,8 @@ __all__ = ["use_embedding_cache", "cache_blockers", "module_fingerprint", "embed
 #: Model attributes holding augmentation applied before or inside the backbone: any of them set
 #: means the backbone must see every training batch, so the cache is not used.
 AUGMENTATION_ATTRIBUTES = ("waveform_augment", "spec_augment", "mixup")
+#: Cached embeddings up to this size are read into memory for training (larger ones stay mapped).
+IN_MEMORY_BYTES = 2 << 30
 #: Bump when what is cached changes: old entries are then ignored.
 EMBEDDING_FORMAT = 1
 
@@ -97,10 +99,12 @@ def module_fingerprint(frontend: nn.Module, backbone: nn.Module) -> str:
 
 
 def embedding_key(waveform_key: str, frontend: nn.Module, backbone: nn.Module, representation: str,
-                  items: str = "") -> str:
-    """Key of the cache entry: waveform cache key + ``module_fingerprint`` + representation +
-    ``items`` (a description of clips beyond the waveform cache, see ``_items_fingerprint``)."""
-    return fingerprint({"waveforms": waveform_key, "modules": module_fingerprint(frontend, backbone),
+                  items: str = "", modules: str | None = None) -> str:
+    """Key of the cache entry: waveform cache key + ``module_fingerprint`` (``modules`` when
+    already computed) + representation + ``items`` (a description of clips beyond the waveform
+    cache, see ``_items_fingerprint``)."""
+    modules = modules or module_fingerprint(frontend, backbone)
+    return fingerprint({"waveforms": waveform_key, "modules": modules,
                         "representation": representation, "items": items, "format": EMBEDDING_FORMAT})
 
 
@@ -179,8 +183,11 @@ def compute_embeddings(frontend: nn.Module, backbone: nn.Module, dataset: Datase
     outputs of ``frontend`` + ``backbone`` for the waveforms of ``dataset`` (items
     ``(waveform, target)``), in dataset order. Modules are moved to ``device`` and back, and
     their train/eval mode is restored."""
+    # Its own generator: iterating a DataLoader draws a seed from the global torch RNG otherwise,
+    # and a run that builds the cache would then train with other dropout masks than one that
+    # finds it (the first job of a sweep against the others).
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
-                        pin_memory=torch.device(device).type == "cuda")
+                        pin_memory=torch.device(device).type == "cuda", generator=torch.Generator())
     row = 0
     with _eval_on(device, frontend, backbone):
         for waveform, _ in loader:
@@ -206,10 +213,11 @@ def _probe(frontend: nn.Module, backbone: nn.Module, dataset: Dataset, represent
     return tuple(cached.shape[1:]), None
 
 
-class EmbeddingDataset(WaveformDataset):
+class EmbeddingDataset(BatchedWaveformDataset):
     """Items ``(embedding, target)`` for manifest rows ``indices`` from an embedding array whose
-    row ``i`` belongs to manifest row ``i`` (rows of any shape); pickles a memory map as its
-    file name, so DataLoader workers reopen it instead of receiving a copy."""
+    row ``i`` belongs to manifest row ``i`` (rows of any shape), read a batch at a time (one
+    gather, ``collate_waveforms``); pickles a memory map as its file name, so DataLoader
+    workers reopen it instead of receiving a copy."""
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "waveforms": reopenable(self.waveforms)}
@@ -227,13 +235,15 @@ class CachedEmbeddingDataModule(L.LightningDataModule):
     """
 
     def __init__(self, datamodule: L.LightningDataModule, embeddings: np.ndarray, cache_path: Path | None,
-                 cache_status: str | None = None) -> None:
+                 cache_status: str | None = None, frozen_fingerprint: str | None = None) -> None:
         super().__init__()
         self.datamodule = datamodule
         self.embeddings = embeddings
         self.cache_path = cache_path
         #: ``ArrayCache.status`` of the embeddings: ``"hit"``, ``"waited"``, ``"built"``, ``"memory"``.
         self.cache_status = cache_status
+        #: ``module_fingerprint`` of the frozen front end and backbone the embeddings came from.
+        self.frozen_fingerprint = frozen_fingerprint
 
     def __getattr__(self, name: str) -> Any:
         if name == "datamodule":  # not set yet (unpickling): do not recurse
@@ -253,10 +263,10 @@ class CachedEmbeddingDataModule(L.LightningDataModule):
                             "not a WaveformDataset: the embedding cache cannot map its items")
         embedded = EmbeddingDataset(self.embeddings, dataset.targets, dataset.indices)
         # Same loader class (e.g. a resumable one), sampler and generator: same batches in the
-        # same order. Embedding rows are tiny, so no worker processes.
+        # same order. Embedding rows are tiny, so no worker processes; a batch is one gather.
         return type(loader)(embedded, batch_size=loader.batch_size, sampler=loader.sampler,
                             drop_last=loader.drop_last, num_workers=0, pin_memory=loader.pin_memory,
-                            generator=loader.generator)
+                            generator=loader.generator, collate_fn=collate_waveforms)
 
     def train_dataloader(self) -> DataLoader:
         return self._swap(self.datamodule.train_dataloader())
@@ -324,7 +334,8 @@ def use_embedding_cache(model: L.LightningModule, datamodule: L.LightningDataMod
             "embedding cache disabled, the backbone runs on every batch: %s", "; ".join(reasons))
         return datamodule
 
-    key = embedding_key(waveform_cache.key, frontend, backbone, representation, _items_fingerprint(dataset))
+    modules = module_fingerprint(frontend, backbone)
+    key = embedding_key(waveform_cache.key, frontend, backbone, representation, _items_fingerprint(dataset), modules)
     shape = (len(dataset), *item_shape)
     cache = ArrayCache(cache_dir, "embeddings", key)
     started = time.perf_counter()
@@ -338,8 +349,10 @@ def use_embedding_cache(model: L.LightningModule, datamodule: L.LightningDataMod
                 "weights": str(getattr(backbone, "weights", "") or "")}
 
     embeddings, _ = cache.get_or_build(shape, build)
+    if embeddings.nbytes <= IN_MEMORY_BYTES:  # every epoch reads every row: read the file once
+        embeddings = np.array(embeddings)
     model.embedding_input = representation
     log.info("embedding cache %s (%s %s, %.1f s): training only the head; %s",
              cache.status, representation, tuple(shape[1:]), time.perf_counter() - started,
              cache.array_path or "in memory")
-    return CachedEmbeddingDataModule(datamodule, embeddings, cache.array_path, cache.status)
+    return CachedEmbeddingDataModule(datamodule, embeddings, cache.array_path, cache.status, modules)

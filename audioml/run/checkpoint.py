@@ -164,6 +164,13 @@ def read_record(path: str | Path, trusted_modules: Iterable[str] = ()) -> tuple[
     state_dict = checkpoint.get("state_dict")
     if not isinstance(state_dict, dict):
         raise ValueError(f"{path} has no state_dict")
+    from audioml.run.head_only import HEAD_ONLY_KEY
+
+    if HEAD_ONLY_KEY in checkpoint:
+        raise ValueError(f"{path} holds only the head of a model whose frozen backbone trained on cached embeddings: "
+                         "its run stopped before the fit ended, when the full model is written. Rerun the "
+                         "training command to finish the run (it continues from this checkpoint), then use its "
+                         "best checkpoint")
     return record, state_dict
 
 

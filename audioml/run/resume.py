@@ -35,6 +35,7 @@ import logging
 import random
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -124,13 +125,20 @@ class ResumeCheckpoint(Checkpoint):
         every_n_epochs: epochs between checkpoints; ``None``/0 = only every N steps.
         handle_sigterm: on SIGTERM, finish the current batch, write a checkpoint and raise
             Lightning's ``SIGTERMException`` (all DDP ranks stop at the same batch).
+        head_only_min_interval_s: while only the head trains on cached embeddings (epochs of
+            milliseconds), the periodic checkpoints are at least this many seconds apart (the
+            one at the end of training and the SIGTERM one are always written); ``0``: no limit.
+
+    Before each save the loggers' buffered metric points are written (``flush``), so a run
+    resumed from this checkpoint has every point logged before it.
 
     After the fit, :attr:`stop_requested` tells whether a SIGTERM arrived (e.g. during the
     last epoch, where the end-of-training checkpoint is the one kept).
     """
 
     def __init__(self, dirpath: str | Path, every_n_train_steps: int | None = 500,
-                 every_n_epochs: int | None = 1, handle_sigterm: bool = True) -> None:
+                 every_n_epochs: int | None = 1, handle_sigterm: bool = True,
+                 head_only_min_interval_s: float = 10.0) -> None:
         for name, value in (("every_n_train_steps", every_n_train_steps), ("every_n_epochs", every_n_epochs)):
             if value is not None and int(value) < 0:
                 raise ValueError(f"callbacks.resume_checkpoint.{name}={value}: use a positive number, or 0/null to disable")
@@ -138,6 +146,8 @@ class ResumeCheckpoint(Checkpoint):
         self.every_n_train_steps = int(every_n_train_steps or 0)
         self.every_n_epochs = int(every_n_epochs or 0)
         self.handle_sigterm = handle_sigterm
+        self.head_only_min_interval_s = float(head_only_min_interval_s or 0)
+        self._last_saved_at = time.monotonic()
         self.stop_requested = False
         self._signal_received = False
         self._previous_handler: Any = _NO_HANDLER
@@ -152,6 +162,8 @@ class ResumeCheckpoint(Checkpoint):
     def _save(self, trainer: L.Trainer) -> None:
         latest, previous = (self.dirpath / name for name in RESUME_FILENAMES)
         incoming = self.dirpath / "last-incoming.ckpt"
+        for logger in trainer.loggers:
+            getattr(logger, "flush", lambda: None)()
         trainer.save_checkpoint(incoming)  # every rank takes part; rank zero writes (atomically)
         if trainer.is_global_zero:
             if latest.is_file():
@@ -159,6 +171,12 @@ class ResumeCheckpoint(Checkpoint):
             incoming.replace(latest)
         trainer.strategy.barrier("audioml-resume-checkpoint")
         self._last_saved_step = trainer.global_step
+        self._last_saved_at = time.monotonic()
+
+    def _throttled(self, pl_module: L.LightningModule) -> bool:
+        """Whether a periodic save is skipped: head-only training, last save too recent."""
+        return (getattr(pl_module, "embedding_input", None) is not None and self.head_only_min_interval_s > 0
+                and time.monotonic() - self._last_saved_at < self.head_only_min_interval_s)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint[_STATE_KEY] = {"version": 2, "rng": capture_rng_states(), "streams": _stream_positions(pl_module)}
@@ -216,7 +234,7 @@ class ResumeCheckpoint(Checkpoint):
         first_step_of_epoch = batch_idx + 1 == trainer.accumulate_grad_batches
         due = ((self.every_n_train_steps and step % self.every_n_train_steps == 0)
                or (self.every_n_epochs and first_step_of_epoch and epoch > 0 and epoch % self.every_n_epochs == 0))
-        if (due or stop) and step != self._last_saved_step:
+        if (stop or (due and not self._throttled(pl_module))) and step != self._last_saved_step:
             self._save(trainer)
         if stop:
             raise SIGTERMException()
@@ -293,6 +311,7 @@ def exit_preempted(logger=None) -> None:
     if logger is not None and getattr(logger, "run_id", None):
         from audioml.run import tracking
 
+        getattr(logger, "flush", lambda: None)()  # the metric points logged before the checkpoint
         tracking.set_status(logger.experiment, logger.run_id, "KILLED")
     log.warning("stopped by SIGTERM after saving a checkpoint; rerun the same command to continue")
     raise SystemExit(PREEMPTED_EXIT_CODE)

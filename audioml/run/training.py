@@ -27,6 +27,7 @@ from audioml.data.base import NoUsableFilesError
 from audioml.files import atomic_write_bytes, exclusive_lock, remove_temporaries
 from audioml.models.embedding_cache import use_embedding_cache
 from audioml.run import facts, relog, resume, tracking
+from audioml.run.head_only import HEAD_ONLY_THREADS, HeadOnlyCheckpoints, threads_restored
 from audioml.run.checkpoint import ModelInCheckpoint, model_record, untrusted_targets
 from audioml.run.compose import (build_datamodule, build_model, build_test_trainer, build_trainer, data_tags,
                                  fit_data_statistics, open_mlflow_logger, run_title, runtime_tags,
@@ -303,7 +304,8 @@ class TrainingRun:
         tags = {**runtime_tags(cfg), **data_tags(datamodule),
                 **({"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else {})}
         self.logger = open_mlflow_logger(cfg, run_dir, tags, finish_on_finalize=False)  # closed when all is written
-        with tracking.ended_on_error(self.logger if self.rank_zero else None):  # no run left RUNNING on a crash
+        # no run left RUNNING on a crash; torch's thread count as it was (a head-only fit sets it)
+        with tracking.ended_on_error(self.logger if self.rank_zero else None), threads_restored():
             if self.rank_zero:
                 log.info("run directory %s; %s", run_dir, _mlflow_location(cfg, self.logger))
                 if self.logger is not None:
@@ -338,8 +340,12 @@ class TrainingRun:
             model.fit_pretraining_stage(datamodule, partial(instantiate, cfg.trainer, logger=logger,
                                                             default_root_dir=str(self.run_dir)),
                                         resume_checkpoint=last)
-        # freeze=all without augmentation: train the head on cached backbone outputs (same splits).
+        # freeze=all without augmentation: train the head on cached backbone outputs (same splits),
+        # writing head-only checkpoints until the fit ends (audioml.run.head_only).
         datamodule = use_embedding_cache(model, datamodule, cfg.paths.cache_dir, trainer.strategy.root_device)
+        if getattr(datamodule, "frozen_fingerprint", None):
+            trainer.callbacks.append(HeadOnlyCheckpoints(datamodule.frozen_fingerprint))
+            torch.set_num_threads(HEAD_ONLY_THREADS)  # put back when the run ends (run())
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=str(last) if last else None)
         except SIGTERMException:
@@ -370,6 +376,8 @@ class TrainingRun:
         cfg, logger, run_dir = self.cfg, self.logger, self.run_dir
         if logger is not None and (unlogged := {k: v for k, v in metrics.items() if k not in logged}):
             logger.log_metrics(unlogged)
+        if logger is not None:
+            logger.flush()  # every buffered metric point is in the store before the run closes
         result, files = write_run_reports(model, datamodule, run_dir, metrics)
         # without a best checkpoint the test scored the final weights, which last.ckpt holds
         tested = Path(best) if best else run_dir / "checkpoints" / "last.ckpt"

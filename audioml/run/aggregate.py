@@ -47,7 +47,7 @@ def aggregate_runs(runs: pd.DataFrame, key: str, metrics: Sequence[str] | None =
     differ between configurations, ``name=value``), ``n`` (runs), ``<key>`` (their values), and
     per metric matching ``metrics`` (patterns, default ``DEFAULT_PATTERNS`` less
     ``HIDDEN_PATTERNS``) ``<m> mean``, ``<m> std`` (ddof=1), ``<m> ci_low``, ``<m> ci_high`` (the
-    ``confidence`` t-interval of the mean; NaN for one run). Rows keep the first run's order.
+    ``confidence`` t-interval of the mean; NaN for one run). Rows in the order of their params' values.
 
     Raises ``ValueError`` when no run has the param ``key`` or no metric matches.
     """
@@ -68,7 +68,7 @@ def aggregate_runs(runs: pd.DataFrame, key: str, metrics: Sequence[str] | None =
     varying = [c for c in configuration if identity[c].nunique() > 1]
     groups = identity.apply(tuple, axis=1) if configuration else pd.Series([()] * len(runs), index=runs.index)
     rows = []
-    for group in dict.fromkeys(groups):
+    for group in sorted(dict.fromkeys(groups), key=lambda g: [_natural(v) for v in g]):
         members = runs[groups == group]
         label = " ".join(f"{c[len('params.'):]}={identity.loc[members.index[0], c]}" for c in varying)
         row = {"configuration": label or "(all runs)", "n": len(members),

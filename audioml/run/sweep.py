@@ -278,7 +278,8 @@ def continue_optuna_study(config: DictConfig) -> None:
 
 
 class MLflowSweepCallback(Callback):
-    """Hydra callback: the MLflow parent run of a multirun sweep (see module docs)."""
+    """Hydra callback: the MLflow parent run of a multirun sweep, the sweep's record of its jobs,
+    each failed job's traceback and the closing summary (see module docs)."""
 
     def __init__(self) -> None:
         self.client = None
@@ -382,6 +383,8 @@ class MLflowSweepCallback(Callback):
         os.environ.pop(tracking.SWEEP_KEY_ENV, None)
         if parent is None:
             return
+        if sweep_had_failures():  # a sweeper that went on past failed jobs (Optuna)
+            tracking.set_tags(self.client, self.parent_run_id, {"audioml.error": f"{sum(_failed_jobs)} job(s) failed"})
         tracking.set_status(self.client, self.parent_run_id, "FAILED" if sweep_had_failures() else "FINISHED")
         _running_sweep[:] = [entry for entry in _running_sweep if entry[1] != self.parent_run_id]
         os.environ.pop(tracking.PARENT_RUN_ENV, None)

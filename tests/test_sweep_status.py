@@ -131,3 +131,42 @@ def test_seed_aggregate_of_a_two_config_three_seed_sweep(tmp_path, capsys):
     pd.testing.assert_frame_equal(pd.read_csv(local), table)
     assert "intervals" in Path(client.download_artifacts(parent.info.run_id, "aggregate_seed.txt",
                                                           str(tmp_path))).read_text()
+
+
+def test_a_job_refused_before_its_run_opens_is_recorded_on_the_parent(tmp_path, monkeypatch):
+    from hydra.core.utils import JobReturn, JobStatus
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from audioml.run import tracking
+    from audioml.run.sweep import MLflowSweepCallback
+
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    (tmp_path / "mlflow").mkdir()
+    client = MlflowClient(uri)
+    parent = client.create_run(client.create_experiment("synthetic")).info.run_id
+    monkeypatch.setenv(tracking.PARENT_RUN_ENV, parent)
+    monkeypatch.setenv(tracking.SWEEP_KEY_ENV, "0123456789ab")
+    run_dir = tmp_path / "runs" / "synthetic-cnn-0000000000"
+    run_dir.mkdir(parents=True)
+    config = OmegaConf.create({"logger": {"enabled": True, "tracking_uri": uri}, "paths": {"mlflow_dir": "unused"},
+                               "hydra": {"mode": RunMode.MULTIRUN, "runtime": {"output_dir": str(run_dir)},
+                                         "overrides": {"task": ["trainer.max_epochs=-5"]},
+                                         "sweep": {"dir": str(tmp_path / "runs")}, "job": {"num": 1}}})
+    try:
+        raise ValueError("trainer.max_epochs=-5: use a positive number\nsecond line")
+    except ValueError as error:
+        refused = JobReturn(status=JobStatus.FAILED, _return_value=error)
+    callback = MLflowSweepCallback()
+    callback.on_job_start(config)
+    callback.on_job_end(config, refused)
+    assert status.read_failure(run_dir)["error"] == "ValueError: trainer.max_epochs=-5: use a positive number"
+    (artifact,) = client.list_artifacts(parent, f"failed/{run_dir.name}")
+    text = Path(client.download_artifacts(parent, artifact.path, str(tmp_path))).read_text()
+    assert text.startswith("overrides: trainer.max_epochs=-5") and "Traceback (most recent call last)" in text
+    status.write_plan(status.record_dir(tmp_path / "runs", "0123456789ab"), "0123456789ab",
+                      ["trainer.max_epochs=-5"], [["trainer.max_epochs=-5"]], parent)
+    (job,) = status.sweep_jobs(status.record_dir(tmp_path / "runs", "0123456789ab"))
+    assert job.state == "failed" and job.error.startswith("ValueError: trainer.max_epochs=-5")
+    callback.on_job_start(config)  # a retry forgets the failure
+    assert status.read_failure(run_dir) is None

@@ -212,7 +212,12 @@ def _fill_from_mlflow(job: JobState, client, run, config: dict[str, Any], done: 
     if test_key and test_key != f"test/{name}":
         job.extra["test_metric"] = test_key
     if run is not None:
-        end = run.info.end_time if run.info.status != "RUNNING" and run.info.end_time else time.time() * 1000
+        if run.info.status != "RUNNING" and run.info.end_time:
+            end = run.info.end_time
+        elif job.state == "running":
+            end = time.time() * 1000
+        else:  # killed while its MLflow run was open: until the last value it logged
+            end = max([m.timestamp for m in history] + [run.info.start_time])
         job.wall_seconds = max(0.0, (end - run.info.start_time) / 1000)
 
 

@@ -91,7 +91,12 @@ def pca_2d(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Returns ``(coordinates (n, 2), explained variance ratio (2,))`` (zeros pad ``d < 2``)."""
     centred = np.asarray(features, dtype=np.float64)
     centred = centred - centred.mean(axis=0, keepdims=True)
-    _, singular, components = np.linalg.svd(centred, full_matrices=False)
+    from threadpoolctl import threadpool_limits
+
+    # One BLAS thread: a (clips x features) SVD takes milliseconds; OpenBLAS's threads on cores
+    # busy with other work took over a second for 92 x 960 (a head job's test report).
+    with threadpool_limits(1):
+        _, singular, components = np.linalg.svd(centred, full_matrices=False)
     coordinates = np.zeros((centred.shape[0], 2))
     kept = min(2, components.shape[0])
     coordinates[:, :kept] = centred @ components[:kept].T

@@ -299,6 +299,17 @@ def _unmapped_splits(datamodule: L.LightningDataModule, all_items: Dataset) -> l
     return reasons
 
 
+def _probed_shape(cache: ArrayCache, rows: int) -> tuple[int, ...] | None:
+    """Row shape of a stored entry whose build passed ``_probe`` (``None``: none, or unreadable)."""
+    if cache.cache_dir is None or not cache.exists():
+        return None
+    try:
+        array, meta = cache.load()
+    except (ValueError, OSError, json.JSONDecodeError):
+        return None  # get_or_build says why and rebuilds it
+    return tuple(array.shape[1:]) if meta.get("probed") and len(array) == rows else None
+
+
 def use_embedding_cache(model: L.LightningModule, datamodule: L.LightningDataModule,
                         cache_dir: str | Path | None, device: torch.device | str = "cpu",
                         batch_size: int | None = None) -> L.LightningDataModule:
@@ -325,19 +336,24 @@ def use_embedding_cache(model: L.LightningModule, datamodule: L.LightningDataMod
         dataset = datamodule.dataset("all")
         reasons += _unmapped_splits(datamodule, dataset)
     if not reasons:
-        item_shape, reason = _probe(frontend, backbone, dataset, representation, device)
-        if reason:
-            reasons.append(reason)
+        modules = module_fingerprint(frontend, backbone)
+        key = embedding_key(waveform_cache.key, frontend, backbone, representation, _items_fingerprint(dataset),
+                            modules)
+        cache = ArrayCache(cache_dir, "embeddings", key)
+        # An entry of this key was probed when it was built (the key covers the modules): the
+        # probe's two forward passes are what a head job would otherwise spend most on here.
+        item_shape = _probed_shape(cache, len(dataset))
+        if item_shape is None:
+            item_shape, reason = _probe(frontend, backbone, dataset, representation, device)
+            if reason:
+                reasons.append(reason)
     if reasons:
         freeze_all = getattr(model, "hparams", {}).get("freeze") == "all"
         (log.info if freeze_all else log.debug)(
             "embedding cache disabled, the backbone runs on every batch: %s", "; ".join(reasons))
         return datamodule
 
-    modules = module_fingerprint(frontend, backbone)
-    key = embedding_key(waveform_cache.key, frontend, backbone, representation, _items_fingerprint(dataset), modules)
     shape = (len(dataset), *item_shape)
-    cache = ArrayCache(cache_dir, "embeddings", key)
     started = time.perf_counter()
 
     def build(out: np.ndarray) -> dict[str, Any]:
@@ -346,7 +362,7 @@ def use_embedding_cache(model: L.LightningModule, datamodule: L.LightningDataMod
         return {"representation": representation, "waveform_key": waveform_cache.key,
                 "backbone": f"{type(backbone).__module__}.{type(backbone).__qualname__}",
                 "frontend": f"{type(frontend).__module__}.{type(frontend).__qualname__}",
-                "weights": str(getattr(backbone, "weights", "") or "")}
+                "weights": str(getattr(backbone, "weights", "") or ""), "probed": True}
 
     embeddings, _ = cache.get_or_build(shape, build)
     if embeddings.nbytes <= IN_MEMORY_BYTES:  # every epoch reads every row: read the file once

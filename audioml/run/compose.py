@@ -89,7 +89,9 @@ def open_mlflow_logger(cfg: DictConfig, run_dir: Path, tags: dict[str, str], fin
                          if uri.startswith("sqlite:///") and not cfg.logger.get("tracking_uri") else None)
     logger = tracking.open_run(cfg.logger.experiment_name, cfg.logger.get("run_name") or run_title(cfg, run_dir), uri,
                                run_dir / "mlflow_run_id", artifact_location, tags, finish_on_finalize,
-                               rank_zero=distributed.is_global_zero_process())
+                               rank_zero=distributed.is_global_zero_process(),
+                               system_metrics=cfg.logger.get("system_metrics"),
+                               system_metrics_interval=cfg.logger.get("system_metrics_interval"))
     if distributed.is_global_zero_process():
         relog.record_store(run_dir, uri)  # beside mlflow_run_id: which store that id is in
     return logger

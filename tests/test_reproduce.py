@@ -96,7 +96,8 @@ def test_missing_weights_and_too_few_actors_are_skipped_with_the_reason(tmp_path
     assert "Cnn14_mAP=0.431.pth" in record["notes"] and record["grouped_value"] == ""
     assert not (out / "runs").exists()  # nothing was started
     markdown = (out / "reproduction.md").read_text()
-    assert "skipped [1]" in markdown and "[1] donateacry/panns_mlp, study's protocol skipped: pretrained" in markdown
+    assert "| skipped [1] | skipped [1] |" in markdown
+    assert "[1] donateacry/panns_mlp, both protocols skipped: weights not in" in markdown
 
 
 def test_first_error_line_is_the_exception_line():
@@ -136,9 +137,15 @@ def test_quick_report_runs_both_protocols_and_writes_md_and_csv(generated_ravdes
     assert (study_split, OmegaConf.load(grouped_dir / "config.yaml").data.split) == ("random", "grouped")
     assert "trainer.max_epochs=2" in (out / "logs" / f"{grouped_dir.name}.log").read_text().splitlines()[0]
     markdown = (out / "reproduction.md").read_text()
-    assert "| study | system | metric | study's protocol (reported) |" in markdown and "--quick" in markdown
-    assert "| RAVDESS, Milan | gender CNN | acc | random 70/15/15 of the files (test accuracy 97.22 %) |" in markdown
+    assert "| study | system | metric | study's protocol: reported |" in markdown and "--quick" in markdown
+    assert "| RAVDESS, Milan | gender CNN | acc | random 70/15/15 of the files: test accuracy 97.22 % |" in markdown
     assert "| RAVDESS, Milan | gender CNN |" in printed
+    # the same command again reuses both finished jobs (no process started) with their numbers and times
+    assert main(["ravdess/gender_cnn", "--quick", "--out", str(out), "--data-dir", str(generated_ravdess),
+                 "--", *TINY, f"paths.output_dir={tmp_path / 'outputs'}"]) == 0
+    (again,) = list(csv.DictReader(open(out / "reproduction.csv")))
+    assert again["grouped_status"] == "ok (reused)" and again["grouped_value"] == record["grouped_value"]
+    assert again["seconds"] == record["seconds"]
 
 
 def test_a_failing_job_is_a_row_with_its_error(generated_ravdess, tmp_path):

@@ -9,9 +9,9 @@ study's protocol and under audioml's grouped one, and write the side-by-side tab
 
 Each job is its own process (``python -m audioml.train`` / ``python -m audioml.classical.cli``)
 with its run directory ``<out>/runs/<experiment>-<protocol>[-quick]`` and log ``<out>/logs/``;
-rerunning the same command reuses finished train runs. A job whose data or weights are missing,
-or whose data has too few groups for its protocol, is skipped with the reason; a failed job is a
-row with its error's first line. Writes ``<out>/reproduction.md`` and ``<out>/reproduction.csv``
+rerunning the same command reuses finished jobs (``--rerun``: run them again). A job whose data
+or weights are missing, or whose data has too few groups for its protocol, is skipped with the
+reason; a failed job is a row with its error's first line. Writes ``<out>/reproduction.md`` and ``<out>/reproduction.csv``
 and prints the table.
 """
 
@@ -57,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="per job")
     parser.add_argument("--registry", type=Path, default=REGISTRY_FILE,
                         help="a registry file of your own (format: the header of audioml/conf/reproduce.yaml)")
+    parser.add_argument("--rerun", action="store_true",
+                        help="run every job again (default: a job finished before with the same command is reused)")
     parser.add_argument("--list", action="store_true", help="print what would run or be skipped; run nothing")
     return parser
 
@@ -96,7 +98,7 @@ def _progress(text: str) -> None:
 
 def reproduce(entries: Sequence[Entry], locations: Locations, out: Path, quick: bool = False,
               extra: Sequence[str] = (), protocols: str = "both", timeout: float | None = None,
-              all_entries: Sequence[Entry] = ()) -> list[Row]:
+              all_entries: Sequence[Entry] = (), rerun: bool = False) -> list[Row]:
     """Run every job of ``entries`` (each in its own process) and return the rows; a failed or
     skipped job is a row with its reason. ``all_entries`` are searched for the ``features_from``
     entry of a selected one (its grouped run under ``out`` may be from an earlier command)."""
@@ -128,7 +130,7 @@ def reproduce(entries: Sequence[Entry], locations: Locations, out: Path, quick: 
             _progress(f"{label}: running, log {out / 'logs' / (name + '.log')}")
             result = run_job(entry.runner.module,
                              job_overrides(entry, protocol, locations, quick, extra, features_dir),
-                             out / "runs" / name, out / "logs", entry.reported.metric, timeout)
+                             out / "runs" / name, out / "logs", entry.reported.metric, timeout, reuse=not rerun)
             results[protocol.key] = result
             shown = f"{entry.reported.metric} {result.value(entry.reported.metric):.3f}" if result.status == "ok" \
                 else result.reason
@@ -156,9 +158,14 @@ def _features_run(entry: Entry, finished: dict[str, JobResult], out: Path, quick
     return None, f"needs the features of a finished {source} run ({why}); run it first: audioml-reproduce {source}"
 
 
-def _header(args: argparse.Namespace, locations: Locations, seconds: float, command: str) -> list[str]:
+def _header(args: argparse.Namespace, locations: Locations, seconds: float, command: str,
+            rows: Sequence[Row]) -> list[str]:
+    jobs = sum(row.seconds for row in rows)
+    reused = any(r.reused for row in rows for r in (row.same, row.grouped))
     lines = ["# audioml reproduction report", "",
-             f"`{command}` on {datetime.now():%Y-%m-%d %H:%M}, {format_seconds(seconds)} in all.  ",
+             f"`{command}` on {datetime.now():%Y-%m-%d %H:%M}: the jobs' wall time {format_seconds(jobs)} in all"
+             + (f" (this command {format_seconds(seconds)}; reused jobs keep the time of their run)" if reused else "")
+             + ".  ",
              f"Data: `{locations.data_dir}`"
              + "".join(f", {name}: `{root}`" for name, root in locations.roots.items())
              + f"; weights: `{locations.weights_dir or 'torch hub cache'}`.  "]
@@ -197,8 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     command = "audioml-reproduce " + shlex.join([*(argv or []), *(["--", *extra] if extra else [])])
     started = time.monotonic()
-    rows = reproduce(entries, locations, out, args.quick, extra, args.protocol, args.timeout, registry.entries)
-    header = _header(args, locations, time.monotonic() - started, command)
+    rows = reproduce(entries, locations, out, args.quick, extra, args.protocol, args.timeout, registry.entries,
+                     args.rerun)
+    header = _header(args, locations, time.monotonic() - started, command, rows)
     write_csv(rows, out / "reproduction.csv")
     write_markdown(rows, out / "reproduction.md", header)
     table, notes = markdown_table(rows)

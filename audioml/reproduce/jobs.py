@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -102,16 +103,20 @@ def run_job(module: str, overrides: Sequence[str], run_dir: Path, log_dir: Path,
             timeout: float | None = None, reuse: bool = True) -> JobResult:
     """Run ``python -m <module> <overrides> hydra.run.dir=<run_dir>``, its output into
     ``<log_dir>/<run_dir name>.log``; the result holds its metrics.json, or the error's first
-    line when it exits non-zero, times out or writes no ``metric``. A train run finished
-    before (``DONE`` in ``run_dir`` and a successful ``job.json``) is reused when ``reuse``.
+    line when it exits non-zero, times out or writes no ``metric``. A job finished before with
+    the same command (its ``job.json`` says exit 0, its ``metrics.json`` is there) is reused
+    when ``reuse``; otherwise ``run_dir`` is emptied first (a train run would skip a finished
+    run directory by itself).
     """
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path, job_path = log_dir / f"{run_dir.name}.log", log_dir / f"{run_dir.name}.{JOB_FILE}"
     command = [sys.executable, "-m", module, *overrides, f"hydra.run.dir={run_dir}"]
-    if reuse and (run_dir / "DONE").is_file() and (run_dir / "metrics.json").is_file() and job_path.is_file():
+    if reuse and (run_dir / "metrics.json").is_file() and job_path.is_file():
         record = json.loads(job_path.read_text())
         if record.get("returncode") == 0 and record.get("command") == command:
             return _read_result(run_dir, log_path, metric, float(record.get("seconds", 0.0)), reused=True)
+    if not reuse and run_dir.is_dir():
+        shutil.rmtree(run_dir)
     environment = {**os.environ, "HYDRA_FULL_ERROR": "1", "PYTHONUNBUFFERED": "1"}
     started = time.monotonic()
     with open(log_path, "w") as log:

@@ -230,12 +230,11 @@ def missing_weights(entry: Entry, weights_dir: str | Path | None) -> str | None:
     for name in entry.weights:
         record = get_pretrained_cfg(name)
         if record.filename and not (folder / record.filename).is_file():
-            absent.append(f"{name} ({record.filename} from {record.url})")
+            absent.append(f"{record.filename} ({name}, {record.url})")
     if not absent:
         return None
-    return (f"pretrained weights not in {folder}: {'; '.join(absent)}; download them into that folder "
-            "(a run with network access does so once) or point --weights-dir / AUDIOML_WEIGHTS_DIR at a folder "
-            "holding them")
+    return (f"weights not in {folder}: {'; '.join(absent)}; download into that folder (a run with network "
+            "access does it once) or set --weights-dir / AUDIOML_WEIGHTS_DIR")
 
 
 def count_groups(dataset: Dataset, root: Path) -> int | None:

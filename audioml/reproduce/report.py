@@ -45,9 +45,11 @@ class Row:
     def notes(self) -> list[tuple[str, str]]:
         """``(column, text)``: why a job gave no number (``column``: ``same`` or ``grouped``),
         and the remark of a study protocol that is the grouped one (one run fills both)."""
-        notes = []
+        notes: list[tuple[str, str]] = []
         if self.entry.study_protocol.same_as is not None:
             notes.append(("same", "the study's protocol is audioml's grouped one: one run fills both columns"))
+        elif self.same.status == self.grouped.status != "ok" and self.same.reason == self.grouped.reason:
+            return [("both", f"both protocols {self.same.status}: {self.same.reason}")]
         for column, label, result in (("same", "study's protocol", self.same), ("grouped", "grouped protocol",
                                                                                self.grouped)):
             if column == "same" and self.entry.study_protocol.same_as is not None:
@@ -104,7 +106,7 @@ def _cell(row: Row, result: JobResult, note: int | None) -> str:
 
 def markdown_table(rows: Sequence[Row]) -> tuple[str, list[str]]:
     """The Markdown table and its numbered notes (skip and failure reasons)."""
-    lines = ["| study | system | metric | study's protocol (reported) | audioml, study's protocol "
+    lines = ["| study | system | metric | study's protocol: reported | audioml, study's protocol "
              "| audioml, grouped protocol [95 % CI] | majority baseline | time |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     notes: list[str] = []
@@ -116,15 +118,16 @@ def markdown_table(rows: Sequence[Row]) -> tuple[str, list[str]]:
         if row.entry.study_protocol.same_as is not None:
             same = f"= grouped [{numbers['same']}]"
         else:
-            same = _cell(row, row.same, numbers.get("same"))
-        grouped = _cell(row, row.grouped, numbers.get("grouped"))
+            same = _cell(row, row.same, numbers.get("same", numbers.get("both")))
+        grouped = _cell(row, row.grouped, numbers.get("grouped", numbers.get("both")))
         shown = row.grouped if row.grouped.status == "ok" else row.same
         baseline = row.numbers(shown)["baseline"] if shown.status == "ok" else None
         reused = " (reused)" if row.grouped.reused or row.same.reused else ""
         lines.append(" | ".join([
             f"| {row.entry.study}", row.entry.system, row.entry.reported.metric.split("/", 1)[-1],
-            f"{row.entry.study_protocol.text} ({row.entry.reported.text})", same, grouped,
-            "" if baseline is None else f"{baseline:.3f}", format_seconds(row.seconds) + reused]) + " |")
+            f"{row.entry.study_protocol.text}: {row.entry.reported.text}", same, grouped,
+            "" if baseline is None else f"{baseline:.3f}",
+            format_seconds(row.seconds) + reused if row.seconds > 0 else "-"]) + " |")
     return "\n".join(lines), notes
 
 

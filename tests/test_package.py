@@ -21,6 +21,7 @@ def test_wheel_holds_the_configs_and_runs_from_any_directory(tmp_path):
     for expected in ("audioml/conf/train.yaml", "audioml/conf/eval.yaml", "audioml/conf/predict.yaml",
                      "audioml/conf/__init__.py", "audioml/conf/data/folder.yaml", "audioml/conf/data/csv.yaml",
                      "audioml/conf/model/cnn.yaml", "audioml/conf/hydra/default.yaml",
+                     "audioml/conf/reproduce.yaml", "audioml/reproduce/cli.py",
                      "hydra_plugins/audioml_searchpath/__init__.py", "hydra_plugins/audioml_launchers/__init__.py"):
         assert expected in names, expected
     assert sum(n.startswith("audioml/conf/") and n.endswith(".yaml") for n in names) == \
@@ -35,6 +36,10 @@ def test_wheel_holds_the_configs_and_runs_from_any_directory(tmp_path):
     where = subprocess.run([sys.executable, "-c", "import audioml.config as c; print(c.CONFIG_DIR)"], cwd=work,
                            env=env, capture_output=True, text=True, check=True)
     assert Path(where.stdout.strip()) == site / "audioml" / "conf"  # the wheel's copy, not the checkout
+    registry = subprocess.run([sys.executable, "-m", "audioml.reproduce", "all", "--list", "--data-dir", str(work)],
+                              cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    assert registry.returncode == 0 and "ravdess/gender_cnn (random 70/15/15 of the files): skipped: no ravdess data" \
+        in registry.stdout, registry.stderr[-2000:]
     process = subprocess.run([sys.executable, "-m", "audioml.train", "data=synthetic", "model=cnn",
                               "data.clips_per_class=6", "data.num_groups=6", "+trainer.fast_dev_run=true"],
                              cwd=work, env=env, capture_output=True, text=True, timeout=600)
@@ -54,7 +59,7 @@ def test_quick_commands_do_not_import_the_training_stack():
     for module, arguments in (("audioml.train", ["--help"]), ("audioml.evaluate", ["--help"]),
                               ("audioml.predict", ["--help"]), ("audioml.compare", ["--help"]),
                               ("audioml.export", ["--help"]), ("audioml.classical.cli", ["--help"]),
-                              ("audioml.data.cli", ["list"])):
+                              ("audioml.data.cli", ["list"]), ("audioml.reproduce.cli", ["--help"])):
         process = subprocess.run([sys.executable, "-c", probe, module, *arguments], cwd=REPO,
                                  capture_output=True, text=True, timeout=120)
         assert "HEAVY []" in process.stdout, (module, process.stdout[-500:], process.stderr[-2000:])

@@ -228,6 +228,7 @@ def test_regression_grid_on_partitions_has_intervals_and_a_mean_baseline(tmp_pat
     assert isinstance(result.ranking["mlflow_run_id"].iloc[0], str)
 
 
+@pytest.mark.slow  # trains a CRNN in a subprocess, then a 60-pipeline grid: ~40-70 s
 def test_deep_features_of_a_trained_crnn_equal_its_deep_features(tmp_path):
     from audioml.run.checkpoint import model_from_record, read_record, datamodule_from_record
     from audioml.run.inference import find_checkpoint

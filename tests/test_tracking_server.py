@@ -3,6 +3,7 @@ sweep through ``logger.tracking_uri``; everything is read back through its REST 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -116,9 +117,9 @@ def test_sweep_logged_to_a_real_mlflow_server_reads_back_complete(server, tmp_pa
             assert json.loads(response.read()) == written
 
 
-def test_a_basic_auth_server_refuses_anonymous_writes_and_takes_a_run_with_credentials(tmp_path):
-    """The README's team server: MLflow's basic-auth app on 127.0.0.1; runs authenticate with
-    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD."""
+@contextlib.contextmanager
+def _basic_auth_server(tmp_path):
+    """MLflow's basic-auth app on 127.0.0.1 (the README's team server)."""
     (tmp_path / "auth.ini").write_text(
         "[mlflow]\ndefault_permission = READ\n"
         f"database_uri = sqlite:///{tmp_path / 'auth.db'}\nadmin_username = admin\n"
@@ -127,9 +128,46 @@ def test_a_basic_auth_server_refuses_anonymous_writes_and_takes_a_run_with_crede
                                  env={"MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "auth.ini"),
                                       "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret"})
     try:
+        yield url
+    finally:
+        _stop_server(process)
+
+
+@contextlib.contextmanager
+def _credentials():
+    os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD="a-long-team-password-42")
+    try:
+        yield
+    finally:
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            os.environ.pop(key, None)
+
+
+def test_a_basic_auth_server_refuses_anonymous_writes_and_takes_a_run_with_credentials(tmp_path):
+    """Runs authenticate with MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (the way
+    audioml-train's MLflow client does; the whole training run is the slow test below)."""
+    from mlflow import MlflowClient
+
+    with _basic_auth_server(tmp_path) as url:
         with pytest.raises(urllib.error.HTTPError) as anonymous:
             _post(url, "/api/2.0/mlflow/experiments/create", {"name": "intruder"})
         assert anonymous.value.code == 401
+        with _credentials():
+            client = MlflowClient(url)
+            run = client.create_run(client.create_experiment("team"))
+            client.log_metric(run.info.run_id, "test/macro_f1", 0.5)
+            client.set_terminated(run.info.run_id)
+            logged = client.get_run(run.info.run_id)
+        assert logged.info.status == "FINISHED" and logged.data.metrics == {"test/macro_f1": 0.5}
+
+
+@pytest.mark.slow
+def test_audioml_train_logs_into_a_basic_auth_server_with_credentials(tmp_path):
+    """A whole audioml-train run into the basic-auth server (every request checks the password
+    hash: ~50 s)."""
+    from mlflow import MlflowClient
+
+    with _basic_auth_server(tmp_path) as url:
         output = tmp_path / "out"
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
         env.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD="a-long-team-password-42")
@@ -139,14 +177,6 @@ def test_a_basic_auth_server_refuses_anonymous_writes_and_takes_a_run_with_crede
              "trainer.enable_progress_bar=false", f"logger.tracking_uri={url}", f"paths.output_dir={output}"],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         assert trained.returncode == 0, trained.stderr[-5000:]
-        from mlflow import MlflowClient
-
-        os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD="a-long-team-password-42")
-        try:
+        with _credentials():
             runs = MlflowClient(url).search_runs([MlflowClient(url).get_experiment_by_name("synthetic").experiment_id])
-        finally:
-            for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-                os.environ.pop(key, None)
         assert len(runs) == 1 and runs[0].info.status == "FINISHED" and "test/macro_f1" in runs[0].data.metrics
-    finally:
-        _stop_server(process)

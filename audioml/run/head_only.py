@@ -38,26 +38,41 @@ from audioml.files import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 __all__ = ["HEAD_ONLY_KEY", "HeadOnlyCheckpoints", "frozen_keys", "expand_checkpoints", "HeadOnlyCheckpointError",
-           "HEAD_ONLY_THREADS", "threads_restored"]
+           "HEAD_ONLY_THREADS", "threads_restored", "use_head_only_threads"]
 
 #: Checkpoint entry of a head-only checkpoint: ``{"format", "fingerprint", "frozen_keys"}``.
 HEAD_ONLY_KEY = "audioml_head_only"
 _FORMAT = 1
-#: CPU threads for the operators of a head-only fit and test. A head's matrix products on a
-#: batch of cached embeddings take microseconds: split across threads they wait on each other
-#: (on 2 shared cores a 40-epoch job took 10-19 s with torch's default threads, 6 s with one).
+#: CPU threads for the operators of a head-only fit, test and report (torch's and every BLAS /
+#: OpenMP pool, through threadpoolctl). A head's matrix products on a batch of cached
+#: embeddings take microseconds: split across threads they wait on each other, and a BLAS
+#: pool left spinning after a NumPy call (the bootstrap, the report's PCA) takes the core the
+#: job runs on. On 2 cores a 40-epoch job took 10-19 s with the default threads under load,
+#: 3.5 s with one torch thread, 2 s with every pool at one.
 HEAD_ONLY_THREADS = 1
 _FROZEN_PREFIXES = ("frontend.", "backbone.")
 
 
 @contextmanager
-def threads_restored() -> Iterator[None]:
-    """Put torch's intra-op thread count back on exit (a head-only fit sets ``HEAD_ONLY_THREADS``)."""
+def threads_restored() -> Iterator[list]:
+    """Put torch's intra-op thread count and the thread pools' limits back on exit; yields the
+    list :func:`use_head_only_threads` records its limits in."""
     threads = torch.get_num_threads()
+    limits: list = []
     try:
-        yield
+        yield limits
     finally:
+        for limit in reversed(limits):
+            limit.restore_original_limits()
         torch.set_num_threads(threads)
+
+
+def use_head_only_threads(limits: list) -> None:
+    """Run on ``HEAD_ONLY_THREADS`` threads from now on (until ``threads_restored`` ends)."""
+    from threadpoolctl import threadpool_limits
+
+    limits.append(threadpool_limits(limits=HEAD_ONLY_THREADS))
+    torch.set_num_threads(HEAD_ONLY_THREADS)
 
 
 class HeadOnlyCheckpointError(RuntimeError):

@@ -17,6 +17,7 @@ and audioml itself; serve it where audioml is installed (``--env-manager local``
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -111,8 +112,17 @@ def signature_of(record: dict):
         params=ParamSchema([ParamSpec("sample_rate", DataType.long, int(record["decoder"]["sample_rate"]))]))
 
 
+@functools.lru_cache(maxsize=1)  # the installed versions do not change within a process (a sweep)
+def _pinned_requirements() -> tuple[str, ...]:
+    return tuple(_pin_requirements())
+
+
 def pip_requirements() -> list[str]:
     """audioml and each of its dependencies pinned to the version installed here."""
+    return list(_pinned_requirements())
+
+
+def _pin_requirements() -> list[str]:
     from packaging.requirements import Requirement
 
     pinned = [f"audioml=={metadata.version('audioml')}"]

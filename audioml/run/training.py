@@ -27,7 +27,7 @@ from audioml.data.base import NoUsableFilesError
 from audioml.files import atomic_write_bytes, exclusive_lock, remove_temporaries
 from audioml.models.embedding_cache import use_embedding_cache
 from audioml.run import facts, relog, resume, tracking
-from audioml.run.head_only import HEAD_ONLY_THREADS, HeadOnlyCheckpoints, threads_restored
+from audioml.run.head_only import HeadOnlyCheckpoints, threads_restored, use_head_only_threads
 from audioml.run.checkpoint import ModelInCheckpoint, model_record, untrusted_targets
 from audioml.run.compose import (build_datamodule, build_model, build_test_trainer, build_trainer, data_tags,
                                  fit_data_statistics, open_mlflow_logger, run_title, runtime_tags,
@@ -305,7 +305,8 @@ class TrainingRun:
                 **({"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else {})}
         self.logger = open_mlflow_logger(cfg, run_dir, tags, finish_on_finalize=False)  # closed when all is written
         # no run left RUNNING on a crash; torch's thread count as it was (a head-only fit sets it)
-        with tracking.ended_on_error(self.logger if self.rank_zero else None), threads_restored():
+        with tracking.ended_on_error(self.logger if self.rank_zero else None), threads_restored() as limits:
+            self._thread_limits = limits
             if self.rank_zero:
                 log.info("run directory %s; %s", run_dir, _mlflow_location(cfg, self.logger))
                 if self.logger is not None:
@@ -345,7 +346,7 @@ class TrainingRun:
         datamodule = use_embedding_cache(model, datamodule, cfg.paths.cache_dir, trainer.strategy.root_device)
         if getattr(datamodule, "frozen_fingerprint", None):
             trainer.callbacks.append(HeadOnlyCheckpoints(datamodule.frozen_fingerprint))
-            torch.set_num_threads(HEAD_ONLY_THREADS)  # put back when the run ends (run())
+            use_head_only_threads(self._thread_limits)  # put back when the run ends (run())
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=str(last) if last else None)
         except SIGTERMException:

@@ -170,3 +170,36 @@ def test_a_job_refused_before_its_run_opens_is_recorded_on_the_parent(tmp_path, 
     assert job.state == "failed" and job.error.startswith("ValueError: trainer.max_epochs=-5")
     callback.on_job_start(config)  # a retry forgets the failure
     assert status.read_failure(run_dir) is None
+
+
+def test_status_of_a_sweep_whose_job_was_killed(tmp_path):
+    """A real sweep SIGKILLed in its second job's training: the first job reads finished, the
+    killed one interrupted (with its epochs so far), the third not started; its rerun would
+    continue the killed job."""
+    import signal
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "HYDRA_FULL_ERROR")}
+    sweep = subprocess.Popen([sys.executable, "-m", "audioml.train", "-m", *TINY[:2], *TINY[3:],
+                              "trainer.max_epochs=1,300,2", f"paths.output_dir={tmp_path}"], cwd=REPO, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and sweep.poll() is None:  # job 1 wrote its first resume checkpoint
+            done = list((tmp_path / "runs").glob("*/DONE"))
+            training = [p for p in (tmp_path / "runs").glob("*/checkpoints/last.ckpt")
+                        if not (p.parent.parent / "DONE").exists()]
+            if done and training:
+                break
+            time.sleep(0.2)
+        assert sweep.poll() is None, "the sweep ended before its second job was killed"
+    finally:
+        os.killpg(sweep.pid, signal.SIGKILL)
+        sweep.wait()
+    (record,) = [p for p in (tmp_path / "runs" / ".sweeps").iterdir() if p.is_dir()]
+    states = {next(o for o in job.overrides if o.startswith("trainer.max_epochs=")): job
+              for job in status.sweep_jobs(record)}
+    assert states["trainer.max_epochs=1"].state == "finished"
+    killed = states["trainer.max_epochs=300"]
+    assert killed.state == "interrupted", killed
+    assert states["trainer.max_epochs=2"].state == "not started"

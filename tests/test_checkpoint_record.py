@@ -154,6 +154,7 @@ def test_an_old_format_checkpoint_says_which_format_and_what_to_do(tmp_path):
         read_record(junk)
 
 
+@pytest.mark.slow  # kept out of the default run for its time (15-30 s); `pytest -m slow` runs it
 def test_predict_on_a_trimmed_ravdess_checkpoint_sees_the_test_set_inputs(tmp_path):
     """data.trim_db=30: predict trims as training did, so its probabilities for the test files
     are the ones the run's test loop wrote."""

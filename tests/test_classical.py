@@ -264,6 +264,7 @@ def test_deep_features_of_a_trained_crnn_equal_its_deep_features(tmp_path):
     assert {"test/ccc", "test/mse", "test/mae", "baseline/ccc"} <= set(json.loads((grid_dir / "metrics.json").read_text()))
 
 
+@pytest.mark.slow  # kept out of the default run for its time (15-30 s); `pytest -m slow` runs it
 def test_emotify_handcrafted_runs_on_the_real_sample(shared_data, tmp_path):
     process = run_entry_point("audioml.classical", "experiment=emotify_handcrafted", "data.allow_missing=true",
                               "data.min_tracks_per_class=1", "protocol.k=3", "scoring.bootstrap_samples=100",

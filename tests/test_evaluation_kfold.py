@@ -72,6 +72,7 @@ def test_kfold_parent_run_holds_fold_children_summary_and_out_of_fold_prediction
     assert {"learning_curves.png", "embeddings_pca.png", "test_predictions.csv"} <= child_artifacts
 
 
+@pytest.mark.slow  # kept out of the default run for its time (15-30 s); `pytest -m slow` runs it
 def test_random_labels_are_reported_no_better_than_chance(tmp_path):
     """Labels shuffled independently of the audio: the test metric must not beat chance. The
     run also exercises the mixup recipe and the holdout protocol."""

@@ -256,6 +256,7 @@ def test_mlflow_models_serve_answers_rest_requests(cnn_run):
             server.wait(timeout=30)
 
 
+@pytest.mark.slow  # kept out of the default run for its time (15-30 s); `pytest -m slow` runs it
 def test_a_regression_checkpoint_gives_a_time_series(tmp_path):
     make_muse_package(tmp_path / "data" / "muse" / "c3_muse_stress_2022", seconds=10.0)
     output = tmp_path / "out"
@@ -284,6 +285,7 @@ def test_a_regression_checkpoint_gives_a_time_series(tmp_path):
     assert np.allclose(series[["valence", "arousal"]].to_numpy()[:8], first, atol=1e-5)
 
 
+@pytest.mark.slow  # kept out of the default run for its time (~30 s); `pytest -m slow` runs it
 def test_eval_logs_a_linked_evaluation_run_on_any_split_or_a_dataset_with_the_same_classes(cnn_run, tmp_path):
     output, run_dir, run_id = cnn_run
     run_entry_point("audioml.evaluate", f"source={run_dir}", "split=val", f"paths.output_dir={output}",

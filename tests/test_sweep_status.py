@@ -172,6 +172,7 @@ def test_a_job_refused_before_its_run_opens_is_recorded_on_the_parent(tmp_path, 
     assert status.read_failure(run_dir) is None
 
 
+@pytest.mark.slow  # kept out of the default run for its time (15-30 s); `pytest -m slow` runs it
 def test_status_of_a_sweep_whose_job_was_killed(tmp_path):
     """A real sweep SIGKILLed in its second job's training: the first job reads finished, the
     killed one interrupted (with its epochs so far), the third not started; its rerun would

@@ -22,7 +22,9 @@ MODELS = sorted(p.stem for p in Path(CONFIG_DIR, "model").glob("*.yaml"))
 #: Input-size overrides that keep CPU time small; the architecture itself is unchanged.
 FAST = {"ast": ["+model.frontend={_target_:audioml.features.kaldi_fbank.KaldiFbank,sample_rate:16000,n_mels:128,"
                  "target_frames:128,mean:-4.2677393,std:9.1379948}", "+model.backbone.config={max_length:128}"],
-        "imagenet_cnn": ["model.backbone.image_size=64"]}
+        "imagenet_cnn": ["model.backbone.image_size=64"],
+        # flattens a fixed-size spectrogram image (it refuses a variable-size input)
+        "cnn_image": ["features=logmel_image", "features.image_size=[32,32]"]}
 #: Full-size transformers take minutes on a shared CPU; ``ast_tiny`` runs the same code by default.
 SLOW = {"ast"}
 NUM_CLASSES = 3

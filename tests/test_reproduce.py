@@ -158,3 +158,21 @@ def test_a_failing_job_is_a_row_with_its_error(generated_ravdess, tmp_path):
     assert record["same_protocol_status"] == "failed" and record["grouped_status"] == "not run"
     assert "exit 1: " in record["notes"] and "Error" in record["notes"] and "val_fraction" in record["notes"], record
     assert "failed [1]" in (out / "reproduction.md").read_text()
+
+
+def test_a_changed_command_never_reports_the_old_runs_numbers(tmp_path):
+    """A run folder finished by another command (other overrides, data, registry) is emptied
+    before the job runs: audioml-train would skip it and its old metrics.json would pass as new."""
+    import sys
+
+    from audioml.reproduce.jobs import JOB_FILE, run_job
+
+    run_dir, logs = tmp_path / "runs" / "job", tmp_path / "logs"
+    run_dir.mkdir(parents=True)
+    logs.mkdir()
+    (run_dir / "metrics.json").write_text(json.dumps({"test/acc": 0.99}))
+    (logs / f"job.{JOB_FILE}").write_text(json.dumps({"returncode": 0, "seconds": 1.0,
+                                                      "command": [sys.executable, "-m", "other"]}))
+    result = run_job("audioml.reproduce", ["--no-such-option"], run_dir, logs, "test/acc", timeout=60)
+    assert result.status == "failed" and not result.reused and result.value("test/acc") is None
+    assert not (run_dir / "metrics.json").exists()

@@ -197,3 +197,24 @@ def test_ravdess_random_split_shares_actors(tmp_path):
     assert train & test
     with pytest.raises(ValueError, match="split=random splits files"):
         RavdessDataModule(root, split="random", test_actors=[1])
+
+
+def test_cnn_image_without_a_fixed_input_size_says_how_to_get_one():
+    from audioml.models.backbones.cnn import ScratchCNN
+
+    with pytest.raises(ValueError, match="features=logmel_image"):
+        ScratchCNN(channels=[4], dense=8, flatten=True, input_size=None)
+    assert ScratchCNN(channels=[4], dense=8, flatten=True, input_size=[16, 16]).input_size == (16, 16)
+
+
+def test_preprocess_none_builds_the_model_without_preprocessing():
+    from audioml.features.preprocess import WaveformPreprocess
+    from audioml.models.backbones.cnn import ScratchCNN
+    from audioml.models.classifier import AudioClassifier
+
+    from audioml.features.logmel import LogMel
+
+    plain = AudioClassifier(ScratchCNN(channels=[4], dense=8), LogMel(16000), 2, sample_rate=16000)
+    empty = AudioClassifier(ScratchCNN(channels=[4], dense=8), LogMel(16000), 2, sample_rate=16000,
+                            preprocess=WaveformPreprocess())
+    assert list(empty.state_dict()) == list(plain.state_dict())

@@ -88,6 +88,8 @@ class AudioModule(L.LightningModule):
         frontend = frontend if frontend is not None else contract_frontend(backbone, sample_rate)
         # Waveform preprocessing is part of the front end: every path through model.frontend
         # (training, embedding caches, prediction, export) applies it.
+        if preprocess is not None and len(getattr(preprocess, "steps", [preprocess])) == 0:
+            preprocess = None  # preprocess=none: the same model (keys, embedding cache) as no preprocess
         self.frontend = frontend if preprocess is None else Preprocessed(preprocess, frontend)
         self.backbone = backbone
         self.backbone.reset_classifier(num_outputs, head)

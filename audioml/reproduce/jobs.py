@@ -105,8 +105,8 @@ def run_job(module: str, overrides: Sequence[str], run_dir: Path, log_dir: Path,
     ``<log_dir>/<run_dir name>.log``; the result holds its metrics.json, or the error's first
     line when it exits non-zero, times out or writes no ``metric``. A job finished before with
     the same command (its ``job.json`` says exit 0, its ``metrics.json`` is there) is reused
-    when ``reuse``; otherwise ``run_dir`` is emptied first (a train run would skip a finished
-    run directory by itself).
+    when ``reuse``; any other job starts from an empty ``run_dir`` (audioml-train would skip a
+    finished run directory by itself and report its old numbers as this command's).
     """
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path, job_path = log_dir / f"{run_dir.name}.log", log_dir / f"{run_dir.name}.{JOB_FILE}"
@@ -115,7 +115,7 @@ def run_job(module: str, overrides: Sequence[str], run_dir: Path, log_dir: Path,
         record = json.loads(job_path.read_text())
         if record.get("returncode") == 0 and record.get("command") == command:
             return _read_result(run_dir, log_path, metric, float(record.get("seconds", 0.0)), reused=True)
-    if not reuse and run_dir.is_dir():
+    if run_dir.is_dir():  # not reused: another command (overrides, data, registry) or --rerun
         shutil.rmtree(run_dir)
     environment = {**os.environ, "HYDRA_FULL_ERROR": "1", "PYTHONUNBUFFERED": "1"}
     started = time.monotonic()

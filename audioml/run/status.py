@@ -376,5 +376,8 @@ def find_record(sweep_dirs: Sequence[str | Path], sweep: str | None = None, clie
                           "--output-dir of the sweep, its paths.output_dir)")
     plans = [p for folder in searched for p in folder.glob(f"*/{PLAN_FILE}")]
     if not plans:
-        raise LookupError(f"no sweep recorded under {', '.join(map(str, searched))}")
+        raise LookupError(f"no sweep recorded under {', '.join(map(str, searched))}: pass the --output-dir of the "
+                          "sweep (its paths.output_dir), or its parent run id (a sweep whose hydra.sweep.dir is "
+                          "elsewhere, e.g. a debug= preset's, is found by its parent run id); a sweep starts with "
+                          "audioml-train -m ...")
     return max(plans, key=lambda p: p.stat().st_mtime).parent

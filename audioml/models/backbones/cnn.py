@@ -31,14 +31,21 @@ class ScratchCNN(Backbone):
         input_size: ``(n_mels, frames)`` of a fixed-size input (e.g. ``features.image_size``):
             the conv output is flattened (Keras ``Flatten`` -> ``Dense``), so every input must
             have exactly this size (``ValueError`` otherwise); ``None``: any size, pooled.
+        flatten: require ``input_size`` (``ValueError`` naming the fix when it is ``None``), so
+            a flattening preset never falls back to pooling without saying so.
     """
 
     def __init__(self, channels: Sequence[int] = (32, 64), convs_per_block: int = 1,
                  batch_norm: bool = False, dense: int = 128, dropout: float = 0.3,
-                 pool: int = 2, in_channels: int = 1, input_size: Sequence[int] | None = None) -> None:
+                 pool: int = 2, in_channels: int = 1, input_size: Sequence[int] | None = None,
+                 flatten: bool = False) -> None:
         super().__init__()
         if not channels:
             raise ValueError("model.backbone.channels must list at least one block")
+        if flatten and input_size is None:
+            raise ValueError("model.backbone.flatten=true (model=cnn_image) flattens a fixed-size spectrogram image, "
+                             "and model.backbone.input_size is null: use features=logmel_image, or set "
+                             "features.image_size=[H,W] (or model.backbone.input_size)")
         layers: list[nn.Module] = []
         width = in_channels
         for out_channels in channels:

@@ -181,3 +181,48 @@ def test_offline_copies_enter_the_key():
     copies = np.ones((2, 8), dtype=np.float32)
     assert fingerprint(None) != fingerprint(copies) != fingerprint(copies * 2)
     assert fingerprint(copies) == fingerprint(copies.copy())
+
+
+def test_evaluation_loaders_hold_the_whole_split_in_one_batch(data_root, tmp_path):
+    datamodule = make_datamodule(data_root, tmp_path / "cache", batch_size=2)
+    model = make_model()
+    cached = use_embedding_cache(model, datamodule, tmp_path / "cache")
+    assert isinstance(cached, CachedEmbeddingDataModule)
+    for split in ("val", "test"):
+        original = getattr(datamodule, f"{split}_dataloader")()
+        batches = list(getattr(cached, f"{split}_dataloader")())
+        assert len(original.dataset) > 2 and len(batches) == 1  # not the training batch size
+        embeddings, targets = batches[0]
+        rows = original.dataset.indices
+        assert np.array_equal(embeddings.numpy(), cached.embeddings[rows])  # same rows, same order
+        assert np.array_equal(targets.numpy(), original.dataset.targets[rows])
+    assert [len(t) for t, _ in cached.train_dataloader()][0] == 2  # training batches stay as configured
+
+
+def test_validation_puts_every_module_back_in_its_mode(data_root, tmp_path):
+    """Lightning's default restores each submodule's mode after validation; audioml overrides the
+    hooks (a head-only fit switches only the head) and must do the same."""
+    import lightning as L
+
+    class Modes(L.Callback):
+        def __init__(self):
+            self.after_validation: list[dict[str, bool]] = []
+
+        def on_train_start(self, trainer, pl_module):
+            pl_module.backbone.features.eval()  # e.g. a frozen block kept in eval mode
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch:
+                self.after_validation.append({n: m.training for n, m in pl_module.named_modules()})
+
+    for freeze, cache in (("none", False), ("all", True)):
+        datamodule = make_datamodule(data_root, tmp_path / "cache")
+        model = make_model(freeze=freeze, embedding_cache=cache)
+        data = use_embedding_cache(model, datamodule, tmp_path / "cache") if cache else datamodule
+        assert (model.embedding_input is not None) == cache
+        modes = Modes()
+        L.Trainer(max_epochs=2, callbacks=[modes], logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False).fit(model, datamodule=data)
+        (after,) = modes.after_validation
+        assert not any(mode for name, mode in after.items() if name.startswith("backbone.features")), freeze
+        assert after["backbone.head"] and after[""], freeze

@@ -296,3 +296,23 @@ def test_registry_records_are_complete() -> None:
         with pytest.raises(dataclasses.FrozenInstanceError):
             cfg.url = "x"  # type: ignore[misc]
     assert PRETRAINED_CFGS["efficientat_mn04_as"].sha256.startswith("899a8c62")
+
+
+def test_a_present_file_is_hashed_once_per_process_until_it_changes(tmp_path: Path, monkeypatch) -> None:
+    import audioml.models.pretrained as pretrained
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    payload = b"pretend weights" * 1000
+    (folder / "w.pt").write_bytes(payload)
+    cfg = _record("http://127.0.0.1:9/w.pt", "w.pt", sha256=hashlib.sha256(payload).hexdigest())
+    hashed: list[Path] = []
+    real = pretrained.file_sha256
+    monkeypatch.setattr(pretrained, "file_sha256", lambda path: hashed.append(Path(path)) or real(path))
+    for _ in range(3):  # a sweep builds its model once per job
+        assert download_weights(cfg, folder) == folder / "w.pt"
+    assert len(hashed) == 1
+    (folder / "w.pt").write_bytes(b"x" + payload[1:])  # same size, other bytes, newer mtime
+    with pytest.raises(ValueError, match="Delete it"):
+        download_weights(cfg, folder)
+    assert len(hashed) == 2

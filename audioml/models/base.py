@@ -109,6 +109,49 @@ class AudioModule(L.LightningModule):
         if value is not None:
             self.log(f"{stage}/loss", value, prog_bar=prog_bar, sync_dist=True)
 
+    # ------------------------------------------------ train/eval switches around evaluation
+    # Lightning puts every submodule in eval mode before each validation (and test) and back
+    # after it. When only the head runs on cached embeddings (``embedding_input``), switching
+    # the frozen front end and backbone, hundreds of modules twice an epoch, was a twentieth of
+    # a 40-epoch head job: only the head is switched then. Otherwise the modes every submodule
+    # had are put back, as Lightning does when these hooks are not overridden.
+    def _to_eval(self) -> None:
+        if getattr(self, "embedding_input", None) is not None:
+            self._modes_before_eval = {"backbone.head": self.backbone.head.training}
+            self.backbone.head.eval()
+            return
+        self._modes_before_eval = {name: module.training for name, module in self.named_modules()}
+        self.trainer.model.eval()
+
+    def _back_from_eval(self) -> None:
+        modes = getattr(self, "_modes_before_eval", {})
+        if getattr(self, "embedding_input", None) is not None:
+            self.backbone.head.train(modes.get("backbone.head", True))
+            return
+        for name, module in self.named_modules():
+            if name in modes:
+                module.training = modes[name]
+
+    def on_validation_model_eval(self) -> None:
+        self._to_eval()
+
+    def on_validation_model_train(self) -> None:
+        self._back_from_eval()
+
+    def on_test_model_eval(self) -> None:
+        self._to_eval()
+
+    def on_test_model_train(self) -> None:
+        self._back_from_eval()
+
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        # A (waveform, target) batch already on the device (CPU training) is returned as it is:
+        # Lightning's generic walk over the collection was a tenth of a head-only training step.
+        if isinstance(batch, (tuple, list)) and all(isinstance(item, torch.Tensor) and item.device == device
+                                                    for item in batch):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def configure_optimizers(self):
         optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
         if self.scheduler_factory is None:

@@ -73,9 +73,11 @@ class AudioClassifier(AudioModule):
         # One confusion matrix per stage accumulates over the epoch (synced across DDP ranks by
         # torchmetrics, saved in resume checkpoints); every metric is computed from it by
         # audioml.stats.metrics_from_confusion, the one definition audioml uses.
-        self.train_confusion = torchmetrics.classification.MulticlassConfusionMatrix(num_classes)
-        self.val_confusion = torchmetrics.classification.MulticlassConfusionMatrix(num_classes)
-        self.test_confusion = torchmetrics.classification.MulticlassConfusionMatrix(num_classes)
+        # validate_args=False: the inputs are the module's own argmax-able logits and the
+        # DataModule's class indices; the checks (a unique() and range tests per batch) were a
+        # tenth of a head-only training step.
+        self.train_confusion, self.val_confusion, self.test_confusion = (
+            torchmetrics.classification.MulticlassConfusionMatrix(num_classes, validate_args=False) for _ in range(3))
         for confusion in (self.train_confusion, self.val_confusion, self.test_confusion):
             confusion.persistent(True)  # in state_dict: a mid-epoch checkpoint carries the counts
         self.test_confusion_matrix: torch.Tensor | None = None

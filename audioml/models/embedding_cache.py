@@ -52,6 +52,8 @@ __all__ = ["use_embedding_cache", "cache_blockers", "module_fingerprint", "embed
 AUGMENTATION_ATTRIBUTES = ("waveform_augment", "spec_augment", "mixup")
 #: Cached embeddings up to this size are read into memory for training (larger ones stay mapped).
 IN_MEMORY_BYTES = 2 << 30
+#: Most bytes of cached embeddings in one validation or test batch (``CachedEmbeddingDataModule``).
+EVAL_BATCH_BYTES = 64 << 20
 #: Bump when what is cached changes: old entries are then ignored.
 EMBEDDING_FORMAT = 1
 
@@ -256,15 +258,24 @@ class CachedEmbeddingDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.datamodule.setup(stage)
 
-    def _swap(self, loader: DataLoader) -> DataLoader:
+    def _swap(self, loader: DataLoader, whole_split: bool = False) -> DataLoader:
+        """``loader`` over the embeddings. ``whole_split`` (validation, test): when the embeddings
+        are in memory, a batch holds up to ``EVAL_BATCH_BYTES`` of them (the whole split of a
+        usual dataset) instead of the training batch size: evaluation has no gradient step to
+        size, the metrics accumulate over batches alike, and each batch costs Lightning's
+        per-step overhead (a millisecond or more), most of a head-only validation epoch."""
         dataset = loader.dataset
         if not hasattr(dataset, "indices") or not hasattr(dataset, "targets"):
             raise TypeError(f"{type(self.datamodule).__name__} loaders hold {type(dataset).__name__}, "
                             "not a WaveformDataset: the embedding cache cannot map its items")
         embedded = EmbeddingDataset(self.embeddings, dataset.targets, dataset.indices)
+        batch_size = loader.batch_size
+        if whole_split and batch_size and not isinstance(self.embeddings, np.memmap):
+            row_bytes = max(1, self.embeddings[0].nbytes) if len(self.embeddings) else 1
+            batch_size = max(batch_size, min(len(embedded), EVAL_BATCH_BYTES // row_bytes))
         # Same loader class (e.g. a resumable one), sampler and generator: same batches in the
         # same order. Embedding rows are tiny, so no worker processes; a batch is one gather.
-        return type(loader)(embedded, batch_size=loader.batch_size, sampler=loader.sampler,
+        return type(loader)(embedded, batch_size=batch_size, sampler=loader.sampler,
                             drop_last=loader.drop_last, num_workers=0, pin_memory=loader.pin_memory,
                             generator=loader.generator, collate_fn=collate_waveforms)
 
@@ -272,10 +283,10 @@ class CachedEmbeddingDataModule(L.LightningDataModule):
         return self._swap(self.datamodule.train_dataloader())
 
     def val_dataloader(self) -> DataLoader:
-        return self._swap(self.datamodule.val_dataloader())
+        return self._swap(self.datamodule.val_dataloader(), whole_split=True)
 
     def test_dataloader(self) -> DataLoader:
-        return self._swap(self.datamodule.test_dataloader())
+        return self._swap(self.datamodule.test_dataloader(), whole_split=True)
 
     def predict_dataloader(self) -> DataLoader:
         return self._swap(self.datamodule.predict_dataloader())

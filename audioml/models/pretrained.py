@@ -186,6 +186,20 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+#: sha256 of weights files checked in this process, by (path, inode, size, mtime): a sweep builds
+#: its model once per job, and hashing AST's 350 MB file took a second or two each time.
+_checked_digests: dict[tuple[str, int, int, int], str] = {}
+
+
+def _present_file_sha256(path: Path) -> str:
+    """``file_sha256(path)``, computed once per process for an unchanged file."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if key not in _checked_digests:
+        _checked_digests[key] = file_sha256(path)
+    return _checked_digests[key]
+
+
 def _check_digest(cfg: PretrainedCfg, path: Path, digest: str) -> None:
     expected = cfg.sha256 or cfg.hash_prefix
     if expected and not digest.startswith(expected.lower()):
@@ -213,7 +227,7 @@ def download_weights(cfg: PretrainedCfg, weights_dir: str | Path | None = None, 
     path = folder / cfg.filename
     if path.is_file():
         if cfg.sha256 or cfg.hash_prefix:
-            _check_digest(cfg, path, file_sha256(path))
+            _check_digest(cfg, path, _present_file_sha256(path))
         return path
     manual = (f"Download {cfg.url} by hand into {folder}/{cfg.filename}, or point paths.weights_dir "
               "(AUDIOML_WEIGHTS_DIR) at a folder that holds it; model.pretrained=false trains from "

@@ -96,6 +96,7 @@ class HeadOnlyCheckpoints(L.Callback):
     def __init__(self, fingerprint: str) -> None:
         self.fingerprint = fingerprint
         self._frozen: list[str] = []
+        self._training_ended = False
 
     @staticmethod
     def _active(pl_module: L.LightningModule) -> bool:
@@ -108,8 +109,13 @@ class HeadOnlyCheckpoints(L.Callback):
             # on_load_checkpoint checks exactly which keys were left out, and why.
             pl_module.strict_loading = False
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Runs before the resume checkpoint's last save (Lightning calls checkpoint callbacks
+        # last): that last.ckpt is written whole at once instead of expanded afterwards.
+        self._training_ended = True
+
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        if not self._active(pl_module) or not self._frozen:
+        if not self._active(pl_module) or not self._frozen or self._training_ended:
             return
         state = checkpoint["state_dict"]
         for key in self._frozen:

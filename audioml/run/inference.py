@@ -73,6 +73,7 @@ def evaluate_checkpoint(ckpt_path: str | Path, paths: DictConfig, trainer_cfg: D
     names training used (``test/...``; with ``evaluation_cfg`` also the intervals, baseline
     and permutation test of ``audioml.stats``) and, with ``out_dir``, the reports written there
     (metrics.json, confusion matrix, per-class table, predictions, plots), as a run writes them."""
+    from audioml import figures
     from audioml.run.results import honest_test_scores, write_run_reports
 
     if split not in ("test", "val", "train"):
@@ -103,6 +104,7 @@ def evaluate_checkpoint(ckpt_path: str | Path, paths: DictConfig, trainer_cfg: D
             metrics.update(honest)
         _, written = write_run_reports(model, datamodule, out_dir, metrics)
         files = [*written, *files]
+        figures.wait(files)
     return metrics, files
 
 

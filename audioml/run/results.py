@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from audioml import reports
+from audioml import figures, reports
 from audioml.run.protocols import EvaluationProtocol, KFoldResult, RunResult
 from audioml.stats import per_class_table
 
@@ -110,7 +110,8 @@ def evaluated_checkpoint(source: str | Path, tracking_uri: str | None = None,
 
 def honest_test_scores(protocol: EvaluationProtocol, model, datamodule, run_dir: Path) -> tuple[dict[str, float], list[Path]]:
     """Intervals, baseline, permutation test (and the collapsed task) of a tested classifier,
-    with their plots; ``({}, [])`` for other tasks. Point estimates are the model's own."""
+    with their plots (started with ``audioml.figures.draw``: ``figures.wait`` before reading
+    them); ``({}, [])`` for other tasks. Point estimates are the model's own."""
     if datamodule.task != "classification" or getattr(model, "test_probabilities", None) is None:
         return {}, []
     class_names = list(datamodule.class_names)
@@ -122,26 +123,28 @@ def honest_test_scores(protocol: EvaluationProtocol, model, datamodule, run_dir:
     files: list[Path] = []
     if collapse:
         (run_dir / COLLAPSE_FILE).write_text(json.dumps({k: list(v) for k, v in collapse.items()}))
-        files += [run_dir / COLLAPSE_FILE, reports.plot_confusion_matrix(
-            scores.collapsed_matrix, scores.collapsed_names, run_dir / "confusion_matrix_binary.png",
-            title="test confusion matrix (collapsed)")]
+        files += [run_dir / COLLAPSE_FILE, figures.draw(
+            reports.plot_confusion_matrix, scores.collapsed_matrix, scores.collapsed_names,
+            run_dir / "confusion_matrix_binary.png", title="test confusion matrix (collapsed)")]
     if hasattr(model, "embed") and len(manifest):
         before, after, labels = collect_embeddings(model, datamodule.test_dataloader())
-        files.append(reports.plot_embedding_pca(before, after, labels, class_names, run_dir / "embeddings_pca.png"))
+        files.append(figures.draw(reports.plot_embedding_pca, before, after, labels, class_names,
+                                  run_dir / "embeddings_pca.png"))
     log.info("test (honest): %s", scores.summary)
     return scores.metrics, files
 
 
 def write_run_reports(model, datamodule, run_dir: Path, metrics: dict[str, float]) -> tuple[RunResult, list[Path]]:
     """Write metrics.json and the per-class files of a tested run; returns its ``RunResult``
-    and the paths written."""
+    and the paths written (the confusion matrix started with ``audioml.figures.draw``)."""
     metrics_path = run_dir / "metrics.json"
     metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
     files, predictions = [metrics_path], None
     matrix = getattr(model, "test_confusion_matrix", None)
     class_names = list(datamodule.class_names)
     if matrix is not None:
-        files.append(reports.plot_confusion_matrix(matrix.numpy(), class_names, run_dir / "confusion_matrix.png"))
+        files.append(figures.draw(reports.plot_confusion_matrix, matrix.numpy(), class_names,
+                                  run_dir / "confusion_matrix.png"))
         per_class_table(matrix.numpy(), class_names).to_csv(run_dir / "per_class_report.csv", index=False)
         files.append(run_dir / "per_class_report.csv")
     if getattr(model, "test_probabilities", None) is not None:

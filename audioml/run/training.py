@@ -21,11 +21,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from audioml import distributed
+from audioml import distributed, figures
 from audioml.checkpointing import find_resume_checkpoint
 from audioml.data.base import NoUsableFilesError
 from audioml.files import atomic_write_bytes, exclusive_lock, remove_temporaries
 from audioml.models.embedding_cache import use_embedding_cache
+from audioml.reports import LearningCurves
 from audioml.run import facts, relog, resume, tracking
 from audioml.run.head_only import HeadOnlyCheckpoints, threads_restored, use_head_only_threads
 from audioml.run.checkpoint import ModelInCheckpoint, model_record, untrusted_targets
@@ -304,6 +305,8 @@ class TrainingRun:
         tags = {**runtime_tags(cfg), **data_tags(datamodule),
                 **({"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else {})}
         self.logger = open_mlflow_logger(cfg, run_dir, tags, finish_on_finalize=False)  # closed when all is written
+        if self.rank_zero:
+            figures.start()  # the figure worker imports matplotlib while this run trains
         # no run left RUNNING on a crash; torch's thread count as it was (a head-only fit sets it)
         with tracking.ended_on_error(self.logger if self.rank_zero else None), threads_restored() as limits:
             self._thread_limits = limits
@@ -312,6 +315,8 @@ class TrainingRun:
                 if self.logger is not None:
                     tracking.log_params(self.logger.experiment, self.logger.run_id, tracking.flatten_params(resolved))
             trainer, datamodule = self._fit(model, datamodule, record)
+            self._curve_files = [path for callback in trainer.callbacks if isinstance(callback, LearningCurves)
+                                 for path in callback.files]
             best_callback = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
             best = best_callback.best_model_path if best_callback is not None else ""
             if trainer.world_size > 1:  # test on one device, so every clip counts exactly once
@@ -380,6 +385,7 @@ class TrainingRun:
         if logger is not None:
             logger.flush()  # every buffered metric point is in the store before the run closes
         result, files = write_run_reports(model, datamodule, run_dir, metrics)
+        files += [*self._honest_files, *self._curve_files]
         # without a best checkpoint the test scored the final weights, which last.ckpt holds
         tested = Path(best) if best else run_dir / "checkpoints" / "last.ckpt"
         if tested.is_file():
@@ -388,12 +394,15 @@ class TrainingRun:
         if logger is not None:
             if tested.is_file():
                 tracking.set_tags(logger.experiment, logger.run_id, {"audioml.tested_checkpoint": tested.name})
-            tracking.log_artifacts(logger, [run_dir / "config.yaml", *files, *self._honest_files])
             if best and cfg.logger.get("log_checkpoint", True):
                 tracking.log_artifacts(logger, [Path(best)], "checkpoints")
+            # the MLflow model first: the figure worker draws meanwhile (audioml.figures)
             if best and (cfg.logger.get("log_model", True) or cfg.logger.get("register_model")):
                 self._log_model(Path(best))
+            figures.wait(files)
+            tracking.log_artifacts(logger, [run_dir / "config.yaml", *files])
             tracking.set_status(logger.experiment, logger.run_id, "FINISHED")
+        figures.wait(files)  # every report is on disk before the run counts as finished
         if cfg.get("mark_done", True):
             resume.write_done(run_dir, metrics)  # last: the run counts as finished only now
         else:

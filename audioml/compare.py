@@ -290,6 +290,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.watch is not None and args.status is None:
             raise ValueError("--watch refreshes --status: add --status [SWEEP]")
         if args.status is not None:
+            table_options = [flag for flag, value in (("--aggregate", args.aggregate), ("--sort", args.sort),
+                                                      ("--ascending", args.ascending), ("--metrics", args.metrics),
+                                                      ("--params", args.params), ("--csv", args.csv)) if value]
+            if table_options:
+                raise ValueError(f"--status shows where each job of a sweep stands and takes no "
+                                 f"{', '.join(table_options)}: those shape the comparison table, e.g. "
+                                 f"audioml-compare --sweep <sweep key or parent run id> {table_options[0]} ...")
             return _status(args)
         uri = _tracking_uri(args.tracking_uri, args.output_dir)
         check_reachable(uri)  # a closed port fails in seconds, not after MLflow's silent retries

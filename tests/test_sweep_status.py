@@ -82,6 +82,9 @@ def test_status_shows_finished_running_interrupted_and_not_started(tmp_path, cap
     assert {job.state for job in status.sweep_jobs(record) if job.overrides[-1] == "seed=3"} == {"interrupted"}
     summary, failed = status.failure_summary(record)
     assert failed == 0 and "interrupted job 1 seed=2" in summary and "not started job 3 seed=4" in summary
+    # the comparison table's options are refused with --status, not silently ignored
+    assert compare.main(["--status", "--output-dir", str(tmp_path), "--aggregate", "seed", "--csv", "x.csv"]) == 2
+    assert "takes no --aggregate, --csv" in capsys.readouterr().err
 
 
 def test_mean_interval_is_the_t_interval():

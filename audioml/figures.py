@@ -173,6 +173,7 @@ PLOTS: dict[str, Callable[..., Path]] = {f.__name__: f for f in (plot_confusion_
 #: Environment variable: ``0`` draws every figure in the calling process.
 WORKER_ENV = "AUDIOML_FIGURE_WORKER"
 _HEADER = struct.Struct(">Q")  # the length of each frame on the pipes
+_MAX_FRAME = 4 << 30
 
 
 def worker_enabled() -> bool:
@@ -193,11 +194,14 @@ def _write_frame(stream: BinaryIO, data: bytes) -> None:
 
 
 def _read_frame(stream: BinaryIO) -> bytes | None:
-    """The next frame, or ``None`` at the end of the stream."""
+    """The next frame, or ``None`` at the end of the stream; ``ValueError`` for a length no
+    request or answer has."""
     head = stream.read(_HEADER.size)
     if len(head) < _HEADER.size:
         return None
     size = _HEADER.unpack(head)[0]
+    if size > _MAX_FRAME:
+        raise ValueError(f"a frame of {size} bytes")
     data = stream.read(size)
     if len(data) < size:
         return None
@@ -259,6 +263,7 @@ class _Worker:
         self.pending: dict[int, tuple[Future, str, dict[str, Any]]] = {}
         self.outbox: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
         self.next_id = 0
+        self.answered = 0
         self.alive = True
         self.reader = threading.Thread(target=self._read, name="audioml-figures-read", daemon=True)
         self.writer = threading.Thread(target=self._write, name="audioml-figures-write", daemon=True)
@@ -266,15 +271,17 @@ class _Worker:
         self.writer.start()
 
     def submit(self, name: str, arguments: dict[str, Any]) -> Future:
+        """Queue a drawing; raises (and the caller draws it) when the arguments cannot be sent
+        or the worker has ended."""
         with self.lock:
+            request_id, self.next_id = self.next_id, self.next_id + 1
+        frames = _request_frames(request_id, name, arguments)
+        future: Future = Future()
+        with self.lock:  # checked and registered together: the reader drains pending when the worker ends
             if not self.alive:
                 raise BrokenPipeError("the figure worker has ended")
-            request_id, self.next_id = self.next_id, self.next_id + 1
-        frames = _request_frames(request_id, name, arguments)  # a TypeError: the caller draws it
-        future: Future = Future()
-        with self.lock:
             self.pending[request_id] = (future, name, arguments)
-        self.outbox.put(frames)
+            self.outbox.put(frames)
         return future
 
     def _write(self) -> None:
@@ -293,18 +300,24 @@ class _Worker:
 
     def _read(self) -> None:
         stdout = self.process.stdout
-        while (frame := _read_frame(stdout)) is not None:
-            answer = json.loads(frame)
-            with self.lock:
-                entry = self.pending.pop(answer["id"], None)
-            if entry is not None:
-                entry[0].set_result(answer.get("error"))
-        with self.lock:  # the worker ended: what it did not answer is drawn here (wait)
-            self.alive = False
-            unanswered = list(self.pending.values())
-            self.pending.clear()
-        for future, name, arguments in unanswered:
-            future.set_result(_draw_here(name, arguments))
+        try:
+            while (frame := _read_frame(stdout)) is not None:
+                answer = json.loads(frame)
+                with self.lock:
+                    entry = self.pending.pop(int(answer["id"]), None)
+                if entry is not None:
+                    self.answered += 1
+                    entry[0].set_result(answer.get("error"))
+        except (ValueError, KeyError, TypeError, OSError) as error:  # not an answer: stop trusting the worker
+            log.debug("figure worker answered %r: drawing here from now on", error)
+            self.process.kill()
+        finally:
+            with self.lock:  # the worker ended: what it did not answer is drawn here (wait)
+                self.alive = False
+                unanswered = list(self.pending.values())
+                self.pending.clear()
+            for future, name, arguments in unanswered:
+                future.set_result(_draw_here(name, arguments))
 
     def close(self) -> None:
         with self.lock:
@@ -328,18 +341,32 @@ def _draw_here(name: str, arguments: dict[str, Any]) -> str | None:
 
 _worker: _Worker | None = None
 _worker_failed = False
-_pending: dict[Path, tuple[Future, str]] = {}
+_pending: dict[Path, list[tuple[Future, str]]] = {}
 _state_lock = threading.Lock()
+
+
+def _forget_after_fork() -> None:
+    """A forked child (DataLoader workers, ``ddp_fork``) has the parent's worker object but
+    not its threads: it starts its own when it draws."""
+    global _worker, _pending, _state_lock
+    _worker, _pending, _state_lock = None, {}, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def start() -> bool:
     """Start the worker process now (it imports matplotlib while the caller trains); returns
     whether figures will go to it. Called by ``TrainingRun`` on rank zero; :func:`draw` starts
-    it too."""
+    it too. A worker that ended before answering anything is not started again (it cannot
+    start here); one that ended later is replaced."""
     global _worker, _worker_failed
     with _state_lock:
         if _worker is not None and _worker.alive:
             return True
+        if _worker is not None and not _worker.answered:
+            _worker_failed = True
+            log.info("figures are drawn in this process (the worker process ended before drawing)")
         if _worker_failed or not worker_enabled():
             return False
         try:
@@ -366,24 +393,28 @@ def draw(plot: Callable[..., Path], *args: Any, **kwargs: Any) -> Path:
     if start():
         try:
             future = _worker.submit(name, arguments)
-        except (BrokenPipeError, TypeError) as error:
+        except Exception as error:  # noqa: BLE001 - arguments the wire cannot carry, a worker gone: drawn here
             log.debug("figure %s drawn in this process: %s", path.name, error)
     if future is None:
         future = Future()
         future.set_result(_draw_here(name, arguments))
     with _state_lock:
-        _pending[path] = (future, name)
+        _pending.setdefault(path, []).append((future, name))
     return path
 
 
 def wait(paths: Iterable[str | Path] | None = None, timeout: float = 600) -> None:
     """Return when the figures :func:`draw` started for ``paths`` (every one when ``None``) are
-    written; a figure that could not be drawn is logged as a warning."""
+    written; a figure that could not be drawn, or not within ``timeout`` seconds, is logged as a
+    warning (the run's numbers do not depend on it)."""
     with _state_lock:
         keys = list(_pending) if paths is None else [Path(p).resolve() for p in paths]
-        entries = [(key, _pending.pop(key)) for key in keys if key in _pending]
+        entries = [(key, entry) for key in keys if key in _pending for entry in _pending.pop(key)]
     for path, (future, name) in entries:
-        error = future.result(timeout=timeout)
+        try:
+            error = future.result(timeout=timeout)
+        except TimeoutError:
+            error = f"not drawn within {timeout:.0f} s"
         if error:
             log.warning("figure %s (%s) could not be drawn: %s", path, name, error)
 

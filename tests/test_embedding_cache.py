@@ -226,3 +226,24 @@ def test_validation_puts_every_module_back_in_its_mode(data_root, tmp_path):
         (after,) = modes.after_validation
         assert not any(mode for name, mode in after.items() if name.startswith("backbone.features")), freeze
         assert after["backbone.head"] and after[""], freeze
+
+
+def test_a_batch_limit_keeps_the_configured_evaluation_batches(data_root, tmp_path):
+    """``limit_val_batches`` counts batches of data.batch_size: the whole-split batch would change
+    what it means (and a fraction of one batch is refused by Lightning)."""
+    import lightning as L
+
+    from audioml.run.head_only import HeadOnlyCheckpoints, add_head_only_checkpoints
+    from audioml.run.resume import ResumeCheckpoint
+
+    datamodule = make_datamodule(data_root, tmp_path / "cache", batch_size=2)
+    model = make_model()
+    cached = use_embedding_cache(model, datamodule, tmp_path / "cache")
+    trainer = L.Trainer(max_epochs=1, limit_val_batches=0.5, logger=False, enable_progress_bar=False,
+                        callbacks=[ResumeCheckpoint(dirpath=tmp_path / "ckpt")], default_root_dir=tmp_path)
+    cached.trainer = trainer
+    assert len(cached.val_dataloader()) == len(datamodule.val_dataloader()) > 1
+    # the head-only callback goes before the checkpoint callbacks (its on_train_end runs first)
+    added = add_head_only_checkpoints(trainer, cached.frozen_fingerprint)
+    kinds = [type(c) for c in trainer.callbacks]
+    assert isinstance(added, HeadOnlyCheckpoints) and kinds.index(HeadOnlyCheckpoints) < kinds.index(ResumeCheckpoint)

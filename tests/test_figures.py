@@ -32,6 +32,7 @@ def fresh_worker(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(figures, "worker_enabled", lambda: True)
     monkeypatch.setattr(figures, "_worker", None)
     monkeypatch.setattr(figures, "_worker_failed", False)
+    monkeypatch.setattr(figures, "_pending", {})
     yield
     if figures._worker is not None:
         figures._worker.close()
@@ -60,14 +61,33 @@ def test_a_failing_figure_is_a_warning_and_other_figures_are_drawn(tmp_path: Pat
 
 
 def test_a_dead_worker_leaves_the_figures_to_the_caller(tmp_path: Path, fresh_worker) -> None:
-    assert figures.start()
+    first = figures.draw(figures.plot_confusion_matrix, np.eye(2, dtype=int), ["a", "b"], tmp_path / "first.png")
+    figures.wait([first])  # answered by the worker
     figures._worker.process.kill()
     figures._worker.process.wait()
     figures._worker.reader.join(timeout=10)
     path = figures.draw(figures.plot_confusion_matrix, np.eye(3, dtype=int), ["a", "b", "c"], tmp_path / "cm.png")
     figures.wait([path])
-    assert path.is_file()
-    assert figures.start()  # a new worker for the next figures
+    assert first.is_file() and path.is_file()
+    assert figures.start()  # it had drawn before: replaced for the next figures
+    figures._worker.close()
+    figures._worker = None
+    assert figures.start()
+    figures._worker.process.kill()  # a new one that ends before drawing anything: not started again
+    figures._worker.reader.join(timeout=10)
+    assert not figures.start()
+    late = figures.draw(figures.plot_confusion_matrix, np.eye(2, dtype=int), ["a", "b"], tmp_path / "late.png")
+    assert late.is_file()
+
+
+def test_the_same_path_drawn_twice_is_waited_for_twice(tmp_path: Path, fresh_worker) -> None:
+    path = tmp_path / "cm.png"
+    figures.draw(figures.plot_confusion_matrix, np.eye(2, dtype=int), ["a", "b"], path)
+    figures.draw(figures.plot_confusion_matrix, np.eye(3, dtype=int), ["a", "b", "c"], path)
+    figures.wait([path])
+    assert not figures._pending.get(path.resolve())
+    assert imread(path).shape == imread(figures.plot_confusion_matrix(np.eye(3, dtype=int), ["a", "b", "c"],
+                                                                       tmp_path / "here.png")).shape
 
 
 def test_turned_off_the_figure_is_drawn_before_draw_returns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

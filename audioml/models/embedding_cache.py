@@ -270,7 +270,8 @@ class CachedEmbeddingDataModule(L.LightningDataModule):
                             "not a WaveformDataset: the embedding cache cannot map its items")
         embedded = EmbeddingDataset(self.embeddings, dataset.targets, dataset.indices)
         batch_size = loader.batch_size
-        if whole_split and batch_size and not isinstance(self.embeddings, np.memmap):
+        if whole_split and batch_size and not isinstance(self.embeddings, np.memmap) and not loader.drop_last \
+                and self._all_batches_evaluated():
             row_bytes = max(1, self.embeddings[0].nbytes) if len(self.embeddings) else 1
             batch_size = max(batch_size, min(len(embedded), EVAL_BATCH_BYTES // row_bytes))
         # Same loader class (e.g. a resumable one), sampler and generator: same batches in the
@@ -278,6 +279,15 @@ class CachedEmbeddingDataModule(L.LightningDataModule):
         return type(loader)(embedded, batch_size=batch_size, sampler=loader.sampler,
                             drop_last=loader.drop_last, num_workers=0, pin_memory=loader.pin_memory,
                             generator=loader.generator, collate_fn=collate_waveforms)
+
+    def _all_batches_evaluated(self) -> bool:
+        """Whether the trainer evaluates every batch (``limit_val/test_batches`` 1.0): a limit
+        counts batches of the configured size, so it keeps that size."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return True
+        limits = [getattr(trainer, f"limit_{stage}_batches", 1.0) for stage in ("val", "test")]
+        return all(isinstance(limit, float) and limit == 1.0 for limit in limits)
 
     def train_dataloader(self) -> DataLoader:
         return self._swap(self.datamodule.train_dataloader())

@@ -37,7 +37,8 @@ from audioml.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HEAD_ONLY_KEY", "HeadOnlyCheckpoints", "frozen_keys", "expand_checkpoints", "HeadOnlyCheckpointError",
+__all__ = ["HEAD_ONLY_KEY", "HeadOnlyCheckpoints", "add_head_only_checkpoints", "frozen_keys", "expand_checkpoints",
+           "HeadOnlyCheckpointError",
            "HEAD_ONLY_THREADS", "threads_restored", "use_head_only_threads"]
 
 #: Checkpoint entry of a head-only checkpoint: ``{"format", "fingerprint", "frozen_keys"}``.
@@ -110,8 +111,9 @@ class HeadOnlyCheckpoints(L.Callback):
             pl_module.strict_loading = False
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Runs before the resume checkpoint's last save (Lightning calls checkpoint callbacks
-        # last): that last.ckpt is written whole at once instead of expanded afterwards.
+        # Runs before the resume checkpoint's last save (``add_head_only_checkpoints`` puts this
+        # callback before the checkpoint callbacks): that last.ckpt is written whole at once
+        # instead of expanded afterwards.
         self._training_ended = True
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -154,6 +156,19 @@ class HeadOnlyCheckpoints(L.Callback):
         paths += [Path(c.dirpath) / "last.ckpt" for c in trainer.checkpoint_callbacks
                   if type(c).__name__ == "ResumeCheckpoint"]
         expand_checkpoints(pl_module, paths)
+
+
+def add_head_only_checkpoints(trainer: L.Trainer, fingerprint: str) -> HeadOnlyCheckpoints:
+    """Add a :class:`HeadOnlyCheckpoints` to a built trainer, before its checkpoint callbacks:
+    Lightning orders checkpoint callbacks last when the Trainer is built, not for a callback
+    added later, and this one's ``on_train_end`` must run before the resume checkpoint's last
+    save (which it then writes whole)."""
+    from lightning.pytorch.callbacks import Checkpoint
+
+    callback = HeadOnlyCheckpoints(fingerprint)
+    first = next((i for i, c in enumerate(trainer.callbacks) if isinstance(c, Checkpoint)), len(trainer.callbacks))
+    trainer.callbacks.insert(first, callback)
+    return callback
 
 
 def expand_checkpoints(model: torch.nn.Module, paths: list[Path]) -> list[Path]:

@@ -28,7 +28,7 @@ from audioml.files import atomic_write_bytes, exclusive_lock, remove_temporaries
 from audioml.models.embedding_cache import use_embedding_cache
 from audioml.reports import LearningCurves
 from audioml.run import facts, relog, resume, tracking
-from audioml.run.head_only import HeadOnlyCheckpoints, threads_restored, use_head_only_threads
+from audioml.run.head_only import add_head_only_checkpoints, threads_restored, use_head_only_threads
 from audioml.run.checkpoint import ModelInCheckpoint, model_record, untrusted_targets
 from audioml.run.compose import (build_datamodule, build_model, build_test_trainer, build_trainer, data_tags,
                                  fit_data_statistics, open_mlflow_logger, run_title, runtime_tags,
@@ -350,7 +350,7 @@ class TrainingRun:
         # writing head-only checkpoints until the fit ends (audioml.run.head_only).
         datamodule = use_embedding_cache(model, datamodule, cfg.paths.cache_dir, trainer.strategy.root_device)
         if getattr(datamodule, "frozen_fingerprint", None):
-            trainer.callbacks.append(HeadOnlyCheckpoints(datamodule.frozen_fingerprint))
+            add_head_only_checkpoints(trainer, datamodule.frozen_fingerprint)
             use_head_only_threads(self._thread_limits)  # put back when the run ends (run())
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=str(last) if last else None)

@@ -247,3 +247,25 @@ def test_a_batch_limit_keeps_the_configured_evaluation_batches(data_root, tmp_pa
     added = add_head_only_checkpoints(trainer, cached.frozen_fingerprint)
     kinds = [type(c) for c in trainer.callbacks]
     assert isinstance(added, HeadOnlyCheckpoints) and kinds.index(HeadOnlyCheckpoints) < kinds.index(ResumeCheckpoint)
+
+
+def test_a_run_failing_after_its_fit_still_logs_its_learning_curves(tmp_path, monkeypatch):
+    """The curves are logged with the run's other reports; a test that fails after the fit must
+    not leave them out of MLflow."""
+    from mlflow import MlflowClient
+
+    from audioml.run.training import TrainingRun, train
+
+    cfg = _compose(tmp_path, "failing", "logger=mlflow", "logger.experiment_name=synthetic", "trainer.max_epochs=1",
+                   "logger.system_metrics=false")
+
+    def failing_test(self, *args, **kwargs):
+        raise RuntimeError("the test set is unreadable")
+
+    monkeypatch.setattr(TrainingRun, "_test", failing_test)
+    with pytest.raises(RuntimeError, match="unreadable"):
+        train(cfg, tmp_path / "runs" / "failing")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    run_id = (tmp_path / "runs" / "failing" / "mlflow_run_id").read_text().strip()
+    assert client.get_run(run_id).info.status == "FAILED"
+    assert {"learning_curves.png", "learning_curves.csv"} <= {a.path for a in client.list_artifacts(run_id)}

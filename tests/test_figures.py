@@ -81,13 +81,13 @@ def test_a_dead_worker_leaves_the_figures_to_the_caller(tmp_path: Path, fresh_wo
 
 
 def test_the_same_path_drawn_twice_is_waited_for_twice(tmp_path: Path, fresh_worker) -> None:
-    path = tmp_path / "cm.png"
+    path, six = tmp_path / "cm.png", [f"class {i}" for i in range(6)]
     figures.draw(figures.plot_confusion_matrix, np.eye(2, dtype=int), ["a", "b"], path)
-    figures.draw(figures.plot_confusion_matrix, np.eye(3, dtype=int), ["a", "b", "c"], path)
+    figures.draw(figures.plot_confusion_matrix, np.eye(6, dtype=int), six, path)
     figures.wait([path])
     assert not figures._pending.get(path.resolve())
-    assert imread(path).shape == imread(figures.plot_confusion_matrix(np.eye(3, dtype=int), ["a", "b", "c"],
-                                                                       tmp_path / "here.png")).shape
+    expected = figures.plot_confusion_matrix(np.eye(6, dtype=int), six, tmp_path / "here.png")
+    assert np.array_equal(imread(path), imread(expected))  # the second drawing, written after the first
 
 
 def test_turned_off_the_figure_is_drawn_before_draw_returns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

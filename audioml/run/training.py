@@ -324,8 +324,24 @@ class TrainingRun:
                 if not trainer.is_global_zero:
                     return finished_result(run_dir, resume.wait_for_done(run_dir))
                 trainer = build_test_trainer(cfg, run_dir, self.logger)
-            metrics = self._test(trainer, model, datamodule, best, best_callback)
-            return self._report(model, datamodule, metrics, set(trainer.callback_metrics), best)
+            try:
+                metrics = self._test(trainer, model, datamodule, best, best_callback)
+                return self._report(model, datamodule, metrics, set(trainer.callback_metrics), best)
+            except BaseException:
+                self._log_curves_of_unfinished_run()
+                raise
+
+    def _log_curves_of_unfinished_run(self) -> None:
+        """The learning curves of a fit whose test or report failed (or was preempted): they are
+        logged with the run's other reports, so an error after the fit would leave them out of
+        MLflow otherwise. Best effort: the error that stopped the run is the one raised."""
+        if self.logger is None or not self.rank_zero or not getattr(self, "_curve_files", None):
+            return
+        try:
+            figures.wait(self._curve_files, timeout=60)
+            tracking.log_artifacts(self.logger, self._curve_files)
+        except Exception as error:  # noqa: BLE001 - the store may be what failed
+            log.warning("learning curves not logged to MLflow (%s); they are in %s", error, self.run_dir)
 
     def _write_config(self) -> dict:
         resolved = OmegaConf.to_container(self.cfg, resolve=True)

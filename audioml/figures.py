@@ -14,6 +14,10 @@ The worker is ``python -m audioml.figures``, started once per process (:func:`st
 imports matplotlib, NumPy and pandas only, and reads requests from its stdin: a JSON header
 naming one of :data:`PLOTS` and its arguments, with arrays as ``.npy`` payloads read with
 ``allow_pickle=False`` (nothing is unpickled on either side).
+
+The same worker runs the few other jobs of a finished run that need not hold up the next one,
+named in :data:`TASKS` (:func:`run_task`): completing a run's MLflow record while the next job
+of a sweep trains (``audioml.run.finishing``). A task's log lines come back with its answer.
 """
 
 from __future__ import annotations
@@ -39,8 +43,8 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-__all__ = ["plot_confusion_matrix", "plot_learning_curves", "plot_embedding_pca", "pca_2d", "PLOTS", "draw",
-           "wait", "start", "worker_enabled"]
+__all__ = ["plot_confusion_matrix", "plot_learning_curves", "plot_embedding_pca", "pca_2d", "PLOTS", "TASKS", "draw",
+           "wait", "run_task", "start", "worker_enabled"]
 
 def _figure(width: float, height: float):
     """A matplotlib ``Figure`` on the Agg canvas, outside pyplot (no global figure list to
@@ -170,8 +174,12 @@ def plot_embedding_pca(before_head: np.ndarray, after_head: np.ndarray, labels: 
 #: The figures :func:`draw` can hand to the worker, by name.
 PLOTS: dict[str, Callable[..., Path]] = {f.__name__: f for f in (plot_confusion_matrix, plot_learning_curves,
                                                                   plot_embedding_pca)}
-#: Environment variable: ``0`` draws every figure in the calling process.
+#: The other jobs the worker runs (:func:`run_task`), by name: ``"module:function"``, imported in
+#: the worker when first asked for. Only these names are accepted from the wire.
+TASKS: dict[str, str] = {"finish_run": "audioml.run.finishing:finish_in_worker"}
+#: Environment variable: ``0`` draws every figure (and runs every task) in the calling process.
 WORKER_ENV = "AUDIOML_FIGURE_WORKER"
+_PRELOAD_ENV = "_AUDIOML_WORKER_PRELOAD"  # set by the caller: import the tasks' modules at start
 _HEADER = struct.Struct(">Q")  # the length of each frame on the pipes
 _MAX_FRAME = 4 << 30
 
@@ -256,9 +264,10 @@ class _Worker:
     embedding matrix) would otherwise block the caller until the worker finished the figure
     before it."""
 
-    def __init__(self) -> None:
+    def __init__(self, preload_tasks: bool = False) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", _PRELOAD_ENV: "1" if preload_tasks else "0"}
         self.process = subprocess.Popen([sys.executable, "-m", "audioml.figures"], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                        stdout=subprocess.PIPE, env=env)
         self.lock = threading.Lock()
         self.pending: dict[int, tuple[Future, str, dict[str, Any]]] = {}
         self.outbox: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
@@ -307,7 +316,7 @@ class _Worker:
                     entry = self.pending.pop(int(answer["id"]), None)
                 if entry is not None:
                     self.answered += 1
-                    entry[0].set_result(answer.get("error"))
+                    entry[0].set_result(answer.get("error") if entry[1] in PLOTS else answer)
         except (ValueError, KeyError, TypeError, OSError) as error:  # not an answer: stop trusting the worker
             log.debug("figure worker answered %r: drawing here from now on", error)
             self.process.kill()
@@ -316,8 +325,8 @@ class _Worker:
                 self.alive = False
                 unanswered = list(self.pending.values())
                 self.pending.clear()
-            for future, name, arguments in unanswered:
-                future.set_result(_draw_here(name, arguments))
+            for future, name, arguments in unanswered:  # a task's caller runs it itself (run_task)
+                future.set_result(_draw_here(name, arguments) if name in PLOTS else {"lost": True})
 
     def close(self) -> None:
         with self.lock:
@@ -355,11 +364,12 @@ def _forget_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
-def start() -> bool:
-    """Start the worker process now (it imports matplotlib while the caller trains); returns
-    whether figures will go to it. Called by ``TrainingRun`` on rank zero; :func:`draw` starts
-    it too. A worker that ended before answering anything is not started again (it cannot
-    start here); one that ended later is replaced."""
+def start(preload_tasks: bool = False) -> bool:
+    """Start the worker process now (it imports matplotlib while the caller trains, and with
+    ``preload_tasks`` what :data:`TASKS` need); returns whether figures will go to it. Called by
+    ``TrainingRun`` on rank zero; :func:`draw` starts it too. A worker that ended before
+    answering anything is not started again (it cannot start here); one that ended later is
+    replaced."""
     global _worker, _worker_failed
     with _state_lock:
         if _worker is not None and _worker.alive:
@@ -370,7 +380,7 @@ def start() -> bool:
         if _worker_failed or not worker_enabled():
             return False
         try:
-            _worker = _Worker()
+            _worker = _Worker(preload_tasks)
         except OSError as error:
             _worker_failed = True
             log.info("figures are drawn in this process (no worker process: %s)", error)
@@ -403,6 +413,22 @@ def draw(plot: Callable[..., Path], *args: Any, **kwargs: Any) -> Path:
     return path
 
 
+def run_task(name: str, arguments: dict[str, Any]) -> Future | None:
+    """Start task ``name`` (one of :data:`TASKS`) in the worker; its future's result is the
+    answer ``{"result", "error", "traceback", "logs"}``, or ``{"lost": True}`` when the worker
+    ended before answering. ``None`` when no worker runs or the arguments cannot be sent: the
+    caller runs the task itself."""
+    if name not in TASKS:
+        raise ValueError(f"{name} is not one of the worker's tasks: {sorted(TASKS)}")
+    if not start():
+        return None
+    try:
+        return _worker.submit(name, arguments)
+    except Exception as error:  # noqa: BLE001 - arguments the wire cannot carry, a worker gone
+        log.debug("task %s runs in this process: %s", name, error)
+        return None
+
+
 def wait(paths: Iterable[str | Path] | None = None, timeout: float = 600) -> None:
     """Return when the figures :func:`draw` started for ``paths`` (every one when ``None``) are
     written; a figure that could not be drawn, or not within ``timeout`` seconds, is logged as a
@@ -427,6 +453,15 @@ def _serve(requests: BinaryIO, answers: BinaryIO) -> None:
     matplotlib.use("Agg")
     from matplotlib.figure import Figure  # noqa: F401 - imported now, not at the first request
 
+    if os.environ.get(_PRELOAD_ENV) == "1":  # the tasks' modules (MLflow, torch) load while figures are drawn
+        import importlib
+
+        def preload() -> None:
+            for task in TASKS.values():
+                getattr(importlib.import_module(task.partition(":")[0]), "preload", lambda: None)()
+
+        threading.Thread(target=preload, name="audioml-worker-preload", daemon=True).start()
+
     while (header := _read_frame(requests)) is not None:
         request = json.loads(header)
         arrays = []
@@ -436,12 +471,49 @@ def _serve(requests: BinaryIO, answers: BinaryIO) -> None:
                 return
             arrays.append(np.load(io.BytesIO(payload), allow_pickle=False))
         name = request.get("plot")
-        if name not in PLOTS:
-            error = f"unknown figure {name!r}"
+        if name in TASKS:
+            answer = _run_task_here(name, _decode(request["arguments"], arrays))
+        elif name not in PLOTS:
+            answer = {"error": f"unknown figure {name!r}"}
         else:
-            error = _draw_here(name, _decode(request["arguments"], arrays))
-        _write_frame(answers, json.dumps({"id": request["id"], "error": error}).encode())
+            answer = {"error": _draw_here(name, _decode(request["arguments"], arrays))}
+        _write_frame(answers, json.dumps({"id": request["id"], **answer}, default=str).encode())
         answers.flush()
+
+
+class _Collected(logging.Handler):
+    """The log records of one task in the worker, sent back with its answer."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[tuple[int, str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((record.levelno, record.name, record.getMessage()))
+
+
+def _run_task_here(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """Run task ``name`` in the worker: ``{"result", "error", "traceback", "logs"}``."""
+    import importlib
+    import traceback
+
+    handler = _Collected()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    level, root.level = root.level, logging.INFO
+    try:
+        module, _, function = TASKS[name].partition(":")
+        result = getattr(importlib.import_module(module), function)(**arguments)
+        answer = {"result": result, "error": None}
+    except Exception as error:  # noqa: BLE001 - the caller decides what a failed task means
+        answer = {"result": None, "error": f"{type(error).__name__}: {error}",
+                  "traceback": "".join(traceback.format_exception(type(error), error, error.__traceback__))}
+    finally:
+        root.removeHandler(handler)
+        root.level = level
+    # third-party chatter below a warning stays in the worker
+    answer["logs"] = [line for line in handler.lines if line[1].startswith("audioml") or line[0] >= logging.WARNING]
+    return answer
 
 
 if __name__ == "__main__":

@@ -64,11 +64,10 @@ def weights_dir() -> Path:
     return Path(os.environ.get("AUDIOML_WEIGHTS_DIR", REPO.parent / "shared" / "weights" / "efficientat-mn04"))
 
 
-def job(overrides: list[str]) -> dict[str, float]:
+def job(overrides: list[str]) -> tuple[dict[str, float], Path]:
     from audioml.api import compose_config, train
 
-    metrics, _ = train(compose_config(overrides))
-    return metrics
+    return train(compose_config(overrides))
 
 
 def _built(overrides: list[str]):
@@ -181,8 +180,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     def run_arm(name: str, extra: list[str], epochs: int, fresh_cache_per_job: bool = False,
                 output: str | None = None, job_cache: Path | None = None) -> tuple[Measurement, list[dict]]:
-        results = []
-        with measure(name, device, interval=SAMPLING) as measurement:
+        from audioml.run import finishing, resume
+
+        results, run_dirs = [], []
+        # as in `audioml-train -m`: each job's MLflow record completes while the next one trains
+        with measure(name, device, interval=SAMPLING) as measurement, finishing.deferred():
             for index, (_, overrides) in enumerate(configurations):
                 arm_cache = job_cache or cache
                 if fresh_cache_per_job:  # same decoded waveforms, no embeddings from earlier jobs
@@ -190,12 +192,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                     arm_cache.mkdir(parents=True, exist_ok=True)
                     for waveform_file in cache.glob("waveforms-*"):
                         os.symlink(waveform_file, arm_cache / waveform_file.name)
-                started = time.perf_counter()
-                metrics = job([*common, *overrides, *extra, f"trainer.max_epochs={epochs}",
-                               f"paths.output_dir={work / (output or name.split()[0])}",
-                               f"paths.cache_dir={arm_cache}"])
-                results.append({"seconds": time.perf_counter() - started, **metrics})
+                started, started_wall = time.perf_counter(), time.time()
+                metrics, run_dir = job([*common, *overrides, *extra, f"trainer.max_epochs={epochs}",
+                                        f"paths.output_dir={work / (output or name.split()[0])}",
+                                        f"paths.cache_dir={arm_cache}"])
+                results.append({"seconds": time.perf_counter() - started, "started": started_wall, **metrics})
+                run_dirs.append(run_dir)
             measurement.items = len(configurations)
+        for result, run_dir in zip(results, run_dirs):  # until its record is complete (DONE written last)
+            result["done_seconds"] = (run_dir / resume.DONE_FILE).stat().st_mtime - result.pop("started")
         return measurement, results
 
     # Decode the corpus once for every arm (not part of any arm's time).
@@ -266,19 +271,25 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     rows = len(embeddings)
     print(f"\nper job, {args.epochs} epochs (seconds, test macro-F1); {rows} cached rows; "
           f"prepare (decode once) {prepare.seconds:.1f} s, plain embedding pass {embedding_pass.seconds:.1f} s")
+    print("  (audioml arms: seconds until the job returned / until its DONE marker, written once its MLflow record "
+          "is complete, in the background while the next job trains)")
     print(f"  {'configuration':<22} {'plain head loop':>18} | " + " | ".join(per_job))
     for index, (config_name, _) in enumerate(configurations):
-        cells = [f"{per_job[name][index]['seconds']:7.1f} s ({per_job[name][index].get('test/macro_f1', float('nan')):.3f})"
-                 for name in per_job]
+        cells = [f"{per_job[name][index]['seconds']:5.1f} / {per_job[name][index]['done_seconds']:5.1f} s "
+                 f"({per_job[name][index].get('test/macro_f1', float('nan')):.3f})" for name in per_job]
         plain = plain_jobs[index]
         print(f"  {config_name:<22} {plain['seconds']:7.2f} s ({plain['test/macro_f1']:.3f}) | " + " | ".join(cells))
-    head_jobs = [j["seconds"] for j in audioml_jobs[1:]] or [audioml_jobs[0]["seconds"]]
+    head_jobs = [j["done_seconds"] for j in audioml_jobs[1:]] or [audioml_jobs[0]["done_seconds"]]
+    returned = [j["seconds"] for j in audioml_jobs[1:]] or [audioml_jobs[0]["seconds"]]
     plain_head = statistics.median(j["seconds"] for j in plain_jobs)
     ratios = {"sweep_vs_limit": audioml_arm.seconds / limit, "head_job_seconds": statistics.median(head_jobs),
               "head_job_vs_plain": statistics.median(head_jobs) / plain_head}
-    print(f"\nhead job (jobs 2-{len(audioml_jobs)}: embeddings from the cache): median {ratios['head_job_seconds']:.1f} s, "
-          f"max {max(head_jobs):.1f} s (target < 5 s: {'met' if max(head_jobs) < 5 else 'NOT met'}); "
-          f"the plain head loop {plain_head:.2f} s: {ratios['head_job_vs_plain']:.1f}x")
+    ratios["head_job_returned_seconds"] = statistics.median(returned)
+    print(f"\nhead job (jobs 2-{len(audioml_jobs)}: embeddings from the cache), until DONE: median "
+          f"{ratios['head_job_seconds']:.1f} s, max {max(head_jobs):.1f} s (target < 5 s: "
+          f"{'met' if max(head_jobs) < 5 else 'NOT met'}); the plain head loop {plain_head:.2f} s: "
+          f"{ratios['head_job_vs_plain']:.1f}x; until it returned (the next job starts): median "
+          f"{ratios['head_job_returned_seconds']:.1f} s")
     print(f"sweep {audioml_arm.seconds:.1f} s vs physical limit {limit:.1f} s (embedding pass {embedding_pass.seconds:.1f} s "
           f"+ plain heads {limit - embedding_pass.seconds:.1f} s): {ratios['sweep_vs_limit']:.2f}x "
           f"(target <= 2x: {'met' if ratios['sweep_vs_limit'] <= 2 else 'NOT met'})")

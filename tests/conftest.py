@@ -36,6 +36,21 @@ def shared_weights() -> Path:
     return path
 
 
+@pytest.fixture()
+def fresh_worker(monkeypatch: pytest.MonkeyPatch):
+    """A report worker (``audioml.figures``) of this test's own (the module keeps one per process)."""
+    from audioml import figures
+
+    monkeypatch.setenv(figures.WORKER_ENV, "1")
+    monkeypatch.setattr(figures, "worker_enabled", lambda: True)
+    monkeypatch.setattr(figures, "_worker", None)
+    monkeypatch.setattr(figures, "_worker_failed", False)
+    monkeypatch.setattr(figures, "_pending", {})
+    yield
+    if figures._worker is not None:
+        figures._worker.close()
+
+
 def run_entry_point(module: str, *overrides: str, cwd: Path | None = None, env: dict | None = None,
                     timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
     """Run ``python -m <module> <overrides>`` and return the finished process."""

@@ -25,19 +25,6 @@ def _arguments(rng: np.random.Generator) -> dict[str, tuple]:
                                    CLASSES)}
 
 
-@pytest.fixture()
-def fresh_worker(monkeypatch: pytest.MonkeyPatch):
-    """A worker of this test's own (the module keeps one per process)."""
-    monkeypatch.setenv(figures.WORKER_ENV, "1")
-    monkeypatch.setattr(figures, "worker_enabled", lambda: True)
-    monkeypatch.setattr(figures, "_worker", None)
-    monkeypatch.setattr(figures, "_worker_failed", False)
-    monkeypatch.setattr(figures, "_pending", {})
-    yield
-    if figures._worker is not None:
-        figures._worker.close()
-
-
 def test_worker_draws_the_same_pixels_as_the_caller(tmp_path: Path, fresh_worker) -> None:
     assert figures.start()
     process = figures._worker.process

@@ -140,3 +140,25 @@ def test_status_of_the_failed_sweep(failing_sweep, capsys):
     rows = {line.split()[1]: line for line in first_block.splitlines()[2:]}
     assert rows["model.optimizer.lr=0.001"].split()[2:4] == ["finished", "1/1"]
     assert rows["model.optimizer.lr=nan"].split()[2:4] == ["failed", "0/1"]
+
+
+def test_jobs_whose_record_fails_after_training_are_failed_jobs(tmp_path):
+    """The MLflow model is logged by the report worker while the next job trains
+    (audioml.run.finishing): a registration MLflow refuses fails those jobs, recorded as any other
+    failure (the first one's while the second trains, the last one's when the sweep ends)."""
+    process = _sweep(tmp_path, "seed=1,2", "logger.register_model='bad:name'", "evaluation.bootstrap_samples=0")
+    log = process.stdout + process.stderr
+    assert process.returncode == 1, log[-3000:]
+    assert log.count("completed in the background") == 2 and "2 jobs, 2 failed" in log
+    assert "could not log the sweep's status" not in log  # no seed aggregate without a finished job
+    failed_dirs = [p.parent for p in (tmp_path / "runs").glob("*/FAILED")]
+    assert len(failed_dirs) == 2
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    for failed_dir in failed_dirs:
+        assert "Invalid model name 'bad:name'" in json.loads((failed_dir / "FAILED").read_text())["error"]
+        assert not (failed_dir / "DONE").exists() and "Traceback" in (failed_dir / "traceback.txt").read_text()
+        run = client.get_run((failed_dir / "mlflow_run_id").read_text().strip())
+        assert run.info.status == "FAILED" and "Invalid model name" in run.data.tags["audioml.error"]
+        assert "traceback.txt" in [a.path for a in client.list_artifacts(run.info.run_id)]
+    (parent,), _ = _runs(tmp_path)
+    assert parent.info.status == "FAILED"

@@ -49,12 +49,14 @@ def aggregate_runs(runs: pd.DataFrame, key: str, metrics: Sequence[str] | None =
     ``HIDDEN_PATTERNS``) ``<m> mean``, ``<m> std`` (ddof=1), ``<m> ci_low``, ``<m> ci_high`` (the
     ``confidence`` t-interval of the mean; NaN for one run). Rows in the order of their params' values.
 
-    Raises ``ValueError`` when no run has the param ``key`` or no metric matches.
+    Raises ``ValueError`` when no run has the param ``key``, none has FINISHED or no metric matches.
     """
     if f"params.{key}" not in runs:
         params = sorted(c[len("params."):] for c in runs.columns if c.startswith("params."))
         raise ValueError(f"--aggregate {key}: the runs have no param {key!r} (they have e.g. {params[:8]})")
     runs = runs[runs["status"] == "FINISHED"] if "status" in runs else runs
+    if runs.empty:
+        raise ValueError(f"--aggregate {key}: no run has FINISHED (yet): nothing to aggregate")
     names = [c[len("metrics."):] for c in runs.columns if c.startswith("metrics.")]
     patterns = tuple(metrics) if metrics else DEFAULT_PATTERNS
     hidden = () if metrics else HIDDEN_PATTERNS

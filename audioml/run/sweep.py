@@ -107,11 +107,27 @@ def end_running_sweep(error: BaseException) -> None:
         if error.code in (0, None) or error.__context__ is None:
             return
         error = error.__context__
+    if _running_record:
+        _complete_deferred_finishes()
     while _running_record:
         _close_record(_running_record.pop(), _running_sweep[-1] if _running_sweep else None)
     while _running_sweep:
         client, run_id = _running_sweep.pop()
         _end_parent(client, run_id, error)
+
+
+def _complete_deferred_finishes() -> None:
+    """Wait for the jobs whose MLflow record the report worker completes (``audioml.run.finishing``)
+    before the sweep's summary; a failed one is recorded as a failed job (``FAILED``,
+    ``traceback.txt``; its MLflow run was marked FAILED with the traceback)."""
+    from audioml.run import finishing, status
+
+    for failure in finishing.stop_deferring():
+        try:
+            status.write_failure(failure.run_dir, failure.error,
+                                 f"the job's MLflow record, completed after its training, failed\n\n{failure.traceback}")
+        except OSError as error:
+            log.warning("could not record the failure of %s: %s", failure.run_dir, error)
 
 
 def sweep_had_failures() -> bool:
@@ -183,7 +199,11 @@ def _log_seed_aggregate(client, run_id: str) -> None:
     from audioml.compare import collect_runs, fit_to_width
     from audioml.run.aggregate import aggregate_report, aggregate_runs
 
-    table = aggregate_runs(collect_runs(client, sweep=run_id), "seed")
+    runs = collect_runs(client, sweep=run_id)
+    if "status" in runs and not (runs["status"] == "FINISHED").any():
+        log.info("no job finished: no aggregate over seeds")
+        return
+    table = aggregate_runs(runs, "seed")
     shown, notes = aggregate_report(table, "seed")
     text = fit_to_width(shown, 200, max_cell=40, max_key=60) + ("\n\n" + "\n".join(notes) if notes else "")
     _log_text(client, run_id, "aggregate_seed.csv", table.to_csv(index=False))
@@ -296,6 +316,9 @@ class MLflowSweepCallback(Callback):
         os.environ[tracking.SWEEP_KEY_ENV] = key
         record = status.record_dir(str(_select(config, "hydra.sweep.dir")), key)
         _failed_jobs.clear()
+        from audioml.run import finishing
+
+        finishing.start_deferring()  # jobs run in this process: each one's record completes as the next trains
         if _select(config, "logger.enabled"):
             self._open_parent(config, key, overrides, record)
         status.write_plan(record, key, overrides, planned_jobs(config), self.parent_run_id)
@@ -377,6 +400,7 @@ class MLflowSweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         parent = (self.client, self.parent_run_id) if self.parent_run_id is not None else None
+        _complete_deferred_finishes()
         for record in list(_running_record):
             _close_record(record, parent)
         _running_record.clear()

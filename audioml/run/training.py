@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -27,7 +28,7 @@ from audioml.data.base import NoUsableFilesError
 from audioml.files import atomic_write_bytes, exclusive_lock, remove_temporaries
 from audioml.models.embedding_cache import use_embedding_cache
 from audioml.reports import LearningCurves
-from audioml.run import facts, relog, resume, tracking
+from audioml.run import facts, finishing, relog, resume, tracking
 from audioml.run.head_only import add_head_only_checkpoints, threads_restored, use_head_only_threads
 from audioml.run.checkpoint import ModelInCheckpoint, model_record, untrusted_targets
 from audioml.run.compose import (build_datamodule, build_model, build_test_trainer, build_trainer, data_tags,
@@ -83,13 +84,17 @@ def _locked_evaluation(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, float]
     rank_zero = distributed.is_global_zero_process()
     if rank_zero and cfg.logger.get("enabled", True):  # an unreachable server fails now, not after MLflow's retries
         tracking.check_reachable(cfg.logger.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI", ""))
-    lock = (exclusive_lock(run_dir / RUN_LOCK, f"training in {run_dir}: waiting until it ends") if rank_zero
-            else contextlib.nullcontext())
-    with lock:
+    if failure := finishing.wait_for(run_dir):  # this process completes this directory's last run first
+        log.warning("%s: its earlier run's record failed (%s): continuing it", run_dir, failure.error)
+    with contextlib.ExitStack() as hold:
         if rank_zero:
+            hold.enter_context(exclusive_lock(run_dir / RUN_LOCK, f"training in {run_dir}: waiting until it ends"))
             for folder in [run_dir / "checkpoints", *run_dir.glob("fold_*/checkpoints")]:  # a killed run's writes
                 remove_temporaries(folder, "*.ckpt")
-        return _bound_evaluation(cfg, run_dir)
+        outcome = _bound_evaluation(cfg, run_dir)
+        # a run whose record is completed in the background keeps its directory locked until then
+        finishing.hold_until_finished(run_dir, hold.pop_all())
+        return outcome
 
 
 def _bound_evaluation(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, float] | None, Path | None]:
@@ -216,8 +221,9 @@ def _run_evaluation(cfg: DictConfig, run_dir: Path, protocol, datamodule=None) -
     parent = _open_parent_run(cfg, run_dir, protocol)
     with tracking.ended_on_error(parent if rank_zero else None):
         parent_id = getattr(parent, "run_id", None)
-        result = protocol.run(lambda fold: train(_fold_config(cfg, run_dir, fold, protocol.num_folds),
-                                                 run_dir / f"fold_{fold}", parent_run_id=parent_id))
+        with finishing.deferred():  # a fold's record is completed while the next fold trains
+            result = protocol.run(lambda fold: train(_fold_config(cfg, run_dir, fold, protocol.num_folds),
+                                                     run_dir / f"fold_{fold}", parent_run_id=parent_id))
         if rank_zero:
             files = write_kfold_reports(result, run_dir)
             if parent is not None:
@@ -299,14 +305,14 @@ class TrainingRun:
         model = build_model(cfg, datamodule.class_names, datamodule.train_class_counts())
         fit_data_statistics(model, datamodule)
         resolved = self._write_config()
-        record = model_record(cfg, datamodule)
+        record = self._record = model_record(cfg, datamodule)
         if self.rank_zero and (refusal := untrusted_targets(record, cfg.get("trusted_modules") or ())):
             log.warning("audioml-eval/predict will refuse this run's checkpoints unless told to trust them: %s", refusal)
         tags = {**runtime_tags(cfg), **data_tags(datamodule),
                 **({"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else {})}
         self.logger = open_mlflow_logger(cfg, run_dir, tags, finish_on_finalize=False)  # closed when all is written
         if self.rank_zero:
-            figures.start()  # the figure worker imports matplotlib while this run trains
+            figures.start(preload_tasks=finishing.deferring())  # the worker starts while this run trains
         # no run left RUNNING on a crash; torch's thread count as it was (a head-only fit sets it)
         with tracking.ended_on_error(self.logger if self.rank_zero else None), threads_restored() as limits:
             self._thread_limits = limits
@@ -319,6 +325,7 @@ class TrainingRun:
                                  for path in callback.files]
             best_callback = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
             best = best_callback.best_model_path if best_callback is not None else ""
+            self._distributed = trainer.world_size > 1  # its other ranks wait for DONE: written inline
             if trainer.world_size > 1:  # test on one device, so every clip counts exactly once
                 distributed.destroy_process_group()
                 if not trainer.is_global_zero:
@@ -407,21 +414,23 @@ class TrainingRun:
         if tested.is_file():
             files.append(write_tested_checkpoint(run_dir, tested))
             log.info("tested checkpoint %s (recorded in %s)", tested, TESTED_CHECKPOINT_FILE)
+        spec: dict[str, Any] = {"run_dir": str(run_dir), "tracking_uri": None, "run_id": None,
+                                "done": metrics if cfg.get("mark_done", True) else None,
+                                "wait_for": [str(f) for f in files]}
         if logger is not None:
-            if tested.is_file():
-                tracking.set_tags(logger.experiment, logger.run_id, {"audioml.tested_checkpoint": tested.name})
-            if best and cfg.logger.get("log_checkpoint", True):
-                tracking.log_artifacts(logger, [Path(best)], "checkpoints")
-            # the MLflow model first: the figure worker draws meanwhile (audioml.figures)
+            tracking.stop_system_metrics(logger.run_id)  # its monitor runs here; the last sample now
+            spec.update(tracking_uri=tracking.resolve_tracking_uri(cfg.logger.get("tracking_uri"),
+                                                                   cfg.paths.mlflow_dir),
+                        run_id=logger.run_id, artifacts=[str(run_dir / "config.yaml"), *map(str, files)],
+                        tags={"audioml.tested_checkpoint": tested.name} if tested.is_file() else {},
+                        checkpoint_artifacts=[[best, "checkpoints"]] if best and cfg.logger.get("log_checkpoint",
+                                                                                               True) else [])
             if best and (cfg.logger.get("log_model", True) or cfg.logger.get("register_model")):
-                self._log_model(Path(best))
-            figures.wait(files)
-            tracking.log_artifacts(logger, [run_dir / "config.yaml", *files])
-            tracking.set_status(logger.experiment, logger.run_id, "FINISHED")
-        figures.wait(files)  # every report is on disk before the run counts as finished
-        if cfg.get("mark_done", True):
-            resume.write_done(run_dir, metrics)  # last: the run counts as finished only now
-        else:
+                spec["model"] = self._model_spec(Path(best))
+        # The MLflow record (the model first: the figure worker draws meanwhile), then DONE, the
+        # marker last: here, or in the background inside a sweep (audioml.run.finishing).
+        finishing.finish(spec, background=not getattr(self, "_distributed", False))
+        if not cfg.get("mark_done", True):
             log.info("no %s marker (mark_done=false, a debug preset): this run is not kept as finished",
                      resume.DONE_FILE)
         log.info("test metrics: %s", {k: round(v, 4) for k, v in metrics.items()
@@ -429,21 +438,19 @@ class TrainingRun:
         log.info("finished: run directory %s; %s", run_dir, _mlflow_location(cfg, logger))
         return result
 
-    def _log_model(self, best: Path) -> None:
-        """The best checkpoint as the run's MLflow model (``audioml.run.serving``)."""
-        from audioml.run import serving
-        from audioml.run.checkpoint import UntrustedCheckpointError, read_record
+    def _model_spec(self, best: Path) -> dict[str, Any] | None:
+        """What ``audioml.run.serving.log_model`` needs to log ``best`` as the run's MLflow model,
+        or ``None`` (with a warning) when its record would be refused when loaded."""
+        from audioml.run.checkpoint import UntrustedCheckpointError, check_record
 
-        cfg = self.cfg
-        trusted = list(cfg.get("trusted_modules") or ())
-        try:
-            record, _ = read_record(best, trusted)
+        trusted = [str(m) for m in self.cfg.get("trusted_modules") or ()]
+        try:  # the record written into the checkpoint, checked as read_record checks it
+            check_record(self._record, trusted, source=str(best))
         except UntrustedCheckpointError as error:
             log.warning("no MLflow model logged: the checkpoint would be refused when loaded (%s)", error)
-            return
-        serving.log_model(self.logger.run_id, tracking.resolve_tracking_uri(cfg.logger.get("tracking_uri"),
-                                                                            cfg.paths.mlflow_dir),
-                          best, record, cfg.logger.get("register_model"), trusted)
+            return None
+        return {"checkpoint": str(best), "record": self._record, "trusted": trusted,
+                "registered_model_name": self.cfg.logger.get("register_model")}
 
 
 def _mlflow_location(cfg: DictConfig, logger) -> str:

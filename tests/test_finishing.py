@@ -1,0 +1,108 @@
+"""A run's MLflow record completed in the background (audioml.run.finishing): inside a scope the
+report worker completes it while the next run trains, with the same MLflow runs and files as
+inline; the run directory stays locked until DONE; a worker that ends first leaves the finish to
+the caller; a finish that fails marks the MLflow run FAILED with its traceback and is returned.
+Real worker process, real Trainer, real embedded MLflow store."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from audioml import figures
+from audioml.api import compose_config, train
+from audioml.files import exclusive_lock, lock_is_held
+from audioml.run import finishing
+
+TINY = ["data=synthetic", "data.clips_per_class=4", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+        "evaluation.bootstrap_samples=0"]
+
+
+def _record(output: Path, run_dir: Path):
+    client = MlflowClient(f"sqlite:///{output / 'mlflow' / 'mlflow.db'}")
+    run_id = (run_dir / "mlflow_run_id").read_text().strip()
+    run = client.get_run(run_id)
+    return client, run, sorted(a.path for a in client.list_artifacts(run_id)) + \
+        sorted(f"checkpoints/{Path(a.path).name}" for a in client.list_artifacts(run_id, "checkpoints"))
+
+
+def test_runs_of_a_scope_complete_in_the_worker_as_they_would_inline(tmp_path: Path, fresh_worker, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="audioml")
+    _, inline_dir = train(compose_config([*TINY, f"paths.output_dir={tmp_path / 'inline'}"]))
+    assert "completed in the background" not in caplog.text
+    run_dirs = []
+    with finishing.deferred():
+        for seed in (1, 2):
+            _, run_dir = train(compose_config([*TINY, f"seed={seed}", f"paths.output_dir={tmp_path / 'sweep'}"]))
+            run_dirs.append(run_dir)
+    assert caplog.text.count("completed in the background") == 2
+    assert caplog.text.count("MLflow model logged") == 3  # the worker's lines come back to this process
+    _, inline_run, inline_artifacts = _record(tmp_path / "inline", inline_dir)
+    for run_dir in run_dirs:
+        assert (run_dir / "DONE").is_file() and not lock_is_held(run_dir / ".lock")
+        client, run, artifacts = _record(tmp_path / "sweep", run_dir)
+        assert run.info.status == "FINISHED" and artifacts == inline_artifacts
+        assert run.data.tags["audioml.tested_checkpoint"] == inline_run.data.tags["audioml.tested_checkpoint"]
+        assert len(run.outputs.model_outputs) == 1  # the MLflow model
+        assert set(run.data.metrics) == set(inline_run.data.metrics)
+    assert figures._worker.process.poll() is None
+
+
+def _stopped_worker() -> int:
+    assert figures.start(preload_tasks=True)
+    pid = figures._worker.process.pid
+    os.kill(pid, signal.SIGSTOP)
+    return pid
+
+
+def test_the_run_directory_stays_locked_until_its_record_is_complete(tmp_path: Path, fresh_worker) -> None:
+    pid = _stopped_worker()
+    try:
+        finishing.start_deferring()
+        hold = contextlib.ExitStack()
+        hold.enter_context(exclusive_lock(tmp_path / ".lock"))
+        finishing.finish({"run_dir": str(tmp_path), "run_id": None, "done": {"test/acc": 0.5}, "wait_for": []})
+        finishing.hold_until_finished(tmp_path, hold)
+        assert lock_is_held(tmp_path / ".lock") and not (tmp_path / "DONE").exists()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert finishing.stop_deferring() == []
+    assert (tmp_path / "DONE").is_file() and not lock_is_held(tmp_path / ".lock")
+
+
+def test_a_finish_the_worker_did_not_complete_is_completed_by_the_caller(tmp_path: Path, fresh_worker) -> None:
+    pid = _stopped_worker()
+    with finishing.deferred():
+        finishing.finish({"run_dir": str(tmp_path), "run_id": None, "done": {"test/acc": 0.5}, "wait_for": []})
+        hold = contextlib.ExitStack()
+        hold.enter_context(exclusive_lock(tmp_path / ".lock"))
+        finishing.hold_until_finished(tmp_path, hold)
+        os.kill(pid, signal.SIGKILL)
+        figures._worker.reader.join(timeout=30)
+        assert lock_is_held(tmp_path / ".lock") and not (tmp_path / "DONE").exists()  # not released unfinished
+    assert (tmp_path / "DONE").is_file() and not lock_is_held(tmp_path / ".lock")
+
+
+def test_a_failed_finish_marks_the_run_failed_and_is_reported(tmp_path: Path, fresh_worker) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("finishing")).info.run_id
+    spec = {"run_dir": str(tmp_path), "tracking_uri": uri, "run_id": run_id, "done": {"test/acc": 0.5},
+            "wait_for": [], "model": {"checkpoint": str(tmp_path / "gone.ckpt"), "record": {}, "trusted": []}}
+    finishing.start_deferring()
+    finishing.finish(spec)
+    (failure,) = finishing.stop_deferring()
+    assert failure.run_dir == tmp_path and failure.error.startswith("FileNotFoundError")
+    assert "gone.ckpt" in failure.traceback
+    assert not (tmp_path / "DONE").exists()
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED" and run.data.tags["audioml.error"].startswith("FileNotFoundError")
+    assert "traceback.txt" in [a.path for a in client.list_artifacts(run_id)]
+    with pytest.raises(finishing.RunFinishError, match="gone.ckpt"), finishing.deferred():
+        finishing.finish(spec)

@@ -450,6 +450,10 @@ def _serve(requests: BinaryIO, answers: BinaryIO) -> None:
     """Draw each request from ``requests`` and answer ``{"id", "error"}`` on ``answers``."""
     import matplotlib
 
+    try:  # background work: the run it serves comes first when both want a core
+        os.nice(10)
+    except OSError:
+        pass
     matplotlib.use("Agg")
     from matplotlib.figure import Figure  # noqa: F401 - imported now, not at the first request
 

@@ -232,26 +232,27 @@ def finish_run(spec: dict[str, Any]) -> None:
     status FINISHED; then ``DONE`` in ``run_dir`` with ``done`` (the metrics; ``None``: no
     marker). ``env``: the environment to do it in (the caller's)."""
     from audioml import figures
-    from audioml.run import resume
+    from audioml.run import markers
 
     with _environment(spec.get("env")):
         if spec.get("run_id"):
             _complete_mlflow_run(spec)
         figures.wait(spec.get("wait_for") or [])  # every report on disk before the run counts as finished
         if spec.get("done") is not None:
-            resume.write_done(spec["run_dir"], spec["done"])
+            markers.write_done(spec["run_dir"], spec["done"])
 
 
 def _complete_mlflow_run(spec: dict[str, Any]) -> None:
     from mlflow import MlflowClient
+    from mlflow.entities import RunTag
 
     from audioml import figures
-    from audioml.run import serving, tracking
+    from audioml.run import serving
 
     uri, run_id = spec["tracking_uri"], spec["run_id"]
     client = MlflowClient(uri)
     if spec.get("tags"):
-        tracking.set_tags(client, run_id, spec["tags"])
+        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in spec["tags"].items()])
     for path, artifact_path in spec.get("checkpoint_artifacts") or []:
         client.log_artifact(run_id, str(path), artifact_path)
     if model := spec.get("model"):
@@ -264,7 +265,9 @@ def _complete_mlflow_run(spec: dict[str, Any]) -> None:
             client.log_artifact(run_id, str(path))
         else:
             log.warning("artifact %s does not exist; not logged", path)
-    tracking.set_status(client, run_id, "FINISHED")
+    # the run's system-metrics monitor was stopped by the process that ran it (TrainingRun), so
+    # MLflow's own call, not tracking.set_status: this module does not import torch or Lightning
+    client.set_terminated(run_id, "FINISHED")
 
 
 def _mark_failed(spec: dict[str, Any], failure: FinishFailure) -> None:
@@ -274,16 +277,14 @@ def _mark_failed(spec: dict[str, Any], failure: FinishFailure) -> None:
     try:
         from mlflow import MlflowClient
 
-        from audioml.run import tracking
-
         with _environment(spec.get("env")):
             client = MlflowClient(spec["tracking_uri"])
             with tempfile.TemporaryDirectory() as folder:
                 path = Path(folder) / "traceback.txt"
                 path.write_text(failure.traceback, encoding="utf-8")
                 client.log_artifact(spec["run_id"], str(path))
-            tracking.set_tags(client, spec["run_id"], {"audioml.error": failure.error[:500]})
-            tracking.set_status(client, spec["run_id"], "FAILED")
+            client.set_tag(spec["run_id"], "audioml.error", failure.error[:500])
+            client.set_terminated(spec["run_id"], "FAILED")
     except Exception as error:  # noqa: BLE001 - the store may be what failed; the error stands
         log.warning("could not mark MLflow run %s FAILED: %s", spec["run_id"], error)
 
@@ -292,7 +293,7 @@ def preload() -> None:
     """Import what :func:`finish_in_worker` needs (the worker does it when it starts)."""
     import mlflow.pyfunc  # noqa: F401
 
-    from audioml.run import resume, serving, tracking  # noqa: F401
+    from audioml.run import markers, serving, store  # noqa: F401
 
 
 def finish_in_worker(spec: dict[str, Any]) -> None:

@@ -50,6 +50,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from audioml.checkpointing import RESUME_FILENAMES
 from audioml.files import atomic_write_bytes
 from audioml.models.base import persist_metric_states
+from audioml.run.markers import DONE_FILE, read_done, write_done  # noqa: F401 - defined there, used from here
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,6 @@ __all__ = ["ResumeCheckpoint", "capture_rng_states", "restore_rng_states", "DONE
            "read_done", "write_done", "PREEMPTED_EXIT_CODE", "stop_on_sigterm", "DATA_FILE", "read_data_record",
            "write_data_record", "data_run_dir"]
 
-#: Marker written (atomically, last) when a run finished; holds its final metrics.
-DONE_FILE = "DONE"
 #: The data a run directory trains on, written before its first training: ``fingerprint`` (the
 #: ``data.fingerprint`` tag), ``clips`` and ``root``.
 DATA_FILE = "data.json"
@@ -250,24 +249,6 @@ class ResumeCheckpoint(Checkpoint):
         self._restore_handler()
 
 
-# ------------------------------------------------------------------------- finished runs
-def write_done(run_dir: str | Path, metrics: dict[str, float]) -> Path:
-    """Mark ``run_dir`` finished (atomically; call last, after every other output)."""
-    path = Path(run_dir) / DONE_FILE
-    atomic_write_bytes(path, json.dumps({"metrics": metrics}, indent=2, sort_keys=True).encode())
-    return path
-
-
-def read_done(run_dir: str | Path) -> dict[str, float] | None:
-    """The final metrics of a finished run in ``run_dir``, or ``None`` when it is unfinished."""
-    path = Path(run_dir) / DONE_FILE
-    if not path.is_file():
-        return None
-    try:
-        return {k: float(v) for k, v in json.loads(path.read_text())["metrics"].items()}
-    except (ValueError, KeyError, TypeError):
-        log.warning("%s is unreadable: the run is treated as unfinished", path)
-        return None
 
 
 # ---------------------------------------------------------------------- the data of a run

@@ -144,7 +144,7 @@ def log_model(run_id: str, tracking_uri: str, checkpoint: str | Path, record: di
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a log line says it is done
     import mlflow
 
-    from audioml.run.tracking import using_store
+    from audioml.run.store import using_store
 
     with using_store(tracking_uri), tempfile.TemporaryDirectory() as scratch:
         # the artifact under a stable name: the model directory always holds artifacts/model.ckpt

@@ -29,6 +29,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from audioml.files import exclusive_lock
+from audioml.run.store import process_defaults_kept as _process_defaults_kept
+from audioml.run.store import using_store  # noqa: F401 - defined there (no torch), used from here
 
 log = logging.getLogger(__name__)
 
@@ -70,42 +72,6 @@ def resolve_tracking_uri(tracking_uri: str | None, default_store: str | Path) ->
 
 #: How long ``check_reachable`` waits for a tracking server to accept a connection.
 REACHABLE_TIMEOUT_SECONDS = 5.0
-
-
-@contextmanager
-def _process_defaults_kept() -> Iterator[None]:
-    """Put MLflow's process-wide store settings back as they were after the block:
-    ``mlflow.set_tracking_uri`` (also called by Lightning's ``MLFlowLogger``) is process-global
-    and exports ``MLFLOW_TRACKING_URI`` / ``MLFLOW_REGISTRY_URI``. Left set, the next run in the
-    same process (a sweep's next job, a notebook's next cell) would log into this store instead
-    of its own."""
-    from mlflow.tracking._model_registry import utils as registry
-    from mlflow.tracking._tracking_service import utils as tracking
-
-    environment = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    tracking_before, registry_before = tracking._tracking_uri, registry._registry_uri
-    try:
-        yield
-    finally:
-        # the module globals directly: set_tracking_uri(None) would also reset MLflow's tracer
-        tracking._tracking_uri, registry._registry_uri = tracking_before, registry_before
-        for name, value in environment.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-@contextmanager
-def using_store(uri: str) -> Iterator[None]:
-    """MLflow's fluent API (``mlflow.pyfunc.log_model``, ``mlflow.start_run``) pointed at
-    ``uri`` for the block, then put back as it was (``_process_defaults_kept``)."""
-    import mlflow
-
-    with _process_defaults_kept():
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
-        yield
 
 
 def check_reachable(uri: str, timeout: float = REACHABLE_TIMEOUT_SECONDS) -> None:

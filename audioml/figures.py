@@ -35,6 +35,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -44,7 +45,7 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 __all__ = ["plot_confusion_matrix", "plot_learning_curves", "plot_embedding_pca", "pca_2d", "PLOTS", "TASKS", "draw",
-           "wait", "run_task", "start", "worker_enabled"]
+           "wait", "run_task", "start", "stop_worker", "worker_enabled"]
 
 def _figure(width: float, height: float):
     """A matplotlib ``Figure`` on the Agg canvas, outside pyplot (no global figure list to
@@ -429,6 +430,16 @@ def run_task(name: str, arguments: dict[str, Any]) -> Future | None:
         return None
 
 
+def stop_worker() -> None:
+    """Kill the worker (one that does not answer): its unanswered drawings are drawn here, its
+    tasks come back ``{"lost": True}``; the next :func:`start` starts a new one."""
+    with _state_lock:
+        worker = _worker
+    if worker is not None:
+        worker.process.kill()
+        worker.reader.join(timeout=60)
+
+
 def wait(paths: Iterable[str | Path] | None = None, timeout: float = 600) -> None:
     """Return when the figures :func:`draw` started for ``paths`` (every one when ``None``) are
     written; a figure that could not be drawn, or not within ``timeout`` seconds, is logged as a
@@ -439,7 +450,7 @@ def wait(paths: Iterable[str | Path] | None = None, timeout: float = 600) -> Non
     for path, (future, name) in entries:
         try:
             error = future.result(timeout=timeout)
-        except TimeoutError:
+        except (TimeoutError, FutureTimeout):  # the same class from Python 3.11 on
             error = f"not drawn within {timeout:.0f} s"
         if error:
             log.warning("figure %s (%s) could not be drawn: %s", path, name, error)
@@ -457,14 +468,16 @@ def _serve(requests: BinaryIO, answers: BinaryIO) -> None:
     matplotlib.use("Agg")
     from matplotlib.figure import Figure  # noqa: F401 - imported now, not at the first request
 
-    if os.environ.get(_PRELOAD_ENV) == "1":  # the tasks' modules (MLflow, torch) load while figures are drawn
+    global _preloading
+    if os.environ.get(_PRELOAD_ENV) == "1":  # the tasks' modules (MLflow) load while figures are drawn
         import importlib
 
         def preload() -> None:
             for task in TASKS.values():
                 getattr(importlib.import_module(task.partition(":")[0]), "preload", lambda: None)()
 
-        threading.Thread(target=preload, name="audioml-worker-preload", daemon=True).start()
+        _preloading = threading.Thread(target=preload, name="audioml-worker-preload", daemon=True)
+        _preloading.start()
 
     while (header := _read_frame(requests)) is not None:
         request = json.loads(header)
@@ -485,6 +498,9 @@ def _serve(requests: BinaryIO, answers: BinaryIO) -> None:
         answers.flush()
 
 
+_preloading: threading.Thread | None = None
+
+
 class _Collected(logging.Handler):
     """The log records of one task in the worker, sent back with its answer."""
 
@@ -501,6 +517,8 @@ def _run_task_here(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
     import importlib
     import traceback
 
+    if _preloading is not None:  # a task may change the environment: no import runs meanwhile
+        _preloading.join()
     handler = _Collected()
     root = logging.getLogger()
     root.addHandler(handler)
@@ -521,6 +539,12 @@ def _run_task_here(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    import signal
+
+    # Ctrl-C and a SIGTERM to the job's process group are for the run: the worker completes what
+    # it was sent and ends when the run closes its stdin (or dies).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Answers go to the original stdout; anything a library prints goes to stderr instead of
     # into the answers.
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")

@@ -24,6 +24,13 @@ TINY = ["data=synthetic", "data.clips_per_class=4", "trainer.max_epochs=1", "tra
         "evaluation.bootstrap_samples=0"]
 
 
+@pytest.fixture(autouse=True)
+def no_scope_left(monkeypatch: pytest.MonkeyPatch):
+    """This test's own scopes and pending finishes (none leaks into the next test)."""
+    monkeypatch.setattr(finishing, "_scopes", [])
+    monkeypatch.setattr(finishing, "_pending", {})
+
+
 def _record(output: Path, run_dir: Path):
     client = MlflowClient(f"sqlite:///{output / 'mlflow' / 'mlflow.db'}")
     run_id = (run_dir / "mlflow_run_id").read_text().strip()
@@ -41,7 +48,7 @@ def test_runs_of_a_scope_complete_in_the_worker_as_they_would_inline(tmp_path: P
         for seed in (1, 2):
             _, run_dir = train(compose_config([*TINY, f"seed={seed}", f"paths.output_dir={tmp_path / 'sweep'}"]))
             run_dirs.append(run_dir)
-    assert caplog.text.count("completed in the background") == 2
+    assert caplog.text.count("completed in the background") == 2 and "completed here" not in caplog.text
     assert caplog.text.count("MLflow model logged") == 3  # the worker's lines come back to this process
     _, inline_run, inline_artifacts = _record(tmp_path / "inline", inline_dir)
     for run_dir in run_dirs:
@@ -89,20 +96,35 @@ def test_a_finish_the_worker_did_not_complete_is_completed_by_the_caller(tmp_pat
     assert (tmp_path / "DONE").is_file() and not lock_is_held(tmp_path / ".lock")
 
 
+def test_a_worker_that_does_not_answer_is_stopped_and_the_caller_completes_the_run(tmp_path: Path,
+                                                                                    fresh_worker, caplog) -> None:
+    _stopped_worker()
+    finishing.start_deferring()
+    finishing.finish({"run_dir": str(tmp_path), "run_id": None, "done": {"test/acc": 0.5}, "wait_for": []})
+    assert finishing.wait_for(tmp_path, timeout=1) is None
+    assert (tmp_path / "DONE").is_file() and "stopping it, the record is completed here" in caplog.text
+    assert figures._worker.process.poll() is not None  # never two completions of one run at once
+    assert finishing.stop_deferring() == []
+
+
 def test_a_failed_finish_marks_the_run_failed_and_is_reported(tmp_path: Path, fresh_worker) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     run_id = client.create_run(client.create_experiment("finishing")).info.run_id
     spec = {"run_dir": str(tmp_path), "tracking_uri": uri, "run_id": run_id, "done": {"test/acc": 0.5},
             "wait_for": [], "model": {"checkpoint": str(tmp_path / "gone.ckpt"), "record": {}, "trusted": []}}
-    finishing.start_deferring()
+    (tmp_path / "learning_curves.csv").write_text("epoch,val/loss\n0,1.0\n")
+    spec["artifacts"] = [str(tmp_path / "learning_curves.csv")]
+    recorded = []
+    finishing.start_deferring(on_failure=recorded.append)
     finishing.finish(spec)
     (failure,) = finishing.stop_deferring()
+    assert recorded == [failure]  # told as it came (a sweep writes FAILED then)
     assert failure.run_dir == tmp_path and failure.error.startswith("FileNotFoundError")
     assert "gone.ckpt" in failure.traceback
     assert not (tmp_path / "DONE").exists()
     run = client.get_run(run_id)
     assert run.info.status == "FAILED" and run.data.tags["audioml.error"].startswith("FileNotFoundError")
-    assert "traceback.txt" in [a.path for a in client.list_artifacts(run_id)]
+    assert {"traceback.txt", "learning_curves.csv"} <= {a.path for a in client.list_artifacts(run_id)}
     with pytest.raises(finishing.RunFinishError, match="gone.ckpt"), finishing.deferred():
         finishing.finish(spec)

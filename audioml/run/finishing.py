@@ -30,8 +30,9 @@ import os
 import tempfile
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout  # not the builtin before Python 3.11
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,24 +58,36 @@ class FinishFailure:
 
 
 @dataclass
+class _Scope:
+    run_dirs: list[Path] = field(default_factory=list)
+    on_failure: Callable[[FinishFailure], None] | None = None
+
+
+@dataclass
 class _Pending:
     spec: dict[str, Any]
     future: Future
+    on_failure: Callable[[FinishFailure], None] | None = None
     holds: list[contextlib.ExitStack] = field(default_factory=list)
     released: bool = False
+    failure: FinishFailure | None = None
+    #: Set once ``_release`` has handled the answer (a done-callback runs after waiters wake).
+    handled: threading.Event = field(default_factory=threading.Event)
 
 
 _lock = threading.Lock()
-#: Open scopes, innermost last: the run directories of the finishes started in each.
-_scopes: list[list[Path]] = []
+#: Open scopes, innermost last.
+_scopes: list[_Scope] = []
 _pending: dict[Path, _Pending] = {}
 
 
 # ----------------------------------------------------------------------------- the scopes
-def start_deferring() -> None:
-    """Open a scope: finishes started from now on may complete in the worker."""
+def start_deferring(on_failure: Callable[[FinishFailure], None] | None = None) -> None:
+    """Open a scope: finishes started from now on may complete in the worker. ``on_failure`` is
+    called with each failure of a finish started in it, before the run directory is let go (a
+    sweep records the job as failed)."""
     with _lock:
-        _scopes.append([])
+        _scopes.append(_Scope(on_failure=on_failure))
 
 
 def deferring() -> bool:
@@ -82,11 +95,14 @@ def deferring() -> bool:
     return bool(_scopes)
 
 
-def stop_deferring() -> list[FinishFailure]:
-    """Close the innermost scope: wait for the finishes started in it; their failures."""
+def stop_deferring(complete_lost: bool = True) -> list[FinishFailure]:
+    """Close the innermost scope: wait for the finishes started in it; their failures. With
+    ``complete_lost=False`` (the process is stopping: Ctrl-C, SIGTERM) a finish the worker did
+    not complete is left to the rerun, which continues the run."""
     with _lock:
-        run_dirs = _scopes.pop() if _scopes else []
-    return [failure for run_dir in run_dirs if (failure := wait_for(run_dir)) is not None]
+        scope = _scopes.pop() if _scopes else _Scope()
+    return [failure for run_dir in scope.run_dirs
+            if (failure := wait_for(run_dir, complete_lost=complete_lost)) is not None]
 
 
 @contextlib.contextmanager
@@ -96,8 +112,9 @@ def deferred() -> Iterator[None]:
     start_deferring()
     try:
         yield
-    except BaseException:
-        stop_deferring()
+    except BaseException as error:
+        stopping = isinstance(error, KeyboardInterrupt) or (isinstance(error, SystemExit) and error.code == 143)
+        stop_deferring(complete_lost=not stopping)
         raise
     if failures := stop_deferring():
         raise RunFinishError("; ".join(f"{f.run_dir}: {f.error}" for f in failures))
@@ -110,6 +127,7 @@ def finish(spec: dict[str, Any], background: bool = True) -> None:
     from audioml import figures
 
     run_dir = Path(spec["run_dir"])
+    _complete_lost_finishes()  # a worker that ended: the runs it left are completed before the next one
     with _lock:
         scope = _scopes[-1] if _scopes else None
     future = None
@@ -119,11 +137,11 @@ def finish(spec: dict[str, Any], background: bool = True) -> None:
         finish_run(spec)
         return
     global _exit_hook
-    entry = _Pending(spec, future)
+    entry = _Pending(spec, future, scope.on_failure)
     with _lock:
         _pending[run_dir] = entry
-        scope.append(run_dir)
-        if not _exit_hook:  # a process that ends without closing its scope still completes its runs
+        scope.run_dirs.append(run_dir)
+        if not _exit_hook:  # a process that ends without closing its scope still waits for its runs
             _exit_hook = True
             atexit.register(_wait_for_all)
     future.add_done_callback(lambda _: _release(entry))
@@ -134,19 +152,55 @@ _exit_hook = False
 
 
 def _wait_for_all() -> None:
+    """At exit: the worker's answers; what it did not complete is left to a rerun (the process
+    may be ending on SIGTERM)."""
     with _lock:
         run_dirs = list(_pending)
     for run_dir in run_dirs:
+        wait_for(run_dir, complete_lost=False)
+
+
+def _is_lost(answer: Any) -> bool:
+    return isinstance(answer, dict) and bool(answer.get("lost"))
+
+
+def _complete_lost_finishes() -> None:
+    with _lock:
+        lost = [run_dir for run_dir, entry in _pending.items()
+                if entry.future.done() and _is_lost(entry.future.result())]
+    for run_dir in lost:
         wait_for(run_dir)
 
 
+def _report_failure(entry: _Pending, failure: FinishFailure) -> None:
+    entry.failure = failure
+    log.error("%s: its MLflow record was not completed after training: %s (rerun the command to complete the "
+              "run)", failure.run_dir, failure.error)
+    if entry.on_failure is not None:
+        try:
+            entry.on_failure(failure)
+        except Exception as error:  # noqa: BLE001 - the failure itself is logged above
+            log.warning("could not record the failure of %s: %s", failure.run_dir, error)
+
+
 def _release(entry: _Pending) -> None:
-    """The worker answered: let go of the run directory's lock (unless the worker ended before
-    finishing: then whoever waits completes the run first)."""
-    answer = entry.future.result()
-    if isinstance(answer, dict) and answer.get("lost"):
-        return
-    _log_answer(answer)  # now, not when waited for: the run's lines come when it completes
+    """The worker answered (in its reader thread): log its lines, record a failure, then let go
+    of the run directory's lock. A worker that ended before finishing keeps the lock: whoever
+    completes the run lets it go."""
+    try:
+        answer = entry.future.result()
+        if _is_lost(answer):
+            return
+        _log_answer(answer)  # now, not when waited for: the run's lines come when it completes
+        if answer.get("error"):
+            _report_failure(entry, FinishFailure(Path(entry.spec["run_dir"]), str(answer["error"]),
+                                                 str(answer.get("traceback") or answer["error"])))
+        _let_go(entry)
+    finally:
+        entry.handled.set()
+
+
+def _let_go(entry: _Pending) -> None:
     with _lock:
         holds, entry.holds, entry.released = entry.holds, [], True
     for hold in holds:
@@ -170,9 +224,11 @@ def hold_until_finished(run_dir: str | Path, hold: contextlib.ExitStack) -> None
     hold.close()
 
 
-def wait_for(run_dir: str | Path, timeout: float = WAIT_SECONDS) -> FinishFailure | None:
-    """Wait for the pending finish of ``run_dir`` (none: returns at once); a finish the worker
-    did not complete runs here. Its failure, or ``None``; the answer's log lines are logged."""
+def wait_for(run_dir: str | Path, timeout: float = WAIT_SECONDS, complete_lost: bool = True) -> FinishFailure | None:
+    """Wait for the pending finish of ``run_dir`` (none: returns at once); its failure, or
+    ``None``. A finish the worker did not complete (it ended, or did not answer within
+    ``timeout`` seconds: then it is stopped, so that the finish never runs twice at once) is
+    completed here, unless ``complete_lost`` is false (left to a rerun)."""
     from audioml import figures
 
     run_dir = Path(run_dir)
@@ -182,30 +238,29 @@ def wait_for(run_dir: str | Path, timeout: float = WAIT_SECONDS) -> FinishFailur
         return None
     try:
         answer = entry.future.result(timeout=timeout)
-    except TimeoutError:
-        answer = {"lost": True}
-        log.warning("%s: the report worker has not completed the run's record in %.0f s: completing it here",
-                    run_dir, timeout)
+    except (TimeoutError, FutureTimeout):
+        log.warning("%s: the report worker has not completed the run's record in %.0f s: stopping it, the record "
+                    "is completed here", run_dir, timeout)
+        figures.stop_worker()
+        answer = entry.future.result(timeout=120)  # the stopped worker's pending tasks come back lost
+    entry.handled.wait(timeout=120)  # the done-callback may still be recording the answer
     figures.wait(entry.spec.get("wait_for") or [])  # figure warnings are reported here
-    failure = None
-    if answer.get("lost"):
-        try:
-            finish_run(entry.spec)
-        except Exception as error:  # noqa: BLE001 - reported as the run's failure
-            text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-            failure = FinishFailure(run_dir, f"{type(error).__name__}: {error}", text)
-            _mark_failed(entry.spec, failure)
-    else:
-        if answer.get("error"):
-            failure = FinishFailure(run_dir, str(answer["error"]), str(answer.get("traceback") or answer["error"]))
-    if failure is not None:
-        log.error("%s: its MLflow record was not completed after training: %s (rerun the command to complete "
-                  "the run)", run_dir, failure.error)
-    with _lock:
-        holds, entry.holds, entry.released = entry.holds, [], True
-    for hold in holds:
-        hold.close()
-    return failure
+    if not _is_lost(answer):
+        return entry.failure  # reported (and the lock let go) when the worker answered
+    if not complete_lost:
+        log.warning("%s: its MLflow record was not completed (the report worker ended): rerun the command to "
+                    "complete the run", run_dir)
+        _let_go(entry)
+        return None
+    try:  # the worker may have logged the model before it ended: not twice
+        finish_run({**entry.spec, "skip_logged_model": True})
+    except Exception as error:  # noqa: BLE001 - reported as the run's failure
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        failure = FinishFailure(run_dir, f"{type(error).__name__}: {error}", text)
+        _mark_failed(entry.spec, failure)
+        _report_failure(entry, failure)
+    _let_go(entry)
+    return entry.failure
 
 
 @contextlib.contextmanager
@@ -255,7 +310,11 @@ def _complete_mlflow_run(spec: dict[str, Any]) -> None:
         client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in spec["tags"].items()])
     for path, artifact_path in spec.get("checkpoint_artifacts") or []:
         client.log_artifact(run_id, str(path), artifact_path)
-    if model := spec.get("model"):
+    model = spec.get("model")
+    if model and spec.get("skip_logged_model") and (getattr(client.get_run(run_id).outputs, "model_outputs", None) or []):
+        log.info("MLflow run %s already has its model (logged before the report worker ended)", run_id)
+        model = None
+    if model:
         serving.log_model(run_id, uri, model["checkpoint"], model["record"], model.get("registered_model_name"),
                           model.get("trusted") or [])
     # the figures drawn meanwhile (in the worker, drawn before this task: nothing to wait for)
@@ -279,6 +338,10 @@ def _mark_failed(spec: dict[str, Any], failure: FinishFailure) -> None:
 
         with _environment(spec.get("env")):
             client = MlflowClient(spec["tracking_uri"])
+            for path in spec.get("artifacts") or []:  # the reports (learning curves...) as an inline failure keeps them
+                if Path(path).is_file():
+                    with contextlib.suppress(Exception):
+                        client.log_artifact(spec["run_id"], str(path))
             with tempfile.TemporaryDirectory() as folder:
                 path = Path(folder) / "traceback.txt"
                 path.write_text(failure.traceback, encoding="utf-8")

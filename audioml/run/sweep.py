@@ -108,7 +108,7 @@ def end_running_sweep(error: BaseException) -> None:
             return
         error = error.__context__
     if _running_record:
-        _complete_deferred_finishes()
+        _complete_deferred_finishes(stopping=isinstance(error, KeyboardInterrupt) or getattr(error, "code", None) == 143)
     while _running_record:
         _close_record(_running_record.pop(), _running_sweep[-1] if _running_sweep else None)
     while _running_sweep:
@@ -116,18 +116,25 @@ def end_running_sweep(error: BaseException) -> None:
         _end_parent(client, run_id, error)
 
 
-def _complete_deferred_finishes() -> None:
-    """Wait for the jobs whose MLflow record the report worker completes (``audioml.run.finishing``)
-    before the sweep's summary; a failed one is recorded as a failed job (``FAILED``,
-    ``traceback.txt``; its MLflow run was marked FAILED with the traceback)."""
-    from audioml.run import finishing, status
+def _record_deferred_failure(failure) -> None:
+    """A job whose MLflow record the report worker could not complete (``audioml.run.finishing``;
+    its MLflow run is FAILED with the traceback): ``FAILED`` and ``traceback.txt`` in its run
+    directory, written before the directory is let go, so the sweep counts it as failed."""
+    from audioml.run import status
 
-    for failure in finishing.stop_deferring():
-        try:
-            status.write_failure(failure.run_dir, failure.error,
-                                 f"the job's MLflow record, completed after its training, failed\n\n{failure.traceback}")
-        except OSError as error:
-            log.warning("could not record the failure of %s: %s", failure.run_dir, error)
+    first_line = (failure.error.strip().splitlines() or [""])[0][:500]
+    status.write_failure(failure.run_dir, first_line,
+                         f"the job's MLflow record, completed after its training, failed\n\n{failure.traceback}")
+
+
+def _complete_deferred_finishes(stopping: bool = False) -> None:
+    """Wait for the jobs whose MLflow record the report worker completes before the sweep's
+    summary (their failures are recorded as they come: ``_record_deferred_failure``); a sweep
+    that is stopping (Ctrl-C, SIGTERM) leaves what the worker did not complete to the rerun."""
+    from audioml.run import finishing
+
+    if finishing.deferring():
+        finishing.stop_deferring(complete_lost=not stopping)
 
 
 def sweep_had_failures() -> bool:
@@ -316,13 +323,14 @@ class MLflowSweepCallback(Callback):
         os.environ[tracking.SWEEP_KEY_ENV] = key
         record = status.record_dir(str(_select(config, "hydra.sweep.dir")), key)
         _failed_jobs.clear()
-        from audioml.run import finishing
-
-        finishing.start_deferring()  # jobs run in this process: each one's record completes as the next trains
         if _select(config, "logger.enabled"):
             self._open_parent(config, key, overrides, record)
         status.write_plan(record, key, overrides, planned_jobs(config), self.parent_run_id)
         _running_record.append(record)
+        from audioml.run import finishing
+
+        # jobs run in this process (the basic launcher): each one's record completes as the next trains
+        finishing.start_deferring(on_failure=_record_deferred_failure)
 
     def _open_parent(self, config: DictConfig, key: str, overrides: list[str], record: Path) -> None:
         from mlflow import MlflowClient

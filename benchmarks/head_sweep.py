@@ -9,7 +9,10 @@ Each job is a full ``audioml-train`` run (``audioml.api``: DataModule, model, Tr
 validation every epoch, test, reports, checkpoints, MLflow into an embedded store), run one
 after the other in this process like Hydra's basic launcher does:
 - audioml: ``model.freeze=all`` (the embedding cache is on by default): the first job embeds
-  every clip once, the other seven load the cache and train only the head;
+  every clip once, the other seven load the cache and train only the head; as in
+  ``audioml-train -m``, each job's MLflow record and ``DONE`` are completed by the report worker
+  while the next job trains (``audioml.run.finishing``), and the arm ends when the last one is
+  complete; each job's time is printed until it returned and until its ``DONE``;
 - plain (the physical limit): one embedding pass over every clip with the same front end and
   backbone in a plain ``torch.inference_mode`` loop, then the same 8 heads, epochs, batch size,
   optimiser and loss in a plain PyTorch loop over the embeddings in memory (train, validation
@@ -21,7 +24,7 @@ All arms share one waveform cache and the audioml arm's MLflow store exists, bot
 timing starts (once per dataset / output folder, not per sweep). With ``--repeats N`` the plain
 and the audioml arm run N times, alternately (each audioml sweep in a new output folder with an
 empty embedding cache), and the fastest of each arm is compared. Targets: a head job (the
-jobs after the first) under 5 s; the sweep within 2x of the physical limit.
+jobs after the first) under 5 s until its ``DONE``; the sweep within 2x of the physical limit.
 """
 
 from __future__ import annotations

@@ -17,7 +17,10 @@ naming one of :data:`PLOTS` and its arguments, with arrays as ``.npy`` payloads 
 
 The same worker runs the few other jobs of a finished run that need not hold up the next one,
 named in :data:`TASKS` (:func:`run_task`): completing a run's MLflow record while the next job
-of a sweep trains (``audioml.run.finishing``). A task's log lines come back with its answer.
+of a sweep trains (``audioml.run.finishing``; it imports MLflow for that, never torch). A task's
+log lines come back with its answer. The worker runs at a lower CPU priority than the run it
+serves, ignores Ctrl-C and SIGTERM (meant for the run: it completes what it was sent and ends
+when the run closes its stdin), and is stopped by :func:`stop_worker` when it does not answer.
 """
 
 from __future__ import annotations

@@ -83,6 +83,24 @@ def test_the_run_directory_stays_locked_until_its_record_is_complete(tmp_path: P
     assert (tmp_path / "DONE").is_file() and not lock_is_held(tmp_path / ".lock")
 
 
+def test_a_sweep_job_keeps_its_run_directory_locked_until_the_worker_writes_done(tmp_path: Path,
+                                                                                   fresh_worker) -> None:
+    """Through audioml-train's own path (the lock taken and handed over by the run layer)."""
+    pid = _stopped_worker()
+    try:
+        with finishing.deferred():
+            try:
+                _, run_dir = train(compose_config([*TINY, f"paths.output_dir={tmp_path}"]))
+                assert lock_is_held(run_dir / ".lock") and not (run_dir / "DONE").exists()
+            finally:
+                os.kill(pid, signal.SIGCONT)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert (run_dir / "DONE").is_file() and not lock_is_held(run_dir / ".lock")
+    _, run, _ = _record(tmp_path, run_dir)
+    assert run.info.status == "FINISHED"
+
+
 def test_a_finish_the_worker_did_not_complete_is_completed_by_the_caller(tmp_path: Path, fresh_worker) -> None:
     pid = _stopped_worker()
     with finishing.deferred():

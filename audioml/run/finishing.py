@@ -12,13 +12,19 @@ the run directory's lock stays held by this process until then (:func:`hold_unti
 so ``audioml-compare --status`` shows the run as running, and the same command started elsewhere
 waits. The scope's end waits for every finish started in it.
 
-A finish that fails in the worker marks the MLflow run FAILED with ``audioml.error`` and the
-traceback as an artifact, as an inline failure would, and leaves no ``DONE`` (rerunning the
-command completes the run from its last checkpoint); :func:`stop_deferring` returns the failures
-(a sweep records them as failed jobs), the end of a :func:`deferred` scope raises
-:class:`RunFinishError`. When the worker cannot take the finish (one CPU, ``AUDIOML_FIGURE_WORKER=0``,
-the worker gone), it runs in this process, at once or when waited for: the same files and runs.
-Outside a scope (a single ``audioml-train``, a DDP run) nothing changes: the finish runs inline.
+A finish that fails in the worker marks the MLflow run FAILED with ``audioml.error``, the
+traceback and the run's reports as artifacts, as an inline failure would, and leaves no ``DONE``
+(rerunning the command completes the run from its last checkpoint). The scope's ``on_failure``
+hears of it when the worker answers, before the run directory is let go (a sweep writes the job's
+``FAILED`` then); :func:`stop_deferring` returns the failures, and the end of a :func:`deferred`
+scope raises :class:`RunFinishError`. When the worker cannot take the finish (one CPU,
+``AUDIOML_FIGURE_WORKER=0``), it runs in this process at once; when the worker ends (or does not
+answer within ``WAIT_SECONDS``: it is stopped first) before completing it, this process completes
+it when it is waited for, without logging the model twice. Outside a scope (a single
+``audioml-train``, a DDP run, jobs of a parallel launcher) nothing changes: the finish runs inline.
+
+Some of MLflow's calls here are made directly rather than through ``audioml.run.tracking``
+(tags, status): the worker imports neither torch nor Lightning, which that module needs.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ def test_autoencoder_shapes_and_reconstruction_target() -> None:
     assert autoencoder.decode(autoencoder.encode(spec)).shape == (3, 1, 32, 48)
     assert autoencoder.forward_features(spec).shape == (3, 1, 12)
     assert autoencoder.reconstruction_loss(spec).ndim == 0
+    assert ConvAutoencoder().input_size == (64, 64)  # what model=autoencoder_ffnn gets without an image size
     names = [n for n, _ in autoencoder.backbone_parameters()]
     assert names.index("to_latent.weight") < names.index("from_latent.weight") < names.index("decoder.0.weight")
 

@@ -82,6 +82,13 @@ def test_study_settings_reach_the_configs():
     assert (transformer.model.head.d_model, transformer.model.head.num_layers, transformer.model.head.num_heads,
             transformer.model.head.pooling) == (256, 2, 4, "mean")
     assert _compose("ravdess/emotion_vgg16").model.freeze == "model.features.10"  # block3_conv1
+    panns = _compose("donateacry/panns_mlp")  # early stopping, the plateau scheduler and the kept checkpoint agree
+    assert (panns.monitor, panns.monitor_mode, panns.model.scheduler_monitor, panns.callbacks.early_stopping.monitor,
+            panns.callbacks.model_checkpoint.monitor, panns.callbacks.model_checkpoint.mode) == \
+        ("val/loss", "min", "val/loss", "val/loss", "val/loss", "min")
+    autoencoder = _compose("ravdess/emotion_autoencoder")  # one resize, in the front end
+    assert list(autoencoder.model.backbone.input_size) == list(autoencoder.features.image_size) == [256, 256]
+    assert _compose("ravdess/emotion_autoencoder", "features=logmel").model.backbone.input_size is None  # 64x64
 
 
 @pytest.fixture(scope="module")

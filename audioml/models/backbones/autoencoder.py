@@ -22,15 +22,18 @@ class ConvAutoencoder(Backbone):
     come first, so ``freeze("from_latent")`` freezes the encoder only.
 
     Args:
-        input_size: (height, width) the spectrogram is resized to; multiples of
-            ``2 ** len(channels)``.
+        input_size: (height, width) the spectrogram is resized to (none when it has that size
+            already, e.g. ``features=logmel_image``); multiples of ``2 ** len(channels)``.
+            ``None``: 64 x 64 (the config passes ``features.image_size``, null for features
+            that do not make an image).
         channels: encoder widths (the decoder reverses them).
         latent_dim: size of the code (= ``num_features``).
     """
 
-    def __init__(self, input_size: Sequence[int] = (64, 64), channels: Sequence[int] = (16, 32, 64, 128),
+    def __init__(self, input_size: Sequence[int] | None = None, channels: Sequence[int] = (16, 32, 64, 128),
                  latent_dim: int = 128, num_classes: int = 2) -> None:
         super().__init__()
+        input_size = (64, 64) if input_size is None else input_size
         height, width = (int(v) for v in input_size)
         factor = 2 ** len(channels)
         if height % factor or width % factor:

@@ -61,8 +61,9 @@ class ImageNetCNN(Backbone):
 
     def image(self, spec: torch.Tensor) -> torch.Tensor:
         """``(batch, 1, n_mels, frames)`` -> normalised image ``(batch, in_chans, size, size)``."""
-        x = nn.functional.interpolate(spec, size=(self.image_size, self.image_size), mode="bilinear",
-                                      align_corners=False)
+        size = (self.image_size, self.image_size)
+        x = spec if tuple(spec.shape[-2:]) == size else nn.functional.interpolate(
+            spec, size=size, mode="bilinear", align_corners=False)  # features=logmel_image: resized there
         low = x.amin(dim=(2, 3), keepdim=True)
         high = x.amax(dim=(2, 3), keepdim=True)
         x = (x - low) / (high - low).clamp(min=1e-6)

@@ -218,3 +218,43 @@ def test_preprocess_none_builds_the_model_without_preprocessing():
     empty = AudioClassifier(ScratchCNN(channels=[4], dense=8), LogMel(16000), 2, sample_rate=16000,
                             preprocess=WaveformPreprocess())
     assert list(empty.state_dict()) == list(plain.state_dict())
+
+
+# ------------------------------------------------------------------------ augment after preprocessing
+@pytest.mark.parametrize("after_preprocess", [False, True])
+def test_augmentation_after_preprocessing_reaches_the_front_end(tmp_path, after_preprocess):
+    """Peak normalisation to -3 dBFS and a fixed -6 dB gain: preprocessed in the front end (the
+    default) the gain is undone and the front end sees -3 dBFS; with
+    ``augmentation.after_preprocess`` (the MuSe study's order) it sees -9 dBFS in training, and
+    -3 dBFS in validation either way (no augmentation there)."""
+    import lightning as L
+
+    from audioml.augment import Gain
+    from audioml.models.backbones.cnn import ScratchCNN
+    from audioml.models.classifier import AudioClassifier
+
+    data = SyntheticDataModule(tmp_path / "synthetic", num_classes=2, clips_per_class=8, num_groups=4, seconds=0.2,
+                               sample_rate=16000, batch_size=4, num_workers=0, cache_dir=tmp_path / "cache")
+    model = AudioClassifier(ScratchCNN(channels=[4], dense=8), LogMel(16000), 2, sample_rate=16000,
+                            preprocess=WaveformPreprocess(peak_dbfs=-3.0),
+                            waveform_augment=AugmentationChain([Gain(min_gain_db=-6.001, max_gain_db=-5.999, p=1.0)],
+                                                               seed=0),
+                            augment_preprocessed=after_preprocess)
+    seen: dict[bool, list[float]] = {True: [], False: []}
+    model.frontend.frontend.register_forward_pre_hook(
+        lambda _, args: seen[model.trainer.training].extend(
+            (20 * args[0].abs().amax(dim=1).log10()).tolist()))
+    L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
+              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+              default_root_dir=tmp_path).fit(model, datamodule=data)
+    np.testing.assert_allclose(seen[True], -9.0 if after_preprocess else -3.0, atol=1e-3)
+    np.testing.assert_allclose(seen[False], -3.0, atol=1e-3)
+
+
+def test_the_muse_augmentation_preprocesses_first():
+    cfg = compose_config(["experiment=muse/valence_crnn", "paths.data_dir=/tmp/data",
+                          "paths.output_dir=/tmp/audioml-compose"])
+    assert cfg.augmentation.after_preprocess is True
+    model = instantiate_model(cfg.model, cfg.loss, ["valence"], None, augment_preprocessed=True)
+    assert model.augment_preprocessed and model.hparams.augment_preprocessed
+    assert compose_config(["augmentation=waveform"]).augmentation.after_preprocess is False

@@ -84,7 +84,7 @@ class AudioModule(L.LightningModule):
     def _build(self, backbone: Backbone, frontend: nn.Module | None, num_outputs: int, head: HeadFactory | None,
                freeze: str, optimizer: OptimizerFactory | None, scheduler: Callable | None,
                waveform_augment: nn.Module | None, spec_augment: nn.Module | None, sample_rate: int,
-               preprocess: nn.Module | None = None) -> None:
+               preprocess: nn.Module | None = None, augment_preprocessed: bool = False) -> None:
         frontend = frontend if frontend is not None else contract_frontend(backbone, sample_rate)
         # Waveform preprocessing is part of the front end: every path through model.frontend
         # (training, embedding caches, prediction, export) applies it.
@@ -98,7 +98,28 @@ class AudioModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.waveform_augment = waveform_augment
         self.spec_augment = spec_augment
+        self.augment_preprocessed = bool(augment_preprocessed)
         self.epoch_means = EpochMeans([f"{stage}/loss" for stage in ("train", "val", "test")])
+
+    def _preprocessed_batches(self) -> bool:
+        """Whether this training batch was preprocessed before its waveform augmentation
+        (``augment_preprocessed``, e.g. peak normalisation then noise and gain): then the front
+        end runs without the preprocessing, which would undo the augmentation. Evaluation and
+        prediction (no augmentation) always preprocess in the front end."""
+        trainer = self._trainer
+        return self.augment_preprocessed and self.waveform_augment is not None \
+            and isinstance(self.frontend, Preprocessed) and trainer is not None and trainer.training
+
+    def augmented_waveform(self, waveform: torch.Tensor) -> torch.Tensor:
+        """A training batch ``(batch, time)`` through the waveform augmentation (preprocessed
+        first with ``augment_preprocessed``)."""
+        if self._preprocessed_batches():
+            waveform = self.frontend.preprocess(waveform)
+        return self.waveform_augment(waveform)
+
+    def batch_frontend(self) -> nn.Module:
+        """The front end for the batch being processed (``_preprocessed_batches``)."""
+        return self.frontend.frontend if self._preprocessed_batches() else self.frontend
 
     def _add_loss(self, stage: str, loss: torch.Tensor, batch_size: int) -> None:
         self.epoch_means.update(f"{stage}/loss", loss, batch_size)

@@ -40,6 +40,9 @@ class AudioClassifier(AudioModule):
             ``spec_augment``; the loss then receives probability targets.
         preprocess: waveform preprocessing ``(batch, time) -> (batch, time)`` run before the
             front end in every stage (``audioml.features.WaveformPreprocess``, ``model.preprocess``).
+        augment_preprocessed: training batches are preprocessed before the waveform
+            augmentation instead of after it (``augmentation.after_preprocess``); evaluation and
+            prediction are the same either way.
         embedding_cache: with ``freeze="all"`` and no augmentation, let the entry point train
             the head on cached front-end + backbone outputs (``audioml.models.embedding_cache``).
         pretrained: whether the backbone starts from pretrained weights (``model.pretrained``;
@@ -54,13 +57,13 @@ class AudioClassifier(AudioModule):
                  freeze: str = "none", waveform_augment: nn.Module | None = None,
                  spec_augment: nn.Module | None = None, mixup: nn.Module | None = None,
                  embedding_cache: bool = True, pretrained: bool = False,
-                 preprocess: nn.Module | None = None) -> None:
+                 preprocess: nn.Module | None = None, augment_preprocessed: bool = False) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes={num_classes}: a classifier needs at least 2 classes")
         self.save_hyperparameters(ignore=NOT_HYPERPARAMETERS)
         self._build(backbone, frontend, num_classes, head, freeze, optimizer, scheduler, waveform_augment,
-                    spec_augment, sample_rate, preprocess)
+                    spec_augment, sample_rate, preprocess, augment_preprocessed)
         self.loss_fn = loss if loss is not None else nn.CrossEntropyLoss()
         self.mixup = mixup
         #: ``None``: batches hold waveforms. ``"pooled"``/``"tokens"``: they hold cached backbone
@@ -106,7 +109,7 @@ class AudioClassifier(AudioModule):
         The front end runs in float32 even under mixed precision: power spectra exceed the
         float16 range (65504) and a bfloat16 filterbank product blurs quiet bands."""
         with torch.autocast(waveform.device.type, enabled=False):
-            spec = self.frontend(waveform.float())
+            spec = self.batch_frontend()(waveform.float())
         if self.training and self.spec_augment is not None:
             spec = self.spec_augment(spec)
         return spec
@@ -128,7 +131,7 @@ class AudioClassifier(AudioModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         waveform, target = batch
         if self.trainer is not None and self.trainer.training and self.waveform_augment is not None:
-            waveform = self.waveform_augment(waveform)
+            waveform = self.augmented_waveform(waveform)
         return waveform, target
 
     # ------------------------------------------------------------------------------- the steps

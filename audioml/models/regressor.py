@@ -47,6 +47,7 @@ class SequenceRegressor(AudioModule):
         mixup: not supported for regression; must be ``None``.
         preprocess: waveform preprocessing run before the front end on every window
             (``audioml.features.WaveformPreprocess``, ``model.preprocess``).
+        augment_preprocessed: as ``AudioClassifier`` (each window preprocessed, then augmented).
     """
 
     def __init__(self, backbone: Backbone, frontend: nn.Module | None, num_classes: int,
@@ -58,7 +59,7 @@ class SequenceRegressor(AudioModule):
                  spec_augment: nn.Module | None = None, feature_mean: torch.Tensor | None = None,
                  feature_std: torch.Tensor | None = None, output: str = "per_step",
                  pretrained: bool = False, mixup: nn.Module | None = None,
-                 preprocess: nn.Module | None = None) -> None:
+                 preprocess: nn.Module | None = None, augment_preprocessed: bool = False) -> None:
         super().__init__()
         if output not in ("per_step", "per_sequence"):
             raise ValueError(f"model.output={output!r}: use 'per_step' or 'per_sequence'")
@@ -72,7 +73,7 @@ class SequenceRegressor(AudioModule):
             raise ValueError("mixup mixes class labels; it does not apply to sequence regression")
         self.save_hyperparameters(ignore=[*NOT_HYPERPARAMETERS, "feature_mean", "feature_std"])
         self._build(backbone, frontend, num_classes, head, freeze, optimizer, scheduler, waveform_augment,
-                    spec_augment, sample_rate, preprocess)
+                    spec_augment, sample_rate, preprocess, augment_preprocessed)
         if loss is None:
             from audioml.losses import CCCLoss
 
@@ -138,7 +139,7 @@ class SequenceRegressor(AudioModule):
         if waveform.dim() != 3:
             raise ValueError(f"expected window sequences (batch, windows, samples), got {tuple(waveform.shape)}")
         batch, windows = waveform.shape[:2]
-        spec = self.frontend(waveform.flatten(0, 1))
+        spec = self.batch_frontend()(waveform.flatten(0, 1))
         spec = (spec - self.feature_mean[:, None]) / self.feature_std[:, None]
         if self.training and self.spec_augment is not None:
             spec = self.spec_augment(spec)
@@ -170,7 +171,7 @@ class SequenceRegressor(AudioModule):
         waveform, target = batch
         if self.trainer is not None and self.trainer.training and self.waveform_augment is not None:
             batch_size, windows = waveform.shape[:2]
-            waveform = self.waveform_augment(waveform.flatten(0, 1)).reshape(batch_size, windows, -1)
+            waveform = self.augmented_waveform(waveform.flatten(0, 1)).reshape(batch_size, windows, -1)
         return waveform, target
 
     # ------------------------------------------------------------------------------- the steps

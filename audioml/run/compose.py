@@ -41,6 +41,8 @@ def build_model(cfg: DictConfig, class_names: list[str], class_counts: list[int]
              "spec_augment": instantiate(augmentation["spectrogram"]) if augmentation.get("spectrogram") else None}
     if augmentation.get("mixup"):  # passed only when set: modules without mixup need not accept it
         extra["mixup"] = instantiate(augmentation["mixup"])
+    if augmentation.get("after_preprocess"):  # the same: modules without preprocessing need not accept it
+        extra["augment_preprocessed"] = True
     return instantiate_model(cfg.model, cfg.get("loss"), class_names, class_counts, **extra)
 
 

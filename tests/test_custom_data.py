@@ -135,12 +135,15 @@ def test_csv_regression_trains_with_the_cnn_regressor(tmp_path):
     pd.DataFrame(rows).to_csv(tmp_path / "ratings.csv", index=False)
     output = tmp_path / "out"
     run_entry_point("audioml.train", "data=csv", f"data.csv={tmp_path / 'ratings.csv'}", "data.clip_seconds=0.5",
-                    "data.batch_size=8", "model=cnn_regressor", "model.backbone.channels=[8,16]",
+                    "data.batch_size=8", "data.test_fraction=0.25", "model=cnn_regressor", "model.backbone.channels=[8,16]",
                     "model.backbone.dense=16", "loss=mse", "monitor=val/ccc", "optimized_metric=test/ccc",
                     "trainer.max_epochs=2", f"paths.output_dir={output}")
     metrics = read_metrics(find_run_dirs(output)[0])
     assert {"test/ccc", "test/mse", "test/mae"} <= set(metrics)
     assert all(np.isfinite(metrics[k]) for k in ("test/ccc", "test/mse", "test/mae"))
+    # intervals over the test groups and the training-mean baseline, as for classes
+    assert metrics["test/mse_ci_low"] <= metrics["test/mse"] <= metrics["test/mse_ci_high"]
+    assert metrics["baseline/ccc"] == pytest.approx(0.0, abs=1e-12) and metrics["baseline/mse"] > 0
 
 
 def test_user_config_folder_trains_and_its_checkpoint_evaluates_and_predicts_without_it(tmp_path):

@@ -213,3 +213,33 @@ def test_windows_are_cached(tmp_path):
     second.setup()
     assert isinstance(second._waveforms, np.memmap)  # read back, not decoded again
     assert np.array_equal(np.asarray(first._waveforms), np.asarray(second._waveforms))
+
+
+@pytest.mark.parametrize("targets", [["valence"], ["valence", "arousal"]])
+def test_audioml_train_gives_a_regressor_intervals_and_the_mean_baseline(tmp_path, targets):
+    """A MuSe run of audioml-train's code path reports, beside its test CCC / MSE / MAE, their
+    recording-bootstrap intervals and the scores of predicting the training mean (CCC 0, the MSE
+    checked here against the test windows' targets)."""
+    from audioml.api import compose_config, train
+    from audioml.run.compose import build_datamodule
+
+    root = make_muse_package(tmp_path / "c3_muse_stress_2022", seconds=6.0, test_labels=True,
+                             partitions={"train": ["1", "2", "3"], "devel": ["4", "5"], "test": ["6", "7", "8"]})
+    cfg = compose_config(["data=muse", f"data.root={root}", "model=crnn_attention", "loss=ccc",
+                          f"data.targets=[{','.join(targets)}]", "data.sequence_length=4", "data.stride=2",
+                          "data.batch_size=4", "debug=fast", f"paths.output_dir={tmp_path / 'out'}",
+                          f"paths.cache_dir={tmp_path / 'cache'}", "data.num_workers=0", "monitor=val/ccc",
+                          "monitor_mode=max", "trainer.enable_progress_bar=false", "evaluation.bootstrap_samples=200"])
+    metrics, _ = train(cfg)
+    datamodule = build_datamodule(cfg)
+    truth = np.stack(datamodule.split_manifest("test")["target"]).reshape(-1, len(targets)).astype(np.float64)
+    mean = datamodule.train_target_mean()
+    assert mean.shape == (len(targets),)
+    suffixes = [""] if len(targets) == 1 else [f"_{name}" for name in targets]
+    for column, suffix in enumerate(suffixes):
+        for name in ("ccc", "mse", "mae"):
+            low, high = metrics[f"test/{name}{suffix}_ci_low"], metrics[f"test/{name}{suffix}_ci_high"]
+            assert low <= metrics[f"test/{name}{suffix}"] + 1e-6 and metrics[f"test/{name}{suffix}"] <= high + 1e-6
+            assert high > low  # three test recordings resampled
+        assert metrics[f"baseline/ccc{suffix}"] == pytest.approx(0.0, abs=1e-12)  # a constant prediction
+        assert metrics[f"baseline/mse{suffix}"] == pytest.approx(((truth[:, column] - mean[column]) ** 2).mean())

@@ -364,6 +364,14 @@ class AudioDataModule(L.LightningDataModule, ABC):
             labels = labels.argmax(axis=1)
         return np.bincount(labels, minlength=self.num_classes).astype(int).tolist()
 
+    def train_target_mean(self) -> np.ndarray:
+        """Mean regression target of the training split, per target (the mean-prediction
+        baseline of the honest test scores)."""
+        if self.manifest is None:
+            self.setup()
+        targets = np.asarray(self._targets[self.split_indices["train"]], dtype=np.float64)
+        return targets.reshape(len(targets), -1).mean(axis=0)
+
     def train_sample_weights(self) -> np.ndarray:
         """Per-training-clip sampling weights: inverse frequency of its class."""
         counts = np.asarray(self.train_class_counts(), dtype=float)

@@ -363,6 +363,13 @@ class MuseDataModule(AudioDataModule):
         first = self.manifest["first_window"].to_numpy()[self.split_indices["train"]]
         return np.unique((first[:, None] + np.arange(self.sequence_length)[None, :]).ravel())
 
+    def train_target_mean(self) -> np.ndarray:
+        """Mean target ``(n_targets,)`` over the distinct windows of the training sequences (the
+        mean-prediction baseline of the honest test scores)."""
+        if self.manifest is None:
+            self.setup()
+        return self._window_targets[self.train_windows()].astype(np.float64).mean(axis=0)
+
     def statistics_batches(self, batch_size: int = 256) -> Iterator[torch.Tensor]:
         """The distinct windows of the training sequences as float32 ``(batch, window_samples)``
         batches: what the model's normalisation statistics are computed from (training split only)."""

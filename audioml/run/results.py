@@ -21,7 +21,7 @@ from audioml.stats import per_class_table
 
 log = logging.getLogger(__name__)
 
-__all__ = ["COLLAPSE_FILE", "PREDICTIONS_FILE", "TESTED_CHECKPOINT_FILE", "honest_test_scores", "write_run_reports",
+__all__ = ["COLLAPSE_FILE", "PREDICTIONS_FILE", "TESTED_CHECKPOINT_FILE", "honest_test_scores", "regression_test_scores", "write_run_reports",
            "finished_result", "write_kfold_reports", "collect_embeddings", "write_tested_checkpoint",
            "read_tested_checkpoint", "evaluated_checkpoint", "file_sha256"]
 
@@ -111,7 +111,10 @@ def evaluated_checkpoint(source: str | Path, tracking_uri: str | None = None,
 def honest_test_scores(protocol: EvaluationProtocol, model, datamodule, run_dir: Path) -> tuple[dict[str, float], list[Path]]:
     """Intervals, baseline, permutation test (and the collapsed task) of a tested classifier,
     with their plots (started with ``audioml.figures.draw``: ``figures.wait`` before reading
-    them); ``({}, [])`` for other tasks. Point estimates are the model's own."""
+    them); for a tested regressor its intervals and mean baseline (``regression_test_scores``);
+    ``({}, [])`` for anything else. Point estimates are the model's own."""
+    if datamodule.task == "regression" and getattr(model, "test_predictions", None) is not None:
+        return regression_test_scores(protocol, model, datamodule), []
     if datamodule.task != "classification" or getattr(model, "test_probabilities", None) is None:
         return {}, []
     class_names = list(datamodule.class_names)
@@ -132,6 +135,42 @@ def honest_test_scores(protocol: EvaluationProtocol, model, datamodule, run_dir:
                                   run_dir / "embeddings_pca.png"))
     log.info("test (honest): %s", scores.summary)
     return scores.metrics, files
+
+
+def regression_test_scores(protocol: EvaluationProtocol, model, datamodule) -> dict[str, float]:
+    """Group-bootstrap intervals of the test CCC / MSE / MAE of a tested regressor over the
+    same rows its ``test/*`` pool (every window of every test sequence), resampling whole
+    recordings / speakers (the manifest's ``group``), and the scores of predicting the training
+    split's mean target (``baseline/*``). Per target with several targets (``test/ccc_<name>``).
+
+    No permutation test: a permuted continuous target over overlapping sequences has no
+    exchangeable unit short of whole recordings, which the interval already resamples."""
+    from audioml.stats import regression_scores
+
+    names = list(getattr(model, "target_names", None) or datamodule.class_names)
+    prediction = model.test_predictions.double().numpy().reshape(len(model.test_predictions), -1, len(names))
+    target = model.test_targets.double().numpy().reshape(prediction.shape)
+    groups = np.repeat(datamodule.split_manifest("test")["group"].astype(str).to_numpy(), prediction.shape[1])
+    if len(groups) != prediction.shape[0] * prediction.shape[1]:
+        log.warning("test intervals: %d test rows for %d predictions; no intervals", len(groups) // max(
+            prediction.shape[1], 1), prediction.shape[0])
+        return {}
+    mean = np.broadcast_to(np.asarray(datamodule.train_target_mean(), dtype=np.float64).reshape(-1), (len(names),))
+    metrics, parts = {}, []
+    for column, name in enumerate(names):
+        scores, text = regression_scores(prediction[:, :, column], target[:, :, column], groups, mean[column],
+                                         protocol.bootstrap_samples, protocol.confidence, protocol.seed)
+        for key, value in scores.items():
+            if key.startswith("test/") and not key.endswith(("_ci_low", "_ci_high")):
+                continue  # the point estimates are the model's own (logged already)
+            if len(names) > 1:  # test/ccc_ci_low -> test/ccc_<name>_ci_low, baseline/ccc -> baseline/ccc_<name>
+                group_name, _, metric = key.partition("/")
+                base, _, bound = metric.partition("_ci_")
+                key = f"{group_name}/{base}_{name}" + (f"_ci_{bound}" if bound else "")
+            metrics[key] = float(value)
+        parts.append(text if len(names) == 1 else f"{name}: {text}")
+    log.info("test (honest, over all test windows): %s", " | ".join(parts))
+    return metrics
 
 
 def write_run_reports(model, datamodule, run_dir: Path, metrics: dict[str, float]) -> tuple[RunResult, list[Path]]:

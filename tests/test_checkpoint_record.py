@@ -51,6 +51,7 @@ def _best(run_dir):
     return next((run_dir / "checkpoints").glob("best-*.ckpt"))
 
 
+@pytest.mark.slow  # kept out of the default run for its time (15-30 s); `pytest -m slow` runs it
 def test_a_noise_ir_checkpoint_evaluates_and_predicts_without_its_augmentation_folders(noise_ir_run, tmp_path):
     output, run_dir = noise_ir_run
     record, _ = read_record(_best(run_dir))

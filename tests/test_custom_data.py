@@ -4,7 +4,6 @@ folders through ``AUDIOML_CONFIG_PATH`` whose checkpoints evaluate and predict w
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -14,8 +13,9 @@ import pytest
 import soundfile as sf
 from conftest import find_run_dirs, read_metrics, run_entry_point
 
-from audioml.config import user_config_dirs
+from audioml.config import compose_config, user_config_dirs
 from audioml.data.custom import CsvDataModule, FolderDataModule
+from audioml.run.inference import evaluate_checkpoint, predict_files
 
 RATE = 8000
 
@@ -166,12 +166,10 @@ def test_user_config_folder_trains_and_its_checkpoint_evaluates_and_predicts_wit
     trained = read_metrics(run_dir)
     shutil.rmtree(tmp_path / "myproject")  # the user's folder is gone: the checkpoint alone must do
     best = next((run_dir / "checkpoints").glob("best-*.ckpt"))
-    run_entry_point("audioml.evaluate", f"ckpt_path={best}", f"paths.output_dir={output}", cwd=tmp_path)
-    evaluated = json.loads(next((output / "eval").glob("*/metrics.json")).read_text())
+    # audioml-eval's and audioml-predict's code paths, in this process (their commands are tested elsewhere)
+    eval_cfg = compose_config([f"ckpt_path={best}", f"paths.output_dir={output}"], config_name="eval")
+    evaluated, _ = evaluate_checkpoint(best, eval_cfg.paths, eval_cfg.trainer)
     assert evaluated["test/macro_f1"] == pytest.approx(trained["test/macro_f1"], abs=1e-6)
-    predictions = tmp_path / "predictions.csv"
-    run_entry_point("audioml.predict", f"ckpt_path={best}", f"input_dir={sounds / 'high'}",
-                    f"output={predictions}", f"paths.output_dir={output}", cwd=tmp_path)
-    scored = pd.read_csv(predictions)
+    scored, _ = predict_files(best, sorted(p for p in (sounds / "high").rglob("*") if p.is_file()), device="cpu")
     assert len(scored) == 24 and set(scored.columns) >= {"path", "predicted", "p_high", "p_low"}
     assert np.allclose(scored[["p_high", "p_low"]].sum(axis=1), 1.0, atol=1e-5)

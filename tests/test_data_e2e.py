@@ -1,5 +1,6 @@
-"""`audioml-train` end to end on each new dataset: a generated MuSe package (default run) and
-the real RAVDESS and Emotify samples (slow)."""
+"""`audioml-train` end to end on each new dataset, as a subprocess: a generated MuSe package and
+the real RAVDESS and Emotify samples (all slow; the default run trains MuSe in-process in
+test_data_muse.py and each study preset in test_study_experiments.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from test_data_muse import make_muse_package
 QUIET = ["trainer.enable_progress_bar=false"]
 
 
+@pytest.mark.slow  # kept out of the default run for its time (15-30 s); `pytest -m slow` runs it
 def test_train_muse_on_generated_package(tmp_path):
     make_muse_package(tmp_path / "data" / "muse" / "c3_muse_stress_2022", seconds=10.0)
     run_entry_point("audioml.train", "data=muse", "model=crnn_attention", "loss=ccc", "monitor=val/ccc",

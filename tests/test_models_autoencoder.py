@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import find_run_dirs, read_metrics, run_entry_point
 from mlflow.tracking import MlflowClient
@@ -25,6 +26,7 @@ def test_autoencoder_shapes_and_reconstruction_target() -> None:
     assert names.index("to_latent.weight") < names.index("from_latent.weight") < names.index("decoder.0.weight")
 
 
+@pytest.mark.slow  # kept out of the default run for its time (15-30 s); `pytest -m slow` runs it
 def test_two_stages_in_one_run(tmp_path: Path) -> None:
     run_entry_point("audioml.train", "data=synthetic", "model=autoencoder_ffnn", "model.pretrain_epochs=2",
                     "trainer.max_epochs=8", "model.optimizer.lr=3e-3", "trainer.enable_progress_bar=false",

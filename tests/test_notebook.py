@@ -3,10 +3,12 @@
 import json
 
 import nbformat
+import pytest
 from conftest import REPO
 from nbclient import NotebookClient
 
 
+@pytest.mark.slow  # kept out of the default run for its time (15-30 s); `pytest -m slow` runs it
 def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     monkeypatch.setenv("AUDIOML_OUTPUT_DIR", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

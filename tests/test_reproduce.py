@@ -115,6 +115,7 @@ def generated_ravdess(tmp_path_factory) -> Path:
     return data
 
 
+@pytest.mark.slow  # kept out of the default run for its time (15-30 s); `pytest -m slow` runs it
 def test_quick_report_runs_both_protocols_and_writes_md_and_csv(generated_ravdess, tmp_path, capsys):
     out = tmp_path / "report"
     code = main(["ravdess/gender_cnn", "--quick", "--out", str(out), "--data-dir", str(generated_ravdess),

@@ -142,6 +142,7 @@ def test_status_of_the_failed_sweep(failing_sweep, capsys):
     assert rows["model.optimizer.lr=nan"].split()[2:4] == ["failed", "0/1"]
 
 
+@pytest.mark.slow  # kept out of the default run for its time (15-30 s); `pytest -m slow` runs it
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: no report worker, records completed inline")
 def test_jobs_whose_record_fails_after_training_are_failed_jobs(tmp_path, monkeypatch):
     """The MLflow model is logged by the report worker while the next job trains

@@ -148,6 +148,25 @@ def test_zoom_shift_draws_shifts_within_the_keras_ranges():
         ZoomShift(zoom=1.5)
 
 
+def test_zoom_shift_draws_zooms_within_the_keras_range_per_axis():
+    """A pure zoom about the centre turns a ramp of slope 1 into one of slope z: the slopes seen
+    along each axis are the drawn factors, within U[1 - zoom, 1 + zoom], spread over the range
+    and drawn independently for height and width."""
+    size, zoom = 64, 0.2
+    across_width = torch.arange(size, dtype=torch.float32).expand(256, 1, size, size).contiguous()
+    across_height = across_width.transpose(2, 3).contiguous()
+    torch.manual_seed(0)
+    images = torch.cat([across_width, across_height], dim=1)  # the same draw for both channels
+    out = ZoomShift(zoom=zoom, width_shift=0.0, height_shift=0.0, p=1.0).transform(images)
+    centre = slice(size // 2 - 8, size // 2 + 8)  # no border clamping there for zoom <= 1.2
+    width_slope = out[:, 0, centre, centre].diff(dim=2).mean(dim=(1, 2))
+    height_slope = out[:, 1, centre, centre].diff(dim=1).mean(dim=(1, 2))
+    for slope in (width_slope, height_slope):
+        assert slope.min() >= 1 - zoom - 1e-4 and slope.max() <= 1 + zoom + 1e-4
+        assert slope.min() < 1 - zoom / 2 and slope.max() > 1 + zoom / 2  # the whole range is drawn
+    assert abs(float(torch.corrcoef(torch.stack([width_slope, height_slope]))[0, 1])) < 0.2  # independent
+
+
 # ------------------------------------------------------------------------ the split switch
 def _shared_groups(manifest, parts) -> set:
     train = set(manifest["group"].iloc[parts["train"]])

@@ -287,3 +287,24 @@ def test_backbone_features_of_a_pretrained_model(shared_weights, tmp_path):
     assert table.values.shape == (72, 384) and table.columns[0] == "efficientat_mn04_0000"
     metrics = json.loads(next((tmp_path / "classical").glob("*/metrics.json")).read_text())
     assert metrics["test/macro_f1"] > metrics["baseline/macro_f1"]
+
+
+@pytest.mark.slow  # kept out of the default run for its time (15-30 s); `pytest -m slow` runs it
+def test_emotify_deep_features_runs_on_the_real_sample(shared_data, tmp_path):
+    """The study's Inception-v3 features + SVMs, end to end on the 9 Emotify tracks here, with the
+    network's random initialisation (its ImageNet weights are not on this machine): the
+    experiment's front end, input size and normalisation, the 2048-d pooled features, the grid."""
+    overrides = ["model.backbone.model_name=inception_v3", "model.backbone.image_size=299",
+                 "model.backbone.weights=timm_inception_v3_tv_in1k", "model.backbone.mean=[0.5,0.5,0.5]",
+                 "model.backbone.std=[0.5,0.5,0.5]", "model.pretrained=false"]
+    process = run_entry_point("audioml.classical", "experiment=emotify_deep_features", "data.allow_missing=true",
+                              "data.min_tracks_per_class=1", "protocol.k=3", "scoring.bootstrap_samples=100",
+                              "descriptors.overrides=[" + ",".join(f"'{o}'" for o in overrides) + "]",
+                              f"paths.data_dir={shared_data}", f"paths.output_dir={tmp_path}", "progress=false")
+    assert "best by validation" in process.stdout
+    (grid_dir,) = (tmp_path / "classical").iterdir()
+    ranking = pd.read_csv(grid_dir / "ranking.csv")
+    assert len(ranking) == 2 * 1 * 4 and ranking["test/acc"].between(0, 1).all()
+    table = load_table(next((tmp_path / "cache" / "features").glob("backbone-*")))
+    assert table.values.shape == (len(table.rows), 2048) and np.isfinite(table.values).all()
+    assert table.rows["group"].nunique() == len(set(table.rows["path"]))  # one group per track

@@ -64,6 +64,12 @@ def test_study_experiment_composes_documents_and_switches_split(name):
         {k: v for k, v in config["data"].items() if k != "split"}  # the study's fractions stay
 
 
+@pytest.mark.parametrize("flat, nested", [("donateacry_vggish", "donateacry/vggish"),
+                                           ("muse_valence_crnn", "muse/valence_crnn")])
+def test_a_flat_preset_that_repeated_a_study_is_the_same_config(flat, nested):
+    assert OmegaConf.to_container(_compose(flat), resolve=True) == OmegaConf.to_container(_compose(nested), resolve=True)
+
+
 def test_study_settings_reach_the_configs():
     vggish = _compose("donateacry/vggish").model.preprocess
     assert (vggish.pre_emphasis, vggish.zscore) == (0.97, True)

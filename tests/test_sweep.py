@@ -107,6 +107,11 @@ def test_grid_sweep_is_one_parent_run_with_a_child_per_job(interrupted_grid):
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"config.yaml", "metrics.json", "checkpoints"} <= artifacts
         assert [a.path for a in client.list_artifacts(child.info.run_id, "checkpoints")][0].endswith(".ckpt")
+        # its record was completed in the background while the next job trained: the worker's lines
+        # are in this run's own log, and no other run's are
+        lines = (run_dir / "train.log").read_text()
+        assert f"MLflow model logged: runs:/{child.info.run_id}/model" in lines
+        assert lines.count("MLflow model logged") == 1, lines[-3000:]
     assert grid == {(d, l) for d in ("32", "64") for l in ("ce", "weighted_ce")}
     assert len({c.data.tags["data.fingerprint"] for c in children}) == 1  # same data in every job
 

@@ -46,10 +46,29 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 __all__ = ["deferred", "deferring", "start_deferring", "stop_deferring", "finish", "finish_run", "finish_in_worker",
-           "hold_until_finished", "wait_for", "RunFinishError", "FinishFailure"]
+           "hold_until_finished", "wait_for", "RunFinishError", "FinishFailure", "OtherRunsLines"]
 
 #: How long the end of a scope waits for one finish before running it here (seconds).
 WAIT_SECONDS = 600.0
+#: Log records of a run completed in the background carry its run directory under this name:
+#: they reach the console, and that run's own log file (``spec["log_file"]``), not the log files
+#: of the job training meanwhile (``OtherRunsLines``).
+RUN_DIR_ATTRIBUTE = "audioml_finished_run"
+#: Hydra's default file-log format, for the lines appended to a finished run's log file.
+_LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+
+
+class OtherRunsLines(logging.Filter):
+    """For the log-file handlers of the job training in ``run_dir``: leaves out the lines of
+    other runs completed in the background meanwhile (they go to those runs' own log files)."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        super().__init__()
+        self.run_dir = str(run_dir)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        owner = getattr(record, RUN_DIR_ATTRIBUTE, None)
+        return owner is None or owner == self.run_dir
 
 
 class RunFinishError(RuntimeError):
@@ -197,7 +216,7 @@ def _release(entry: _Pending) -> None:
         answer = entry.future.result()
         if _is_lost(answer):
             return
-        _log_answer(answer)  # now, not when waited for: the run's lines come when it completes
+        _log_answer(answer, entry.spec)  # now, not when waited for: the run's lines come when it completes
         if answer.get("error"):
             _report_failure(entry, FinishFailure(Path(entry.spec["run_dir"]), str(answer["error"]),
                                                  str(answer.get("traceback") or answer["error"])))
@@ -213,10 +232,24 @@ def _let_go(entry: _Pending) -> None:
         hold.close()
 
 
-def _log_answer(answer: dict[str, Any]) -> None:
-    """The worker's log lines of a finish, logged here (under their own logger names)."""
+def _log_answer(answer: dict[str, Any], spec: dict[str, Any]) -> None:
+    """The worker's log lines of a finish, logged here (under their own logger names, marked as
+    the finished run's: see ``OtherRunsLines``) and appended to the run's ``log_file``."""
+    records = []
     for level, name, message in answer.get("logs") or []:
-        logging.getLogger(name).log(int(level), "%s", message)
+        logger = logging.getLogger(name)
+        record = logger.makeRecord(name, int(level), "(report worker)", 0, "%s", (message,), None,
+                                   extra={RUN_DIR_ATTRIBUTE: str(spec["run_dir"])})
+        records.append(record)
+        if logger.isEnabledFor(int(level)):
+            logger.handle(record)
+    if records and spec.get("log_file"):
+        formatter = logging.Formatter(_LOG_FORMAT)
+        try:
+            with open(spec["log_file"], "a", encoding="utf-8") as file:
+                file.writelines(formatter.format(record) + "\n" for record in records)
+        except OSError as error:
+            log.warning("could not append the report worker's lines to %s: %s", spec["log_file"], error)
 
 
 def hold_until_finished(run_dir: str | Path, hold: contextlib.ExitStack) -> None:

@@ -248,14 +248,15 @@ def _status(args: argparse.Namespace) -> int:
         client = MlflowClient(_tracking_uri(args.tracking_uri, args.output_dir))
     folder = status.find_record([output / "runs"], args.status or None, client)
     while True:
-        jobs = status.sweep_jobs(folder)
+        notes: list[str] = []
+        jobs = status.sweep_jobs(folder, notes=notes)
         counts = ", ".join(f"{n} {state}" for state in status.STATES
                            if (n := sum(job.state == state for job in jobs)))
         monitors = sorted({job.monitor for job in jobs if job.monitor})
         lines = [f"sweep {folder.name}: {len(jobs)} jobs, {counts or 'none'}"
                  + (f"; best val: best {', '.join(monitors)} so far" if monitors else "")
                  + f"  ({time.strftime('%H:%M:%S')})",
-                 fit_to_width(status.status_table(jobs), _width(), max_cell=32)]
+                 fit_to_width(status.status_table(jobs), _width(), max_cell=32), *notes]
         if args.watch and sys.stdout.isatty():
             print("\033[2J\033[H", end="")
         print("\n".join(lines), flush=True)

@@ -87,6 +87,36 @@ def test_status_shows_finished_running_interrupted_and_not_started(tmp_path, cap
     assert "takes no --aggregate, --csv" in capsys.readouterr().err
 
 
+def test_status_with_an_unreachable_tracking_server_reads_its_jobs_from_their_directories(tmp_path, capsys):
+    """A job logged to a server that is down: the status probes it once (seconds, not MLflow's
+    minutes of retries), says so, and still shows every job, the others with their scores."""
+    import socket
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    experiment = client.create_experiment("synthetic")
+    record = status.record_dir(tmp_path / "runs", "0123456789ab")
+    jobs = [["model=cnn", f"seed={seed}"] for seed in (1, 2)]
+    status.write_plan(record, "0123456789ab", ["model=cnn", "seed=1,2"], jobs, None)
+    local = _run_dir(tmp_path, "local", client, experiment, val=[0.2, 0.6], run_status="FINISHED",
+                     done={"test/macro_f1": 0.55, "val/best_macro_f1": 0.6})
+    remote = _run_dir(tmp_path, "remote", client, experiment, val=[0.3], run_status="FINISHED",
+                      done={"test/macro_f1": 0.45, "val/best_macro_f1": 0.5})
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    relog.record_store(remote, f"http://127.0.0.1:{port}")
+    for job, run_dir in zip(jobs, (local, remote)):
+        status.write_job_start(record, job, run_dir, jobs.index(job))
+    assert compare.main(["--status", "--output-dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "2 jobs, 2 finished" in printed
+    assert f"http://127.0.0.1:{port}" in printed and "cannot be reached" in printed
+    rows = {line.split()[1]: line.split() for line in printed.split("\n\n")[0].splitlines()[2:]
+            if line.split() and line.split()[1].startswith("seed=")}
+    assert rows["seed=1"][2:6] == ["finished", "2/4", "0.6000", "0.5500"]
+    assert rows["seed=2"][2] == "finished" and "0.4500" in rows["seed=2"]  # from its DONE marker
+
+
 def test_mean_interval_is_the_t_interval():
     from audioml.stats import mean_interval
 

@@ -156,22 +156,37 @@ def _read_config(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
+#: How long the status waits for a tracking server to accept a connection before reading the
+#: jobs of its runs from their directories only (MLflow's client would retry for minutes).
+STORE_PROBE_SECONDS = 2.0
+
+
 class _Stores:
-    """MLflow clients by store, and what they say about one run (``None`` where unreachable)."""
+    """MLflow clients by store, and what they say about one run (``None`` where unreachable).
+    A tracking server is probed once (``check_reachable``); ``unreachable`` maps the servers
+    that did not answer to the reason."""
 
     def __init__(self) -> None:
         self.clients: dict[str, Any] = {}
+        self.unreachable: dict[str, str] = {}
 
     def run(self, run_dir: Path):
         from audioml.run import relog
 
         id_file = run_dir / "mlflow_run_id"
         uri = relog.recorded_store(run_dir)
-        if not id_file.is_file() or not uri:
+        if not id_file.is_file() or not uri or uri in self.unreachable:
             return None, None
         if uri not in self.clients:
             from mlflow import MlflowClient
 
+            from audioml.run.store import check_reachable
+
+            try:
+                check_reachable(uri, timeout=STORE_PROBE_SECONDS)
+            except ConnectionError as error:
+                self.unreachable[uri] = str(error)
+                return None, None
             self.clients[uri] = MlflowClient(uri)
         client = self.clients[uri]
         try:
@@ -257,10 +272,12 @@ def _job_state(job: JobState, record: dict[str, Any], latest_of_pid: bool, store
         job.wall_seconds = max(0.0, (run_dir / resume.DONE_FILE).stat().st_mtime - float(record["started"]))
 
 
-def sweep_jobs(folder: str | Path, with_mlflow: bool = True) -> list[JobState]:
+def sweep_jobs(folder: str | Path, with_mlflow: bool = True, notes: list[str] | None = None) -> list[JobState]:
     """The jobs of the sweep recorded in ``folder`` (:func:`record_dir`): the planned ones in
     Hydra's order, then any started job the plan did not list (a sweeper that decides as it
-    goes). ``with_mlflow=False``: states from the files alone (no epochs, scores or times)."""
+    goes). ``with_mlflow=False``: states from the files alone (no epochs, scores or times).
+    ``notes`` gets a line per tracking server that could not be reached (its jobs' states then
+    come from their run directories alone)."""
     folder = Path(folder)
     plan = read_plan(folder)
     records = {}
@@ -288,6 +305,10 @@ def sweep_jobs(folder: str | Path, with_mlflow: bool = True) -> list[JobState]:
         latest = latest_by_pid[(record.get("host"), record.get("pid"))] == float(record.get("started") or 0)
         _job_state(job, record, latest, stores, with_mlflow)
         jobs.append(job)
+    if notes is not None:
+        notes.extend(f"{reason}. The jobs logged there show what their run directories say (state, no epochs, "
+                     "scores or times; a job running on another machine reads as interrupted)"
+                     for reason in stores.unreachable.values())
     return jobs
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import socket
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -31,6 +30,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from audioml.files import exclusive_lock
 from audioml.run.store import process_defaults_kept as _process_defaults_kept
 from audioml.run.store import using_store  # noqa: F401 - defined there (no torch), used from here
+from audioml.run.store import REACHABLE_TIMEOUT_SECONDS, check_reachable  # noqa: F401 - the same
 
 log = logging.getLogger(__name__)
 
@@ -68,41 +68,6 @@ def resolve_tracking_uri(tracking_uri: str | None, default_store: str | Path) ->
     store = Path(default_store).expanduser().resolve()
     store.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{store / 'mlflow.db'}"
-
-
-#: How long ``check_reachable`` waits for a tracking server to accept a connection.
-REACHABLE_TIMEOUT_SECONDS = 5.0
-
-
-def check_reachable(uri: str, timeout: float = REACHABLE_TIMEOUT_SECONDS) -> None:
-    """Raise ``ConnectionError`` naming ``uri`` when an ``http(s)://`` tracking server does not
-    accept a connection within ``timeout`` seconds.
-
-    Called before a run decodes or trains anything: MLflow's client would otherwise retry a
-    closed port for about four minutes, silently, and then print a traceback. Only the
-    connection is tried (a server that wants credentials is reachable). Other stores (SQLite, a
-    folder, a database URI, databricks) and servers reached through a proxy
-    (``HTTPS_PROXY``/``HTTP_PROXY``, not bypassed by ``NO_PROXY``) are left to MLflow.
-    """
-    from urllib.parse import urlsplit
-    from urllib.request import getproxies, proxy_bypass
-
-    parts = urlsplit(uri)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return
-    if parts.scheme in getproxies() and not proxy_bypass(parts.hostname):
-        return
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    shown = f"{parts.scheme}://{parts.hostname}:{port}{parts.path}"  # without any user:password@
-    try:
-        with socket.create_connection((parts.hostname, port), timeout=timeout):
-            pass
-    except OSError as error:
-        reason = "no answer within {:g} s".format(timeout) if isinstance(error, TimeoutError) else \
-            (error.strerror or str(error))
-        raise ConnectionError(
-            f"the MLflow tracking server {shown} cannot be reached ({reason}): start it, fix logger.tracking_uri / "
-            "MLFLOW_TRACKING_URI, or unset both to log to the embedded store under paths.output_dir") from None
 
 
 def default_artifact_location(default_store: str | Path) -> str:

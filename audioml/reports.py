@@ -63,6 +63,15 @@ class LearningCurves(L.Callback):
         pd.DataFrame(self.history).to_csv(table, index=False)
         self.files = [path, table]
 
+    def written(self, trainer: L.Trainer) -> list[Path]:
+        """The plot and table of this fit: ``files``, or, when the fit ran in other processes
+        (``trainer.strategy=ddp_spawn``: this copy of the callback did not see its end), the
+        ones found where rank zero writes them."""
+        if self.files:
+            return list(self.files)
+        path = Path(trainer.default_root_dir) / self.filename
+        return [p for p in (path, path.with_suffix(".csv")) if p.is_file()]
+
     def state_dict(self) -> dict:
         return {"history": self.history}
 

@@ -73,3 +73,15 @@ def test_ddp_cpu_inside_a_two_job_multirun(tmp_path):
     for run in children:
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         _check_job(client, run, tmp_path / "runs" / run.info.run_name)
+
+
+@pytest.mark.slow  # two spawned processes (about 30 CPU-seconds)
+def test_ddp_spawn_run_logs_its_reports(tmp_path):
+    """``trainer=ddp_cpu trainer.strategy=ddp_spawn``: the fit runs in spawned processes, whose copies of the
+    callbacks drew the learning curves; the run still logs them with its other reports."""
+    _train(tmp_path, "trainer.strategy=ddp_spawn")  # trainer=ddp_cpu: two CPU processes
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("synthetic").experiment_id])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"learning_curves.png", "learning_curves.csv", "metrics.json", "confusion_matrix.png"} <= artifacts
+    assert run.info.status == "FINISHED"

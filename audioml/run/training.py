@@ -328,7 +328,7 @@ class TrainingRun:
                     tracking.log_params(self.logger.experiment, self.logger.run_id, tracking.flatten_params(resolved))
             trainer, datamodule = self._fit(model, datamodule, record)
             self._curve_files = [path for callback in trainer.callbacks if isinstance(callback, LearningCurves)
-                                 for path in callback.files]
+                                 for path in callback.written(trainer)]
             best_callback = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
             best = best_callback.best_model_path if best_callback is not None else ""
             self._distributed = trainer.world_size > 1  # its other ranks wait for DONE: written inline

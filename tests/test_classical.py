@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -264,14 +265,21 @@ def test_deep_features_of_a_trained_crnn_equal_its_deep_features(tmp_path):
     assert {"test/ccc", "test/mse", "test/mae", "baseline/ccc"} <= set(json.loads((grid_dir / "metrics.json").read_text()))
 
 
-@pytest.mark.slow  # kept out of the default run for its time (15-30 s); `pytest -m slow` runs it
-def test_emotify_handcrafted_runs_on_the_real_sample(shared_data, tmp_path):
-    process = run_entry_point("audioml.classical", "experiment=emotify_handcrafted", "data.allow_missing=true",
+def _emotify_sample_grid(experiment: str, shared_data: Path, tmp_path: Path, *overrides: str) -> pd.DataFrame:
+    """``audioml-classical experiment=<experiment>`` on the 9 Emotify tracks here (3 grouped folds);
+    the grid's ranking."""
+    process = run_entry_point("audioml.classical", f"experiment={experiment}", "data.allow_missing=true",
                               "data.min_tracks_per_class=1", "protocol.k=3", "scoring.bootstrap_samples=100",
-                              f"paths.data_dir={shared_data}", f"paths.output_dir={tmp_path}", "progress=false")
+                              *overrides, f"paths.data_dir={shared_data}", f"paths.output_dir={tmp_path}",
+                              "progress=false")
     assert "best by validation" in process.stdout
     (grid_dir,) = (tmp_path / "classical").iterdir()
-    ranking = pd.read_csv(grid_dir / "ranking.csv")
+    return pd.read_csv(grid_dir / "ranking.csv")
+
+
+@pytest.mark.slow  # kept out of the default run for its time (15-30 s); `pytest -m slow` runs it
+def test_emotify_handcrafted_runs_on_the_real_sample(shared_data, tmp_path):
+    ranking = _emotify_sample_grid("emotify_handcrafted", shared_data, tmp_path)
     assert len(ranking) == 2 * 2 * 8 and ranking["test/acc"].between(0, 1).all()
     table = load_table(next((tmp_path / "cache" / "features").glob("handcrafted-*")))
     assert np.isfinite(table.values).all() and "mfcc_03_mean" in table.columns
@@ -294,17 +302,11 @@ def test_emotify_deep_features_runs_on_the_real_sample(shared_data, tmp_path):
     """The study's Inception-v3 features + SVMs, end to end on the 9 Emotify tracks here, with the
     network's random initialisation (its ImageNet weights are not on this machine): the
     experiment's front end, input size and normalisation, the 2048-d pooled features, the grid."""
-    overrides = ["model.backbone.model_name=inception_v3", "model.backbone.image_size=299",
-                 "model.backbone.weights=timm_inception_v3_tv_in1k", "model.backbone.mean=[0.5,0.5,0.5]",
-                 "model.backbone.std=[0.5,0.5,0.5]", "model.pretrained=false"]
-    process = run_entry_point("audioml.classical", "experiment=emotify_deep_features", "data.allow_missing=true",
-                              "data.min_tracks_per_class=1", "protocol.k=3", "scoring.bootstrap_samples=100",
-                              "descriptors.overrides=[" + ",".join(f"'{o}'" for o in overrides) + "]",
-                              f"paths.data_dir={shared_data}", f"paths.output_dir={tmp_path}", "progress=false")
-    assert "best by validation" in process.stdout
-    (grid_dir,) = (tmp_path / "classical").iterdir()
-    ranking = pd.read_csv(grid_dir / "ranking.csv")
-    assert len(ranking) == 2 * 1 * 4 and ranking["test/acc"].between(0, 1).all()
+    own = compose_config(["experiment=emotify_deep_features"], config_name="classical").descriptors.overrides
+    overrides = [*own, "model.pretrained=false"]
+    ranking = _emotify_sample_grid("emotify_deep_features", shared_data, tmp_path,
+                                   "descriptors.overrides=[" + ",".join(f"'{o}'" for o in overrides) + "]")
+    assert len(ranking) == 2 * 1 * 4 and ranking["test/acc"].between(0, 1).all()  # grid=svm
     table = load_table(next((tmp_path / "cache" / "features").glob("backbone-*")))
     assert table.values.shape == (len(table.rows), 2048) and np.isfinite(table.values).all()
     assert table.rows["group"].nunique() == len(set(table.rows["path"]))  # one group per track

@@ -245,7 +245,11 @@ def _status(args: argparse.Namespace) -> int:
     if args.status and _RUN_ID.match(args.status):  # a parent run id: its tag names the sweep's record
         from mlflow import MlflowClient
 
-        client = MlflowClient(_tracking_uri(args.tracking_uri, args.output_dir))
+        from audioml.run.store import check_reachable
+
+        uri = _tracking_uri(args.tracking_uri, args.output_dir)
+        check_reachable(uri)  # a server that is down is said at once, not after MLflow's retries
+        client = MlflowClient(uri)
     folder = status.find_record([output / "runs"], args.status or None, client)
     while True:
         notes: list[str] = []

@@ -74,9 +74,18 @@ def pretrained_contract(weights: str, field: str):
     return getattr(record, field)
 
 
+def best_of(monitor: str) -> str:
+    """``${best_of:val/loss}`` -> ``val/best_loss``: the name a run records the best value of
+    its checkpoint monitor under (what a search optimises)."""
+    group, _, name = str(monitor).rpartition("/")
+    return f"{group}/best_{name}" if group else f"best_{name}"
+
+
 def register_resolvers() -> None:
-    """Register ``${run_key:}`` and ``${pretrained:...}`` (idempotent); entry points call it
-    before Hydra composes."""
+    """Register ``${run_key:}``, ``${pretrained:...}`` and ``${best_of:...}`` (idempotent); entry
+    points call it before Hydra composes."""
+    if not OmegaConf.has_resolver("best_of"):
+        OmegaConf.register_new_resolver("best_of", best_of)
     if not OmegaConf.has_resolver("run_key"):
         OmegaConf.register_new_resolver("run_key", lambda *, _root_: run_key(_root_), use_cache=False)
     if not OmegaConf.has_resolver("pretrained"):

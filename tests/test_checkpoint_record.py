@@ -18,7 +18,9 @@ import torch
 from conftest import find_run_dirs, read_metrics, run_entry_point
 from test_data_fixtures import make_ravdess
 
+from audioml.config import compose_config
 from audioml.run.checkpoint import FORMAT, UntrustedCheckpointError, check_record, read_record
+from audioml.run.inference import evaluate_checkpoint, predict_files
 
 SMALL = ["model=cnn", "model.backbone.channels=[8,16]", "model.backbone.dense=16", "data.num_workers=0",
          "trainer.enable_progress_bar=false"]
@@ -51,22 +53,21 @@ def _best(run_dir):
     return next((run_dir / "checkpoints").glob("best-*.ckpt"))
 
 
-@pytest.mark.slow  # kept out of the default run for its time (15-30 s); `pytest -m slow` runs it
 def test_a_noise_ir_checkpoint_evaluates_and_predicts_without_its_augmentation_folders(noise_ir_run, tmp_path):
+    """audioml-eval's and audioml-predict's code paths, in this process (the commands themselves
+    are run by other tests), on a checkpoint whose noise and IR folders are gone."""
     output, run_dir = noise_ir_run
     record, _ = read_record(_best(run_dir))
     assert record["format"] == FORMAT and "augmentation" not in json.dumps(record)
-    run_entry_point("audioml.evaluate", f"ckpt_path={_best(run_dir)}", f"paths.output_dir={output}",
-                    "trainer.enable_progress_bar=false", cwd=tmp_path)
-    evaluated = json.loads(next((output / "eval").glob("*/metrics.json")).read_text())
+    eval_cfg = compose_config([f"ckpt_path={_best(run_dir)}", f"paths.output_dir={output}",
+                               "trainer.enable_progress_bar=false"], config_name="eval")
+    evaluated, _ = evaluate_checkpoint(_best(run_dir), eval_cfg.paths, eval_cfg.trainer)
     trained = read_metrics(run_dir)
     for name in ("test/acc", "test/macro_f1", "test/loss"):
         assert evaluated[name] == pytest.approx(trained[name], abs=1e-5), name
     clips = sorted((output / "cache").glob("synthetic-*/class_0/*.wav"))[:4]
-    out_csv = tmp_path / "predictions.csv"
-    run_entry_point("audioml.predict", f"ckpt_path={_best(run_dir)}", f"inputs=[{','.join(map(str, clips))}]",
-                    f"output={out_csv}", cwd=tmp_path)
-    assert len(pd.read_csv(out_csv)) == 4
+    table, skipped = predict_files(_best(run_dir), clips, device="cpu")
+    assert len(table) == 4 and len(skipped) == 0
 
 
 def _craft(run_dir, tmp_path, name, change):

@@ -146,3 +146,30 @@ def test_a_failed_finish_marks_the_run_failed_and_is_reported(tmp_path: Path, fr
     assert {"traceback.txt", "learning_curves.csv"} <= {a.path for a in client.list_artifacts(run_id)}
     with pytest.raises(finishing.RunFinishError, match="gone.ckpt"), finishing.deferred():
         finishing.finish(spec)
+
+
+def test_the_worker_lines_of_a_run_go_to_its_own_log_not_to_the_job_training_meanwhile(tmp_path: Path, caplog) -> None:
+    """A run's record answered while the next job logs to its own train.log: the lines reach the
+    console and the finished run's log, once, and not the next job's."""
+    finished, training = tmp_path / "finished", tmp_path / "training"
+    for folder in (finished, training):
+        folder.mkdir()
+    (finished / "train.log").write_text("[earlier lines of the finished run]\n")
+    job_log = logging.FileHandler(training / "train.log", encoding="utf-8")
+    root = logging.getLogger()
+    root.addHandler(job_log)
+    caplog.set_level(logging.INFO, logger="audioml")
+    try:
+        logging.getLogger("audioml.run.training").info("a line of the job training now")
+        answer = {"logs": [[logging.INFO, "audioml.run.serving", "MLflow model logged: runs:/abc/model"],
+                           [logging.DEBUG, "audioml.run.serving", "a debug line, below the level"]]}
+        finishing._log_answer(answer, {"run_dir": str(finished), "log_file": str(finished / "train.log")})
+    finally:
+        root.removeHandler(job_log)
+        job_log.close()
+    own = (finished / "train.log").read_text()
+    assert own.count("MLflow model logged: runs:/abc/model") == 1 and "debug line" not in own
+    assert own.startswith("[earlier lines of the finished run]")
+    assert "MLflow model logged" not in (training / "train.log").read_text()
+    assert "a line of the job training now" in (training / "train.log").read_text()
+    assert caplog.text.count("MLflow model logged: runs:/abc/model") == 1  # the console has it

@@ -5,6 +5,8 @@ bilinear resize), Keras-style zoom/shift (scipy's affine transform); and the spl
 
 from __future__ import annotations
 
+import logging
+
 import librosa
 import numpy as np
 import pytest
@@ -18,8 +20,9 @@ from audioml.augment import AugmentationChain, ZoomShift, zoom_shift
 from audioml.data.ravdess import RavdessDataModule
 from audioml.data.splits import split_groups
 from audioml.data.synthetic import SyntheticDataModule
-from audioml.features import LogMel, PeakNormalize, PreEmphasis, WaveformPreprocess, ZScore
+from audioml.features import LogMel, PeakNormalize, PreEmphasis, Preprocessed, WaveformPreprocess, ZScore
 from audioml.run.checkpoint import instantiate_model
+from audioml.run.compose import build_model
 
 
 def _waveforms(batch: int = 3, length: int = 4000, seed: int = 0) -> np.ndarray:
@@ -270,10 +273,16 @@ def test_augmentation_after_preprocessing_reaches_the_front_end(tmp_path, after_
     np.testing.assert_allclose(seen[False], -3.0, atol=1e-3)
 
 
-def test_the_muse_augmentation_preprocesses_first():
+def test_the_muse_augmentation_preprocesses_first(caplog):
     cfg = compose_config(["experiment=muse/valence_crnn", "paths.data_dir=/tmp/data",
                           "paths.output_dir=/tmp/audioml-compose"])
     assert cfg.augmentation.after_preprocess is True
-    model = instantiate_model(cfg.model, cfg.loss, ["valence"], None, augment_preprocessed=True)
+    model = build_model(cfg, ["valence"])  # audioml-train's path from the config to the model
     assert model.augment_preprocessed and model.hparams.augment_preprocessed
-    assert compose_config(["augmentation=waveform"]).augmentation.after_preprocess is False
+    assert isinstance(model.frontend, Preprocessed)
+    plain = compose_config(["augmentation=waveform", "preprocess=peak_normalize"])
+    assert plain.augmentation.after_preprocess is False and not build_model(plain, ["a", "b"]).augment_preprocessed
+    useless = compose_config(["augmentation=waveform", "augmentation.after_preprocess=true"])  # no preprocess=
+    with caplog.at_level(logging.WARNING, logger="audioml"):
+        build_model(useless, ["a", "b"])
+    assert "after_preprocess=true does nothing here" in caplog.text and "no preprocess= choice" in caplog.text

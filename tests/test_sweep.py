@@ -149,6 +149,8 @@ def test_launcher_and_search_configs_compose():
                                             "trainer.num_nodes=2"], return_hydra_config=True)
         optuna = compose("train", overrides=["hparams_search=optuna", "paths.output_dir=/x"],
                          return_hydra_config=True)
+        on_loss = compose("train", overrides=["hparams_search=optuna", "paths.output_dir=/x",
+                                              "experiment=donateacry/panns_mlp"], return_hydra_config=True)
     assert parallel.hydra.launcher._target_.endswith("JoblibLauncher") and parallel.hydra.launcher.n_jobs == 4
     launcher = slurm.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher") and launcher.max_num_timeout > 0
@@ -157,6 +159,8 @@ def test_launcher_and_search_configs_compose():
     sweeper = optuna.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
     assert sweeper.storage == "sqlite:////x/optuna/studies.db" and optuna.optimized_metric == "val/best_macro_f1"
+    # a preset that checkpoints on the validation loss is searched on it, downwards
+    assert (on_loss.optimized_metric, on_loss.hydra.sweeper.direction) == ("val/best_loss", "minimize")
 
 
 @pytest.mark.slow  # four training processes at once (about 1.5 CPU-minutes)

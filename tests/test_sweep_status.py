@@ -115,6 +115,10 @@ def test_status_with_an_unreachable_tracking_server_reads_its_jobs_from_their_di
             if line.split() and line.split()[1].startswith("seed=")}
     assert rows["seed=1"][2:6] == ["finished", "2/4", "0.6000", "0.5500"]
     assert rows["seed=2"][2] == "finished" and "0.4500" in rows["seed=2"]  # from its DONE marker
+    # a sweep named by its parent run id on that server: said at once, exit status 2
+    assert compare.main(["--status", "0" * 32, "--output-dir", str(tmp_path), "--tracking-uri",
+                         f"http://127.0.0.1:{port}"]) == 2
+    assert "cannot be reached" in capsys.readouterr().err
 
 
 def test_mean_interval_is_the_t_interval():

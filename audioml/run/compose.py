@@ -6,6 +6,7 @@ Library code of the run layer: the entry points hand it their ``DictConfig``.
 
 from __future__ import annotations
 
+import logging
 import socket
 from pathlib import Path
 
@@ -17,11 +18,14 @@ from omegaconf import DictConfig
 
 from audioml import distributed
 from audioml.checkpointing import AtomicCheckpointIO
+from audioml.features.preprocess import Preprocessed
 from audioml.run import facts, relog, tracking
 from audioml.run.checkpoint import instantiate_model
 
 __all__ = ["build_datamodule", "build_model", "fit_data_statistics", "validate_trainer", "build_trainer",
            "build_test_trainer", "runtime_tags", "data_tags", "open_mlflow_logger", "run_title"]
+
+log = logging.getLogger(__name__)
 
 
 def build_datamodule(cfg: DictConfig):
@@ -43,7 +47,13 @@ def build_model(cfg: DictConfig, class_names: list[str], class_counts: list[int]
         extra["mixup"] = instantiate(augmentation["mixup"])
     if augmentation.get("after_preprocess"):  # the same: modules without preprocessing need not accept it
         extra["augment_preprocessed"] = True
-    return instantiate_model(cfg.model, cfg.get("loss"), class_names, class_counts, **extra)
+    model = instantiate_model(cfg.model, cfg.get("loss"), class_names, class_counts, **extra)
+    if augmentation.get("after_preprocess") and not (
+            getattr(model, "waveform_augment", None) is not None and isinstance(model.frontend, Preprocessed)):
+        log.warning("augmentation.after_preprocess=true does nothing here: it orders waveform augmentation after "
+                    "model.preprocess, and this run has %s", "no preprocess= choice" if not isinstance(
+                        getattr(model, "frontend", None), Preprocessed) else "no waveform augmentation")
+    return model
 
 
 def fit_data_statistics(model: L.LightningModule, datamodule) -> None:

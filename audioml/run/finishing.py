@@ -46,29 +46,12 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 __all__ = ["deferred", "deferring", "start_deferring", "stop_deferring", "finish", "finish_run", "finish_in_worker",
-           "hold_until_finished", "wait_for", "RunFinishError", "FinishFailure", "OtherRunsLines"]
+           "hold_until_finished", "wait_for", "RunFinishError", "FinishFailure"]
 
 #: How long the end of a scope waits for one finish before running it here (seconds).
 WAIT_SECONDS = 600.0
-#: Log records of a run completed in the background carry its run directory under this name:
-#: they reach the console, and that run's own log file (``spec["log_file"]``), not the log files
-#: of the job training meanwhile (``OtherRunsLines``).
-RUN_DIR_ATTRIBUTE = "audioml_finished_run"
 #: Hydra's default file-log format, for the lines appended to a finished run's log file.
 _LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
-
-
-class OtherRunsLines(logging.Filter):
-    """For the log-file handlers of the job training in ``run_dir``: leaves out the lines of
-    other runs completed in the background meanwhile (they go to those runs' own log files)."""
-
-    def __init__(self, run_dir: str | Path) -> None:
-        super().__init__()
-        self.run_dir = str(run_dir)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        owner = getattr(record, RUN_DIR_ATTRIBUTE, None)
-        return owner is None or owner == self.run_dir
 
 
 class RunFinishError(RuntimeError):
@@ -233,16 +216,17 @@ def _let_go(entry: _Pending) -> None:
 
 
 def _log_answer(answer: dict[str, Any], spec: dict[str, Any]) -> None:
-    """The worker's log lines of a finish, logged here (under their own logger names, marked as
-    the finished run's: see ``OtherRunsLines``) and appended to the run's ``log_file``."""
+    """The worker's log lines of a finish: to this process's console handlers (under their own
+    logger names) and appended to the run's own ``log_file``. Not to the log files of the
+    logging tree: those belong to the job training meanwhile (the next job of a sweep)."""
     records = []
     for level, name, message in answer.get("logs") or []:
         logger = logging.getLogger(name)
-        record = logger.makeRecord(name, int(level), "(report worker)", 0, "%s", (message,), None,
-                                   extra={RUN_DIR_ATTRIBUTE: str(spec["run_dir"])})
+        if not logger.isEnabledFor(int(level)):
+            continue
+        record = logger.makeRecord(name, int(level), "(report worker)", 0, "%s", (message,), None)
         records.append(record)
-        if logger.isEnabledFor(int(level)):
-            logger.handle(record)
+        _to_console(logger, record)
     if records and spec.get("log_file"):
         formatter = logging.Formatter(_LOG_FORMAT)
         try:
@@ -250,6 +234,18 @@ def _log_answer(answer: dict[str, Any], spec: dict[str, Any]) -> None:
                 file.writelines(formatter.format(record) + "\n" for record in records)
         except OSError as error:
             log.warning("could not append the report worker's lines to %s: %s", spec["log_file"], error)
+
+
+def _to_console(logger: logging.Logger, record: logging.LogRecord) -> None:
+    """``logger.handle(record)`` without the file handlers (``Logger.callHandlers``' walk)."""
+    if logger.disabled or not logger.filter(record):
+        return
+    current: logging.Logger | None = logger
+    while current is not None:
+        for handler in current.handlers:
+            if not isinstance(handler, logging.FileHandler) and record.levelno >= handler.level:
+                handler.handle(record)
+        current = current.parent if current.propagate else None
 
 
 def hold_until_finished(run_dir: str | Path, hold: contextlib.ExitStack) -> None:

@@ -188,12 +188,19 @@ def _moved_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
     return moved
 
 
+def _job_log_file(run_dir: Path) -> Path | None:
+    """The log file of the run in ``run_dir``: its own ``train.log`` (Hydra's, or a moved run's
+    copy), else the one its job writes (a fold's lines are in its k-fold job's log)."""
+    if (run_dir / "train.log").is_file():
+        return run_dir / "train.log"
+    return next((Path(h.baseFilename) for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)),
+                None)
+
+
 @contextlib.contextmanager
 def _job_log_also_in(run_dir: Path) -> Iterator[None]:
     """Hydra writes the job's log (``train.log``) in the directory it chose; a run that moves to
-    the directory of its data gets the same lines in its own copy there. Neither file takes the
-    lines of an earlier run whose record completes in the background meanwhile (they go to that
-    run's own copy: ``finishing.OtherRunsLines``)."""
+    the directory of its data gets the same lines in its own copy there."""
     from hydra.core.hydra_config import HydraConfig
 
     root = logging.getLogger()
@@ -207,16 +214,12 @@ def _job_log_also_in(run_dir: Path) -> Iterator[None]:
     copy_handler = logging.FileHandler(run_dir / Path(hydra_file.baseFilename).name, encoding="utf-8")
     copy_handler.setFormatter(hydra_file.formatter)
     copy_handler.setLevel(hydra_file.level)
-    others = finishing.OtherRunsLines(run_dir)
-    for handler in (hydra_file, copy_handler):
-        handler.addFilter(others)
     root.addHandler(copy_handler)
     try:
         yield
     finally:
         root.removeHandler(copy_handler)
         copy_handler.close()
-        hydra_file.removeFilter(others)
 
 
 def _run_evaluation(cfg: DictConfig, run_dir: Path, protocol, datamodule=None) -> dict[str, float]:
@@ -423,8 +426,8 @@ class TrainingRun:
         spec: dict[str, Any] = {"run_dir": str(run_dir), "tracking_uri": None, "run_id": None,
                                 "done": metrics if cfg.get("mark_done", True) else None,
                                 "wait_for": [str(f) for f in files]}
-        if (run_dir / "train.log").is_file():  # the job's log copy (_job_log_also_in): the worker's lines go there
-            spec["log_file"] = str(run_dir / "train.log")
+        if log_file := _job_log_file(run_dir):  # where the report worker's lines of this run go
+            spec["log_file"] = str(log_file)
         if logger is not None:
             tracking.stop_system_metrics(logger.run_id)  # its monitor runs here; the last sample now
             spec.update(tracking_uri=tracking.resolve_tracking_uri(cfg.logger.get("tracking_uri"),

@@ -104,3 +104,20 @@ def test_the_wire_carries_arrays_without_pickle() -> None:
     assert encoded["p"] == "/a/b.png" and len(arrays) == 1
     with pytest.raises(TypeError, match="cannot go to the worker"):
         figures._encode({"bad": object()}, [])
+
+
+def test_learning_curves_of_a_fit_in_other_processes_are_found_where_rank_zero_writes_them(tmp_path: Path) -> None:
+    """``trainer.strategy=ddp_spawn``: this process's copy of the callback saw no fit end, so the
+    run takes the plot and table rank zero wrote (``-m slow`` trains such a run: test_ddp.py)."""
+    from types import SimpleNamespace
+
+    from audioml.reports import LearningCurves
+
+    trainer = SimpleNamespace(default_root_dir=str(tmp_path))
+    callback = LearningCurves()
+    assert callback.written(trainer) == []  # nothing drawn anywhere
+    for name in ("learning_curves.png", "learning_curves.csv"):
+        (tmp_path / name).write_bytes(b"drawn by rank zero")
+    assert callback.written(trainer) == [tmp_path / "learning_curves.png", tmp_path / "learning_curves.csv"]
+    callback.files = [tmp_path / "mine.png"]  # the fit ended in this process: its own files
+    assert callback.written(trainer) == [tmp_path / "mine.png"]

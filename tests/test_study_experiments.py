@@ -70,6 +70,14 @@ def test_a_flat_preset_that_repeated_a_study_is_the_same_config(flat, nested):
     assert OmegaConf.to_container(_compose(flat), resolve=True) == OmegaConf.to_container(_compose(nested), resolve=True)
 
 
+def test_emotify_deep_features_is_the_svm_grid():
+    grid = compose_config(["experiment=emotify_deep_features", "paths.output_dir=/tmp/audioml-compose"],
+                          config_name="classical").grid
+    assert (sorted(grid.scalers), sorted(grid.reducers), sorted(grid.estimators)) == (
+        ["none", "standard"], ["none"], ["svm_cubic", "svm_linear", "svm_quadratic", "svm_rbf"])
+    assert grid.select_by == "acc"  # the study's metric
+
+
 def test_study_settings_reach_the_configs():
     vggish = _compose("donateacry/vggish").model.preprocess
     assert (vggish.pre_emphasis, vggish.zscore) == (0.97, True)

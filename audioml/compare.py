@@ -48,6 +48,11 @@ DEFAULT_METRICS = ("test/*", "val/best_*")
 _HIDDEN_BY_DEFAULT = ("test/precision_*", "test/recall_*", "test/f1_*", "*_ci_low", "*_ci_high")
 
 
+def _output_root(output_dir: str | None) -> Path:
+    """``--output-dir``, else ``AUDIOML_OUTPUT_DIR``, else ``./outputs`` (paths.output_dir's default)."""
+    return Path(output_dir or os.environ.get("AUDIOML_OUTPUT_DIR", "outputs")).expanduser().resolve()
+
+
 def _tracking_uri(tracking_uri: str | None, output_dir: str | None) -> str:
     """``--tracking-uri``, else the store under an explicit ``--output-dir``, else
     ``MLFLOW_TRACKING_URI``, else the store under ``AUDIOML_OUTPUT_DIR`` or ``./outputs``."""
@@ -55,8 +60,7 @@ def _tracking_uri(tracking_uri: str | None, output_dir: str | None) -> str:
         return tracking_uri
     if not output_dir and os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    root = Path(output_dir or os.environ.get("AUDIOML_OUTPUT_DIR", "outputs")).expanduser().resolve()
-    database = root / "mlflow" / "mlflow.db"
+    database = _output_root(output_dir) / "mlflow" / "mlflow.db"
     if not database.is_file():
         raise FileNotFoundError(f"no MLflow store at {database}: pass --output-dir (the paths.output_dir of the runs) "
                          "or --tracking-uri")
@@ -240,7 +244,7 @@ def _status(args: argparse.Namespace) -> int:
     """``--status`` (and ``--watch``): see the module docs."""
     from audioml.run import status
 
-    output = Path(args.output_dir or os.environ.get("AUDIOML_OUTPUT_DIR", "outputs")).expanduser().resolve()
+    output = _output_root(args.output_dir)
     client = None
     if args.status and _RUN_ID.match(args.status):  # a parent run id: its tag names the sweep's record
         from mlflow import MlflowClient

@@ -32,14 +32,14 @@ class GridTracker:
     validation and test scores, artifact = the fitted pipeline (``.skops``)."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, title: str, tags: dict[str, str]) -> None:
-        from audioml.run import tracking
+        from audioml.run import markers, tracking
 
         uri = tracking.resolve_tracking_uri(cfg.logger.get("tracking_uri"), cfg.paths.mlflow_dir)
         artifact_location = (tracking.default_artifact_location(cfg.paths.mlflow_dir)
                              if uri.startswith("sqlite:///") and not cfg.logger.get("tracking_uri") else None)
         tracking.check_reachable(uri)
         self.key = run_dir.name
-        self.logger = tracking.open_run(cfg.logger.experiment_name, title, uri, run_dir / "mlflow_run_id",
+        self.logger = tracking.open_run(cfg.logger.experiment_name, title, uri, run_dir / markers.RUN_ID_FILE,
                                         artifact_location, {**tags, "audioml.role": "sweep",
                                                             "audioml.sweep_key": self.key, "audioml.kind": "classical"})
         self.client, self.parent = self.logger.experiment, self.logger.run_id

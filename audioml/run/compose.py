@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from audioml import distributed
 from audioml.checkpointing import AtomicCheckpointIO
 from audioml.features.preprocess import Preprocessed
-from audioml.run import facts, relog, tracking
+from audioml.run import facts, markers, relog, tracking
 from audioml.run.checkpoint import instantiate_model
 
 __all__ = ["build_datamodule", "build_model", "fit_data_statistics", "validate_trainer", "build_trainer",
@@ -100,7 +100,7 @@ def open_mlflow_logger(cfg: DictConfig, run_dir: Path, tags: dict[str, str], fin
     artifact_location = (tracking.default_artifact_location(cfg.paths.mlflow_dir)
                          if uri.startswith("sqlite:///") and not cfg.logger.get("tracking_uri") else None)
     logger = tracking.open_run(cfg.logger.experiment_name, cfg.logger.get("run_name") or run_title(cfg, run_dir), uri,
-                               run_dir / "mlflow_run_id", artifact_location, tags, finish_on_finalize,
+                               run_dir / markers.RUN_ID_FILE, artifact_location, tags, finish_on_finalize,
                                rank_zero=distributed.is_global_zero_process(),
                                system_metrics=cfg.logger.get("system_metrics"),
                                system_metrics_interval=cfg.logger.get("system_metrics_interval"))

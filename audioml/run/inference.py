@@ -126,12 +126,9 @@ def training_run_of(source: str | Path, checkpoint: Path, tracking_uri: str) -> 
         except MlflowException:
             return None
         return found.run_id
-    run_id_file = checkpoint.resolve().parent.parent / "mlflow_run_id"
-    try:
-        text = run_id_file.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return text if text.isalnum() else None
+    from audioml.run.markers import read_run_id
+
+    return read_run_id(checkpoint.resolve().parent.parent)  # <run_dir>/checkpoints/<file>
 
 
 def log_evaluation(tracking_uri: str, source: str | Path, checkpoint: Path, split: str, dataset: str | None,

@@ -1,6 +1,8 @@
-"""The ``DONE`` marker of a run directory: written last, when everything a run outputs is
-written, holding its final metrics. A module of its own, importing neither torch nor Lightning:
-the report worker (``audioml.run.finishing``) writes it too, and starts in a second."""
+"""The files that say what a run directory is: the ``DONE`` marker (written last, when everything
+a run outputs is written, holding its final metrics), the MLflow run id file and the lock held
+while it trains. A module of its own, importing neither torch nor Lightning: the report worker
+(``audioml.run.finishing``) writes ``DONE`` too and starts in a second, and ``audioml-compare
+--status`` reads them all."""
 
 from __future__ import annotations
 
@@ -12,10 +14,23 @@ from audioml.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DONE_FILE", "read_done", "write_done"]
+__all__ = ["DONE_FILE", "RUN_ID_FILE", "RUN_LOCK", "read_done", "write_done", "read_run_id"]
 
 #: Marker written (atomically, last) when a run finished; holds its final metrics.
 DONE_FILE = "DONE"
+#: The id of the run directory's MLflow run (its store: ``audioml.run.relog.record_store``).
+RUN_ID_FILE = "mlflow_run_id"
+#: Held (``audioml.files.exclusive_lock``) while a process trains in the run directory.
+RUN_LOCK = ".lock"
+
+
+def read_run_id(run_dir: str | Path) -> str | None:
+    """The MLflow run id recorded in ``run_dir``, or ``None`` (none recorded, or not an id)."""
+    try:
+        text = (Path(run_dir) / RUN_ID_FILE).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if text.isalnum() else None
 
 
 def write_done(run_dir: str | Path, metrics: dict[str, float]) -> Path:

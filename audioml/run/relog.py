@@ -78,12 +78,9 @@ def recorded_store(run_dir: Path) -> str | None:
 
 
 def _run_id(run_dir: Path) -> str | None:
-    path = Path(run_dir) / "mlflow_run_id"
-    try:
-        text = path.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return text if text.isalnum() else None
+    from audioml.run.markers import read_run_id
+
+    return read_run_id(run_dir)
 
 
 def _copies(run_dir: Path) -> dict[str, str]:

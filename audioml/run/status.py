@@ -33,6 +33,7 @@ from typing import Any
 import pandas as pd
 
 from audioml.files import atomic_write_bytes, lock_is_held
+from audioml.run import markers
 
 __all__ = ["SWEEPS_FOLDER", "PLAN_FILE", "FAILED_FILE", "TRACEBACK_FILE", "STATES", "record_dir", "job_id",
            "write_plan", "read_plan", "write_job_start", "write_failure", "clear_failure", "read_failure",
@@ -44,8 +45,6 @@ _JOBS_FOLDER = "jobs"
 #: Written in a job's run directory when the job raised: ``{"error": "<type>: <first line>", ...}``.
 FAILED_FILE = "FAILED"
 TRACEBACK_FILE = "traceback.txt"
-#: The lock a training job holds on its run directory (``audioml.run.training.RUN_LOCK``).
-_RUN_LOCK = ".lock"
 STATES = ("finished", "running", "failed", "interrupted", "not started")
 #: A job on another host whose MLflow run logged a system metric this recently counts as running.
 HEARTBEAT_SECONDS = 120.0
@@ -173,9 +172,8 @@ class _Stores:
     def run(self, run_dir: Path):
         from audioml.run import relog
 
-        id_file = run_dir / "mlflow_run_id"
-        uri = relog.recorded_store(run_dir)
-        if not id_file.is_file() or not uri or uri in self.unreachable:
+        run_id, uri = markers.read_run_id(run_dir), relog.recorded_store(run_dir)
+        if not run_id or not uri or uri in self.unreachable:
             return None, None
         if uri not in self.clients:
             from mlflow import MlflowClient
@@ -190,7 +188,7 @@ class _Stores:
             self.clients[uri] = MlflowClient(uri)
         client = self.clients[uri]
         try:
-            return client, client.get_run(id_file.read_text().strip())
+            return client, client.get_run(run_id)
         except Exception:  # the store is unreachable or lost the run: the files still tell the state
             return client, None
 
@@ -253,7 +251,7 @@ def _job_state(job: JobState, record: dict[str, Any], latest_of_pid: bool, store
     here = record.get("host") == socket.gethostname()
     if done is not None:
         job.state = "finished"
-    elif lock_is_held(run_dir / _RUN_LOCK) or any(lock_is_held(f / _RUN_LOCK) for f in folds):
+    elif lock_is_held(run_dir / markers.RUN_LOCK) or any(lock_is_held(f / markers.RUN_LOCK) for f in folds):
         job.state = "running"
     elif failure is not None:
         job.state, job.error = "failed", str(failure.get("error", ""))

@@ -371,7 +371,7 @@ class MLflowSweepCallback(Callback):
         """In the job's process: a failed job gets ``FAILED`` and ``traceback.txt`` in its run
         directory and on its MLflow run (on the parent's when it opened none); the job's MLflow
         run is tagged with its overrides."""
-        from audioml.run import relog, status
+        from audioml.run import markers, relog, status
 
         if not os.environ.get(tracking.SWEEP_KEY_ENV) or _select(config, "hydra.mode") != RunMode.MULTIRUN:
             return
@@ -389,9 +389,9 @@ class MLflowSweepCallback(Callback):
         try:
             from mlflow import MlflowClient
 
-            id_file, uri = run_dir / "mlflow_run_id", relog.recorded_store(run_dir) or _mlflow_uri(config)
+            uri = relog.recorded_store(run_dir) or _mlflow_uri(config)
             client = MlflowClient(uri)
-            run_id = id_file.read_text().strip() if id_file.is_file() else None
+            run_id = markers.read_run_id(run_dir)
             if run_id:
                 tracking.set_tags(client, run_id, {"audioml.overrides": json.dumps(overrides)[:tracking.MAX_TAG_LENGTH]})
             if traceback_path is None:

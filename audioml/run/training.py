@@ -29,6 +29,7 @@ from audioml.files import atomic_write_bytes, exclusive_lock, remove_temporaries
 from audioml.models.embedding_cache import use_embedding_cache
 from audioml.reports import LearningCurves
 from audioml.run import facts, finishing, relog, resume, tracking
+from audioml.run.markers import RUN_LOCK  # the run directory's lock (defined there: the status reads it)
 from audioml.run.head_only import add_head_only_checkpoints, threads_restored, use_head_only_threads
 from audioml.run.checkpoint import ModelInCheckpoint, model_record, untrusted_targets
 from audioml.run.compose import (build_datamodule, build_model, build_test_trainer, build_trainer, data_tags,
@@ -42,8 +43,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["run_evaluation", "run_evaluation_in", "train", "TrainingRun", "RUN_LOCK"]
 
-#: Lock file of a run directory (see ``run_evaluation``).
-RUN_LOCK = ".lock"
 
 
 def run_evaluation(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:

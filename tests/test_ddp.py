@@ -28,6 +28,12 @@ def _train(output: Path, *overrides: str) -> str:
     return process.stdout + process.stderr
 
 
+def _run_dir_of(output: Path, run_id: str) -> Path:
+    """The run directory that recorded MLflow run ``run_id`` (run names are titles, not folders)."""
+    (run_dir,) = [p.parent for p in (output / "runs").glob("*/mlflow_run_id") if p.read_text().strip() == run_id]
+    return run_dir
+
+
 def _check_job(client: MlflowClient, run, run_dir: Path) -> None:
     assert (run_dir / "train_ddp_process_1.log").is_file()  # rank 1 ran this very job, in its directory
     assert (run_dir / "mlflow_run_id").read_text() == run.info.run_id
@@ -72,7 +78,7 @@ def test_ddp_cpu_inside_a_two_job_multirun(tmp_path):
     assert sorted(r.data.params["model.backbone.dense"] for r in children) == ["32", "64"]
     for run in children:
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
-        _check_job(client, run, tmp_path / "runs" / run.info.run_name)
+        _check_job(client, run, _run_dir_of(tmp_path, run.info.run_id))
 
 
 @pytest.mark.slow  # two spawned processes (about 30 CPU-seconds)

@@ -135,6 +135,7 @@ while not (folder / "go").exists():  # all four start on the fresh store at the 
 logger = tracking.open_run("race", f"job{index}", uri, folder / f"run_id{index}")
 for step in range(100):
     logger.log_metrics({"train/loss": 1.0 / (step + 1), "job": float(index)}, step=step)
+logger.flush()  # points are buffered (ResumableMLFlowLogger): written before the run closes, as runs do
 tracking.log_params(logger.experiment, logger.run_id, {f"p{i}": str(i) for i in range(150)})
 tracking.set_status(logger.experiment, logger.run_id, "FINISHED")
 """

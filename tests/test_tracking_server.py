@@ -95,8 +95,8 @@ def test_sweep_logged_to_a_real_mlflow_server_reads_back_complete(server, tmp_pa
     children = [(run, t) for run, t in zip(runs, tags) if t.get("audioml.role") != "sweep"]
     assert len(parents) == 1 and len(children) == 2 and parents[0]["info"]["status"] == "FINISHED"
     for run, run_tags in children:
-        run_id, name = run["info"]["run_id"], run["info"]["run_name"]
-        run_dir = output / "runs" / name
+        run_id = run["info"]["run_id"]  # its run directory recorded it (run names are titles, not folders)
+        (run_dir,) = [p.parent for p in (output / "runs").glob("*/mlflow_run_id") if p.read_text().strip() == run_id]
         assert run_tags["mlflow.parentRunId"] == parents[0]["info"]["run_id"] and run["info"]["status"] == "FINISHED"
         assert {"host", "device", "git.commit", "data.fingerprint"} <= set(run_tags)
         params = {p["key"]: p["value"] for p in run["data"]["params"]}

@@ -15,6 +15,7 @@ from conftest import find_run_dirs, read_metrics, run_entry_point
 
 from audioml.config import compose_config, user_config_dirs
 from audioml.data.custom import CsvDataModule, FolderDataModule
+from audioml.run.checkpoint import datamodule_from_record, read_record
 from audioml.run.inference import evaluate_checkpoint, predict_files
 
 RATE = 8000
@@ -138,12 +139,18 @@ def test_csv_regression_trains_with_the_cnn_regressor(tmp_path):
                     "data.batch_size=8", "data.test_fraction=0.25", "model=cnn_regressor", "model.backbone.channels=[8,16]",
                     "model.backbone.dense=16", "loss=mse", "monitor=val/ccc", "optimized_metric=test/ccc",
                     "trainer.max_epochs=2", f"paths.output_dir={output}")
-    metrics = read_metrics(find_run_dirs(output)[0])
+    (run_dir,) = find_run_dirs(output)
+    metrics = read_metrics(run_dir)
     assert {"test/ccc", "test/mse", "test/mae"} <= set(metrics)
     assert all(np.isfinite(metrics[k]) for k in ("test/ccc", "test/mse", "test/mae"))
     # intervals over the test groups and the training-mean baseline, as for classes
     assert metrics["test/mse_ci_low"] <= metrics["test/mse"] <= metrics["test/mse_ci_high"]
-    assert metrics["baseline/ccc"] == pytest.approx(0.0, abs=1e-12) and metrics["baseline/mse"] > 0
+    record, _ = read_record(next((run_dir / "checkpoints").glob("best-*.ckpt")))
+    data = datamodule_from_record(record, compose_config([f"paths.output_dir={output}"]).paths)
+    train_mean = data.split_manifest("train")["target"].mean()
+    test_targets = data.split_manifest("test")["target"].to_numpy(dtype=np.float64)
+    assert metrics["baseline/ccc"] == pytest.approx(0.0, abs=1e-12)  # a constant prediction
+    assert metrics["baseline/mse"] == pytest.approx(((test_targets - train_mean) ** 2).mean(), rel=1e-6)
 
 
 def test_user_config_folder_trains_and_its_checkpoint_evaluates_and_predicts_without_it(tmp_path):

@@ -27,6 +27,7 @@ import yaml
 
 from audioml.files import atomic_write_bytes
 from audioml.run import tracking
+from audioml.run.markers import read_run_id
 from audioml.run.results import TESTED_CHECKPOINT_FILE, read_tested_checkpoint
 
 log = logging.getLogger(__name__)
@@ -77,12 +78,6 @@ def recorded_store(run_dir: Path) -> str | None:
     return f"sqlite:///{Path(paths['mlflow_dir']).resolve() / 'mlflow.db'}" if paths.get("mlflow_dir") else None
 
 
-def _run_id(run_dir: Path) -> str | None:
-    from audioml.run.markers import read_run_id
-
-    return read_run_id(run_dir)
-
-
 def _copies(run_dir: Path) -> dict[str, str]:
     try:
         return dict(json.loads((Path(run_dir) / COPIES_FILE).read_text()))
@@ -105,7 +100,7 @@ def find_in_store(tracking_uri: str, run_dir: Path) -> str | None:
     from mlflow.exceptions import MlflowException
 
     client = MlflowClient(tracking_uri)
-    run_id = _run_id(run_dir)
+    run_id = read_run_id(run_dir)
     for candidate in (run_id, _copies(run_dir).get(_without_password(tracking_uri))):
         if candidate:
             try:
@@ -129,7 +124,7 @@ def check_store(cfg, run_dir: Path) -> None:
     if not cfg.logger.get("enabled", True):
         return
     target = tracking.resolve_tracking_uri(cfg.logger.get("tracking_uri"), cfg.paths.mlflow_dir)
-    source, run_id = recorded_store(run_dir), _run_id(run_dir)
+    source, run_id = recorded_store(run_dir), read_run_id(run_dir)
     if run_id and source == _without_password(target):
         return  # the usual rerun: the same store
     found = find_in_store(target, run_dir)
@@ -174,7 +169,7 @@ def copy_finished_run(run_dir: Path, tracking_uri: str, experiment_name: str, ar
     from mlflow.entities import Metric, Param
 
     run_dir = Path(run_dir)
-    source_uri, run_id = recorded_store(run_dir), _run_id(run_dir)
+    source_uri, run_id = recorded_store(run_dir), read_run_id(run_dir)
     source = _source_run(source_uri, run_id)
     tracking.prepare_store(tracking_uri)
     experiment_id = tracking.get_or_create_experiment(tracking_uri, experiment_name, artifact_location)

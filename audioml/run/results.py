@@ -21,8 +21,8 @@ from audioml.stats import per_class_table
 
 log = logging.getLogger(__name__)
 
-__all__ = ["COLLAPSE_FILE", "PREDICTIONS_FILE", "TESTED_CHECKPOINT_FILE", "honest_test_scores", "regression_test_scores", "write_run_reports",
-           "finished_result", "write_kfold_reports", "collect_embeddings", "write_tested_checkpoint",
+__all__ = ["COLLAPSE_FILE", "PREDICTIONS_FILE", "TESTED_CHECKPOINT_FILE", "honest_test_scores", "regression_test_scores",
+           "write_run_reports", "finished_result", "write_kfold_reports", "collect_embeddings", "write_tested_checkpoint",
            "read_tested_checkpoint", "evaluated_checkpoint", "file_sha256"]
 
 #: Written next to test_predictions.csv when the DataModule declares a collapse.

@@ -1,6 +1,7 @@
 """MLflow's process-wide store settings, pointed at one store for a block and put back after it,
-and whether a tracking server can be reached. A module of its own, importing neither torch nor Lightning (the report worker,
-``audioml.run.finishing``, uses it); ``audioml.run.tracking`` re-exports it."""
+and whether a tracking server can be reached. A module of its own, importing neither torch nor
+Lightning (the report worker, ``audioml.run.finishing``, and ``audioml-compare --status`` use
+it); ``audioml.run.tracking`` re-exports it."""
 
 from __future__ import annotations
 

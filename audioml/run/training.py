@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 __all__ = ["run_evaluation", "run_evaluation_in", "train", "TrainingRun", "RUN_LOCK"]
 
 
-
 def run_evaluation(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     """Run ``cfg.evaluation``'s protocol: one ``train`` (holdout), or one per fold (k-fold) into
     ``<run_dir>/fold_<i>``, each a child of a parent MLflow run that gets the summary.

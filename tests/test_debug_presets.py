@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 import pandas as pd
-from conftest import read_metrics, run_entry_point
+from helpers.runners import read_metrics, run_entry_point
 
 SMALL = ["data=synthetic", "trainer.enable_progress_bar=false", "data.num_workers=0"]
 

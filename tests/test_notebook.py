@@ -4,7 +4,7 @@ import json
 
 import nbformat
 import pytest
-from conftest import REPO
+from helpers.runners import REPO
 from nbclient import NotebookClient
 
 

@@ -9,7 +9,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from conftest import REPO
+from helpers.runners import REPO
 
 
 def test_wheel_holds_the_configs_and_runs_from_any_directory(tmp_path):

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
-from conftest import run_entry_point
-from test_data_donateacry import make_cleaned_corpus
+from helpers.datasets import make_cleaned_corpus
+from helpers.runners import run_entry_point
 
 from audioml.checkpointing import find_resume_checkpoint
 from audioml.config import compose_config
@@ -177,12 +177,12 @@ def _copy_under_a_non_utf8_name(folder, stem: bytes = b"0a0a0a0a-0a0a-0a0a-0a0a-
 
 
 def test_a_non_utf8_file_name_is_skipped_and_listed_in_every_folder_dataset(tmp_path, capsys):  # B11
+    from helpers.datasets import make_ravdess, make_raw_corpus
+
     from audioml.data.cli import main
     from audioml.data.custom import FolderDataModule
     from audioml.data.donateacry_raw import prepare_raw_uploads
     from audioml.data.ravdess import RavdessDataModule
-    from test_data_donateacry_raw import make_raw_corpus
-    from test_data_fixtures import make_ravdess
 
     root = make_cleaned_corpus(tmp_path / "data" / "donateacry-corpus")
     hungry = root / "donateacry_corpus_cleaned_and_updated_data" / "hungry"
@@ -329,14 +329,15 @@ def test_a_full_disk_during_a_cache_build_is_a_clear_error_not_sigbus(tmp_path):
 
 
 def test_a_data_csv_cut_short_or_a_login_page_is_not_installed(tmp_path):  # D10/D11
-    from audioml.data import download
-    from test_data_download import _Server, _zip_bytes, emotify_csv
+    from helpers.servers import FileServer, emotify_csv, zip_bytes
 
-    music = _zip_bytes({f"{genre}/1.mp3": b"mp3" for genre in ("classical", "rock", "electronic", "pop")})
+    from audioml.data import download
+
+    music = zip_bytes({f"{genre}/1.mp3": b"mp3" for genre in ("classical", "rock", "electronic", "pop")})
     cut = emotify_csv().splitlines(keepends=True)
     served = {"music.zip": music, "full.csv": emotify_csv(), "login.html": b"<html><body>Please log in</body></html>",
               "cut.csv": b"".join(cut[: len(cut) // 2])}  # cut at a line boundary: still a valid table
-    with _Server(served) as server:
+    with FileServer(served) as server:
         for name, reason in (("cut.csv", "holds 200 of the 400 tracks"), ("login.html", "missing columns")):
             urls = {"emotifymusic.zip": f"{server.url}/music.zip", "data.csv": f"{server.url}/{name}"}
             with pytest.raises(download.DownloadError, match=reason):
@@ -348,18 +349,19 @@ def test_a_data_csv_cut_short_or_a_login_page_is_not_installed(tmp_path):  # D10
 
 
 def test_a_stale_larger_part_from_another_archive_is_discarded_not_installed(tmp_path, caplog):  # D12
-    from audioml.data import download
-    from test_data_download import _Server, _wav_bytes, _zip_bytes
+    from helpers.servers import FileServer, wav_bytes, zip_bytes
 
-    good = _zip_bytes({"root/donateacry_corpus_cleaned_and_updated_data/hungry/a.wav": _wav_bytes(),
+    from audioml.data import download
+
+    good = zip_bytes({"root/donateacry_corpus_cleaned_and_updated_data/hungry/a.wav": wav_bytes(),
                        "root/donateacry-android-upload-bucket/b.3gp": b"3gp",
                        "root/donateacry-ios-upload-bucket/c.caf": b"caf"})
-    other = _zip_bytes({"root/donateacry_corpus_cleaned_and_updated_data/hungry/evil.txt": b"x" * len(good),
+    other = zip_bytes({"root/donateacry_corpus_cleaned_and_updated_data/hungry/evil.txt": b"x" * len(good),
                         "root/donateacry-android-upload-bucket/x": b"", "root/donateacry-ios-upload-bucket/y": b""})
     assert len(other) > len(good)
     (tmp_path / ".downloads").mkdir()
     (tmp_path / ".downloads" / "donateacry-corpus-master.zip.part").write_bytes(other)
-    with _Server({"good.zip": good}) as server:  # answers 416 to a range past its end
+    with FileServer({"good.zip": good}) as server:  # answers 416 to a range past its end
         target = download.download_dataset("donateacry", data_dir=tmp_path, progress=False,
                                            urls={"donateacry-corpus-master.zip": f"{server.url}/good.zip"})
     installed = sorted(p.name for p in (target / "donateacry_corpus_cleaned_and_updated_data" / "hungry").iterdir())
@@ -373,13 +375,14 @@ def test_a_zip_bomb_and_a_trickling_server_are_refused(tmp_path):  # D8/D13
     import zipfile
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+    from helpers.servers import FileServer
+
     from audioml.data import download
-    from test_data_download import _Server
 
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("Actor_01/zeros.wav", bytes(120 * 2**20))  # about 120 KB expanding to 120 MB
-    with _Server({"bomb.zip": buffer.getvalue()}) as server:
+    with FileServer({"bomb.zip": buffer.getvalue()}) as server:
         source = download.DatasetSource("ravdess", "ravdess", (download.RemoteFile(
             f"{server.url}/bomb.zip", "bomb.zip", unpack=True, anchor="Actor_01"),), ("Actor_01",), "-", "-")
         with pytest.raises(download.DownloadError, match="over 50 times its size"):

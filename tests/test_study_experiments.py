@@ -13,10 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.datasets import make_cleaned_corpus, make_muse_package, make_ravdess
 from omegaconf import OmegaConf
-from test_data_donateacry import make_cleaned_corpus
-from test_data_fixtures import make_ravdess
-from test_data_muse import make_muse_package
 
 from audioml.api import compose_config, train
 from audioml.config import CONFIG_DIR

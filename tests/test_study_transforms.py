@@ -13,7 +13,7 @@ import pytest
 import scipy.ndimage
 import scipy.signal
 import torch
-from test_data_fixtures import make_ravdess
+from helpers.datasets import make_ravdess
 
 from audioml.api import compose_config
 from audioml.augment import AugmentationChain, ZoomShift, zoom_shift
@@ -230,11 +230,10 @@ def test_cnn_image_without_a_fixed_input_size_says_how_to_get_one():
 
 
 def test_preprocess_none_builds_the_model_without_preprocessing():
+    from audioml.features.logmel import LogMel
     from audioml.features.preprocess import WaveformPreprocess
     from audioml.models.backbones.cnn import ScratchCNN
     from audioml.models.classifier import AudioClassifier
-
-    from audioml.features.logmel import LogMel
 
     plain = AudioClassifier(ScratchCNN(channels=[4], dense=8), LogMel(16000), 2, sample_rate=16000)
     empty = AudioClassifier(ScratchCNN(channels=[4], dense=8), LogMel(16000), 2, sample_rate=16000,

@@ -5,7 +5,7 @@ import json
 import mlflow
 import pytest
 import yaml
-from conftest import find_run_dirs, read_metrics, run_entry_point
+from helpers.runners import find_run_dirs, read_metrics, run_entry_point
 
 FAST = ["trainer.max_epochs=2", "trainer.enable_progress_bar=false", "data.num_workers=0"]
 

@@ -43,10 +43,25 @@ from audioml.files import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 __all__ = ["Combination", "Fold", "combinations", "build_pipeline", "check_grid", "make_folds", "run_grid",
-           "load_pipeline", "GridResult", "SAFE_TYPE_PREFIXES"]
+           "load_pipeline", "GridResult", "TRUSTED_PIPELINE_TYPES"]
 
-#: Types a saved pipeline may hold (``load_pipeline`` refuses a file naming anything else).
-SAFE_TYPE_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.", "collections.", "joblib.")
+#: What a grid's pipelines hold beyond the types skops trusts by default (scikit-learn's estimators,
+#: NumPy arrays and scalars, plain containers): the fitted trees, neighbour indexes and distance
+#: metrics, and the score functions the regression grid's feature selection names. Exact names,
+#: never module prefixes: a prefix trusts every function of a package (``builtins.eval``,
+#: ``numpy.savetxt``).
+TRUSTED_PIPELINE_TYPES = frozenset({
+    "sklearn.tree._tree.Tree",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.neighbors._kd_tree.KDTree",
+    "sklearn.neighbors._ball_tree.BallTree",
+    "sklearn.metrics._dist_metrics.EuclideanDistance64",
+    "sklearn.utils._bunch.Bunch",
+    "sklearn.feature_selection._univariate_selection.f_regression",
+    "sklearn.feature_selection._univariate_selection.f_classif",
+    "sklearn.feature_selection._mutual_info.mutual_info_regression",
+    "sklearn.feature_selection._mutual_info.mutual_info_classif",
+})
 
 
 @dataclass(frozen=True)
@@ -233,18 +248,18 @@ def _table_line(row: Mapping, metric: str) -> str:
 
 
 def load_pipeline(path: str | Path):
-    """A pipeline saved by a grid (skops format), loaded only when every type it names is
-    scikit-learn's, NumPy's or SciPy's (``SAFE_TYPE_PREFIXES``): a file from elsewhere cannot
-    make this process run its code."""
+    """A pipeline saved by a grid (skops format), loaded only when every type it names is one
+    skops trusts by default or one of ``TRUSTED_PIPELINE_TYPES``: a file from elsewhere cannot
+    make this process run its code. Raises ``ValueError`` naming the refused types."""
     import skops.io as sio
 
     path = Path(path)
     untrusted = sio.get_untrusted_types(file=path)
-    refused = [t for t in untrusted if not t.startswith(SAFE_TYPE_PREFIXES)]
+    refused = sorted(name for name in untrusted if name not in TRUSTED_PIPELINE_TYPES)
     if refused:
-        raise ValueError(f"{path}: refusing to load a pipeline that names {refused} (only scikit-learn, NumPy and "
-                         "SciPy types are loaded)")
-    return sio.load(path, trusted=untrusted)
+        raise ValueError(f"{path}: refusing to load a pipeline that names {refused}: only scikit-learn's estimators, "
+                         "NumPy arrays and the fitted structures audioml's grids produce are loaded")
+    return sio.load(path, trusted=list(untrusted))
 
 
 def run_grid(table: FeatureTable, grid: DictConfig, protocol: Mapping, run_dir: str | Path, scoring,

@@ -132,6 +132,9 @@ class AudioDataModule(L.LightningDataModule, ABC):
     collapse: dict[str, list[str]] | None = None
     #: Values ``data.split`` accepts (subclasses with a given split add theirs).
     split_modes: tuple[str, ...] = SPLIT_MODES
+    #: Constructor arguments that act on the machine (where files are written, whether anything
+    #: is downloaded): a checkpoint's data record never sets them (``audioml.run.checkpoint``).
+    machine_arguments: tuple[str, ...] = ("cache_dir",)
 
     def __init__(self, root: str | Path, sample_rate: int = 16000, clip_seconds: float = 5.0,
                  batch_size: int = 32, num_workers: int | str | None = "auto", val_fraction: float = 0.15,

@@ -20,6 +20,9 @@ from audioml.data.audio import AudioDecodeError, fix_length, load_audio
 __all__ = ["ClipDecoder"]
 
 PAD_MODES = ("start", "center")
+#: Upper bounds of a clip: a rate above any audio interface's, an hour of audio.
+MAX_SAMPLE_RATE = 768_000
+MAX_CLIP_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -44,13 +47,13 @@ class ClipDecoder:
 
     def __post_init__(self) -> None:
         if not isinstance(self.sample_rate, (int, np.integer)) or isinstance(self.sample_rate, bool) \
-                or self.sample_rate <= 0:
+                or not 0 < self.sample_rate <= MAX_SAMPLE_RATE:
             raise ValueError(f"sample rate {self.sample_rate!r} (model.sample_rate / data.sample_rate): "
-                             "use a positive whole number of Hz, e.g. 16000")
-        if not isinstance(self.clip_seconds, (int, float)) or not np.isfinite(self.clip_seconds) \
-                or self.clip_seconds <= 0:
+                             f"use a positive whole number of Hz up to {MAX_SAMPLE_RATE}, e.g. 16000")
+        if not isinstance(self.clip_seconds, (int, float)) or isinstance(self.clip_seconds, bool) \
+                or not 0 < self.clip_seconds <= MAX_CLIP_SECONDS:
             raise ValueError(f"clip length {self.clip_seconds!r} s (data.clip_seconds): use a positive "
-                             "number of seconds, e.g. 4.0")
+                             f"number of seconds up to {MAX_CLIP_SECONDS:g}, e.g. 4.0")
         if self.pad_mode not in PAD_MODES:
             raise ValueError(f"data.pad_mode={self.pad_mode!r}: use one of {list(PAD_MODES)}")
         if self.trim_db is not None and (not isinstance(self.trim_db, (int, float)) or self.trim_db <= 0):

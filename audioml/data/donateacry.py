@@ -83,6 +83,7 @@ class DonateacryDataModule(AudioDataModule):
     Other args: ``AudioDataModule``."""
 
     group_name = "app_instance_id"
+    machine_arguments = ("cache_dir", "prepared_dir", "download")
 
     def __init__(self, root: str | Path, labels: str = "multiclass", clip_seconds: float = 7.0,
                  source: str = "cleaned", prepared_dir: str | Path | None = None,

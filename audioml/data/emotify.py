@@ -162,6 +162,7 @@ class EmotifyDataModule(AudioDataModule):
     """
 
     group_name = "track"
+    machine_arguments = ("cache_dir", "download")
 
     def __init__(self, root: str | Path, segment_seconds: float = 15.0, hop_seconds: float | None = None,
                  min_tracks_per_class: int = 10, soft_labels: bool = False, allow_missing: bool = False,

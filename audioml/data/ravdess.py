@@ -164,6 +164,8 @@ class RavdessDataModule(AudioDataModule):
         Other arguments: ``AudioDataModule``.
     """
 
+    machine_arguments = ("cache_dir", "download")
+
     def __init__(self, root: str | Path, task: str = "emotion", clip_seconds: float = 4.0,
                  trim_db: float | None = None, train_actors: list[int] | None = None,
                  val_actors: list[int] | None = None, test_actors: list[int] | None = None,

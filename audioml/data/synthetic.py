@@ -45,6 +45,10 @@ def generate_synthetic_dataset(root: str | Path, num_classes: int = 3, clips_per
     stamp = root / "settings.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == settings and (root / "manifest.csv").is_file():
         return root
+    if root.is_dir() and not stamp.is_file() and any(root.iterdir()):
+        raise FileExistsError(f"data.root={root} holds files that synthetic data did not write: it is generated "
+                              "only into a new (or empty) folder, or one it generated before; choose another "
+                              "data.root, or leave it null (a folder under paths.cache_dir)")
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     group_shifts = rng.uniform(-0.2, 0.2, num_groups)
@@ -67,14 +71,20 @@ def generate_synthetic_dataset(root: str | Path, num_classes: int = 3, clips_per
 
 
 class SyntheticDataModule(AudioDataModule):
-    """Synthetic tones; generated under ``root`` on first use. Args as ``generate_synthetic_dataset``
-    plus those of ``AudioDataModule``."""
+    """Synthetic tones; generated under ``root`` on first use (``None``: a folder named after the
+    settings under ``cache_dir``). Args as ``generate_synthetic_dataset`` plus those of
+    ``AudioDataModule``."""
 
     group_name = "speaker"
+    machine_arguments = ("cache_dir", "root")  # the data is written there
 
-    def __init__(self, root: str | Path, num_classes: int = 3, clips_per_class: int = 24,
+    def __init__(self, root: str | Path | None = None, num_classes: int = 3, clips_per_class: int = 24,
                  num_groups: int = 12, seconds: float = 1.0, learnable: bool = True,
                  generator_seed: int = 0, clip_seconds: float | None = None, **kwargs) -> None:
+        if root is None:
+            if kwargs.get("cache_dir") is None:
+                raise ValueError("synthetic data needs data.root or data.cache_dir (paths.cache_dir): where to write it")
+            root = Path(kwargs["cache_dir"]) / f"synthetic-{num_classes}c-{clips_per_class}-{learnable}-{generator_seed}"
         super().__init__(root=root, clip_seconds=clip_seconds or seconds, **kwargs)
         self.generator_args = dict(num_classes=num_classes, clips_per_class=clips_per_class,
                                    num_groups=num_groups, seconds=seconds, learnable=learnable,

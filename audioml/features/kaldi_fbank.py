@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from audioml.features.kaldi_mel import kaldi_mel_basis
+from audioml.features.sizes import check_spectral_sizes
 
 __all__ = ["KaldiFbank"]
 
@@ -49,7 +50,13 @@ class KaldiFbank(nn.Module):
         self.n_mels = int(n_mels)
         self.frame_length = int(sample_rate * frame_length_ms * 0.001)
         self.frame_shift = int(sample_rate * frame_shift_ms * 0.001)
+        if self.frame_length < 1 or self.frame_shift < 1:
+            raise ValueError(f"frame_length_ms={frame_length_ms}, frame_shift_ms={frame_shift_ms} at {sample_rate} Hz: "
+                             "frames must hold at least one sample")
         self.n_fft = 2 ** math.ceil(math.log2(self.frame_length))
+        check_spectral_sizes(sample_rate, self.n_fft, self.frame_shift, self.n_mels, self.frame_length)
+        if target_frames is not None and not 1 <= int(target_frames) <= 100_000:
+            raise ValueError(f"target_frames={target_frames}: use 1 to 100000 frames, or null")
         self.preemphasis = float(preemphasis)
         self.target_frames = None if target_frames is None else int(target_frames)
         self.mean = float(mean)

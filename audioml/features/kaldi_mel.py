@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from audioml.features.sizes import check_spectral_sizes
+
 __all__ = ["KaldiMelSpectrogram", "kaldi_mel_basis"]
 
 
@@ -50,8 +52,7 @@ class KaldiMelSpectrogram(nn.Module):
                  preemphasis: float = 0.97, log_offset: float = 1e-5, shift: float = 4.5,
                  scale: float = 5.0) -> None:
         super().__init__()
-        if win_length > n_fft:
-            raise ValueError(f"win_length={win_length} exceeds n_fft={n_fft}")
+        check_spectral_sizes(sample_rate, n_fft, hop_length, n_mels, win_length)
         self.sample_rate = int(sample_rate)
         self.n_fft = int(n_fft)
         self.win_length = int(win_length)

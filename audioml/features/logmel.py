@@ -9,6 +9,8 @@ import librosa
 import torch
 from torch import nn
 
+from audioml.features.sizes import check_spectral_sizes
+
 __all__ = ["LogMel"]
 
 
@@ -50,6 +52,9 @@ class LogMel(nn.Module):
             raise ValueError(f"features.normalize={normalize!r}: use 'none', 'instance', 'global' or 'minmax'")
         if image_size is not None and (len(image_size) != 2 or min(int(v) for v in image_size) < 1):
             raise ValueError(f"features.image_size={list(image_size)}: use [height, width] in pixels, or null")
+        check_spectral_sizes(sample_rate, n_fft, hop_length, n_mels, win_length or n_fft)
+        if image_size is not None and max(int(v) for v in image_size) > 4096:
+            raise ValueError(f"features.image_size={list(image_size)}: at most 4096 pixels a side")
         if f_max is not None and f_max > sample_rate / 2:
             raise ValueError(f"features.f_max={f_max} is above Nyquist ({sample_rate / 2} Hz)")
         self.sample_rate = int(sample_rate)

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from audioml.features.sizes import check_spectral_sizes
+
 __all__ = ["VGGishLogMel", "vggish_mel_matrix", "hertz_to_mel"]
 
 
@@ -26,10 +28,10 @@ def vggish_mel_matrix(num_spectrogram_bins: int, sample_rate: int, num_mel_bins:
     nyquist = sample_rate / 2.0
     if not 0.0 <= lower_hz < upper_hz <= nyquist:
         raise ValueError(f"mel edges {lower_hz}-{upper_hz} Hz must lie in [0, {nyquist}] (Nyquist)")
-    bins_mel = hertz_to_mel(torch.linspace(0.0, nyquist, num_spectrogram_bins, dtype=torch.float64))
-    edges = torch.linspace(float(hertz_to_mel(torch.tensor(lower_hz, dtype=torch.float64))),
-                           float(hertz_to_mel(torch.tensor(upper_hz, dtype=torch.float64))),
-                           num_mel_bins + 2, dtype=torch.float64)
+    bins_mel = hertz_to_mel(torch.linspace(0.0, nyquist, num_spectrogram_bins, dtype=torch.float64, device="cpu"))
+    edges = torch.linspace(float(hertz_to_mel(torch.tensor(lower_hz, dtype=torch.float64, device="cpu"))),
+                           float(hertz_to_mel(torch.tensor(upper_hz, dtype=torch.float64, device="cpu"))),
+                           num_mel_bins + 2, dtype=torch.float64, device="cpu")
     lower, center, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
     rising = (bins_mel[None] - lower) / (center - lower)
     falling = (upper - bins_mel[None]) / (upper - center)
@@ -60,7 +62,11 @@ class VGGishLogMel(nn.Module):
         self.n_mels = int(n_mels)
         self.win_length = int(round(window_seconds * sample_rate))
         self.hop_length = int(round(hop_seconds * sample_rate))
+        if self.win_length < 1 or self.hop_length < 1:
+            raise ValueError(f"window_seconds={window_seconds}, hop_seconds={hop_seconds} at {sample_rate} Hz: "
+                             "frames must hold at least one sample")
         self.n_fft = 2 ** math.ceil(math.log2(self.win_length))
+        check_spectral_sizes(sample_rate, self.n_fft, self.hop_length, self.n_mels, self.win_length)
         self.log_offset = float(log_offset)
         self.register_buffer("window", torch.hann_window(self.win_length, periodic=True), persistent=False)
         self.register_buffer("mel_basis", vggish_mel_matrix(self.n_fft // 2 + 1, self.sample_rate, self.n_mels,

@@ -90,7 +90,7 @@ class SequenceRegressor(AudioModule):
         std = self._stat(feature_std, "feature_std", bins)
         self.register_buffer("feature_mean", torch.zeros(bins) if mean is None else mean)
         self.register_buffer("feature_std", torch.ones(bins) if std is None else std)
-        if bool((self.feature_std <= 0).any()):
+        if std is not None and bool((std <= 0).any()):
             raise ValueError("feature_std must be positive in every mel band")
         self._buffers_by_stage: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         #: Predictions and targets of the last test run (CPU), in loader order.
@@ -107,7 +107,7 @@ class SequenceRegressor(AudioModule):
     def _stat(value, name: str, bins: int) -> torch.Tensor | None:
         if value is None:
             return None
-        tensor = torch.as_tensor(value, dtype=torch.float32)
+        tensor = torch.as_tensor(value, dtype=torch.float32, device="cpu")  # given values: checked here
         if tuple(tensor.shape) != (bins,):
             raise ValueError(f"{name} must have shape ({bins},) (the front end's mel bands), got {tuple(tensor.shape)}")
         return tensor

@@ -8,6 +8,7 @@ pretrained registry (``audioml.models.pretrained``: the one place a weights file
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,12 @@ __all__ = ["REGISTRY_FILE", "Runner", "Dataset", "Protocol", "Reported", "Entry"
 REGISTRY_FILE = Path(__file__).resolve().parents[1] / "conf" / "reproduce.yaml"
 #: The two protocols every entry has, in report order.
 PROTOCOL_KEYS = ("study_protocol", "grouped_protocol")
+#: The modules a registry's runner may name: audioml's own Hydra entry points. A registry is data:
+#: it chooses experiments and overrides, never a program (``python -m pdb -c ...`` ran a shell).
+RUNNER_MODULES = ("audioml.train", "audioml.classical.cli")
+#: A Hydra override as a registry may give it: ``key=value`` (``+``/``++``/``~`` allowed), the key
+#: a dotted config path or a config group (``model``, ``data/augmentation``).
+_OVERRIDE = re.compile(r"(\+\+|\+|~)?[A-Za-z_][A-Za-z0-9_]*([./][A-Za-z_][A-Za-z0-9_]*)*(=.*)?", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -140,13 +147,27 @@ def _strings(values: Iterable | None) -> tuple[str, ...]:
     return tuple(str(v) for v in (values or ()))
 
 
+def _overrides(values: Iterable | None, where: str) -> tuple[str, ...]:
+    """``values`` as Hydra overrides, each checked: not an interpreter or Hydra option (``-c``,
+    ``--config-dir``), no ``hydra.`` key or ``hydra/`` group (callbacks, launchers, search path),
+    no ``_target_``-like key (a registry names configs, not code)."""
+    overrides = _strings(values)
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if (override.startswith("-") or not _OVERRIDE.fullmatch(override) or key.split(".")[0].split("/")[0] == "hydra"
+                or any(part.startswith("_") for part in re.split(r"[./]", key))):
+            raise ValueError(f"{where}: {override!r} is not an override a registry may give (key=value on the "
+                             "run's config; no command-line options, hydra settings or _target_ keys)")
+    return overrides
+
+
 def _protocol(key: str, node: Mapping, where: str) -> Protocol:
     if node is None or "text" not in node:
         raise ValueError(f"{where}: {key} needs at least a text")
     same_as = node.get("same_as")
     if same_as is not None and (same_as not in PROTOCOL_KEYS or same_as == key):
         raise ValueError(f"{where}: {key}.same_as={same_as!r}: name the other protocol ({', '.join(PROTOCOL_KEYS)})")
-    return Protocol(key=key, text=str(node["text"]), overrides=_strings(node.get("overrides")),
+    return Protocol(key=key, text=str(node["text"]), overrides=_overrides(node.get("overrides"), f"{where} {key}"),
                     min_groups=None if node.get("min_groups") is None else int(node["min_groups"]),
                     same_as=same_as, not_run=node.get("not_run"))
 
@@ -159,8 +180,14 @@ def load_registry(path: str | Path = REGISTRY_FILE) -> Registry:
     """
     path = Path(path)
     raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    runners = {name: Runner(name, str(node["module"]), _strings(node.get("always")), _strings(node.get("quick")))
-               for name, node in (raw.get("runners") or {}).items()}
+    runners = {}
+    for name, node in (raw.get("runners") or {}).items():
+        where = f"{path} runner {name!r}"
+        if str(node.get("module")) not in RUNNER_MODULES:
+            raise ValueError(f"{where}: module={node.get('module')!r}: a runner is one of audioml's entry points "
+                             f"({', '.join(RUNNER_MODULES)})")
+        runners[name] = Runner(name, str(node["module"]), _overrides(node.get("always"), where),
+                               _overrides(node.get("quick"), where))
     datasets = {}
     for name, node in (raw.get("datasets") or {}).items():
         groups = node.get("groups") or {}
@@ -179,11 +206,13 @@ def load_registry(path: str | Path = REGISTRY_FILE) -> Registry:
                           reported=Reported(str(reported["metric"]),
                                             None if reported.get("value") is None else float(reported["value"]),
                                             str(reported.get("text", ""))),
-                          overrides=_strings(node.get("overrides")), quick=_strings(node.get("quick")),
+                          overrides=_overrides(node.get("overrides"), where), quick=_overrides(node.get("quick"), where),
                           features_from=node.get("features_from"))
         except KeyError as error:
             raise ValueError(f"{where}: missing or unknown {error.args[0]!r} (runners: {sorted(runners)}, "
                              f"datasets: {sorted(datasets)})") from None
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_./-]*", entry.experiment) or ".." in entry.experiment:
+            raise ValueError(f"{where}: experiment={entry.experiment!r} is not an experiment config name")
         if entry.features_from is not None and entry.features_from not in {e.experiment for e in entries}:
             raise ValueError(f"{where}: features_from={entry.features_from!r} must name an entry listed before it")
         entries.append(entry)

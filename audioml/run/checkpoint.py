@@ -15,15 +15,15 @@ Every checkpoint ``audioml-train`` writes carries, under ``"audioml"``, a **mode
                   offline) is never part of it
     seed
 
-Reading is defensive. The file is loaded with ``torch.load(weights_only=True)`` (no
-unpickling of objects), and before anything is imported or instantiated every ``_target_``
-in the record must name a class under an allowed package: ``audioml.models``,
-``audioml.features``, ``torch.nn`` for the model, ``audioml.losses`` / ``torch.nn`` for the
-loss, ``audioml.data`` (a ``LightningDataModule``) for the data; plus the packages the user
-lists in ``trusted_modules``. Interpolations (``${...}``) are refused except plain
-``${paths.<name>}`` in the data record. Anything else raises ``UntrustedCheckpointError``
-naming the key, so a crafted checkpoint (``_target_: numpy.savetxt``,
-``pandas.read_pickle``) fails before any call.
+Reading is defensive (a checkpoint may come from anyone): ``torch.load(weights_only=True)``
+(no unpickling); every ``_target_`` must name a class of an allowed package (``audioml.models``,
+``audioml.features``, ``torch.nn`` for the model, ``audioml.losses`` / ``torch.nn`` for the loss,
+``audioml.data`` for the data, plus ``trusted_modules``), and every other field must be plain
+data of its type (``check_record``); no interpolation but ``${paths.<name>}`` in the data record.
+Rebuilding never lets the record act on the machine: no download, no weights folder, no place to
+write (``pretrained`` is false, ``weights_dir`` unset, the DataModule's ``machine_arguments``
+come from this machine's ``paths``); sizes are bounded by the weights the file holds (the model is
+built on the meta device first), and non-finite weights are refused.
 """
 
 from __future__ import annotations
@@ -65,6 +65,13 @@ _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
 _PATHS_REFERENCE = re.compile(r"\$\{paths\.[A-Za-z_][A-Za-z0-9_]*\}")
 #: Model config keys that only training uses (the record leaves them out).
 _TRAINING_ONLY = ("optimizer", "scheduler", "pretrain_optimizer")
+#: Model config keys that act on the machine (where weights are, whether the network may be
+#: used): never taken from a record; rebuilding sets them to these values.
+_MACHINE_MODEL_KEYS = {"weights_dir": None, "local_files_only": True, "cache_dir": None}
+TASKS = ("classification", "regression")
+#: Most classes (or regression targets) a record may name, and the longest name.
+MAX_CLASSES = 10_000
+MAX_NAME_LENGTH = 200
 
 
 class UntrustedCheckpointError(ValueError):
@@ -102,10 +109,14 @@ def model_record(cfg: DictConfig, datamodule) -> dict[str, Any]:
 
 
 def _set_pretrained_false(node: Any) -> None:
+    """In place: every ``pretrained`` false and every machine key (``_MACHINE_MODEL_KEYS``) unset:
+    the checkpoint's weights replace pretrained ones, and the machine decides where weights are."""
     if isinstance(node, dict):
         for key, value in node.items():
-            if key == "pretrained" and isinstance(value, bool):
+            if key == "pretrained":
                 node[key] = False
+            elif key in _MACHINE_MODEL_KEYS:
+                node[key] = _MACHINE_MODEL_KEYS[key]
             else:
                 _set_pretrained_false(value)
     elif isinstance(node, list):
@@ -184,9 +195,38 @@ def check_record(record: dict[str, Any], trusted_modules: Iterable[str] = (), so
         if not isinstance(node, dict) or "_target_" not in node:
             raise UntrustedCheckpointError(f"{source}: '{part}' must be a config with a _target_")
         _check_node(node, part, part, ALLOWED_PACKAGES[part] + trusted, source)
+    _check_plain_fields(record, source)
+
+
+def _check_plain_fields(record: dict[str, Any], source: str) -> None:
+    """Every field of the record that is not a config: plain data of its type and size, so that
+    nothing but the checked ``_target_``s ever reaches ``instantiate`` (a ``class_names`` entry
+    that is a mapping with a ``_target_`` would be instantiated as a keyword argument)."""
     for key in ("class_names", "task"):
         if key not in record:
             raise UntrustedCheckpointError(f"{source}: the record lacks '{key}'")
+    if record["task"] not in TASKS:
+        raise UntrustedCheckpointError(f"{source}: task={record['task']!r} is not one of {list(TASKS)}")
+    names = record["class_names"]
+    if not isinstance(names, list) or not 1 <= len(names) <= MAX_CLASSES or not all(
+            isinstance(name, str) and 0 < len(name) <= MAX_NAME_LENGTH for name in names):
+        raise UntrustedCheckpointError(f"{source}: class_names must be a list of 1 to {MAX_CLASSES} names "
+                                       f"(strings of 1 to {MAX_NAME_LENGTH} characters)")
+    if len(set(names)) != len(names):
+        raise UntrustedCheckpointError(f"{source}: class_names repeats a name: {names[:20]}")
+    counts = record.get("class_counts")
+    if counts is not None and not (isinstance(counts, list) and len(counts) in (0, len(names)) and all(
+            type(count) is int and count >= 0 for count in counts)):
+        raise UntrustedCheckpointError(f"{source}: class_counts must be a list of {len(names)} whole numbers >= 0 "
+                                       "(or empty)")
+    if type(record.get("seed", 0)) is not int:
+        raise UntrustedCheckpointError(f"{source}: seed must be a whole number")
+    from audioml.data.decoder import ClipDecoder
+
+    try:
+        ClipDecoder.from_settings(record.get("decoder"))
+    except (ValueError, TypeError) as error:
+        raise UntrustedCheckpointError(f"{source}: decoder settings refused: {error}") from None
 
 
 def _check_node(node: Any, where: str, part: str, allowed: tuple[str, ...], source: str) -> None:
@@ -196,6 +236,8 @@ def _check_node(node: Any, where: str, part: str, allowed: tuple[str, ...], sour
                 raise UntrustedCheckpointError(f"{source}: {where}.{key}: unknown special key")
             if key == "_target_":
                 _check_target(value, f"{where}._target_", part, allowed, source)
+            elif key == "pretrained" and not isinstance(value, bool):
+                raise UntrustedCheckpointError(f"{source}: {where}.pretrained={value!r} must be true or false")
             else:
                 _check_node(value, f"{where}.{key}", part, allowed, source)
     elif isinstance(node, list):
@@ -250,10 +292,25 @@ def instantiate_model(model_cfg: Any, loss_cfg: Any, class_names: list[str], cla
                        _convert_="partial", **extra)
 
 
-def model_from_record(record: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> L.LightningModule:
-    """The model of a checked record with its trained weights (strict), in eval mode."""
-    model_cfg = dict(record["model"])
-    _set_pretrained_false(model_cfg)  # never download weights on a checkpoint's word
+def model_from_record(record: dict[str, Any], state_dict: dict[str, torch.Tensor],
+                      source: str = "checkpoint") -> L.LightningModule:
+    """The model of a checked record with its trained weights (strict), in eval mode.
+
+    Raises ``UntrustedCheckpointError`` for non-finite weights, and when the model the record
+    describes has tensors the checkpoint does not hold in the same shapes (checked on the meta
+    device, before anything is allocated: a record cannot make this process allocate more than
+    the file holds)."""
+    import copy
+
+    model_cfg = copy.deepcopy(record["model"])
+    _set_pretrained_false(model_cfg)  # never download weights nor choose a folder on a checkpoint's word
+    for name, tensor in state_dict.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise UntrustedCheckpointError(f"{source}: state_dict entry {name!r} is not a tensor")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UntrustedCheckpointError(f"{source}: the weights {name!r} hold NaN or infinite values: the model "
+                                           "would answer NaN; retrain it (or use an earlier checkpoint)")
+    _check_sizes(model_cfg, record, state_dict, source)
     model = instantiate_model(model_cfg, record.get("loss"), record["class_names"], record.get("class_counts"))
     persist_metric_states(model)  # as training did: metric states are part of every checkpoint
     model.load_state_dict(state_dict, strict=True)
@@ -261,10 +318,42 @@ def model_from_record(record: dict[str, Any], state_dict: dict[str, torch.Tensor
     return model
 
 
+def _check_sizes(model_cfg: dict[str, Any], record: dict[str, Any], state_dict: dict[str, torch.Tensor],
+                 source: str) -> None:
+    """Build the model on the meta device (no memory) and compare every parameter's and
+    persistent buffer's shape with the checkpoint's."""
+    try:
+        with torch.device("meta"):
+            shell = instantiate_model(model_cfg, record.get("loss"), record["class_names"], record.get("class_counts"))
+    except Exception as error:  # noqa: BLE001 - whatever the constructor refuses, said as the record's fault
+        while error.__cause__ is not None:  # Hydra's InstantiationException wraps the constructor's error
+            error = error.__cause__
+        raise UntrustedCheckpointError(f"{source}: the model its record describes cannot be built: "
+                                       f"{type(error).__name__}: {str(error).splitlines()[0][:300]}") from None
+    persist_metric_states(shell)
+    expected = {name: tuple(tensor.shape) for name, tensor in shell.state_dict().items()}
+    held = {name: tuple(tensor.shape) for name, tensor in state_dict.items()}
+    if expected != held:
+        differing = sorted(set(expected) ^ set(held)) or sorted(k for k in expected if expected[k] != held[k])
+        name = differing[0]
+        raise UntrustedCheckpointError(
+            f"{source}: its record describes a model whose tensors differ from the weights it holds "
+            f"({len(differing)} differ, e.g. {name!r}: record {expected.get(name, 'absent')}, "
+            f"weights {held.get(name, 'absent')}): the file was altered or is damaged")
+
+
 def datamodule_from_record(record: dict[str, Any], paths: DictConfig, overrides: DictConfig | dict | None = None):
     """The DataModule the model was trained on, found through this machine's ``paths`` (and
-    ``overrides`` of its settings), loaded with its splits; no augmentation."""
-    config = OmegaConf.create({"paths": OmegaConf.to_container(paths, resolve=False), "data": record["data"]})
+    ``overrides`` of its settings: the user's command line), loaded with its splits; no
+    augmentation. Its ``machine_arguments`` (where it writes, whether it downloads) never come
+    from the record: the DataModule's defaults under ``paths.cache_dir`` (``overrides`` may set them)."""
+    from hydra.utils import get_class
+
+    data = dict(record["data"])
+    for key in getattr(get_class(data["_target_"]), "machine_arguments", ()):
+        data.pop(key, None)
+    data["cache_dir"] = "${paths.cache_dir}"
+    config = OmegaConf.create({"paths": OmegaConf.to_container(paths, resolve=False), "data": data})
     if overrides:
         config.data = OmegaConf.merge(config.data, overrides)
     datamodule = instantiate(config.data)

@@ -130,3 +130,23 @@ def test_freeze_block_name_and_unknown_name(tmp_path: Path) -> None:
     assert all(p.requires_grad for _, p in params[first:])
     with pytest.raises(ValueError, match="matches no backbone parameter"):
         model.backbone.freeze("features.99")
+
+
+@pytest.mark.parametrize("name", [pytest.param(m, marks=pytest.mark.slow) if m in SLOW else m for m in MODELS])
+def test_every_model_rebuilds_from_a_record_on_the_meta_device(name: str, tmp_path: Path) -> None:
+    """A checkpoint of any model config can be read back: the record's model builds on the meta
+    device (``audioml.run.checkpoint._check_sizes``, no memory) with exactly the shapes of the
+    real model's weights."""
+    from audioml.models.base import persist_metric_states
+    from audioml.run.checkpoint import _check_sizes, _set_pretrained_false
+
+    cfg = compose_model(name, tmp_path)
+    model = build_model(cfg, [f"c{i}" for i in range(NUM_CLASSES)], [4, 4, 4])
+    persist_metric_states(model)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    for key in ("optimizer", "scheduler", "pretrain_optimizer"):
+        model_cfg.pop(key, None)
+    _set_pretrained_false(model_cfg)
+    record = {"loss": OmegaConf.to_container(cfg.loss, resolve=True), "class_names": [f"c{i}" for i in range(NUM_CLASSES)],
+              "class_counts": [4, 4, 4]}
+    _check_sizes(model_cfg, record, model.state_dict(), name)

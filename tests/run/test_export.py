@@ -3,8 +3,8 @@
 and another length than the export saw; axes a model fixes are fixed in the file; a layer the
 format cannot express is named; a file that answers differently is not published. Models: the
 scratch CNN and EfficientAT mn04 (real AudioSet weights) trained for a few steps on synthetic
-data, the CRNN regressor on a generated MuSe package, and two small layers of this file
-(trusted as ``test_export``) that ONNX cannot express."""
+data, the CRNN regressor on a generated MuSe package, and two small layers of a user's own package
+(``helpers.user_models``, trusted as ``helpers``) that ONNX cannot express."""
 
 from __future__ import annotations
 
@@ -20,13 +20,10 @@ import soundfile as sf
 import torch
 from helpers.datasets import make_muse_package
 from helpers.runners import SHARED, run_entry_point
-from torch import nn
 
 from audioml.api import compose_config, train
 from audioml.data.decoder import ClipDecoder
 from audioml.data.synthetic import _render_clip
-from audioml.features import LogMel
-from audioml.models.backbones.cnn import ScratchCNN
 from audioml.run.checkpoint import model_from_record, read_record
 from audioml.run.export import CONTRACT_KEY, ExportError, ParityError, export_checkpoint
 
@@ -37,36 +34,6 @@ MN04 = SHARED / "weights" / "efficientat-mn04"
 QUICK = ["data=synthetic", "data.clips_per_class=8", "logger=none", "trainer.max_epochs=1",
          "trainer.enable_progress_bar=false", "data.num_workers=0", "evaluation.bootstrap_samples=0"]
 SMALL_CNN = ["model=cnn", "model.backbone.channels=[8,16]", "model.backbone.dense=16"]
-
-
-# ------------------------------------------------------------- layers ONNX cannot express
-class MedianTimePool(nn.Module):
-    """Median over time: ``aten.median`` has no ONNX translation."""
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return tokens.median(dim=1).values
-
-
-class MedianPoolCNN(ScratchCNN):
-    """The scratch CNN pooling its time tokens with ``MedianTimePool``."""
-
-    def __init__(self, **options) -> None:
-        super().__init__(**options)
-        self.time_pool = MedianTimePool()
-
-    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.time_pool(tokens)
-
-
-class SilenceGatedLogMel(LogMel):
-    """Log-mel that answers silence (zeros) for a quiet batch: a Python branch on tensor values,
-    which torch.export refuses and a trace freezes."""
-
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        spec = super().forward(waveform)
-        if waveform.abs().amax() < 0.05:
-            return torch.zeros_like(spec)
-        return spec
 
 
 # ------------------------------------------------------------------------------- fixtures
@@ -111,7 +78,7 @@ def recordings(tmp_path_factory) -> list[Path]:
 def _clips(checkpoint: Path, recordings: list[Path], count: int, seconds: float | None = None) -> np.ndarray:
     """``count`` clips of the recordings as the checkpoint's decoder makes them (``seconds``
     long instead of the training clip, when given)."""
-    record, _ = read_record(checkpoint, ["test_export"])
+    record, _ = read_record(checkpoint, ["helpers"])
     decoder = ClipDecoder.from_settings(record["decoder"])
     if seconds is not None:
         decoder = decoder.with_options(clip_seconds=seconds)
@@ -120,7 +87,7 @@ def _clips(checkpoint: Path, recordings: list[Path], count: int, seconds: float 
 
 def _reference(checkpoint: Path, inputs: np.ndarray) -> np.ndarray:
     """The checkpoint's own answers (softmax / values) for ``inputs``, in PyTorch."""
-    record, state = read_record(checkpoint, ["test_export"])
+    record, state = read_record(checkpoint, ["helpers"])
     model = model_from_record(record, state)
     with torch.no_grad():
         output = model(torch.from_numpy(inputs))
@@ -260,36 +227,36 @@ def test_a_regressor_exports_values_per_window(regression_checkpoint, tmp_path):
 # ------------------------------------------------------------------- what cannot be exported
 @pytest.fixture(scope="module")
 def median_checkpoint(tmp_path_factory) -> Path:
-    return _train(tmp_path_factory.mktemp("median"), *SMALL_CNN, "model.backbone._target_=test_export.MedianPoolCNN",
-                  "trusted_modules=[test_export]")
+    return _train(tmp_path_factory.mktemp("median"), *SMALL_CNN, "model.backbone._target_=helpers.user_models.MedianPoolCNN",
+                  "trusted_modules=[helpers]")
 
 
 @pytest.fixture(scope="module")
 def gated_checkpoint(tmp_path_factory) -> Path:
-    return _train(tmp_path_factory.mktemp("gated"), *SMALL_CNN, "features._target_=test_export.SilenceGatedLogMel",
-                  "trusted_modules=[test_export]")
+    return _train(tmp_path_factory.mktemp("gated"), *SMALL_CNN, "features._target_=helpers.user_models.SilenceGatedLogMel",
+                  "trusted_modules=[helpers]")
 
 
 def test_an_operator_onnx_lacks_names_its_layer_and_torchscript_exports_it(median_checkpoint, recordings,
                                                                            tmp_path):
     output = tmp_path / "median.onnx"
     with pytest.raises(ExportError) as refused:
-        export_checkpoint(median_checkpoint, "onnx", output, trusted_modules=["test_export"])
+        export_checkpoint(median_checkpoint, "onnx", output, trusted_modules=["helpers"])
     message = str(refused.value)
-    assert "layer model.backbone.time_pool (test_export.MedianTimePool)" in message
-    assert "aten.median" in message and "format=torchscript" in message and "test_export.py:" in message
+    assert "layer model.backbone.time_pool (helpers.user_models.MedianTimePool)" in message
+    assert "aten.median" in message and "format=torchscript" in message and "user_models.py:" in message
     assert not output.exists() and not list(tmp_path.iterdir())  # nothing left behind
     result = export_checkpoint(median_checkpoint, "torchscript", tmp_path / "median.pt",
-                               trusted_modules=["test_export"], parity_files=[str(p) for p in recordings])
+                               trusted_modules=["helpers"], parity_files=[str(p) for p in recordings])
     inputs = _clips(median_checkpoint, recordings, 3)
     assert result.max_abs_diff <= TOLERANCE
     assert np.abs(_run_file(result.path, inputs) - _reference(median_checkpoint, inputs)).max() <= TOLERANCE
 
 
 def test_a_branch_on_tensor_values_is_named_for_onnx_and_fails_the_torchscript_parity(gated_checkpoint, tmp_path):
-    with pytest.raises(ExportError, match=r"layer model\.frontend \(test_export\.SilenceGatedLogMel\) cannot be "
+    with pytest.raises(ExportError, match=r"layer model\.frontend \(helpers\.user_models\.SilenceGatedLogMel\) cannot be "
                                           r"exported: its Python code branches on tensor values"):
-        export_checkpoint(gated_checkpoint, "onnx", tmp_path / "gated.onnx", trusted_modules=["test_export"])
+        export_checkpoint(gated_checkpoint, "onnx", tmp_path / "gated.onnx", trusted_modules=["helpers"])
     # The trace follows the branch of its (loud) example; quiet recordings take the other one.
     quiet = []
     for index in range(3):
@@ -298,7 +265,7 @@ def test_a_branch_on_tensor_values_is_named_for_onnx_and_fails_the_torchscript_p
     output = tmp_path / "gated.pt"
     with pytest.raises(ParityError, match=r"differs from the PyTorch model by .* tolerance=0\.0001.*nothing was "
                                           r"written") as failed:
-        export_checkpoint(gated_checkpoint, "torchscript", output, trusted_modules=["test_export"],
+        export_checkpoint(gated_checkpoint, "torchscript", output, trusted_modules=["helpers"],
                           parity_files=[str(p) for p in quiet])
     assert "quiet" in str(failed.value) and not output.exists() and not Path(f"{output}.json").exists()
 

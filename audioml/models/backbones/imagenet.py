@@ -41,6 +41,12 @@ class ImageNetCNN(Backbone):
 
         if in_chans not in (1, 3):
             raise ValueError(f"in_chans={in_chans}: use 3 (repeated spectrogram) or 1 (adapted stem)")
+        # A timm architecture name only: timm resolves "hf-hub:<repo>" / "local-dir:<path>" names by
+        # fetching or reading their config, and the weights come from audioml's registry anyway.
+        if not isinstance(model_name, str) or model_name not in timm.list_models():
+            raise ValueError(f"model.backbone.model_name={model_name!r} is not a timm architecture name "
+                             "(e.g. vgg16, inception_v3; hub or folder names are not accepted: weights come from "
+                             "model.backbone.weights)")
         self.model = timm.create_model(model_name, pretrained=False, num_classes=0, in_chans=in_chans)
         if hasattr(self.model, "pre_logits"):  # VGG's fully connected layers: unused on feature maps
             self.model.pre_logits = nn.Identity()

@@ -8,7 +8,8 @@
 - ``exclusive_lock(path)``: an ``flock`` on ``path`` (created if needed) for the ``with`` block;
   on platforms without ``fcntl`` (Windows) it does not lock.
 - ``lock_is_held(path)``: whether a live process holds ``exclusive_lock(path)`` now.
-- ``fingerprint(value)``: sha256 of ``value`` as canonical JSON (sorted keys), hex-truncated.
+- ``fingerprint(value)``: sha256 of ``value`` as canonical JSON (sorted keys), hex-truncated;
+  ``file_digest(path)``: the hex digest (sha256 by default) of a file's bytes.
 - ``storable_path(path)`` / ``printable_path(path)``: whether a file name is valid UTF-8, and
   the name with escapes where it is not (for skipped-file lists and messages).
 """
@@ -28,7 +29,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 __all__ = ["atomic_path", "atomic_write_bytes", "fsync_directory", "exclusive_lock", "lock_is_held", "fingerprint",
-           "remove_temporaries", "storable_path", "printable_path"]
+           "file_digest", "remove_temporaries", "storable_path", "printable_path"]
 
 
 @contextmanager
@@ -135,6 +136,15 @@ def fingerprint(value: Any, length: int = 20) -> str:
     cannot encode are written with ``str``."""
     text = json.dumps(value, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes (read in 1 MiB blocks); ``algorithm`` any ``hashlib`` name."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as stream:
+        while block := stream.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def storable_path(path: str | Path) -> bool:

@@ -22,6 +22,8 @@ def test_wheel_holds_the_configs_and_runs_from_any_directory(tmp_path):
                      "audioml/conf/__init__.py", "audioml/conf/data/folder.yaml", "audioml/conf/data/csv.yaml",
                      "audioml/conf/model/cnn.yaml", "audioml/conf/hydra/default.yaml",
                      "audioml/conf/reproduce.yaml", "audioml/reproduce/cli.py",
+                     "audioml/data/manifests/donateacry-corpus.sha256", "audioml/data/manifests/ravdess.sha256",
+                     "audioml/data/manifests/emotify.sha256",
                      "hydra_plugins/audioml_searchpath/__init__.py", "hydra_plugins/audioml_launchers/__init__.py"):
         assert expected in names, expected
     assert sum(n.startswith("audioml/conf/") and n.endswith(".yaml") for n in names) == \

@@ -329,11 +329,14 @@ def test_a_full_disk_during_a_cache_build_is_a_clear_error_not_sigbus(tmp_path):
 
 
 def test_a_data_csv_cut_short_or_a_login_page_is_not_installed(tmp_path):  # D10/D11
-    from helpers.servers import FileServer, emotify_csv, zip_bytes
+    from helpers.servers import FileServer, emotify_csv, manifest_file, zip_bytes
 
     from audioml.data import download
 
-    music = zip_bytes({f"{genre}/1.mp3": b"mp3" for genre in ("classical", "rock", "electronic", "pop")})
+    music_entries = {f"{genre}/1.mp3": b"mp3" for genre in ("classical", "rock", "electronic", "pop")}
+    music = zip_bytes(music_entries)
+    manifest = manifest_file(tmp_path / "emotify.sha256", {"data.csv": emotify_csv(), **{
+        f"emotifymusic/{name}": data for name, data in music_entries.items()}})
     cut = emotify_csv().splitlines(keepends=True)
     served = {"music.zip": music, "full.csv": emotify_csv(), "login.html": b"<html><body>Please log in</body></html>",
               "cut.csv": b"".join(cut[: len(cut) // 2])}  # cut at a line boundary: still a valid table
@@ -341,29 +344,31 @@ def test_a_data_csv_cut_short_or_a_login_page_is_not_installed(tmp_path):  # D10
         for name, reason in (("cut.csv", "holds 200 of the 400 tracks"), ("login.html", "missing columns")):
             urls = {"emotifymusic.zip": f"{server.url}/music.zip", "data.csv": f"{server.url}/{name}"}
             with pytest.raises(download.DownloadError, match=reason):
-                download.download_dataset("emotify", data_dir=tmp_path, urls=urls, progress=False)
+                download.download_dataset("emotify", data_dir=tmp_path, urls=urls, progress=False, manifest=manifest)
             assert not (tmp_path / "emotify").exists() and not (tmp_path / ".downloads" / "data.csv").exists()
         urls["data.csv"] = f"{server.url}/full.csv"  # the rerun needs no --force: nothing was installed
-        target = download.download_dataset("emotify", data_dir=tmp_path, urls=urls, progress=False)
+        target = download.download_dataset("emotify", data_dir=tmp_path, urls=urls, progress=False, manifest=manifest)
     assert (target / "data.csv").read_bytes() == emotify_csv()
 
 
 def test_a_stale_larger_part_from_another_archive_is_discarded_not_installed(tmp_path, caplog):  # D12
-    from helpers.servers import FileServer, wav_bytes, zip_bytes
+    from helpers.servers import FileServer, manifest_file, wav_bytes, zip_bytes
 
     from audioml.data import download
 
-    good = zip_bytes({"root/donateacry_corpus_cleaned_and_updated_data/hungry/a.wav": wav_bytes(),
-                       "root/donateacry-android-upload-bucket/b.3gp": b"3gp",
-                       "root/donateacry-ios-upload-bucket/c.caf": b"caf"})
+    entries = {"root/donateacry_corpus_cleaned_and_updated_data/hungry/a.wav": wav_bytes(),
+               "root/donateacry-android-upload-bucket/b.3gp": b"3gp", "root/donateacry-ios-upload-bucket/c.caf": b"caf"}
+    good = zip_bytes(entries)
+    name = download.SOURCES["donateacry"].files[0].filename
     other = zip_bytes({"root/donateacry_corpus_cleaned_and_updated_data/hungry/evil.txt": b"x" * len(good),
                         "root/donateacry-android-upload-bucket/x": b"", "root/donateacry-ios-upload-bucket/y": b""})
     assert len(other) > len(good)
     (tmp_path / ".downloads").mkdir()
-    (tmp_path / ".downloads" / "donateacry-corpus-master.zip.part").write_bytes(other)
+    (tmp_path / ".downloads" / f"{name}.part").write_bytes(other)
     with FileServer({"good.zip": good}) as server:  # answers 416 to a range past its end
         target = download.download_dataset("donateacry", data_dir=tmp_path, progress=False,
-                                           urls={"donateacry-corpus-master.zip": f"{server.url}/good.zip"})
+                                           urls={name: f"{server.url}/good.zip"},
+                                           manifest=manifest_file(tmp_path / "m.sha256", entries, "root/"))
     installed = sorted(p.name for p in (target / "donateacry_corpus_cleaned_and_updated_data" / "hungry").iterdir())
     assert installed == ["a.wav"] and "not from this file; discarded" in caplog.text
 

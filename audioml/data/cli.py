@@ -2,7 +2,8 @@
 
     audioml-data list
     audioml-data download {donateacry,ravdess,emotify} [--data-dir D] [--dest PATH] [--force]
-                          [--url FILE=URL ...]
+                          [--url FILE=URL ...] [--manifest FILE]
+    audioml-data verify {donateacry,ravdess,emotify} [--data-dir D | --root PATH] [--present-only]
     audioml-data prepare-donateacry [--root R] [--output O] [--min-seconds S]
     audioml-data info <data config> [Hydra overrides, e.g. data.task=gender]
 
@@ -74,9 +75,24 @@ def _download(args: argparse.Namespace) -> int:
         print(MUSE_INSTRUCTIONS, file=sys.stderr)
         return 2
     path = download_dataset(args.name, data_dir=args.data_dir, destination=args.dest, force=args.force,
-                            urls=_parse_urls(args.url), progress=not args.no_progress)
+                            urls=_parse_urls(args.url), progress=not args.no_progress, manifest=args.manifest)
     print(path)
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    """Check a dataset folder (obtained by hand, or downloaded long ago) against its manifest:
+    exit 0 when it matches, 1 naming what differs."""
+    from audioml.data.manifests import read_manifest, shipped_manifest, verify_tree
+
+    source = SOURCES[args.name]
+    root = Path(args.root) if args.root else Path(args.data_dir or default_data_dir()) / source.folder
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder: give the dataset's folder with --root, or --data-dir")
+    manifest = Path(args.manifest) if args.manifest else shipped_manifest(source.folder)
+    report = verify_tree(root, read_manifest(manifest), present_only=args.present_only)
+    print(f"{args.name} at {report.root} against {manifest.name}: {report.summary()}")
+    return 0 if report.ok else 1
 
 
 def _prepare_donateacry(args: argparse.Namespace) -> int:
@@ -145,8 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--force", action="store_true", help="replace an existing dataset folder")
     download.add_argument("--url", action="append", default=[], metavar="FILE=URL",
                           help="get one file of the source from another URL (mirror, moved page)")
+    download.add_argument("--manifest", help="check the content against this sha256 manifest instead of the one "
+                          "audioml ships (a newer release of the dataset)")
     download.add_argument("--no-progress", action="store_true")
     download.set_defaults(run=_download)
+
+    verify = commands.add_parser("verify", help="check a dataset folder file by file against its sha256 manifest")
+    verify.add_argument("name", choices=list(SOURCES))
+    verify.add_argument("--data-dir", help="data folder (default: $AUDIOML_DATA_DIR or ./data)")
+    verify.add_argument("--root", help="the dataset's own folder (overrides --data-dir)")
+    verify.add_argument("--present-only", action="store_true",
+                        help="a partial copy: check the files present, count the missing ones without refusing")
+    verify.add_argument("--manifest", help="another sha256 manifest than the one audioml ships")
+    verify.set_defaults(run=_verify)
 
     prepare = commands.add_parser("prepare-donateacry",
                                   help="convert and clean the raw 3gp/caf uploads into WAV folders + report.csv")

@@ -7,13 +7,14 @@ name. ``install`` checks each file's content where the source says how (``Remote
 a page or a file cut short is not installed), refuses an archive that would expand beyond
 ``MAX_EXPANSION`` times its size or beyond the free disk space, extracts into a private staging
 folder beside the destination and publishes it with one rename, so an interrupted install
-leaves no half-filled dataset folder.
+leaves no half-filled dataset folder. Before that rename the unpacked tree is checked against the
+dataset's content manifest (``audioml.data.manifests``: the sha256 of every file the publisher's
+download holds): a missing, extra or altered file is named and nothing is installed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import http.client
 import importlib
 import logging
@@ -28,6 +29,8 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from audioml.files import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +93,8 @@ class DatasetSource:
     """A downloadable dataset: its files and how to check the installed layout.
 
     ``folder`` is the dataset folder name under the data directory; ``expect`` lists relative
-    paths that must exist after installing.
+    paths that must exist after installing; ``manifest``: the content manifest the unpacked tree
+    must match (``None``: the one audioml ships for ``folder``).
     """
 
     name: str
@@ -99,13 +103,18 @@ class DatasetSource:
     expect: tuple[str, ...]
     homepage: str
     license: str
+    manifest: Path | None = None
 
+
+#: The donateacry-corpus commit whose three data folders ``donateacry-corpus.sha256`` lists.
+DONATEACRY_COMMIT = "6baf5aca0460964ad072653585837f968a87c2af"
 
 SOURCES: dict[str, DatasetSource] = {
     "donateacry": DatasetSource(
         name="donateacry", folder="donateacry-corpus",
-        files=(RemoteFile("https://github.com/gveres/donateacry-corpus/archive/refs/heads/master.zip",
-                          "donateacry-corpus-master.zip", None, unpack=True,
+        # pinned to the commit its manifest was computed from: a branch archive's bytes can change
+        files=(RemoteFile(f"https://github.com/gveres/donateacry-corpus/archive/{DONATEACRY_COMMIT}.zip",
+                          f"donateacry-corpus-{DONATEACRY_COMMIT[:12]}.zip", None, unpack=True,
                           anchor="donateacry_corpus_cleaned_and_updated_data"),),
         expect=("donateacry_corpus_cleaned_and_updated_data", "donateacry-android-upload-bucket",
                 "donateacry-ios-upload-bucket"),
@@ -162,13 +171,10 @@ def _verify(path: Path, checksum: str | None) -> None:
     algorithm, _, expected = checksum.partition(":")
     if algorithm not in ("sha256", "md5") or not expected:
         raise ValueError(f"checksum {checksum!r}: use 'sha256:<hex>' or 'md5:<hex>'")
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest().lower() != expected.lower():
+    actual = file_digest(path, algorithm)
+    if actual.lower() != expected.lower():
         path.unlink(missing_ok=True)
-        raise ChecksumError(f"{path.name}: {algorithm} {digest.hexdigest()} does not match the published "
+        raise ChecksumError(f"{path.name}: {algorithm} {actual} does not match the published "
                             f"{expected}; the file was deleted. Rerun to download it again; if it fails "
                             f"again the publisher's file changed or the transfer is being altered.")
 
@@ -328,6 +334,19 @@ def _check_expansion(archive: zipfile.ZipFile, path: Path, staging: Path) -> Non
                             retryable=False)
 
 
+def _check_manifest(source: DatasetSource, staging: Path) -> None:
+    """Refuse an unpacked tree that is not, file for file, the one the manifest lists."""
+    from audioml.data.manifests import read_manifest, shipped_manifest, verify_tree
+
+    manifest = source.manifest or shipped_manifest(source.folder)
+    report = verify_tree(staging, read_manifest(manifest))
+    if not report.ok:
+        raise DownloadError(f"{source.name}: the download is not the published dataset ({report.summary()}), "
+                            f"checked against {manifest}; nothing installed. A mirror or a cut transfer gave other "
+                            "files: rerun, or use the publisher's URL", retryable=False)
+    log.info("%s: all %d files match the manifest %s", source.name, report.checked, Path(manifest).name)
+
+
 def install(source: DatasetSource, destination: str | Path, downloads: str | Path | None = None,
             force: bool = False, keep_archives: bool = False, progress: bool = True) -> Path:
     """Download every file of ``source`` and publish the dataset folder at ``destination``.
@@ -370,6 +389,7 @@ def install(source: DatasetSource, destination: str | Path, downloads: str | Pat
         if missing:
             raise DownloadError(f"{source.name}: the downloaded files lack {missing}; the publisher's "
                                 f"layout changed, see {source.homepage}")
+        _check_manifest(source, staging)
         publish_directory(staging, destination)
     finally:
         if staging.exists():
@@ -382,11 +402,13 @@ def install(source: DatasetSource, destination: str | Path, downloads: str | Pat
 
 
 def download_dataset(name: str, data_dir: str | Path | None = None, destination: str | Path | None = None,
-                     force: bool = False, urls: dict[str, str] | None = None, progress: bool = True) -> Path:
+                     force: bool = False, urls: dict[str, str] | None = None, progress: bool = True,
+                     manifest: str | Path | None = None) -> Path:
     """Install dataset ``name`` (a key of ``SOURCES``) into ``destination`` (default
     ``<data_dir>/<folder>``; ``data_dir`` defaults to ``default_data_dir()``).
 
-    ``urls`` maps a file name of the source to another URL (a mirror, or a moved publisher page).
+    ``urls`` maps a file name of the source to another URL (a mirror, or a moved publisher page);
+    ``manifest`` checks the content against another manifest than the shipped one (a newer release).
     Raises ``ValueError`` for ``muse`` (licensed; see ``MUSE_INSTRUCTIONS``) or unknown names.
     """
     if name == "muse":
@@ -399,7 +421,9 @@ def download_dataset(name: str, data_dir: str | Path | None = None, destination:
         if unknown:
             raise ValueError(f"{name}: no file named {unknown}; files are {[f.filename for f in source.files]}")
         files = tuple(dataclasses.replace(f, url=urls.get(f.filename, f.url)) for f in source.files)
-        source = DatasetSource(source.name, source.folder, files, source.expect, source.homepage, source.license)
+        source = dataclasses.replace(source, files=files)
+    if manifest is not None:
+        source = dataclasses.replace(source, manifest=Path(manifest))
     if destination is None:
         destination = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
         destination = destination / source.folder

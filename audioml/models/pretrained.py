@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from audioml.files import atomic_path
+from audioml.files import atomic_path, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -178,12 +178,8 @@ def weights_folder(weights_dir: str | Path | None) -> Path:
 
 
 def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file (read in 1 MiB chunks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """Hex sha256 of a file (``audioml.files.file_digest``)."""
+    return file_digest(path)
 
 
 #: sha256 of weights files checked in this process, by (path, inode, size, mtime): a sweep builds

@@ -6,7 +6,6 @@ earlier."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -16,6 +15,7 @@ import pandas as pd
 import torch
 
 from audioml import figures, reports
+from audioml.files import file_digest
 from audioml.run.protocols import EvaluationProtocol, KFoldResult, RunResult
 from audioml.stats import per_class_table
 
@@ -33,12 +33,8 @@ TESTED_CHECKPOINT_FILE = "tested_checkpoint.json"
 
 
 def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while block := stream.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+    """Hex sha256 of a file's bytes (``audioml.files.file_digest``)."""
+    return file_digest(path)
 
 
 def write_tested_checkpoint(run_dir: Path, checkpoint: Path) -> Path:

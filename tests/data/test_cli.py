@@ -7,27 +7,36 @@ import sys
 
 import pandas as pd
 from helpers.datasets import make_raw_corpus
-from helpers.servers import FileServer, wav_bytes, zip_bytes
+from helpers.servers import FileServer, manifest_file, wav_bytes, zip_bytes
 
 from audioml.data.cli import main
+from audioml.data.download import SOURCES
 
 
 def test_list_and_muse_message(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "zenodo.org/records/1188976/files/Audio_Speech_Actors_01-24.zip" in out
-    assert "github.com/gveres/donateacry-corpus/archive/refs/heads/master.zip" in out
+    assert "github.com/gveres/donateacry-corpus/archive/6baf5aca0460964ad072653585837f968a87c2af.zip" in out
     assert main(["download", "muse"]) == 2
     assert "End User License Agreement" in capsys.readouterr().err
 
 
 def test_download_with_url_override(tmp_path, capsys):
-    archive = zip_bytes({"donateacry-corpus-master/donateacry_corpus_cleaned_and_updated_data/hungry/x.wav": wav_bytes(),
-                          "donateacry-corpus-master/donateacry-android-upload-bucket/a.3gp": b"a",
-                          "donateacry-corpus-master/donateacry-ios-upload-bucket/b.caf": b"b"})
+    entries = {"donateacry-corpus-master/donateacry_corpus_cleaned_and_updated_data/hungry/x.wav": wav_bytes(),
+               "donateacry-corpus-master/donateacry-android-upload-bucket/a.3gp": b"a",
+               "donateacry-corpus-master/donateacry-ios-upload-bucket/b.caf": b"b"}
+    archive = zip_bytes(entries)
+    name = SOURCES["donateacry"].files[0].filename
     with FileServer({"master.zip": archive}) as server:
+        # against the shipped manifest these three files are not the corpus: refused, nothing installed
+        assert main(["download", "donateacry", "--data-dir", str(tmp_path), "--no-progress",
+                     "--url", f"{name}={server.url}/master.zip"]) == 1
+        assert "not the published dataset" in capsys.readouterr().err
+        assert not (tmp_path / "donateacry-corpus").exists()
         status = main(["download", "donateacry", "--data-dir", str(tmp_path), "--no-progress",
-                       "--url", f"donateacry-corpus-master.zip={server.url}/master.zip"])
+                       "--url", f"{name}={server.url}/master.zip",
+                       "--manifest", manifest_file(tmp_path / "mine.sha256", entries, "donateacry-corpus-master/")])
     assert status == 0
     assert (tmp_path / "donateacry-corpus/donateacry_corpus_cleaned_and_updated_data/hungry/x.wav").is_file()
     assert capsys.readouterr().out.strip().endswith("donateacry-corpus")

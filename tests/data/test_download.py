@@ -4,10 +4,11 @@ response optionally cut short): success, resume, checksum mismatch, atomic insta
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.servers import FileServer, emotify_csv, wav_bytes, zip_bytes
+from helpers.servers import FileServer, emotify_csv, manifest_file, wav_bytes, zip_bytes
 
 from audioml.data import download
 from audioml.data.download import (
@@ -97,23 +98,31 @@ def test_missing_url_is_not_retried(tmp_path):
 def test_install_layouts_from_archives(tmp_path):
     """A GitHub-style archive (one wrapping folder) and a flat archive plus a plain file."""
     wav = wav_bytes()
-    github = zip_bytes({"donateacry-corpus-master/README.md": b"corpus",
-                         "donateacry-corpus-master/donateacry_corpus_cleaned_and_updated_data/hungry/a.wav": wav,
-                         "donateacry-corpus-master/donateacry-android-upload-bucket/b.3gp": b"3gp",
-                         "donateacry-corpus-master/donateacry-ios-upload-bucket/c.caf": b"caf"})
-    music = zip_bytes({f"{genre}/1.mp3": b"mp3" for genre in ("classical", "rock", "electronic", "pop")})
+    corpus_entries = {"donateacry-corpus-master/README.md": b"corpus",
+                      "donateacry-corpus-master/donateacry_corpus_cleaned_and_updated_data/hungry/a.wav": wav,
+                      "donateacry-corpus-master/donateacry-android-upload-bucket/b.3gp": b"3gp",
+                      "donateacry-corpus-master/donateacry-ios-upload-bucket/c.caf": b"caf"}
+    github = zip_bytes(corpus_entries)
+    music_entries = {f"{genre}/1.mp3": b"mp3" for genre in ("classical", "rock", "electronic", "pop")}
+    music = zip_bytes(music_entries)
     csv = emotify_csv()  # all 400 tracks: a shorter table is refused as incomplete
+    corpus_manifest = manifest_file(tmp_path / "corpus.sha256",
+                                    {k: v for k, v in corpus_entries.items() if not k.endswith("README.md")},
+                                    "donateacry-corpus-master/")
+    emotify_manifest = manifest_file(tmp_path / "emotify.sha256", {"data.csv": csv, **{
+        f"emotifymusic/{name}": data for name, data in music_entries.items()}})
     with FileServer({"master.zip": github, "emotifymusic.zip": music, "data.csv": csv}) as server:
         corpus = DatasetSource("donateacry", "donateacry-corpus",
                                (RemoteFile(f"{server.url}/master.zip", "master.zip", _sha256(github), True,
                                            "donateacry_corpus_cleaned_and_updated_data"),),
-                               download.SOURCES["donateacry"].expect, "-", "-")
+                               download.SOURCES["donateacry"].expect, "-", "-", Path(corpus_manifest))
         installed = install(corpus, tmp_path / "donateacry-corpus", progress=False)
         assert (installed / "donateacry_corpus_cleaned_and_updated_data/hungry/a.wav").read_bytes() == wav
-        assert (installed / "README.md").is_file()
+        assert (installed / "README.md").is_file()  # outside the manifest's folders: kept, not checked
         emotify = download.SOURCES["emotify"]
         urls = {"emotifymusic.zip": f"{server.url}/emotifymusic.zip", "data.csv": f"{server.url}/data.csv"}
-        target = download_dataset("emotify", data_dir=tmp_path, urls=urls, progress=False)
+        target = download_dataset("emotify", data_dir=tmp_path, urls=urls, progress=False,
+                                  manifest=emotify_manifest)
     assert target == (tmp_path / emotify.folder).resolve()
     assert (target / "data.csv").read_bytes() == csv
     assert sorted(p.name for p in (target / "emotifymusic").iterdir()) == ["classical", "electronic", "pop", "rock"]
@@ -149,7 +158,7 @@ def test_datamodule_downloads_in_prepare_data(tmp_path, monkeypatch):
         monkeypatch.setitem(download.SOURCES, "ravdess", DatasetSource(
             real.name, real.folder, (RemoteFile(f"{server.url}/Audio_Speech_Actors_01-24.zip",
                                                 real.files[0].filename, _sha256(archive), True, "Actor_01"),),
-            real.expect, real.homepage, real.license))
+            real.expect, real.homepage, real.license, Path(manifest_file(tmp_path / "ravdess.sha256", entries))))
         module = RavdessDataModule(tmp_path / "ravdess", download=True, sample_rate=16000, clip_seconds=0.5,
                                    val_fraction=0.25, test_fraction=0.25)
         module.prepare_data()

@@ -96,3 +96,14 @@ def emotify_csv(tracks=range(1, 401)) -> bytes:
     rows = [f"{track},{genres[(track - 1) // 100]},{ticks[(track + listener) % 9]},3,1,0,30,1,English\n"
             for track in tracks for listener in range(2)]
     return (header + "".join(rows)).encode()
+
+
+def manifest_file(path, entries: dict[str, bytes], prefix: str = "") -> str:
+    """Write the sha256 manifest of archive ``entries`` (names with ``prefix``, the archive's
+    wrapping folder, removed) to ``path``; returns ``str(path)``."""
+    import hashlib
+
+    lines = sorted(f"{hashlib.sha256(data).hexdigest()}  {name[len(prefix):]}" for name, data in entries.items()
+                   if name.startswith(prefix))
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from audioml.data.audio import AudioDecodeError
+from audioml.data.audio import AUDIO_EXTENSIONS, AudioDecodeError
 from audioml.data.cache import WaveformCache, fingerprint_files, reopen, reopenable
 from audioml.data.decoder import ClipDecoder
 from audioml.data.resumable import EpochRandomSampler, EpochWeightedRandomSampler, ResumableDataLoader
@@ -215,6 +215,28 @@ class AudioDataModule(L.LightningDataModule, ABC):
             log.warning("%s: left out %d %ss whose names are not valid UTF-8 (rename them; listed in "
                         "skipped_files.csv): %s", type(self).__name__, len(left_out), kind, ", ".join(left_out[:5]))
         return kept
+
+    def audio_files(self, folder: Path, recursive: bool = False) -> tuple[list[Path], list[Path]]:
+        """``(audio files, other files)`` in ``folder`` (sorted; ``recursive``: below it too), by
+        extension in any letter case (``AUDIO_EXTENSIONS``). Hidden entries are left out; names
+        that are not UTF-8 are listed in ``skipped`` (``storable_paths``); so is a folder named like
+        an audio file (``x.wav/``, ``a folder, not a file``): never dropped without a word."""
+        entries = sorted(folder.rglob("*") if recursive else folder.iterdir())
+        audio, other, folders = [], [], []
+        for path in self.storable_paths(p for p in entries if not p.name.startswith(".")):
+            is_audio_name = path.suffix.lower() in AUDIO_EXTENSIONS
+            if path.is_dir() and not path.is_symlink():
+                if is_audio_name:
+                    folders.append(path)
+                continue
+            (audio if is_audio_name else other).append(path)
+        if folders:
+            log.warning("%s: %d folders named like audio files are not clips, listed in skipped_files.csv: %s",
+                        type(self).__name__, len(folders), ", ".join(printable_path(p) for p in folders[:5]))
+            self.missing = pd.concat([self.missing, pd.DataFrame({"path": [printable_path(p) for p in folders],
+                                                                  "reason": "a folder, not a file"})],
+                                     ignore_index=True).drop_duplicates("path")
+        return audio, other
 
     def check_root(self) -> None:
         """Raise ``FileNotFoundError`` naming the expected path when the data is not there."""

@@ -13,6 +13,7 @@ Layouts::
 from __future__ import annotations
 
 import logging
+import os
 import re
 from abc import abstractmethod
 from collections.abc import Sequence
@@ -123,17 +124,6 @@ class _SingleWindowDataset(WaveformDataset):
         return waveform.unsqueeze(0), target.reshape(1, -1)
 
 
-def _audio_files(folder: Path) -> tuple[list[Path], list[Path]]:
-    """``(audio files, other files)`` under ``folder`` (recursively, sorted, hidden files left
-    out); audio = ``AUDIO_EXTENSIONS`` in any letter case."""
-    audio, other = [], []
-    for path in sorted(folder.rglob("*")):
-        if path.name.startswith(".") or path.is_dir():
-            continue
-        (audio if path.suffix.lower() in AUDIO_EXTENSIONS else other).append(path)
-    return audio, other
-
-
 class FolderDataModule(_TableDataModule):
     """``<root>/<class>/**/<audio file>``: the class is the top-level sub-folder.
 
@@ -167,15 +157,23 @@ class FolderDataModule(_TableDataModule):
         return dirs
 
     def _labels_found(self) -> list[str]:
-        return [d.name for d in self._class_dirs() if _audio_files(d)[0]]
+        found, empty = [], []
+        for folder in self._class_dirs():
+            (found if self.audio_files(folder, recursive=True)[0] else empty).append(folder.name)
+        if empty:
+            log.warning("data=folder: class folders without any audio file are not classes: %s (put audio in them, "
+                        "or remove them)", ", ".join(printable_path(name) for name in empty))
+        return found
 
     def build_manifest(self) -> pd.DataFrame:
         rows, ignored = [], []
         wanted = set(self.class_names)
         for class_dir in self._class_dirs():
-            audio, other = _audio_files(class_dir)
-            audio = self.storable_paths(audio)
+            audio, other = self.audio_files(class_dir, recursive=True)
             ignored += other
+            if class_dir.name in wanted and not audio:
+                raise FileNotFoundError(f"data=folder: data.classes names {class_dir.name!r}, but {class_dir} holds "
+                                        "no audio file: add its clips, or leave it out of data.classes")
             if class_dir.name not in wanted:
                 ignored += audio
                 continue
@@ -263,6 +261,7 @@ class CsvDataModule(_TableDataModule):
                         ", ".join(missing[:3]))
             self.missing = pd.DataFrame({"path": missing, "reason": "file not found"})
             table = table[~table["path"].isin(missing)].reset_index(drop=True)
+        table = self._without_repeated_files(table)
         if self.task == "regression":
             targets = pd.to_numeric(table["target"], errors="coerce")
             if targets.isna().any():
@@ -275,6 +274,30 @@ class CsvDataModule(_TableDataModule):
             table["group"] = table["path"]
         table["group"] = table["group"].astype(str)
         return table
+
+    def _without_repeated_files(self, table: pd.DataFrame) -> pd.DataFrame:
+        """Rows naming the same file (the same real path, links followed; the same segment where
+        the table has ``offset``/``duration``) are one clip: exact repeats are merged with a
+        warning; repeats that disagree on label/target, group or split are refused, because
+        copies of one recording on both sides of a split inflate the test scores."""
+        key_columns = ["_file", *[c for c in ("offset", "duration") if c in table.columns]]
+        table = table.assign(_file=[os.path.realpath(p) for p in table["path"]], _line=np.arange(len(table)) + 2)
+        repeated = table[table.duplicated(key_columns, keep=False)]
+        if repeated.empty:
+            return table.drop(columns=["_file", "_line"])
+        facts = [c for c in ("label", "target", "group", "split") if c in table.columns]
+        conflicting = [rows for _, rows in repeated.groupby(key_columns, sort=False)
+                       if len(rows[facts].astype(str).drop_duplicates()) > 1]
+        if conflicting:
+            rows = conflicting[0]
+            raise ValueError(f"data=csv: {self.csv} lists {len(conflicting)} files more than once with different "
+                             f"{'/'.join(facts)}, e.g. {rows['path'].iloc[0]} on lines {rows['_line'].tolist()}: "
+                             "one recording in two rows can land in two splits (its copy in test inflates the "
+                             "scores); keep one row per file")
+        log.warning("data=csv: %d rows of %s repeat an earlier row for the same file (e.g. line %d); merged into "
+                    "one row each", int(table.duplicated(key_columns).sum()), self.csv,
+                    int(repeated["_line"].iloc[1]))
+        return table.drop_duplicates(key_columns).drop(columns=["_file", "_line"]).reset_index(drop=True)
 
     def _target_array(self, manifest: pd.DataFrame) -> np.ndarray:
         if self.task == "regression":

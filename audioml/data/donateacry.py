@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from audioml.data.audio import AUDIO_EXTENSIONS, is_audio_file
+from audioml.data.audio import AUDIO_EXTENSIONS
 from audioml.data.base import AudioDataModule
 
 log = logging.getLogger(__name__)
@@ -154,10 +154,9 @@ class DonateacryDataModule(AudioDataModule):
             if class_dir.name not in CLEANED_CLASSES:
                 raise ValueError(f"donateacry: unexpected class folder {class_dir} "
                                  f"(expected {list(CLEANED_CLASSES)})")
-            files = self.storable_paths(sorted(p for p in class_dir.iterdir()
-                                               if not p.name.startswith(".") and not p.is_dir()))
-            ignored += [p for p in files if not is_audio_file(p)]
-            for path in (p for p in files if is_audio_file(p)):
+            audio, other = self.audio_files(class_dir)
+            ignored += other
+            for path in audio:
                 fields = parse_cry_filename(path.name)
                 reason = class_dir.name
                 target = (CLEANED_CLASSES.index(reason) if self.labels == "multiclass"

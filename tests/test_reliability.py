@@ -137,12 +137,13 @@ def test_a_killed_runs_partial_checkpoint_writes_are_removed_on_the_next_start(t
 
 def test_a_data_dir_that_is_a_file_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):  # K19
     from audioml.data.cli import main
+    from audioml.data.download import SOURCES
 
     not_a_folder = tmp_path / "data"
     not_a_folder.write_text("a file")
     monkeypatch.setenv("AUDIOML_DATA_DIR", str(not_a_folder))
     status = main(["download", "donateacry", "--no-progress",
-                   "--url", "donateacry-corpus-master.zip=http://127.0.0.1:9/never-fetched.zip"])
+                   "--url", f"{SOURCES['donateacry'].files[0].filename}=http://127.0.0.1:9/never-fetched.zip"])
     error = capsys.readouterr().err
     assert status == 2 and len(error.strip().splitlines()) == 1
     assert str(not_a_folder) in error and "is a file, not a folder" in error and "Traceback" not in error

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -35,7 +36,7 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SUMMARY_METRICS", "confusion_matrices", "metrics_from_confusion", "per_class_table",
+__all__ = ["SUMMARY_METRICS", "confusion_matrices", "metrics_from_confusion", "metric_name_parts", "per_class_table",
            "group_bootstrap_confusions", "group_strata", "permutation_test", "collapse_probabilities",
            "aggregate_folds", "mean_interval", "Scores", "HonestScoring", "regression_point", "regression_scores"]
 
@@ -79,20 +80,36 @@ def metrics_from_confusion(matrix: np.ndarray, class_names: Sequence[str]) -> di
     out = {"acc": ratio(tp.sum(axis=-1), total),
            "balanced_acc": ratio((recall * present).sum(axis=-1), n_present),
            "macro_f1": ratio((f1 * present).sum(axis=-1), n_present)}
-    for index, name in enumerate(class_names):
+    for index, name in enumerate(metric_name_parts(class_names)):
         out[f"precision_{name}"] = precision[..., index]
         out[f"recall_{name}"] = recall[..., index]
         out[f"f1_{name}"] = f1[..., index]
     return out
 
 
+def metric_name_parts(names: Sequence[str]) -> list[str]:
+    """Class or target names as parts of metric names every store accepts (``recall_<part>``):
+    characters other than letters, digits, ``_``, ``-`` and ``.`` become ``_`` (a label with ``//``
+    or ``..`` is not a valid MLflow metric name), and parts that would coincide get ``_2``, ``_3``."""
+    parts: list[str] = []
+    for name in names:
+        part = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("._") or "class"
+        part = re.sub(r"\.{2,}", ".", part)
+        unique, number = part, 2
+        while unique in parts:
+            unique, number = f"{part}_{number}", number + 1
+        parts.append(unique)
+    return parts
+
+
 def per_class_table(matrix: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
     """Precision, recall, F1 and support per class of one confusion matrix (rows true)."""
     values = metrics_from_confusion(matrix, class_names)
+    parts = metric_name_parts(class_names)
     return pd.DataFrame({"class": list(class_names),
-                         "precision": [float(values[f"precision_{c}"]) for c in class_names],
-                         "recall": [float(values[f"recall_{c}"]) for c in class_names],
-                         "f1": [float(values[f"f1_{c}"]) for c in class_names],
+                         "precision": [float(values[f"precision_{c}"]) for c in parts],
+                         "recall": [float(values[f"recall_{c}"]) for c in parts],
+                         "f1": [float(values[f"f1_{c}"]) for c in parts],
                          "support": np.asarray(matrix).sum(axis=1).astype(int)})
 
 

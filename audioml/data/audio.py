@@ -98,6 +98,11 @@ def fix_length(audio: np.ndarray, num_samples: int, mode: str = "start") -> np.n
     return np.pad(audio, widths)
 
 
+#: Float files may exceed full scale (1.0) a little; a sample beyond this is not audio but a corrupt
+#: or mis-scaled file, whose clips would turn the loss into NaN.
+MAX_AMPLITUDE = 1000.0
+
+
 def _why_not_a_file(path: Path) -> str:
     """Why ``path`` cannot be opened as a file, in the words of ``skipped_files.csv``."""
     import errno
@@ -146,6 +151,10 @@ def load_audio(path: str | Path, sample_rate: int | None = None, mono: bool = Tr
         raise AudioDecodeError(f"{path}: no samples")
     if not np.isfinite(audio).all():
         raise AudioDecodeError(f"{path}: contains NaN or infinite samples")
+    peak = float(np.abs(audio).max())
+    if peak > MAX_AMPLITUDE:
+        raise AudioDecodeError(f"{path}: samples reach {peak:.3g}, {MAX_AMPLITUDE:g} times full scale (1.0): a corrupt "
+                               "or mis-scaled float file (rescale it to [-1, 1])")
     if mono:
         audio = to_mono(audio)
     if sample_rate is not None:

@@ -58,6 +58,13 @@ _system_monitors: dict[str, Any] = {}
 _METRIC_KEY = re.compile(r"[^a-zA-Z0-9_/. -]+")  # what MLflowLogger strips from metric names
 
 
+def metric_key(name: str) -> str:
+    """``name`` as a metric key MLflow accepts: characters it refuses stripped (as Lightning's
+    MLFlowLogger does), repeated slashes and ``..`` segments removed (MLflow treats keys as paths)."""
+    key = re.sub(r"/{2,}", "/", _METRIC_KEY.sub("", name))
+    return "/".join(part for part in key.split("/") if part not in ("", ".", "..")) or "metric"
+
+
 def resolve_tracking_uri(tracking_uri: str | None, default_store: str | Path) -> str:
     """``logger.tracking_uri`` if set, else ``MLFLOW_TRACKING_URI``, else the embedded SQLite
     store ``<default_store>/mlflow.db`` (created on first use, no server needed)."""
@@ -191,13 +198,13 @@ class ResumableMLFlowLogger(MLFlowLogger):
         if self.resumed:
             existing = self._existing_points()
             metrics = {k: v for k, v in metrics.items()
-                       if (step or 0) not in existing.get(_METRIC_KEY.sub("", f"{self._prefix}{k}"), ())}
+                       if (step or 0) not in existing.get(metric_key(f"{self._prefix}{k}"), ())}
             if not metrics:
                 return
         from mlflow.entities import Metric
 
         timestamp = int(time.time() * 1000)
-        self._pending += [Metric(key=_METRIC_KEY.sub("", f"{self._prefix}{k}"), value=float(v), timestamp=timestamp,
+        self._pending += [Metric(key=metric_key(f"{self._prefix}{k}"), value=float(v), timestamp=timestamp,
                                  step=step or 0) for k, v in metrics.items() if not isinstance(v, str)]
         if time.monotonic() - self._flushed_at >= self.flush_seconds:
             self.flush()

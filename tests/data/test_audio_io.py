@@ -60,6 +60,17 @@ def test_bad_files_raise_decode_errors_with_the_path(tmp_path):
         load_audio(tmp_path / "missing.wav")
 
 
+def test_a_float_clip_far_beyond_full_scale_is_refused_naming_it(tmp_path):
+    """Amplitude 1e30 passes the NaN check and makes the loss NaN: refused at decode time."""
+    huge = tmp_path / "huge.wav"
+    sf.write(huge, np.full(800, 1e30, dtype=np.float32), 8000, subtype="FLOAT")
+    with pytest.raises(AudioDecodeError, match=r"huge.wav: samples reach 1e\+30"):
+        load_audio(huge)
+    loud = tmp_path / "loud.wav"  # a float file a little above full scale is still audio
+    sf.write(loud, np.full(800, 1.5, dtype=np.float32), 8000, subtype="FLOAT")
+    assert load_audio(loud).max() == pytest.approx(1.5)
+
+
 def test_fix_length_pads_and_crops():
     audio = np.arange(10, dtype=np.float32)
     assert np.array_equal(fix_length(audio, 4), audio[:4])

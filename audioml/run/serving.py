@@ -35,6 +35,14 @@ __all__ = ["AudiomlModel", "MODEL_ARTIFACT_PATH", "signature_of", "pip_requireme
 
 #: Where under its run the model is logged: ``runs:/<run id>/model``.
 MODEL_ARTIFACT_PATH = "model"
+#: Folders (``os.pathsep``-separated) whose files a ``path`` row may name; unset: no ``path`` rows
+#: (a served model must not read whatever file a request names).
+SERVING_PATHS_ENV = "AUDIOML_SERVING_PATHS"
+#: The most audio one row, and one request, may carry (seconds at the rate it is sent at).
+MAX_ROW_SECONDS = 600.0
+MAX_REQUEST_SECONDS = 3600.0
+#: The ``sample_rate`` param a request may give.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 768_000
 _CODE = Path(__file__).with_name("pyfunc_model.py")
 
 try:
@@ -62,11 +70,14 @@ class AudiomlModel(_PythonModel):
         if not {"waveform", "path"} & set(frame.columns):
             raise ValueError("give a 'waveform' column (mono float samples at the model's rate) or a 'path' column "
                              f"(audio files); got columns {list(frame.columns)}")
-        rate = int((params or {}).get("sample_rate") or predictor.sample_rate)
-        rows = []
+        rate = _request_rate((params or {}).get("sample_rate"), predictor.sample_rate)
+        rows, seconds_in_request = [], 0.0
         for index, row in enumerate(frame.to_dict("records")):
             path, waveform = row.get("path"), row.get("waveform")
             if isinstance(path, str) and path:
+                seconds_in_request += _readable_path_seconds(path, index)
+                if seconds_in_request > MAX_REQUEST_SECONDS:
+                    raise ValueError(f"the request carries more than {MAX_REQUEST_SECONDS:g} s of audio: split it")
                 decoded = predictor._decode(path)
                 if isinstance(decoded, str):
                     raise ValueError(f"row {index}: {decoded}")
@@ -76,6 +87,12 @@ class AudiomlModel(_PythonModel):
                 audio = np.asarray(waveform, dtype=np.float32)
                 if audio.ndim != 1 or audio.size == 0 or not np.isfinite(audio).all():
                     raise ValueError(f"row {index}: 'waveform' must be a non-empty list of finite mono samples")
+                if audio.size / rate > MAX_ROW_SECONDS:
+                    raise ValueError(f"row {index}: {audio.size / rate:.0f} s of audio at {rate} Hz; a row carries at "
+                                     f"most {MAX_ROW_SECONDS:g} s (split the recording)")
+                seconds_in_request += audio.size / rate
+                if seconds_in_request > MAX_REQUEST_SECONDS:
+                    raise ValueError(f"the request carries more than {MAX_REQUEST_SECONDS:g} s of audio: split it")
                 if rate != predictor.sample_rate:
                     from audioml.data.audio import resample
 
@@ -90,6 +107,39 @@ class AudiomlModel(_PythonModel):
                 raise ValueError(f"row {index}: neither 'waveform' nor 'path' is given")
             rows.append({key: value for key, value in file_row.items() if key not in ("path", "seconds")})
         return pd.DataFrame(rows, columns=_output_columns(predictor.task, predictor.names))
+
+
+def _request_rate(value: Any, model_rate: int) -> int:
+    """The ``sample_rate`` param of a request: absent means the model's rate; otherwise a whole
+    number of Hz in ``[MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]`` (0 or 1 Hz would make the resampler
+    produce minutes of audio from a few samples)."""
+    if value is None:
+        return int(model_rate)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or \
+            not MIN_SAMPLE_RATE <= int(value) <= MAX_SAMPLE_RATE:
+        raise ValueError(f"sample_rate={value!r}: give the waveform's rate in Hz, a whole number from {MIN_SAMPLE_RATE} "
+                         f"to {MAX_SAMPLE_RATE} (or leave it out for the model's {model_rate} Hz)")
+    return int(value)
+
+
+def _readable_path_seconds(path: str, index: int) -> float:
+    """Seconds of the file a ``path`` row names, after checking it lies inside a folder of
+    ``AUDIOML_SERVING_PATHS`` and is not longer than ``MAX_ROW_SECONDS``."""
+    roots = [Path(p).expanduser().resolve() for p in os.environ.get(SERVING_PATHS_ENV, "").split(os.pathsep) if p]
+    resolved = Path(path).expanduser().resolve()
+    if not any(resolved.is_relative_to(root) for root in roots):
+        raise ValueError(f"row {index}: 'path' rows are read only inside the folders {SERVING_PATHS_ENV} lists "
+                         f"({'unset here' if not roots else ', '.join(map(str, roots))}); send the samples as "
+                         "'waveform', or set it where the model runs")
+    from audioml.data.audio import audio_info
+
+    try:
+        seconds = audio_info(resolved)[1]
+    except Exception as error:  # noqa: BLE001 - any reader's refusal is the request's problem
+        raise ValueError(f"row {index}: {path}: cannot be read as audio ({error})") from None
+    if seconds > MAX_ROW_SECONDS:
+        raise ValueError(f"row {index}: {path} is {seconds:.0f} s long; a row carries at most {MAX_ROW_SECONDS:g} s")
+    return seconds
 
 
 def _output_columns(task: str, names: list[str]) -> list[str]:

@@ -193,8 +193,9 @@ def test_inputs_are_files_folders_and_globs(tmp_path):
         collect_inputs([])
 
 
-def test_the_mlflow_model_loads_with_pyfunc_and_gives_the_checkpoints_probabilities(cnn_run, tmp_path):
+def test_the_mlflow_model_loads_with_pyfunc_and_gives_the_checkpoints_probabilities(cnn_run, tmp_path, monkeypatch):
     output, run_dir, run_id = cnn_run
+    monkeypatch.setenv("AUDIOML_SERVING_PATHS", str(tmp_path))
     clip = _render_clip(np.random.default_rng(2), 1, 0.0, RATE, 1.0)
     path = tmp_path / "clip.wav"
     sf.write(path, clip, RATE, subtype="FLOAT")
@@ -213,6 +214,29 @@ def test_the_mlflow_model_loads_with_pyfunc_and_gives_the_checkpoints_probabilit
     assert f"torch=={torch.__version__.split('+')[0]}" in requirements and "audioml==" in requirements
     with pytest.raises(Exception, match="waveform"):
         model.predict(pd.DataFrame({"other": [1]}))
+
+
+def test_a_served_model_bounds_what_a_request_may_ask(cnn_run, tmp_path, monkeypatch):
+    """(issue 35, 3k) the sample_rate param is a real rate, a row and a request carry bounded
+    audio, and a path row reads only inside the folders AUDIOML_SERVING_PATHS names."""
+    output, _, run_id = cnn_run
+    mlflow.set_tracking_uri(_store(output))
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    short = {"waveform": [np.zeros(1600).tolist()]}
+    for rate in (0, 1, 10**9):
+        with pytest.raises(Exception, match=f"sample_rate={rate}: give the waveform's rate"):
+            model.predict(pd.DataFrame(short), params={"sample_rate": rate})
+    with pytest.raises(Exception, match="a row carries at most 600 s"):
+        model.predict(pd.DataFrame({"waveform": [np.full(1000 * 601, 0.1).tolist()]}), params={"sample_rate": 1000})
+    secret = tmp_path / "elsewhere" / "clip.wav"
+    secret.parent.mkdir()
+    sf.write(secret, np.full(RATE, 0.1, dtype=np.float32), RATE)
+    monkeypatch.delenv("AUDIOML_SERVING_PATHS", raising=False)
+    with pytest.raises(Exception, match="read only inside the folders AUDIOML_SERVING_PATHS lists"):
+        model.predict(pd.DataFrame({"path": [str(secret)]}))
+    monkeypatch.setenv("AUDIOML_SERVING_PATHS", str(tmp_path / "allowed"))
+    with pytest.raises(Exception, match="read only inside"):
+        model.predict(pd.DataFrame({"path": [str(tmp_path / "allowed" / ".." / "elsewhere" / "clip.wav")]}))
 
 
 def _free_port() -> int:

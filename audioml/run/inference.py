@@ -140,6 +140,7 @@ def log_evaluation(tracking_uri: str, source: str | Path, checkpoint: Path, spli
 
     from audioml.run import tracking
 
+    tracking.check_reachable(tracking_uri)
     tracking.prepare_store(tracking_uri)
     client = MlflowClient(tracking_uri)
     trained_by = training_run_of(source, checkpoint, tracking_uri)
@@ -226,6 +227,9 @@ def find_checkpoint(source: str | Path, tracking_uri: str | None = None,
         from audioml.run.tracking import using_store
 
         uri = tracking_uri or mlflow.get_tracking_uri()
+        from audioml.run.store import check_reachable
+
+        check_reachable(uri)  # a server that is down or hangs is said in seconds
         try:  # MLflow resolves runs:/ of a logged model through the process's store: set it for the call only
             with using_store(uri):
                 local = mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=str(download_dir)

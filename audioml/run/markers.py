@@ -14,7 +14,7 @@ from audioml.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DONE_FILE", "RUN_ID_FILE", "RUN_LOCK", "read_done", "write_done", "read_run_id"]
+__all__ = ["DONE_FILE", "RUN_ID_FILE", "RUN_LOCK", "PENDING_POINTS_FILE", "read_done", "write_done", "read_run_id"]
 
 #: Marker written (atomically, last) when a run finished; holds its final metrics.
 DONE_FILE = "DONE"
@@ -22,6 +22,8 @@ DONE_FILE = "DONE"
 RUN_ID_FILE = "mlflow_run_id"
 #: Held (``audioml.files.exclusive_lock``) while a process trains in the run directory.
 RUN_LOCK = ".lock"
+#: Metric points the MLflow store did not take (it stopped answering), written by the run's next logger.
+PENDING_POINTS_FILE = "mlflow_pending.json"
 
 
 def read_run_id(run_dir: str | Path) -> str | None:

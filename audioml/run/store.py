@@ -10,7 +10,8 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["using_store", "process_defaults_kept", "check_reachable", "REACHABLE_TIMEOUT_SECONDS"]
+__all__ = ["using_store", "process_defaults_kept", "check_reachable", "REACHABLE_TIMEOUT_SECONDS",
+           "bound_http_requests", "HTTP_DEFAULTS"]
 
 
 @contextmanager
@@ -49,8 +50,20 @@ def using_store(uri: str) -> Iterator[None]:
         yield
 
 
-#: How long ``check_reachable`` waits for a tracking server to accept a connection.
+#: How long ``check_reachable`` waits for a tracking server to accept a connection and to answer.
 REACHABLE_TIMEOUT_SECONDS = 5.0
+#: MLflow's HTTP settings while audioml talks to a tracking server, where the user set none: a
+#: request times out after 20 s and is tried three times in all. MLflow's own defaults (120 s, 7
+#: retries with exponential backoff) let a server that stopped answering hold a run for minutes.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "20", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5"}
+
+
+def bound_http_requests() -> None:
+    """Set ``HTTP_DEFAULTS`` in this process's environment, each unless the user set it (MLflow
+    reads them at every request)."""
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
 
 
 def check_reachable(uri: str, timeout: float = REACHABLE_TIMEOUT_SECONDS) -> None:
@@ -58,10 +71,12 @@ def check_reachable(uri: str, timeout: float = REACHABLE_TIMEOUT_SECONDS) -> Non
     accept a connection within ``timeout`` seconds.
 
     Called before a run decodes or trains anything: MLflow's client would otherwise retry a
-    closed port for about four minutes, silently, and then print a traceback. Only the
-    connection is tried (a server that wants credentials is reachable). Other stores (SQLite, a
-    folder, a database URI, databricks) and servers reached through a proxy
-    (``HTTPS_PROXY``/``HTTP_PROXY``, not bypassed by ``NO_PROXY``) are left to MLflow.
+    closed port for about four minutes, silently, and then print a traceback. The connection is
+    tried, then ``GET <uri>/health``: any HTTP answer counts (a server that wants credentials is
+    reachable), no answer within ``timeout`` (a server that accepts connections and hangs) is
+    refused too. Also bounds MLflow's own requests to this server (``bound_http_requests``).
+    Other stores (SQLite, a folder, a database URI, databricks) and servers reached through a
+    proxy (``HTTPS_PROXY``/``HTTP_PROXY``, not bypassed by ``NO_PROXY``) are left to MLflow.
     """
     from urllib.parse import urlsplit
     from urllib.request import getproxies, proxy_bypass
@@ -69,6 +84,7 @@ def check_reachable(uri: str, timeout: float = REACHABLE_TIMEOUT_SECONDS) -> Non
     parts = urlsplit(uri)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return
+    bound_http_requests()
     if parts.scheme in getproxies() and not proxy_bypass(parts.hostname):
         return
     port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -82,3 +98,24 @@ def check_reachable(uri: str, timeout: float = REACHABLE_TIMEOUT_SECONDS) -> Non
         raise ConnectionError(
             f"the MLflow tracking server {shown} cannot be reached ({reason}): start it, fix logger.tracking_uri / "
             "MLFLOW_TRACKING_URI, or unset both to log to the embedded store under paths.output_dir") from None
+    _check_answers(shown, timeout)
+
+
+def _check_answers(shown: str, timeout: float) -> None:
+    """Any HTTP answer to ``GET <server>/health`` within ``timeout``; else ``ConnectionError``."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(shown.rstrip("/") + "/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered (401 without credentials, 404 behind a path prefix): reachable
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        hung = isinstance(reason, TimeoutError) or "timed out" in str(reason)
+        raise ConnectionError(
+            f"the MLflow tracking server {shown} " + (f"accepts connections but does not answer within {timeout:g} s"
+                                                       if hung else f"does not answer ({reason})")
+            + ": restart it, fix logger.tracking_uri / MLFLOW_TRACKING_URI, or unset both to log to the embedded "
+            "store under paths.output_dir") from None

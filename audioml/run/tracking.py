@@ -14,6 +14,7 @@ where ``pynvml`` finds an NVIDIA GPU, GPU utilisation and memory into ``system/*
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -28,6 +29,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from audioml.files import exclusive_lock
+from audioml.run.markers import PENDING_POINTS_FILE
 from audioml.run.store import process_defaults_kept as _process_defaults_kept
 from audioml.run.store import using_store  # noqa: F401 - defined there (no torch), used from here
 from audioml.run.store import REACHABLE_TIMEOUT_SECONDS, check_reachable  # noqa: F401 - the same
@@ -161,18 +163,36 @@ class ResumableMLFlowLogger(MLFlowLogger):
       points) at most every ``flush_seconds`` and on :meth:`flush`: when a resume checkpoint is
       saved, at ``finalize`` and before the run is closed. A head-only job logs ~120 points in
       40 epochs of milliseconds; a database round trip for each was a third of its time.
+    - A store that stops answering does not stop training: the points stay buffered (said once)
+      and are kept in ``pending_file`` too (a process that ends meanwhile loses none: the next
+      logger of the run writes them, each once), the periodic writes pause for ``retry_seconds``,
+      and every checkpoint tries again. Only the last flush, when the run closes
+      (``flush(final=True)``), raises.
     """
 
     #: Seconds between writes of the buffered metric points (also written on ``flush``).
     flush_seconds = 5.0
+    #: After a failed write, seconds before a periodic write tries again (checkpoints always try).
+    retry_seconds = 60.0
 
-    def __init__(self, *args: Any, finish_on_finalize: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, finish_on_finalize: bool = True, pending_file: str | Path | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.finish_on_finalize = finish_on_finalize
         self.resumed = kwargs.get("run_id") is not None
         self._points_before: dict[str, set[int]] | None = None
         self._pending: list[Any] = []
         self._flushed_at = time.monotonic()
+        self._failing_since: float | None = None
+        self.pending_file = Path(pending_file) if pending_file is not None else None
+        self._kept_points = self.resumed and self.pending_file is not None and self.pending_file.is_file()
+        if self._kept_points:  # points an earlier process could not write: written first, each once
+            from mlflow.entities import Metric
+
+            try:
+                self._pending = [Metric(**point) for point in json.loads(self.pending_file.read_text())]
+            except (ValueError, TypeError) as error:
+                log.warning("%s is unreadable (%s): its metric points are lost", self.pending_file, error)
 
     @property
     def experiment(self):
@@ -206,21 +226,65 @@ class ResumableMLFlowLogger(MLFlowLogger):
         timestamp = int(time.time() * 1000)
         self._pending += [Metric(key=metric_key(f"{self._prefix}{k}"), value=float(v), timestamp=timestamp,
                                  step=step or 0) for k, v in metrics.items() if not isinstance(v, str)]
-        if time.monotonic() - self._flushed_at >= self.flush_seconds:
+        wait = self.retry_seconds if self._failing_since is not None else self.flush_seconds
+        if time.monotonic() - self._flushed_at >= wait:
             self.flush()
 
     @rank_zero_only
-    def flush(self) -> None:
-        """Write the buffered metric points to the store."""
+    def flush(self, final: bool = False) -> None:
+        """Write the buffered metric points to the store. When it fails they stay buffered (and
+        in ``pending_file``) and training goes on (a warning at the first failure); ``final``:
+        the failure is raised."""
         self._flushed_at = time.monotonic()
-        pending, self._pending = self._pending, []
-        client = self.experiment if pending else None
-        for start in range(0, len(pending), 1000):  # MLflow's limit per log_batch
-            client.log_batch(run_id=self.run_id, metrics=pending[start:start + 1000], **self._log_batch_kwargs)
+        while self._pending:
+            batch = self._pending[:1000]  # MLflow's limit per log_batch
+            try:
+                if self._kept_points:  # kept by an earlier process: some may have reached the store since
+                    existing = self._existing_points()
+                    self._pending = [m for m in self._pending if m.step not in existing.get(m.key, ())]
+                    self._kept_points = False
+                    continue
+                self.experiment.log_batch(run_id=self.run_id, metrics=batch, **self._log_batch_kwargs)
+            except Exception as error:  # noqa: BLE001 - any store failure: keep the points, say it once
+                self._keep_pending()
+                if final:
+                    raise
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
+                    log.warning("the MLflow store %s does not take metric points (%s): training goes on; %d points "
+                                "are kept and written when it answers (tried at every checkpoint)",
+                                self._tracking_uri, error_summary(error), len(self._pending))
+                return
+            del self._pending[:len(batch)]
+        if self.pending_file is not None:
+            self.pending_file.unlink(missing_ok=True)
+        if self._failing_since is not None:
+            log.info("the MLflow store %s answers again after %.0f s: the kept metric points are written",
+                     self._tracking_uri, time.monotonic() - self._failing_since)
+            self._failing_since = None
+
+    def _keep_pending(self) -> None:
+        if self.pending_file is not None:
+            from audioml.files import atomic_write_bytes
+
+            atomic_write_bytes(self.pending_file, json.dumps([
+                {"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step}
+                for m in self._pending]).encode())
+
+    @rank_zero_only
+    def log_hyperparams(self, params) -> None:
+        """Lightning logs the module's hyperparameters at every fit and test; the store being
+        away then must not stop the run (the whole config is logged as params by audioml, and
+        again, skipping what the run holds, when the command is rerun)."""
+        try:
+            super().log_hyperparams(params)
+        except Exception as error:  # noqa: BLE001 - any store failure: the run goes on
+            log.warning("the MLflow store %s does not take the model's hyperparameters (%s): the run goes on",
+                        self._tracking_uri, error_summary(error))
 
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:
-        self.flush()
+        self.flush(final=status == "success" and self.finish_on_finalize)
         if status == "success" and not self.finish_on_finalize:
             return
         if self._run_id:
@@ -231,7 +295,7 @@ class ResumableMLFlowLogger(MLFlowLogger):
 def make_mlflow_logger(experiment_name: str, run_name: str | None, tracking_uri: str,
                        artifact_location: str | None = None, run_id: str | None = None,
                        tags: Mapping[str, str] | None = None,
-                       finish_on_finalize: bool = True) -> ResumableMLFlowLogger:
+                       finish_on_finalize: bool = True, pending_file: str | Path | None = None) -> ResumableMLFlowLogger:
     """A :class:`ResumableMLFlowLogger`; with ``run_id`` it continues that run (when the store
     has it; otherwise a warning and a new run)."""
     if run_id is not None:
@@ -245,7 +309,7 @@ def make_mlflow_logger(experiment_name: str, run_name: str | None, tracking_uri:
             run_id = None
     return ResumableMLFlowLogger(experiment_name=experiment_name, run_name=run_name, tracking_uri=tracking_uri,
                                  artifact_location=artifact_location, run_id=run_id, tags=dict(tags or {}),
-                                 log_model=False, finish_on_finalize=finish_on_finalize)
+                                 log_model=False, finish_on_finalize=finish_on_finalize, pending_file=pending_file)
 
 
 def _read_run_id(run_id_file: Path) -> str | None:
@@ -338,7 +402,8 @@ def open_run(experiment_name: str, run_name: str, tracking_uri: str, run_id_file
         prepare_store(tracking_uri)
         get_or_create_experiment(tracking_uri, experiment_name, artifact_location)
     logger = make_mlflow_logger(experiment_name, run_name, tracking_uri, artifact_location, run_id=previous or None,
-                                tags=tags, finish_on_finalize=finish_on_finalize)
+                                tags=tags, finish_on_finalize=finish_on_finalize,
+                                pending_file=run_id_file.with_name(PENDING_POINTS_FILE))
     if rank_zero:
         from audioml.files import atomic_write_bytes
 

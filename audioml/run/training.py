@@ -263,6 +263,11 @@ def _open_parent_run(cfg: DictConfig, run_dir: Path, protocol):
     return logger
 
 
+class TrackingStoreError(RuntimeError):
+    """The run's outputs are written but its MLflow store stopped answering before its record was
+    complete; rerunning the command completes it."""
+
+
 def train(cfg: DictConfig, run_dir: str | Path, parent_run_id: str | None = None) -> RunResult:
     """``TrainingRun(cfg, run_dir, parent_run_id).run()``."""
     return TrainingRun(cfg, run_dir, parent_run_id).run()
@@ -412,9 +417,15 @@ class TrainingRun:
         cfg, logger, run_dir = self.cfg, self.logger, self.run_dir
         if logger is not None and (unlogged := {k: v for k, v in metrics.items() if k not in logged}):
             logger.log_metrics(unlogged)
-        if logger is not None:
-            logger.flush()  # every buffered metric point is in the store before the run closes
         result, files = write_run_reports(model, datamodule, run_dir, metrics)
+        if logger is not None:
+            try:  # every buffered metric point is in the store before the run closes
+                logger.flush(final=True)
+            except Exception as error:  # noqa: BLE001 - the store, not the run, failed: say what to do
+                raise TrackingStoreError(
+                    f"the run trained and its results are in {run_dir} (metrics.json), but the MLflow store "
+                    f"{logger._tracking_uri} does not take them ({tracking.error_summary(error)}): rerun the same "
+                    "command once it answers, to complete the run's MLflow record (nothing is trained again)") from error
         files += [*self._honest_files, *self._curve_files]
         # without a best checkpoint the test scored the final weights, which last.ckpt holds
         tested = Path(best) if best else run_dir / "checkpoints" / "last.ckpt"

@@ -1,13 +1,22 @@
-"""A real HTTP file server on 127.0.0.1 (Range requests honoured, a first response optionally cut
-short) and the archives and files it serves in the download tests."""
+"""Servers on 127.0.0.1 for the tests: a real HTTP file server (Range requests honoured, a first
+response optionally cut short) and the archives it serves; a real ``mlflow server``; a server that
+accepts connections and never answers."""
 
 from __future__ import annotations
 
 import io
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
+import urllib.request
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -107,3 +116,73 @@ def manifest_file(path, entries: dict[str, bytes], prefix: str = "") -> str:
                    if name.startswith(prefix))
     path.write_text("\n".join(lines) + "\n")
     return str(path)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_mlflow_server(folder: Path, *options: str, port: int | None = None, env: dict | None = None):
+    """``(process, url)`` of an ``mlflow server`` on 127.0.0.1 (SQLite store ``folder/server.db``,
+    artifacts under ``folder``) once it answers ``/health``; its log is ``folder/server.log``."""
+    port = port or free_port()
+    log = open(folder / "server.log", "a")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--artifacts-destination",
+         str(folder / "artifact-root"), *options], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, **(env or {})}, cwd=folder)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 240
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        assert process.poll() is None, (folder / "server.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "mlflow server did not start"
+        time.sleep(0.5)
+    return process, url
+
+
+def stop_mlflow_server(process) -> None:
+    """Stop the server and its workers (its own process group, started by the test)."""
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=60)
+
+
+class HangingServer:
+    """Accepts TCP connections on 127.0.0.1 and never answers (a server stuck in a request)."""
+
+    def __enter__(self):
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(64)
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        return self
+
+    def __exit__(self, *exc):
+        self.socket.close()
+
+
+class StopServerAfterEpoch:
+    """A Lightning callback (``+callbacks.stop_server._target_=helpers.servers.StopServerAfterEpoch``)
+    that stops the server process group ``pid`` at the end of training epoch ``epoch``: a store lost
+    mid-run."""
+
+    def __new__(cls, pid: int, epoch: int):
+        import lightning as L
+
+        class _Stop(L.Callback):
+            def on_train_epoch_end(self, trainer, pl_module) -> None:
+                if trainer.current_epoch == epoch:
+                    try:
+                        os.killpg(pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+
+        return _Stop()

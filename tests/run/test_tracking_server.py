@@ -6,11 +6,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -18,50 +15,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.servers import start_mlflow_server, stop_mlflow_server
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _start_server(tmp_path: Path, *options: str, env: dict | None = None):
-    """``(process, url)`` of an ``mlflow server`` on 127.0.0.1 once it answers ``/health``."""
-    port = _free_port()
-    log = open(tmp_path / "server.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
-         str(tmp_path / "artifact-root"), *options], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, **(env or {})}, cwd=tmp_path)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        assert process.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "mlflow server did not start"
-        time.sleep(0.5)
-    return process, url
-
-
-def _stop_server(process) -> None:
-    os.killpg(process.pid, signal.SIGTERM)  # the server and its worker, started by this test
-    process.wait(timeout=60)
-
-
 @pytest.fixture
 def server(tmp_path):
-    process, url = _start_server(tmp_path)
+    process, url = start_mlflow_server(tmp_path)
     yield url
-    _stop_server(process)
+    stop_mlflow_server(process)
 
 
 def _get(url: str, endpoint: str, **query) -> dict:
@@ -124,13 +87,13 @@ def _basic_auth_server(tmp_path):
         "[mlflow]\ndefault_permission = READ\n"
         f"database_uri = sqlite:///{tmp_path / 'auth.db'}\nadmin_username = admin\n"
         "admin_password = a-long-team-password-42\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-    process, url = _start_server(tmp_path, "--app-name", "basic-auth",
+    process, url = start_mlflow_server(tmp_path, "--app-name", "basic-auth",
                                  env={"MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "auth.ini"),
                                       "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret"})
     try:
         yield url
     finally:
-        _stop_server(process)
+        stop_mlflow_server(process)
 
 
 @contextlib.contextmanager

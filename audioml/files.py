@@ -5,6 +5,8 @@
   resumed run) see the old file or the complete new one, never a part; on error it is removed.
   Written here because the standard library has no atomic-write helper, and the folder must be
   the destination's (a temporary file elsewhere would be copied across devices, not renamed).
+- ``publish_directory(staging, destination)``: a folder built aside replaces ``destination`` in
+  one rename (the old content renamed aside first, then removed).
 - ``exclusive_lock(path)``: an ``flock`` on ``path`` (created if needed) for the ``with`` block;
   on platforms without ``fcntl`` (Windows) it does not lock.
 - ``lock_is_held(path)``: whether a live process holds ``exclusive_lock(path)`` now.
@@ -20,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +32,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 __all__ = ["atomic_path", "atomic_write_bytes", "fsync_directory", "exclusive_lock", "lock_is_held", "fingerprint",
-           "file_digest", "remove_temporaries", "storable_path", "printable_path"]
+           "file_digest", "publish_directory", "remove_temporaries", "storable_path", "printable_path"]
 
 
 @contextmanager
@@ -49,6 +52,22 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     finally:
         temporary.unlink(missing_ok=True)
     fsync_directory(path.parent)
+
+
+def publish_directory(staging: Path, destination: Path) -> None:
+    """Move a fully built ``staging`` folder to ``destination`` (same file system), replacing
+    any existing folder there: the old one is renamed aside first, so ``destination`` always
+    holds either the old or the new complete content, never a mix."""
+    umask = os.umask(0)  # a folder from mkdtemp is private (0700): give it the usual mode of a new folder
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)
+    if destination.exists():
+        backup = destination.with_name(f".{destination.name}-replaced-{os.getpid()}")
+        os.replace(destination, backup)
+        os.replace(staging, destination)
+        shutil.rmtree(backup)
+    else:
+        os.replace(staging, destination)
 
 
 def remove_temporaries(folder: str | Path, name: str) -> int:

@@ -30,7 +30,7 @@ import pandas as pd
 from audioml.data.audio import AudioDecodeError, load_audio
 from audioml.data.cache import fingerprint_files
 from audioml.data.donateacry import parse_cry_filename
-from audioml.data.download import publish_directory
+from audioml.files import publish_directory
 from audioml.files import printable_path, storable_path
 
 log = logging.getLogger(__name__)

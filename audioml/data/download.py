@@ -30,7 +30,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from audioml.files import file_digest
+from audioml.files import file_digest, publish_directory
 
 log = logging.getLogger(__name__)
 
@@ -145,19 +145,6 @@ MUSE_INSTRUCTIONS = (
     "<data_dir>/muse/c3_muse_stress_2022/{raw_data/audio,label_segments,metadata/partition.csv} "
     "(a 2021 package with label_segments/arousal works as well), or point data.root at the "
     "package folder.")
-
-
-def publish_directory(staging: Path, destination: Path) -> None:
-    """Move a fully built ``staging`` folder to ``destination`` (same file system), replacing
-    any existing folder there: the old one is renamed aside first, so ``destination`` always
-    holds either the old or the new complete content, never a mix."""
-    if destination.exists():
-        backup = destination.with_name(f".{destination.name}-replaced-{os.getpid()}")
-        os.replace(destination, backup)
-        os.replace(staging, destination)
-        shutil.rmtree(backup)
-    else:
-        os.replace(staging, destination)
 
 
 def default_data_dir() -> Path:

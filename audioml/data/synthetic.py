@@ -7,12 +7,15 @@ Needs no download, so every model, sweep, notebook and test can run anywhere. Wi
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from audioml.data.base import AudioDataModule
+from audioml.files import exclusive_lock, publish_directory
 
 __all__ = ["SyntheticDataModule", "generate_synthetic_dataset"]
 
@@ -35,21 +38,37 @@ def generate_synthetic_dataset(root: str | Path, num_classes: int = 3, clips_per
                                learnable: bool = True, seed: int = 0) -> Path:
     """Write ``root/<class>/<group>_<n>.wav`` and ``root/manifest.csv``; idempotent per settings.
 
-    Returns ``root``. A folder generated with other settings is regenerated.
+    Returns ``root``. A folder generated with other settings is regenerated. The folder is built
+    aside and published in one rename, under a lock: processes generating it at once (a parallel
+    sweep) wait for the first, and a killed generation leaves no half folder. A folder that holds
+    other files (it has no ``settings.json``) is never written into (``FileExistsError``).
     """
-    import soundfile as sf
-
     root = Path(root)
     settings = dict(num_classes=num_classes, clips_per_class=clips_per_class, num_groups=num_groups,
                     sample_rate=sample_rate, seconds=seconds, learnable=learnable, seed=seed, version=1)
     stamp = root / "settings.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) == settings and (root / "manifest.csv").is_file():
-        return root
-    if root.is_dir() and not stamp.is_file() and any(root.iterdir()):
-        raise FileExistsError(f"data.root={root} holds files that synthetic data did not write: it is generated "
-                              "only into a new (or empty) folder, or one it generated before; choose another "
-                              "data.root, or leave it null (a folder under paths.cache_dir)")
-    root.mkdir(parents=True, exist_ok=True)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(root.with_name(f".{root.name}.lock"), f"generating {root}: waiting for it"):
+        if stamp.is_file() and json.loads(stamp.read_text()) == settings and (root / "manifest.csv").is_file():
+            return root
+        if root.is_dir() and not stamp.is_file() and any(root.iterdir()):
+            raise FileExistsError(f"data.root={root} holds files that synthetic data did not write: it is generated "
+                                  "only into a new (or empty) folder, or one it generated before; choose another "
+                                  "data.root, or leave it null (a folder under paths.cache_dir)")
+        staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-staging-", dir=root.parent))
+        try:
+            _write_tones(staging, settings)
+            publish_directory(staging, root)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return root
+
+
+def _write_tones(root: Path, settings: dict) -> None:
+    import soundfile as sf
+
+    num_classes, clips_per_class, num_groups, sample_rate, seconds, learnable, seed = (settings[key] for key in (
+        "num_classes", "clips_per_class", "num_groups", "sample_rate", "seconds", "learnable", "seed"))
     rng = np.random.default_rng(seed)
     group_shifts = rng.uniform(-0.2, 0.2, num_groups)
     rows = []
@@ -66,8 +85,7 @@ def generate_synthetic_dataset(root: str | Path, num_classes: int = 3, clips_per
     labels = manifest["audio_class"].to_numpy()
     manifest["target"] = labels if learnable else rng.permutation(labels)
     manifest.to_csv(root / "manifest.csv", index=False)
-    stamp.write_text(json.dumps(settings))
-    return root
+    (root / "settings.json").write_text(json.dumps(settings))
 
 
 class SyntheticDataModule(AudioDataModule):

@@ -87,7 +87,13 @@ def check_slurm_tools(which: Callable[[str], str | None] = shutil.which) -> None
 def _end_parent(client, run_id: str, error: BaseException) -> None:
     """End the sweep's parent run FAILED (KILLED for Ctrl-C) with the first line of ``error``'s
     root cause as the ``audioml.error`` tag; a parent no longer RUNNING is left as it is."""
-    status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+    stopped = tracking.interrupted(error)
+    status = "KILLED" if stopped else "FAILED"
+    if stopped:  # jobs in worker processes (a parallel launcher) die with the sweep, before they can say so
+        try:
+            _end_running_children(client, run_id)
+        except Exception as tracking_error:  # noqa: BLE001 - the parent is ended all the same
+            log.warning("could not mark the interrupted sweep's job runs as ended: %s", tracking_error)
     try:
         if client.get_run(run_id).info.status != "RUNNING":
             return
@@ -96,6 +102,23 @@ def _end_parent(client, run_id: str, error: BaseException) -> None:
         log.error("sweep's MLflow parent run %s marked %s: %s", run_id, status, type(error).__name__)
     except Exception as tracking_error:  # the store itself is gone: the original error matters
         log.warning("could not mark the sweep's MLflow run %s as ended: %s", run_id, tracking_error)
+
+
+def _end_running_children(client, parent_id: str) -> None:
+    """Mark KILLED every job run of the sweep still RUNNING, or FAILED while it was being stopped
+    (by Lightning's shutdown alone, no ``audioml.error``, or with audioml's ``stopped ...``: the
+    launcher ended its process in between): resumable, by rerunning the command."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    children = [run for status in ("RUNNING", "FAILED")  # MLflow's search has no OR / IN on statuses
+                for run in client.search_runs(experiments, f"tags.mlflow.parentRunId = '{parent_id}' and "
+                                                           f"attributes.status = '{status}'")
+                if status == "RUNNING" or run.data.tags.get("audioml.error", "stopped").startswith("stopped")]
+    for child in children:
+        client.set_tag(child.info.run_id, "audioml.error", "stopped: the sweep was interrupted (rerun it to continue)")
+        tracking.set_status(client, child.info.run_id, "KILLED")
+    if children:
+        log.warning("%d job runs of the interrupted sweep marked KILLED: rerun the command to continue them",
+                    len(children))
 
 
 def end_running_sweep(error: BaseException) -> None:
@@ -108,7 +131,7 @@ def end_running_sweep(error: BaseException) -> None:
             return
         error = error.__context__
     if _running_record:
-        _complete_deferred_finishes(stopping=isinstance(error, KeyboardInterrupt) or getattr(error, "code", None) == 143)
+        _complete_deferred_finishes(stopping=tracking.interrupted(error) or getattr(error, "code", None) == 143)
     while _running_record:
         _close_record(_running_record.pop(), _running_sweep[-1] if _running_sweep else None)
     while _running_sweep:

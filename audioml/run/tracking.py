@@ -40,7 +40,7 @@ __all__ = ["resolve_tracking_uri", "default_artifact_location", "prepare_store",
            "flatten_params", "is_location", "ResumableMLFlowLogger", "make_mlflow_logger", "open_run", "log_params",
            "set_tags",
            "log_artifacts", "set_status",
-           "PARENT_RUN_ENV", "SWEEP_KEY_ENV", "ended_on_error", "check_reachable", "REACHABLE_TIMEOUT_SECONDS",
+           "PARENT_RUN_ENV", "SWEEP_KEY_ENV", "ended_on_error", "interrupted", "check_reachable", "REACHABLE_TIMEOUT_SECONDS",
            "using_store", "error_summary", "start_system_metrics", "stop_system_metrics",
            "SYSTEM_METRICS_INTERVAL_SECONDS"]
 
@@ -412,6 +412,10 @@ def open_run(experiment_name: str, run_name: str, tracking_uri: str, run_id_file
             atomic_write_bytes(run_id_file, run_id.encode())
         if logger.resumed:
             set_status(logger.experiment, run_id, "RUNNING")
+            earlier = logger.experiment.get_run(run_id).data.tags.get("audioml.error")
+            if earlier is not None:  # the attempt that stopped: kept as history, no longer the run's error
+                tags["audioml.previous_error"] = earlier
+                logger.experiment.delete_tag(run_id, "audioml.error")
             set_tags(logger.experiment, run_id, tags)
             log.info("continuing MLflow run %s", run_id)
         if _system_metrics_wanted(system_metrics):
@@ -464,6 +468,18 @@ def error_summary(error: BaseException) -> str:
     return f"{type(cause).__name__}: {first_line}"
 
 
+def interrupted(error: BaseException) -> bool:
+    """Whether ``error`` is a Ctrl-C: a ``KeyboardInterrupt``, or the ``SystemExit`` Lightning raises
+    while handling one (its graceful shutdown ends with ``exit(1)``)."""
+    while error is not None:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        if not isinstance(error, SystemExit):
+            return False
+        error = error.__context__
+    return False
+
+
 @contextmanager
 def ended_on_error(logger) -> Iterator[None]:
     """Ends ``logger``'s MLflow run when the ``with`` body raises, so that no exit path leaves it
@@ -483,9 +499,10 @@ def ended_on_error(logger) -> Iterator[None]:
                 current = logger.experiment.get_run(logger.run_id).info.status
                 # RUNNING, or FAILED by Lightning's own logger on a fit error (without the cause)
                 if not clean_exit and current in ("RUNNING", "FAILED"):
-                    status = "KILLED" if sigterm or isinstance(error, KeyboardInterrupt) else "FAILED"
-                    logger.experiment.set_tag(logger.run_id, "audioml.error", "stopped by SIGTERM" if sigterm
-                                              else error_summary(error))
+                    stopped = interrupted(error)
+                    status = "KILLED" if sigterm or stopped else "FAILED"
+                    logger.experiment.set_tag(logger.run_id, "audioml.error", "stopped by SIGTERM" if sigterm else
+                                              "stopped by Ctrl-C" if stopped else error_summary(error))
                     set_status(logger.experiment, logger.run_id, status)
                     log.error("MLflow run %s marked %s: %s", logger.run_id, status, type(error).__name__)
             except Exception as tracking_error:  # the store itself is gone: the original error matters

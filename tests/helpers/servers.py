@@ -168,21 +168,3 @@ class HangingServer:
     def __exit__(self, *exc):
         self.socket.close()
 
-
-class StopServerAfterEpoch:
-    """A Lightning callback (``+callbacks.stop_server._target_=helpers.servers.StopServerAfterEpoch``)
-    that stops the server process group ``pid`` at the end of training epoch ``epoch``: a store lost
-    mid-run."""
-
-    def __new__(cls, pid: int, epoch: int):
-        import lightning as L
-
-        class _Stop(L.Callback):
-            def on_train_epoch_end(self, trainer, pl_module) -> None:
-                if trainer.current_epoch == epoch:
-                    try:
-                        os.killpg(pid, signal.SIGTERM)
-                    except ProcessLookupError:
-                        pass
-
-        return _Stop()

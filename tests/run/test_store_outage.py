@@ -43,7 +43,7 @@ def test_a_server_that_accepts_and_never_answers_is_refused_in_seconds(tmp_path,
 def test_a_store_lost_mid_run_does_not_stop_training_and_the_rerun_completes_its_record(tmp_path, caplog):
     process, url = start_mlflow_server(tmp_path)
     overrides = [*TINY, "trainer.max_epochs=4", f"paths.output_dir={tmp_path / 'out'}", f"logger.tracking_uri={url}"]
-    stop = ["+callbacks.stop_server._target_=helpers.servers.StopServerAfterEpoch",
+    stop = ["+callbacks.stop_server._target_=helpers.callbacks.StopServerAfterEpoch",
             f"+callbacks.stop_server.pid={process.pid}", "+callbacks.stop_server.epoch=1"]
     overrides += stop  # the rerun is the same command (the old server's group is gone by then)
     with pytest.raises(TrackingStoreError, match="rerun the same command once it answers"):

@@ -23,8 +23,8 @@ import numpy as np
 
 from audioml.stats.resampling import group_bootstrap_draws
 
-__all__ = ["DEFAULT_BINS", "Reliability", "reliability_bins", "expected_calibration_error", "brier_score",
-           "negative_log_likelihood", "calibration_scores", "fit_temperature", "apply_temperature",
+__all__ = ["DEFAULT_BINS", "TEMPERATURE_RANGE", "Reliability", "reliability_bins", "expected_calibration_error",
+           "brier_score", "negative_log_likelihood", "calibration_scores", "fit_temperature", "apply_temperature",
            "is_hard"]
 
 #: Equal-width confidence bins of the ECE and the reliability diagram (Guo et al. use 15).
@@ -32,7 +32,7 @@ DEFAULT_BINS = 15
 #: Probabilities are clipped here before the log (sklearn's ``log_loss`` clips at float eps).
 _EPS = 1e-15
 #: Range of temperatures searched (a model 20 times too sure or too unsure is beyond rescue).
-_TEMPERATURES = (0.05, 20.0)
+TEMPERATURE_RANGE = (0.05, 20.0)
 
 
 @dataclass(frozen=True)
@@ -188,6 +188,6 @@ def fit_temperature(probabilities: np.ndarray, targets: np.ndarray) -> float:
         log_norm = top + np.log(np.exp(scaled - top[:, None]).sum(axis=1))
         return float((log_norm - scaled[rows, targets]).mean())
 
-    low, high = 1.0 / _TEMPERATURES[1], 1.0 / _TEMPERATURES[0]
+    low, high = 1.0 / TEMPERATURE_RANGE[1], 1.0 / TEMPERATURE_RANGE[0]
     found = minimize_scalar(nll, bounds=(low, high), method="bounded", options={"xatol": 1e-6})
     return float(1.0 / found.x)

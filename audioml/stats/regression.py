@@ -42,7 +42,8 @@ def regression_point(prediction: np.ndarray, target: np.ndarray) -> dict[str, fl
     prediction = np.asarray(prediction, dtype=np.float64).reshape(-1)
     target = np.asarray(target, dtype=np.float64).reshape(-1)
     error = prediction - target
-    return {"ccc": float(concordance_cc(prediction, target)), "mse": float((error ** 2).mean()), "mae": float(np.abs(error).mean())}
+    return {"ccc": float(concordance_cc(prediction, target)), "mse": float((error ** 2).mean()),
+            "mae": float(np.abs(error).mean())}
 
 
 def regression_scores(prediction: np.ndarray, target: np.ndarray, groups: Sequence, baseline: np.ndarray | float,

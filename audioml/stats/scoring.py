@@ -16,7 +16,10 @@ For a set of test predictions ``HonestScoring.score`` reports:
   collapsed task, ``test/binary_<m>`` etc. By default the multiclass prediction is mapped to
   its coarse class (``collapse_by="argmax"``: the same predictions, scored coarsely); with
   ``collapse_by="probability"`` the coarse class with the largest summed member probability
-  wins (for two coarse classes: hungry when P(hungry) > 0.5).
+  wins (for two coarse classes: hungry when P(hungry) > 0.5);
+- the **calibration** of the probabilities (``audioml.stats.calibration``): ``test/ece`` with
+  its group-bootstrap interval, ``test/brier``, ``test/nll`` (with intervals too) and the
+  reliability diagram's bins; not for hard (one-hot) predictions, which state no confidence.
 
 Metric definitions equal torchmetrics' (macro averages skip classes absent from both targets and
 predictions). ``test/loss`` has no interval: it is not a function of the predicted classes.
@@ -34,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from audioml.stats.calibration import Reliability, calibration_scores, is_hard
 from audioml.stats.resampling import group_bootstrap_draws
 
 log = logging.getLogger(__name__)
@@ -274,13 +278,15 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[fl
 # ----------------------------------------------------------------------------------- scoring
 @dataclass
 class Scores:
-    """Result of ``EvaluationProtocol.score``: flat metrics, a one-line summary, and the
-    collapsed confusion matrix (``None`` without a collapse)."""
+    """Result of ``EvaluationProtocol.score``: flat metrics, a one-line summary, the collapsed
+    confusion matrix (``None`` without a collapse) and the reliability diagram's bins (``None``
+    without calibration scores)."""
 
     metrics: dict[str, float]
     summary: str
     collapsed_matrix: np.ndarray | None
     collapsed_names: list[str] | None
+    reliability: Reliability | None = None
 
 
 class HonestScoring:
@@ -301,16 +307,22 @@ class HonestScoring:
             ``"probability"`` takes the coarse class with the largest summed probability, which
             depends on calibration (class-weighted losses shift probability towards rare classes).
         seed: seeds the bootstrap and the permutations.
+        calibration_bins: equal-width confidence bins of the ECE and the reliability diagram
+            (0: no calibration scores).
     """
 
     def __init__(self, bootstrap_samples: int = 1000, confidence: float = 0.95, permutations: int = 0,
                  permutation_metric: str = "macro_f1", grouped_permutation: bool = True,
                  alpha: float = 0.05, collapse_by: str = "argmax", seed: int = 0,
-                 stratified_bootstrap: bool = True) -> None:
+                 stratified_bootstrap: bool = True, calibration_bins: int = 15) -> None:
         if not 0 < confidence < 1:
             raise ValueError(f"evaluation.confidence={confidence} must be in (0, 1)")
         if bootstrap_samples < 0 or permutations < 0:
             raise ValueError("evaluation.bootstrap_samples and evaluation.permutations must be >= 0")
+        if not isinstance(calibration_bins, int) or isinstance(calibration_bins, bool) or calibration_bins < 0:
+            raise ValueError(f"evaluation.calibration_bins={calibration_bins!r}: use a whole number >= 0 (15 is usual; "
+                             "0 turns the calibration scores off)")
+        self.calibration_bins = calibration_bins
         if permutation_metric not in SUMMARY_METRICS:
             raise ValueError(f"evaluation.permutation_metric={permutation_metric!r}: use one of {SUMMARY_METRICS}")
         self.bootstrap_samples = int(bootstrap_samples)
@@ -346,7 +358,7 @@ class HonestScoring:
         groups = np.asarray(groups).astype(str)
         baseline = np.broadcast_to(np.asarray(majority_class, dtype=np.int64), targets.shape)
         tasks = [("", probabilities.argmax(axis=1), targets, baseline, class_names)]
-        collapsed_matrix = collapsed_names = None
+        collapsed_matrix = collapsed_names = reliability = None
         if collapse:
             coarse, collapsed_names, mapping = collapse_probabilities(probabilities, class_names, collapse)
             coarse_prediction = (mapping[probabilities.argmax(axis=1)] if self.collapse_by == "argmax"
@@ -367,6 +379,12 @@ class HonestScoring:
             if self.bootstrap_samples:
                 metrics.update(self._intervals(truth, predicted, groups, names, prefix))
             text = self._describe({**point, **metrics}, prefix)
+            if not prefix and self.calibration_bins and len(truth) and not is_hard(probabilities):
+                calibration, reliability = self._calibration(probabilities, truth, groups, len(names))
+                metrics.update(calibration)
+                text += f"; ece {calibration['test/ece']:.3f}"
+                if "test/ece_ci_low" in calibration:
+                    text += f" [{calibration['test/ece_ci_low']:.3f}-{calibration['test/ece_ci_high']:.3f}]"
             if self.permutations:
                 _, p_value, _ = permutation_test(truth, predicted, names, self.permutation_metric,
                                                  groups if self.grouped_permutation else None,
@@ -376,7 +394,19 @@ class HonestScoring:
                 metrics[f"{key}_better_than_chance"] = float(p_value < self.alpha)
                 text += f"; permutation p={p_value:.3f}: {self.verdict(p_value)}"
             parts.append(text)
-        return Scores(metrics, " | ".join(parts), collapsed_matrix, collapsed_names)
+        return Scores(metrics, " | ".join(parts), collapsed_matrix, collapsed_names, reliability)
+
+    def _calibration(self, probabilities: np.ndarray, truth: np.ndarray, groups: np.ndarray,
+                     num_classes: int) -> tuple[dict[str, float], Reliability]:
+        """``test/ece``, ``test/brier``, ``test/nll`` and their intervals, resampled as the
+        metrics' intervals are (the same strata), and the reliability bins."""
+        strata = None
+        if self.stratified_bootstrap:
+            _, group_index = np.unique(groups, return_inverse=True)
+            strata = group_strata(group_confusions(truth, probabilities.argmax(axis=1), group_index, num_classes))
+        values, reliability = calibration_scores(probabilities, truth, groups, self.calibration_bins,
+                                                 self.bootstrap_samples, self.confidence, self.seed, strata)
+        return {f"test/{name}": value for name, value in values.items()}, reliability
 
     def verdict(self, p_value: float) -> str:
         """``"better than chance"`` when ``p_value < alpha``, else ``"no better than chance"``."""

@@ -16,6 +16,7 @@ import torch
 
 from audioml import figures, reports
 from audioml.files import file_digest
+from audioml.run.items import with_item_identity
 from audioml.run.protocols import EvaluationProtocol, KFoldResult, RunResult
 from audioml.stats import per_class_table
 
@@ -194,10 +195,20 @@ def write_run_reports(model, datamodule, run_dir: Path, metrics: dict[str, float
                                   run_dir / "confusion_matrix.png"))
         per_class_table(matrix.numpy(), class_names).to_csv(run_dir / "per_class_report.csv", index=False)
         files.append(run_dir / "per_class_report.csv")
+    root = getattr(datamodule, "root", None)  # items named by their files (audioml.run.items)
     if getattr(model, "test_probabilities", None) is not None:
-        predictions = reports.predictions_table(datamodule.split_manifest("test"), model.test_probabilities.numpy(),
-                                                model.test_targets.numpy(), class_names)
+        predictions = with_item_identity(reports.predictions_table(
+            datamodule.split_manifest("test"), model.test_probabilities.numpy(), model.test_targets.numpy(),
+            class_names), root)
         predictions.to_csv(run_dir / PREDICTIONS_FILE, index=False)
+        files.append(run_dir / PREDICTIONS_FILE)
+    elif datamodule.task == "regression" and getattr(model, "test_predictions", None) is not None:
+        names = list(getattr(model, "target_names", None) or class_names)
+        prediction = model.test_predictions.double().numpy().reshape(len(model.test_predictions), -1, len(names))
+        table = reports.regression_predictions_table(datamodule.split_manifest("test"), prediction,
+                                                     model.test_targets.double().numpy().reshape(prediction.shape),
+                                                     names)
+        with_item_identity(table, root).to_csv(run_dir / PREDICTIONS_FILE, index=False)
         files.append(run_dir / PREDICTIONS_FILE)
     if len(datamodule.skipped):
         datamodule.skipped.to_csv(run_dir / "skipped_files.csv", index=False)
@@ -211,7 +222,10 @@ def finished_result(run_dir: Path, metrics: dict[str, float]) -> RunResult:
     """The ``RunResult`` of a run that finished in an earlier process (its ``DONE`` metrics and
     the files it wrote)."""
     predictions_path, collapse_path = run_dir / PREDICTIONS_FILE, run_dir / COLLAPSE_FILE
-    return RunResult(metrics, pd.read_csv(predictions_path) if predictions_path.is_file() else None,
+    predictions = pd.read_csv(predictions_path) if predictions_path.is_file() else None
+    if predictions is not None and "true" not in predictions:  # a regressor's windows: not a classifier's result
+        predictions = None
+    return RunResult(metrics, predictions,
                      json.loads(collapse_path.read_text()) if collapse_path.is_file() else None, run_dir)
 
 

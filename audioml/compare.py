@@ -26,9 +26,9 @@ waiting. ``--aggregate KEY``: per configuration (the runs' params other than ``K
 std and 95 % t-interval over ``KEY`` (a seed) of each test metric, and which configurations'
 intervals overlap (:mod:`audioml.run.aggregate`).
 
-``A B`` (MLflow run ids or their first 8+ digits, run directories, sweep jobs, k-fold parents):
-the paired difference ``B - A`` of each metric on the test items both were scored on (refused
-when the items differ), with a paired group-bootstrap interval and a paired test
+``A B`` (MLflow run ids or their first 8+ digits or run names, run directories, sweep jobs,
+k-fold parents): the paired difference ``B - A`` of each metric on the test items both were
+scored on (refused when the items differ), with a paired group-bootstrap interval and a paired test
 (:mod:`audioml.run.comparison`); logged as an MLflow comparison run linking both.
 ``--sweep ... --paired``: every job against the best one by ``--sort`` (default: the jobs'
 validation score, ``val/best_*``), or against ``--reference``, Holm-adjusted.
@@ -224,7 +224,7 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", metavar="RUN",
                         help="two runs to compare on the same test items, paired: MLflow run ids (or their first 8+ "
-                             "digits), run directories, k-fold parents")
+                             "digits) or names, run directories, k-fold parents")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--experiment", nargs="+", metavar="NAME", help="experiment name(s) (the dataset by default)")
     which.add_argument("--sweep", metavar="ID", help="parent run id of a sweep, or its sweep key")

@@ -2,7 +2,7 @@
 (``audioml-compare A B``; ``audioml-compare --sweep <key> --paired``.)
 
 A run is found by its MLflow run id (or the first 8+ digits of it, as the comparison table
-prints it), its run directory, a sweep job's run directory or a k-fold parent (its pooled
+prints it) or name (``logger.run_name``), its run directory, a sweep job's run directory or a k-fold parent (its pooled
 out-of-fold predictions); what is read is its predictions table (``test_predictions.csv`` /
 ``oof_predictions.csv``, from the run directory or the MLflow run's artifacts). The two tables
 are paired item by item (``audioml.run.items``: file relative to the dataset folder, its
@@ -88,8 +88,8 @@ def _read_table(folder: Path) -> pd.DataFrame | None:
 
 def load_run(reference: str, client=None, download_dir: str | Path | None = None) -> ScoredRun:
     """The ``ScoredRun`` of ``reference``: a run directory (a k-fold parent: its out-of-fold
-    predictions), or an MLflow run id or its first 8+ digits in ``client``'s store (its
-    predictions artifact). Raises ``LookupError`` saying what was not found."""
+    predictions), or an MLflow run id, its first 8+ digits or a run's name in ``client``'s store
+    (its predictions artifact). Raises ``LookupError`` saying what was not found."""
     path = Path(reference).expanduser()
     if path.is_dir():
         table = _read_table(path)
@@ -106,11 +106,9 @@ def load_run(reference: str, client=None, download_dir: str | Path | None = None
             except Exception:  # noqa: BLE001 - another store: the comparison still stands without the link
                 run_id = None
         return ScoredRun(label, run_id, reference, table, experiment_id)
-    if not _RUN_ID.match(reference):
-        raise LookupError(f"{reference!r} is neither a run directory nor an MLflow run id")
     if client is None:
-        raise LookupError(f"{reference} looks like an MLflow run id, but no MLflow store is open: give --output-dir "
-                          "or --tracking-uri")
+        raise LookupError(f"{reference!r} is not a run directory, and no MLflow store is open to find it as a run id "
+                          "or name: give --output-dir or --tracking-uri")
     run = _find_run(client, reference)
     folder = Path(download_dir or tempfile.mkdtemp(prefix="audioml-compare-")) / run.info.run_id
     folder.mkdir(parents=True, exist_ok=True)
@@ -129,14 +127,23 @@ def load_run(reference: str, client=None, download_dir: str | Path | None = None
 
 
 def _find_run(client, reference: str):
+    """The MLflow run whose id is (or starts with) ``reference``, else whose name it is."""
     from mlflow.exceptions import MlflowException
 
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not _RUN_ID.match(reference):
+        named = client.search_runs(experiments, f"attributes.run_name = '{reference.replace(chr(39), '')}'")
+        if len(named) == 1:
+            return named[0]
+        if named:
+            raise LookupError(f"{len(named)} MLflow runs are named {reference!r} "
+                              f"({', '.join(r.info.run_id[:8] for r in named)}): give one's id")
+        raise LookupError(f"{reference!r} is neither a run directory nor the name or id of an MLflow run in this store")
     if len(reference) == 32:
         try:
             return client.get_run(reference)
         except MlflowException:
             raise LookupError(f"no MLflow run {reference} in this store") from None
-    experiments = [e.experiment_id for e in client.search_experiments()]
     found = [r for r in client.search_runs(experiments, max_results=50000) if r.info.run_id.startswith(reference)]
     if not found:
         raise LookupError(f"no MLflow run whose id starts with {reference} in this store (and no run directory "

@@ -178,10 +178,11 @@ def test_run_directories_and_mistakes_on_the_command_line(store, capsys, tmp_pat
         (tmp_path / "runs" / name).mkdir(parents=True)
         table.to_csv(tmp_path / "runs" / name / "test_predictions.csv", index=False)
     assert load_run(str(tmp_path / "runs" / "one")).label == "one"
+    assert load_run("plain", client).run_id == ids["plain"]  # by its MLflow run name
     for argv, message in (([str(tmp_path / "runs" / "one")], "give two runs"),
                           ([str(tmp_path / "runs" / "one"), str(tmp_path / "runs" / "two"), "--no-log"],
                            "not scored on the same test items"),
-                          ([str(tmp_path / "runs" / "one"), "no-such-run"], "neither a run directory nor"),
+                          ([str(tmp_path / "runs" / "one"), "no-such-run"], "neither a run directory nor the name"),
                           ([str(tmp_path / "runs" / "one"), "feedface"], "no MLflow run whose id starts with"),
                           (["--experiment", "donateacry", "--paired"], "add --sweep"),
                           ([ids["good"], ids["bad"], "--sweep", "feedbeef1234"], "exclude each other"),

@@ -56,6 +56,8 @@ _CHOICE_TAG = "audioml.choice."
 #: Shown by default: the headline test metrics and the best validation score, not the
 #: per-class ones or the confidence bounds (ask for them with --metrics).
 DEFAULT_METRICS = ("test/*", "val/best_*")
+#: ``audioml.kind`` of runs that trained nothing, left out of the listing (``collect_runs``).
+_NOT_TRAINED = ("evaluation", "comparison")
 _HIDDEN_BY_DEFAULT = ("test/precision_*", "test/recall_*", "test/f1_*", "*_ci_low", "*_ci_high")
 
 
@@ -81,7 +83,9 @@ def _tracking_uri(tracking_uri: str | None, output_dir: str | None) -> str:
 def collect_runs(client, experiments: Sequence[str] = (), sweep: str | None = None) -> pd.DataFrame:
     """One row per run: ``run_id``, ``run_name``, ``status``, ``experiment``, ``tags.*``,
     ``params.*``, ``metrics.*`` (final values). With ``sweep`` (a parent run id or a sweep key)
-    the children of that sweep, else the runs of ``experiments`` except sweep parents.
+    the children of that sweep, else the runs of ``experiments`` except sweep parents,
+    evaluations (``audioml-eval``) and comparisons (``audioml-compare A B``): runs without a
+    config, whose missing params would make every param look different.
 
     Raises ``LookupError`` naming what was not found.
     """
@@ -108,7 +112,7 @@ def collect_runs(client, experiments: Sequence[str] = (), sweep: str | None = No
                 raise LookupError(f"no MLflow experiment {name!r}; experiments here: {sorted(all_experiments.values())}")
             ids.append(experiment.experiment_id)
         runs = [r for r in client.search_runs(ids or list(all_experiments), max_results=50000)
-                if r.data.tags.get("audioml.role") != "sweep"]
+                if r.data.tags.get("audioml.role") != "sweep" and r.data.tags.get("audioml.kind") not in _NOT_TRAINED]
     rows = []
     for run in runs:
         row = {"run_name": run.info.run_name, "status": run.info.status, "run_id": run.info.run_id,

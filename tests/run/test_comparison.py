@@ -149,6 +149,9 @@ def test_two_runs_by_id_prefix_print_the_paired_table_and_are_logged_linking_bot
     assert logged.data.tags["audioml.compares.b"] == ids["good"]
     assert logged.data.metrics["paired/acc_difference"] == pytest.approx(table["difference"][0])
     assert [a.path for a in client.list_artifacts(logged.info.run_id)] == ["paired_comparison.csv"]
+    listed = output / "listed.csv"  # the record trained nothing: the experiment's table leaves it out
+    assert compare.main(["--experiment", "donateacry", "--output-dir", str(output), "--csv", str(listed)]) == 0
+    assert sorted(pd.read_csv(listed)["run_name"]) == ["bad", "good", "plain"]
 
 
 def test_a_sweep_compares_every_job_with_the_best_by_validation_with_holm(store, capsys):

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from audioml.run.items import DIGEST_COLUMN, FILE_COLUMN, item_columns
+from audioml.run.items import DIGEST_COLUMN, FILE_COLUMN, POSITION_COLUMNS
 from audioml.stats.paired import LOWER_IS_BETTER, PairedDifference, holm_adjust, paired_classification, \
     paired_regression
 
@@ -164,10 +164,10 @@ def _paired_tables(a: ScoredRun, b: ScoredRun) -> tuple[pd.DataFrame, pd.DataFra
         raise ItemMismatchError(f"A ({a.label}) has the {'classes' if a.task == 'classification' else 'targets'} "
                                 f"{a.class_names}, B ({b.label}) {b.class_names}: compare runs of the same classes")
     notes = []
-    keys_a, keys_b = item_columns(a.predictions), item_columns(b.predictions)
-    key = [c for c in keys_a if c in keys_b]
-    if FILE_COLUMN not in key:
-        key = ["path", *key[1:]]
+    positions = [c for c in POSITION_COLUMNS if c in a.predictions and c in b.predictions]
+    key = [FILE_COLUMN, *positions]
+    if not (FILE_COLUMN in a.predictions and FILE_COLUMN in b.predictions):
+        key = ["path", *positions]
         notes.append("items paired by their absolute paths: a run written before audioml recorded the files "
                      "relative to the dataset folder")
     left, right = a.predictions.copy(), b.predictions.copy()

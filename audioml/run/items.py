@@ -12,7 +12,7 @@ import pandas as pd
 
 from audioml.files import file_digest
 
-__all__ = ["FILE_COLUMN", "DIGEST_COLUMN", "POSITION_COLUMNS", "with_item_identity", "item_columns"]
+__all__ = ["FILE_COLUMN", "DIGEST_COLUMN", "POSITION_COLUMNS", "with_item_identity"]
 
 #: The item's file, relative to the dataset folder (absolute when outside it), POSIX separators.
 FILE_COLUMN = "file"
@@ -40,8 +40,3 @@ def with_item_identity(table: pd.DataFrame, root: str | Path | None) -> pd.DataF
     out.insert(position, FILE_COLUMN, out["path"].astype(str).map(names))
     return out
 
-
-def item_columns(table: pd.DataFrame) -> list[str]:
-    """The columns that name an item of ``table``: ``file`` (``path`` in tables written before
-    it existed) and the position columns it has."""
-    return [FILE_COLUMN if FILE_COLUMN in table else "path", *[c for c in POSITION_COLUMNS if c in table]]

@@ -82,6 +82,8 @@ def test_tables_written_before_item_identity_pair_on_their_paths_and_say_so():
     old_a, old_b = (t.drop(columns=["file", "sha256"]) for t in (table_a, table_b))
     result = compare_runs(_run(old_a, "A"), _run(old_b, "B"), bootstrap_samples=10, permutations=10)
     assert result.paired_on == ["path"] and any("absolute paths" in note for note in result.notes)
+    mixed = compare_runs(_run(table_a, "A"), _run(old_b, "B"), bootstrap_samples=10, permutations=10)
+    assert mixed.paired_on == ["path"] and mixed.differences == result.differences
     moved = old_b.assign(path=old_b["path"].str.replace("/data/", "/elsewhere/"))
     with pytest.raises(ItemMismatchError, match="paired on path.*absolute paths"):
         compare_runs(_run(old_a, "A"), _run(moved, "B"), bootstrap_samples=10, permutations=10)
@@ -181,6 +183,10 @@ def test_run_directories_and_mistakes_on_the_command_line(store, capsys, tmp_pat
         (tmp_path / "runs" / name).mkdir(parents=True)
         table.to_csv(tmp_path / "runs" / name / "test_predictions.csv", index=False)
     assert load_run(str(tmp_path / "runs" / "one")).label == "one"
+    (tmp_path / "runs" / "kfold").mkdir()  # a k-fold parent: its pooled out-of-fold predictions
+    table_a.assign(fold=np.arange(48) % 5).to_csv(tmp_path / "runs" / "kfold" / "oof_predictions.csv", index=False)
+    kfold = load_run(str(tmp_path / "runs" / "kfold"))
+    assert compare_runs(load_run(str(tmp_path / "runs" / "one")), kfold, 10, 10).differences[0].difference == 0
     assert load_run("plain", client).run_id == ids["plain"]  # by its MLflow run name
     for argv, message in (([str(tmp_path / "runs" / "one")], "give two runs"),
                           ([str(tmp_path / "runs" / "one"), str(tmp_path / "runs" / "two"), "--no-log"],

@@ -1,5 +1,8 @@
-"""``audioml-compare``: the runs of an MLflow experiment or sweep side by side, sorted by a metric.
+"""``audioml-compare``: the runs of an MLflow experiment or sweep side by side, sorted by a
+metric; or two runs compared on the same test items, paired.
 
+    audioml-compare <run A> <run B>
+    audioml-compare --sweep <parent run id or sweep key> --paired [--reference <run>]
     audioml-compare --experiment donateacry --sort test/macro_f1 --csv outputs/compare.csv
     audioml-compare --sweep <parent run id or sweep key>
     audioml-compare --experiment synthetic --metrics "test/*" "val/best_*" --params "model.*"
@@ -22,6 +25,13 @@ total, best validation score, test score and wall time, from the sweep's record 
 waiting. ``--aggregate KEY``: per configuration (the runs' params other than ``KEY``) the mean,
 std and 95 % t-interval over ``KEY`` (a seed) of each test metric, and which configurations'
 intervals overlap (:mod:`audioml.run.aggregate`).
+
+``A B`` (MLflow run ids or their first 8+ digits or run names, run directories, sweep jobs,
+k-fold parents): the paired difference ``B - A`` of each metric on the test items both were
+scored on (refused when the items differ), with a paired group-bootstrap interval and a paired test
+(:mod:`audioml.run.comparison`); logged as an MLflow comparison run linking both.
+``--sweep ... --paired``: every job against the best one by ``--sort`` (default: the jobs'
+validation score, ``val/best_*``), or against ``--reference``, Holm-adjusted.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +56,8 @@ _CHOICE_TAG = "audioml.choice."
 #: Shown by default: the headline test metrics and the best validation score, not the
 #: per-class ones or the confidence bounds (ask for them with --metrics).
 DEFAULT_METRICS = ("test/*", "val/best_*")
+#: ``audioml.kind`` of runs that trained nothing, left out of the listing (``collect_runs``).
+_NOT_TRAINED = ("evaluation", "comparison")
 _HIDDEN_BY_DEFAULT = ("test/precision_*", "test/recall_*", "test/f1_*", "*_ci_low", "*_ci_high")
 
 
@@ -70,7 +83,9 @@ def _tracking_uri(tracking_uri: str | None, output_dir: str | None) -> str:
 def collect_runs(client, experiments: Sequence[str] = (), sweep: str | None = None) -> pd.DataFrame:
     """One row per run: ``run_id``, ``run_name``, ``status``, ``experiment``, ``tags.*``,
     ``params.*``, ``metrics.*`` (final values). With ``sweep`` (a parent run id or a sweep key)
-    the children of that sweep, else the runs of ``experiments`` except sweep parents.
+    the children of that sweep, else the runs of ``experiments`` except sweep parents,
+    evaluations (``audioml-eval``) and comparisons (``audioml-compare A B``): runs without a
+    config, whose missing params would make every param look different.
 
     Raises ``LookupError`` naming what was not found.
     """
@@ -97,7 +112,7 @@ def collect_runs(client, experiments: Sequence[str] = (), sweep: str | None = No
                 raise LookupError(f"no MLflow experiment {name!r}; experiments here: {sorted(all_experiments.values())}")
             ids.append(experiment.experiment_id)
         runs = [r for r in client.search_runs(ids or list(all_experiments), max_results=50000)
-                if r.data.tags.get("audioml.role") != "sweep"]
+                if r.data.tags.get("audioml.role") != "sweep" and r.data.tags.get("audioml.kind") not in _NOT_TRAINED]
     rows = []
     for run in runs:
         row = {"run_name": run.info.run_name, "status": run.info.status, "run_id": run.info.run_id,
@@ -211,7 +226,10 @@ def fit_to_width(table: pd.DataFrame, width: int, max_cell: int = 24, max_key: i
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="audioml-compare", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    which = parser.add_mutually_exclusive_group(required=True)
+    parser.add_argument("runs", nargs="*", metavar="RUN",
+                        help="two runs to compare on the same test items, paired: MLflow run ids (or their first 8+ "
+                             "digits) or names, run directories, k-fold parents")
+    which = parser.add_mutually_exclusive_group()
     which.add_argument("--experiment", nargs="+", metavar="NAME", help="experiment name(s) (the dataset by default)")
     which.add_argument("--sweep", metavar="ID", help="parent run id of a sweep, or its sweep key")
     which.add_argument("--status", nargs="?", const="", metavar="SWEEP",
@@ -230,6 +248,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--params", nargs="+", metavar="PATTERN",
                         help="param name patterns to show (default: the params that differ between the runs)")
     parser.add_argument("--csv", metavar="PATH", help="also write the table (full run ids) to this CSV file")
+    paired = parser.add_argument_group("paired comparison (A B, or --sweep ... --paired)")
+    paired.add_argument("--paired", action="store_true",
+                        help="with --sweep: every job against the best one (by --sort, default its val/best_* score) "
+                             "or --reference, paired on the test items, Holm-adjusted")
+    paired.add_argument("--reference", metavar="RUN",
+                        help="with --sweep --paired: the run the others are compared with")
+    paired.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="paired group-bootstrap resamples")
+    paired.add_argument("--permutations", type=int, default=10000, metavar="N",
+                        help="paired permutations (all 2**groups swaps when fewer)")
+    paired.add_argument("--confidence", type=float, default=0.95, help="coverage of the intervals")
+    paired.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdicts")
+    paired.add_argument("--seed", type=int, default=0, help="seed of the resamples and permutations")
+    paired.add_argument("--no-log", action="store_true", help="do not record the comparison as an MLflow run")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or the embedded store)")
     parser.add_argument("--output-dir", help="paths.output_dir of the runs, holding mlflow/mlflow.db "
                                              "(default: AUDIOML_OUTPUT_DIR or ./outputs)")
@@ -289,13 +320,116 @@ def _aggregate(runs: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     return table
 
 
+def _store_of_runs(args: argparse.Namespace) -> str | None:
+    """The store for a paired comparison: as for the table, else the one a run directory
+    recorded (``<run dir>/mlflow_store``); ``None`` when runs given as directories have none."""
+    try:
+        return _tracking_uri(args.tracking_uri, args.output_dir)
+    except FileNotFoundError:
+        for run in args.runs:
+            recorded = Path(run).expanduser() / "mlflow_store"
+            if recorded.is_file():
+                return recorded.read_text().strip()
+        if all(Path(run).expanduser().is_dir() for run in args.runs):
+            return None
+        raise
+
+
+def _paired(args: argparse.Namespace, client, runs: pd.DataFrame | None) -> int:
+    """``A B`` or ``--sweep ... --paired``: print (and log) the paired comparison."""
+    from audioml.run import comparison
+
+    settings = {"bootstrap_samples": args.bootstrap, "permutations": args.permutations,
+                "confidence": args.confidence, "seed": args.seed}
+    with tempfile.TemporaryDirectory() as scratch:
+        if runs is None:
+            a, b = (comparison.load_run(run, client, scratch) for run in args.runs)
+            comparisons = [comparison.compare_runs(a, b, **settings)]
+            title = f"compare {a.label} vs {b.label}"
+        else:
+            reference = comparison.load_run(args.reference or _best_job(runs, args.sort, args.ascending), client,
+                                            scratch)
+            others = [comparison.load_run(run_id, client, scratch) for run_id in runs["run_id"]
+                      if run_id != reference.run_id]
+            if not others:
+                raise ValueError("the sweep has no other job to compare with its reference")
+            comparisons = comparison.with_holm([comparison.compare_runs(reference, other, **settings)
+                                                for other in others])
+            title = f"compare {len(others)} jobs vs {reference.label}"
+        table = comparison.comparison_table(comparisons)
+        first, single = comparisons[0], len(comparisons) == 1
+        print(f"A = {first.a.label}" + (f" ({first.a.run_id[:8]})" if first.a.run_id else "")
+              + (f", B = {first.b.label}" + (f" ({first.b.run_id[:8]})" if first.b.run_id else "") if single
+                 else f", B = each of {len(comparisons)} other jobs")
+              + f": {first.differences[0].items} test items in {first.differences[0].groups} groups, paired on "
+              + " + ".join(first.paired_on))
+        shown = table.drop(columns=["a_run", "a_run_id", "b_run_id", "items", "groups"] + (["b_run"] if single else []))
+        print(fit_to_width(shown, _width(), max_cell=32))
+        for item in comparisons:
+            lines = comparison.describe(item, args.alpha)
+            print("\n" + "\n".join(lines) if single
+                  else f"\n{item.b.label} vs {item.a.label}:\n  " + "\n  ".join(lines))
+        notes = sorted({note for item in comparisons for note in item.notes})
+        if notes:
+            print("\n" + "\n".join(f"note: {note}" for note in notes))
+        path = Path(args.csv).expanduser() if args.csv else Path(scratch) / comparison.COMPARISON_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(path, index=False)
+        if args.csv:
+            print(f"\n{len(table)} rows written to {path}")
+        if client is not None and not args.no_log and all(c.a.run_id and c.b.run_id for c in comparisons):
+            if path.name != comparison.COMPARISON_FILE:  # the artifact keeps its name
+                path = Path(shutil.copy(path, Path(scratch) / comparison.COMPARISON_FILE))
+            run_id = comparison.log_comparison(client, comparisons, path, first.a.experiment_id, title)
+            print(f"\nlogged as MLflow run {run_id} (tags audioml.compares.*)")
+        elif not args.no_log:
+            print("\nnot logged to MLflow: " + ("no MLflow store" if client is None else
+                                                "a run is not in this MLflow store"))
+    return 0
+
+
+def _best_job(runs: pd.DataFrame, sort: str | None, ascending: bool) -> str:
+    """The run id of the best job: by ``sort``, else by the jobs' one ``val/best_*`` metric (the
+    validation score their checkpoints were chosen by: choosing by a test metric would favour
+    the reference by the test set's own noise)."""
+    if sort is None:
+        names = sorted({c for c in runs.columns if c.startswith("metrics.val/best_")})
+        if len(names) != 1:
+            raise ValueError(f"which job is the best? the jobs have {len(names)} val/best_* metrics "
+                             f"({[n[len('metrics.'):] for n in names]}): give --sort <metric> or --reference <run>")
+        sort = names[0][len("metrics."):]
+        ascending = sort.endswith(("loss", "mse", "mae"))
+    if f"metrics.{sort}" not in runs:
+        raise ValueError(f"--sort {sort}: no such metric of the jobs")
+    ordered = runs.sort_values(f"metrics.{sort}", ascending=ascending, na_position="last", kind="stable")
+    return str(ordered["run_id"].iloc[0])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # downloads of a few CSV files
     from mlflow import MlflowClient
 
+    from audioml.run.comparison import ItemMismatchError
     from audioml.run.tracking import check_reachable
 
+    modes = [flag for flag, given in (("RUN RUN", bool(args.runs)), ("--experiment", args.experiment),
+                                      ("--sweep", args.sweep), ("--status", args.status is not None)) if given]
+    if len(modes) != 1:
+        print("audioml-compare: " + (f"{' and '.join(modes)} exclude each other" if modes else
+                                     "give two runs (A B), --experiment, --sweep or --status"), file=sys.stderr)
+        return 2
     try:
+        if args.runs:
+            if len(args.runs) != 2:
+                raise ValueError(f"give two runs to compare (A B); got {len(args.runs)}: {args.runs}")
+            uri = _store_of_runs(args)
+            if uri is not None:
+                check_reachable(uri)
+            return _paired(args, MlflowClient(uri) if uri else None, None)
+        if (args.paired or args.reference) and not args.sweep:
+            raise ValueError("--paired and --reference compare the jobs of a sweep: add --sweep <sweep key or parent "
+                             "run id>; two runs: audioml-compare <run A> <run B>")
         if args.watch is not None and args.status is None:
             raise ValueError("--watch refreshes --status: add --status [SWEEP]")
         if args.status is not None:
@@ -314,6 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if runs.empty:
             print("no runs", file=sys.stderr)
             return 1
+        if args.paired or args.reference:
+            return _paired(args, client, runs)
         if args.aggregate:
             table = _aggregate(runs, args)
             if args.csv:
@@ -322,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"\n{len(table)} configurations written to {args.csv}")
             return 0
         table = comparison_table(runs, args.metrics, args.params, args.sort, args.ascending)
-    except (FileNotFoundError, LookupError, ValueError, ConnectionError) as error:
+    except (FileNotFoundError, LookupError, ValueError, ConnectionError, ItemMismatchError) as error:
         print(f"audioml-compare: {error}", file=sys.stderr)
         return 2
     if args.csv:

@@ -31,8 +31,9 @@ def _app(cfg: DictConfig) -> None:
 
     logging.getLogger("audioml").setLevel(logging.INFO)
     if (cfg.source is None) == (cfg.ckpt_path is None):
-        raise SystemExit("audioml-eval: give the model as source=<run dir | .ckpt | runs:/<run id>/model | "
-                         "models:/<name>/<version>> (or ckpt_path=<.ckpt>), one of the two")
+        raise SystemExit("audioml-eval: give the model as source=<run dir | .ckpt | models:/m-<model id> | "
+                         "runs:/<run id>/model | models:/<name>/<version> | models:/<name>@<alias>> (or "
+                         "ckpt_path=<.ckpt>), one of the two")
     source = cfg.source if cfg.source is not None else cfg.ckpt_path
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     uri = resolve_tracking_uri(cfg.tracking_uri, cfg.paths.mlflow_dir)

@@ -26,8 +26,9 @@ def _app(cfg: DictConfig) -> None:
 
     logging.getLogger("audioml").setLevel(logging.INFO)
     if (cfg.source is None) == (cfg.ckpt_path is None):
-        raise SystemExit("audioml-export: give the model as source=<run dir | .ckpt | runs:/<run id>/model | "
-                         "models:/<name>/<version>> (or ckpt_path=<.ckpt>), one of the two")
+        raise SystemExit("audioml-export: give the model as source=<run dir | .ckpt | models:/m-<model id> | "
+                         "runs:/<run id>/model | models:/<name>/<version> | models:/<name>@<alias>> (or "
+                         "ckpt_path=<.ckpt>), one of the two")
     source = cfg.source if cfg.source is not None else cfg.ckpt_path
     registry = str(source).startswith(("runs:/", "models:/"))  # only these need the MLflow store
     try:

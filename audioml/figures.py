@@ -1,5 +1,5 @@
-"""The figures of a run (confusion matrices, learning curves, embedding PCA) and the worker
-process that draws them beside training.
+"""The figures of a run (confusion matrices, learning curves, embedding PCA, reliability
+diagram) and the worker process that draws them beside training.
 
 Why a worker: matplotlib draws in Python, 0.15-0.4 s a figure on a 2-core machine, and a
 head-only job (``audioml.run.head_only``) that trains in about a second on one core spent as
@@ -47,7 +47,8 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-__all__ = ["plot_confusion_matrix", "plot_learning_curves", "plot_embedding_pca", "pca_2d", "PLOTS", "TASKS", "draw",
+__all__ = ["plot_confusion_matrix", "plot_learning_curves", "plot_embedding_pca", "plot_reliability_diagram", "pca_2d",
+           "PLOTS", "TASKS", "draw",
            "wait", "run_task", "start", "stop_worker", "worker_enabled"]
 
 def _figure(width: float, height: float):
@@ -175,9 +176,41 @@ def plot_embedding_pca(before_head: np.ndarray, after_head: np.ndarray, labels: 
     return path
 
 
+def plot_reliability_diagram(edges: np.ndarray, counts: np.ndarray, confidence: np.ndarray, accuracy: np.ndarray,
+                             path: str | Path, title: str = "test reliability diagram",
+                             ece: float | None = None) -> Path:
+    """PNG of a classifier's calibration (``audioml.stats.calibration.Reliability``): per
+    confidence bin (``edges`` ``(bins + 1,)``) the share of its clips predicted right against
+    their mean top-class probability, bars over the diagonal of perfect calibration, the gap to
+    it shaded; below, the clips per bin. NaN (empty) bins are left blank."""
+    edges, counts = np.asarray(edges, dtype=float), np.asarray(counts)
+    confidence, accuracy = np.asarray(confidence, dtype=float), np.asarray(accuracy, dtype=float)
+    centres, widths = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+    filled = counts > 0
+    fig = _figure(4.6, 5.4)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfect calibration")
+    top.bar(centres[filled], accuracy[filled], width=widths[filled], edgecolor="black", color="tab:blue",
+            alpha=0.8, label="accuracy")
+    top.bar(centres[filled], confidence[filled] - accuracy[filled], bottom=accuracy[filled], width=widths[filled],
+            color="tab:red", alpha=0.3, edgecolor="tab:red", label="gap to confidence")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy")
+    top.legend(loc="upper left", fontsize=8)
+    top.set_title(title if ece is None else f"{title} (ECE {ece:.3f})")
+    bottom.bar(centres, counts, width=widths, color="grey", edgecolor="black")
+    bottom.set_xlabel("confidence (top-class probability)")
+    bottom.set_ylabel("clips")
+    _place(fig, left=0.7, bottom=0.55, top=0.4)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    return path
+
+
 #: The figures :func:`draw` can hand to the worker, by name.
 PLOTS: dict[str, Callable[..., Path]] = {f.__name__: f for f in (plot_confusion_matrix, plot_learning_curves,
-                                                                  plot_embedding_pca)}
+                                                                  plot_embedding_pca, plot_reliability_diagram)}
 #: The other jobs the worker runs (:func:`run_task`), by name: ``"module:function"``, imported in
 #: the worker when first asked for. Only these names are accepted from the wire.
 TASKS: dict[str, str] = {"finish_run": "audioml.run.finishing:finish_in_worker"}

@@ -19,7 +19,9 @@ def class_weights_from_counts(class_counts: Sequence[int], scheme: str = "balanc
     is 1). ``"inverse_sqrt"``: ``1 / sqrt(n_c)`` rescaled to the same mean. A class with no
     training clip gets weight 0.
     """
-    counts = torch.as_tensor(list(class_counts), dtype=torch.float64)
+    # on the CPU whatever the default device: counts are data (a model shell built on the meta
+    # device to check a checkpoint's shapes still computes its loss's weights)
+    counts = torch.as_tensor(list(class_counts), dtype=torch.float64, device="cpu")
     if counts.numel() == 0 or counts.sum() <= 0:
         raise ValueError("class weights need non-empty training class counts")
     present = counts > 0

@@ -6,15 +6,15 @@ from collections.abc import Sequence
 
 import torch
 
+from audioml.stats.regression import concordance_cc as stats_concordance_cc
+
 __all__ = ["concordance_cc", "regression_metrics"]
 
 
-def concordance_cc(prediction: torch.Tensor, target: torch.Tensor, dim: int = 0, eps: float = 1e-8) -> torch.Tensor:
-    """Lin's concordance correlation coefficient along ``dim``:
-
-    ``2 cov(x, y) / (var(x) + var(y) + (mean(x) - mean(y))**2)`` with population (biased)
-    moments, as the MuSe challenge computes it. 1 = perfect agreement, 0 = none, -1 = inverted;
-    differentiable (used by ``audioml.losses.CCCLoss``). ``eps`` keeps constant inputs finite.
+def concordance_cc(prediction: torch.Tensor, target: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Lin's concordance correlation coefficient along ``dim`` of two float tensors,
+    differentiable (used by ``audioml.losses.CCCLoss``): ``audioml.stats.concordance_cc``, the
+    one definition (population moments, 0 where nothing varies), on tensors.
 
     Args:
         prediction, target: tensors of the same shape.
@@ -23,15 +23,7 @@ def concordance_cc(prediction: torch.Tensor, target: torch.Tensor, dim: int = 0,
     """
     if prediction.shape != target.shape:
         raise ValueError(f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ in shape")
-    prediction = prediction.float()
-    target = target.float()
-    mean_p = prediction.mean(dim=dim, keepdim=True)
-    mean_t = target.mean(dim=dim, keepdim=True)
-    covariance = ((prediction - mean_p) * (target - mean_t)).mean(dim=dim)
-    var_p = (prediction - mean_p).square().mean(dim=dim)
-    var_t = (target - mean_t).square().mean(dim=dim)
-    difference = (mean_p - mean_t).squeeze(dim).square()
-    return 2.0 * covariance / (var_p + var_t + difference + eps)
+    return stats_concordance_cc(prediction.float(), target.float(), axis=dim)
 
 
 def regression_metrics(prediction: torch.Tensor, target: torch.Tensor,

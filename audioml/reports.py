@@ -12,7 +12,7 @@ import pandas as pd
 from audioml import figures
 from audioml.figures import pca_2d, plot_confusion_matrix, plot_embedding_pca, plot_learning_curves
 
-__all__ = ["plot_confusion_matrix", "predictions_table", "plot_learning_curves",
+__all__ = ["plot_confusion_matrix", "predictions_table", "regression_predictions_table", "plot_learning_curves",
            "plot_embedding_pca", "pca_2d", "LearningCurves"]
 
 
@@ -25,6 +25,21 @@ def predictions_table(manifest: pd.DataFrame, probabilities: np.ndarray, targets
     table["predicted"] = [class_names[p] for p in probabilities.argmax(axis=1)]
     for index, name in enumerate(class_names):
         table[f"p_{name}"] = probabilities[:, index]
+    return table
+
+
+def regression_predictions_table(manifest: pd.DataFrame, prediction: np.ndarray, target: np.ndarray,
+                                 target_names: Sequence[str]) -> pd.DataFrame:
+    """One row per window of each test sequence: the sequence's manifest columns (its array
+    ``target`` left out), ``window`` (index in the sequence), ``true_<name>`` and
+    ``predicted_<name>`` per target. ``prediction``/``target``: ``(sequences, windows, targets)``."""
+    sequences, windows = prediction.shape[:2]
+    table = manifest.drop(columns=["target"], errors="ignore").reset_index(drop=True)
+    table = table.loc[np.repeat(np.arange(sequences), windows)].reset_index(drop=True)
+    table["window"] = np.tile(np.arange(windows), sequences)
+    for index, name in enumerate(target_names):
+        table[f"true_{name}"] = target[:, :, index].reshape(-1)
+        table[f"predicted_{name}"] = prediction[:, :, index].reshape(-1)
     return table
 
 

@@ -22,7 +22,17 @@ def _arguments(rng: np.random.Generator) -> dict[str, tuple]:
     return {"plot_confusion_matrix": (rng.integers(0, 20, (5, 5)), CLASSES),
             "plot_learning_curves": (history,),
             "plot_embedding_pca": (rng.normal(size=(40, 64)), rng.normal(size=(40, 5)), rng.integers(0, 5, 40),
-                                   CLASSES)}
+                                   CLASSES),
+            "plot_reliability_diagram": _reliability(rng)}
+
+
+def _reliability(rng: np.random.Generator) -> tuple:
+    from audioml.stats import reliability_bins
+
+    probabilities = rng.dirichlet(np.full(5, 0.3), size=200)  # empty bins (NaN) among them
+    bins = reliability_bins(probabilities, rng.integers(0, 5, 200))
+    assert np.isnan(bins.accuracy).any()
+    return bins.edges, bins.counts, bins.confidence, bins.accuracy
 
 
 def test_worker_draws_the_same_pixels_as_the_caller(tmp_path: Path, fresh_worker) -> None:

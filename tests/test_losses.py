@@ -119,3 +119,16 @@ def test_loss_configs_instantiate_with_class_counts(name):
     logits, targets = torch.randn(5, 2), torch.tensor([0, 1, 1, 0, 0])
     value = loss(logits, targets)
     assert value.ndim == 0 and torch.isfinite(value)
+
+
+@pytest.mark.parametrize("name", ["ce", "weighted_ce", "focal", "bce"])
+def test_loss_configs_instantiate_on_the_meta_device(name):
+    """A checkpoint's model is first built on the meta device to compare its shapes with the file's
+    weights (audioml.run.checkpoint): a class-weighted loss must build there too (its weights from
+    the counts), with the weights it has on the CPU."""
+    config = OmegaConf.load(CONF / f"{name}.yaml")
+    with torch.device("meta"):
+        shell = instantiate(config, class_counts=[8, 2])
+    built = instantiate(config, class_counts=[8, 2])
+    assert {k: tuple(v.shape) for k, v in shell.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in built.state_dict().items()}

@@ -84,7 +84,13 @@ class AudioClassifier(AudioModule):
         for confusion in (self.train_confusion, self.val_confusion, self.test_confusion):
             confusion.persistent(True)  # in state_dict: a mid-epoch checkpoint carries the counts
         self.test_confusion_matrix: torch.Tensor | None = None
-        #: Softmax outputs and targets of the last test run, in loader order (CPU).
+        #: Divides the logits before the softmax of the test and predict probabilities
+        #: (temperature scaling, fitted on validation: ``calibrate``; a checkpoint's record
+        #: sets it). A plain number, not part of the state dict.
+        self.temperature = 1.0
+        #: Logits, probabilities (``probabilities`` of the logits) and targets of the last test
+        #: run, in loader order (CPU).
+        self.test_logits: torch.Tensor | None = None
         self.test_probabilities: torch.Tensor | None = None
         self.test_targets: torch.Tensor | None = None
         self._test_buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -168,9 +174,21 @@ class AudioClassifier(AudioModule):
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val", prog_bar=True)
 
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``(batch, classes)`` of ``logits``: ``softmax(logits / temperature)``."""
+        return (logits / self.temperature).softmax(dim=1)
+
+    def calibrate(self, temperature: float) -> None:
+        """Divide the logits by ``temperature`` from now on; the last test's probabilities become
+        what the test gives with it (the predicted classes, and so every metric of the
+        confusion matrix, stay the same)."""
+        self.temperature = float(temperature)
+        if self.test_logits is not None:
+            self.test_probabilities = self.probabilities(self.test_logits)
+
     def test_step(self, batch, batch_idx: int) -> None:
         _, logits, hard = self._step(batch, "test")
-        self._test_buffers.append((logits.softmax(dim=1).detach().cpu(), hard.detach().cpu()))
+        self._test_buffers.append((logits.detach().float().cpu(), hard.detach().cpu()))
 
     def on_test_epoch_start(self) -> None:
         self._test_buffers = []
@@ -178,9 +196,10 @@ class AudioClassifier(AudioModule):
     def on_test_epoch_end(self) -> None:
         self.test_confusion_matrix = self._log_epoch_metrics("test", per_class=True).cpu()
         if self._test_buffers:
-            self.test_probabilities = torch.cat([p for p, _ in self._test_buffers])
+            self.test_logits = torch.cat([logits for logits, _ in self._test_buffers])
+            self.test_probabilities = self.probabilities(self.test_logits)
             self.test_targets = torch.cat([t for _, t in self._test_buffers])
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         waveform = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(waveform).softmax(dim=1)
+        return self.probabilities(self(waveform))

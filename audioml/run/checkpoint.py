@@ -14,6 +14,8 @@ Every checkpoint ``audioml-train`` writes carries, under ``"audioml"``, a **mode
                   data is found on whichever machine evaluates it; augmentation (online or
                   offline) is never part of it
     seed
+    temperature   a classifier's temperature scaling (a float > 0 dividing its logits, fitted on
+                  the validation split: ``audioml.run.calibration``); absent: 1
 
 Reading is defensive (a checkpoint may come from anyone): ``torch.load(weights_only=True)``
 (no unpickling); every ``_target_`` must name a class of an allowed package (``audioml.models``,
@@ -29,6 +31,7 @@ built on the meta device first), and non-finite weights are refused.
 from __future__ import annotations
 
 import logging
+import math
 import pickle
 import re
 import zipfile
@@ -227,6 +230,10 @@ def _check_plain_fields(record: dict[str, Any], source: str) -> None:
         ClipDecoder.from_settings(record.get("decoder"))
     except (ValueError, TypeError) as error:
         raise UntrustedCheckpointError(f"{source}: decoder settings refused: {error}") from None
+    temperature = record.get("temperature")
+    if temperature is not None and not (isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+                                        and math.isfinite(temperature) and temperature > 0):
+        raise UntrustedCheckpointError(f"{source}: temperature={temperature!r} must be a finite number > 0")
 
 
 def _check_node(node: Any, where: str, part: str, allowed: tuple[str, ...], source: str) -> None:
@@ -314,6 +321,8 @@ def model_from_record(record: dict[str, Any], state_dict: dict[str, torch.Tensor
     model = instantiate_model(model_cfg, record.get("loss"), record["class_names"], record.get("class_counts"))
     persist_metric_states(model)  # as training did: metric states are part of every checkpoint
     model.load_state_dict(state_dict, strict=True)
+    if record.get("temperature") is not None and record["task"] == "classification":
+        model.temperature = float(record["temperature"])  # AudioClassifier.temperature
     model.eval()
     return model
 

@@ -57,7 +57,7 @@ import torch
 from audioml.data.audio import AudioDecodeError
 from audioml.data.decoder import ClipDecoder
 from audioml.files import atomic_write_bytes
-from audioml.run.checkpoint import model_from_record, read_record
+from audioml.run.checkpoint import read_record
 from audioml.run.inference import OutputModel, collect_inputs, display_path, find_checkpoint
 
 log = logging.getLogger(__name__)
@@ -255,7 +255,7 @@ def export_checkpoint(source: str | Path, format: str = "onnx", output: str | Pa
     if not files:
         log.info("parity is checked on generated signals; give parity_inputs=[recordings] to check real audio")
     output = Path(output) if output is not None else default_output(checkpoint, format, folder)
-    model = OutputModel(model_from_record(record, state_dict), record["task"]).eval()
+    model = OutputModel.of_record(record, state_dict)
     contract = export_model(model, record, format, output, inputs, sources, tolerance, opset, optimize,
                             checkpoint=display_path(checkpoint.resolve()))
     contract_path = Path(f"{output}.json")
@@ -322,6 +322,8 @@ def _contract(record: dict[str, Any], decoder: ClipDecoder, layout: InputLayout,
         "dynamic_axes": [layout.axes[a] for a in dynamic],
         "output_name": output_name, "output_shape": list(layout.output_axes),
         "decoder": decoder.settings(), "parity": parity}
+    if not regression:  # the file's probabilities are those of the logits divided by it (temperature scaling)
+        contract["temperature"] = float(record.get("temperature") or 1.0)
     if regression:
         contract["note"] = ("class_names are the regression targets; num_samples is one window of clip_seconds; "
                             "the input is sequences of consecutive windows")

@@ -317,7 +317,7 @@ def _environment(env: dict[str, str] | None) -> Iterator[None]:
 def finish_run(spec: dict[str, Any]) -> None:
     """Complete a run's record as ``spec`` says, in this order: ``tags`` on the MLflow run
     ``run_id`` of ``tracking_uri``, the ``checkpoint_artifacts`` (``[path, artifact folder]``),
-    the MLflow ``model`` (``{"checkpoint", "record", "registered_model_name", "trusted"}``,
+    the MLflow ``model`` (``{"checkpoint", "record", "registered_model_name", "register_alias", "trusted"}``,
     ``audioml.run.serving.log_model``), the figures started for ``wait_for`` waited for, the ``artifacts`` (missing ones skipped with a warning),
     status FINISHED; then ``DONE`` in ``run_dir`` with ``done`` (the metrics; ``None``: no
     marker). ``env``: the environment to do it in (the caller's)."""
@@ -351,7 +351,7 @@ def _complete_mlflow_run(spec: dict[str, Any]) -> None:
         model = None
     if model:
         serving.log_model(run_id, uri, model["checkpoint"], model["record"], model.get("registered_model_name"),
-                          model.get("trusted") or [])
+                          model.get("trusted") or [], model.get("register_alias"))
     # the figures drawn meanwhile (in the worker, drawn before this task: nothing to wait for)
     figures.wait(spec.get("wait_for") or [])
     for path in spec.get("artifacts") or []:

@@ -3,8 +3,9 @@ model record, checked before anything runs), test it on a split of its data
 (``evaluate_checkpoint``) or score recordings (``Predictor``).
 
 A model comes from a checkpoint file, a run directory, an MLflow model directory, an MLflow
-run (``runs:/<run id>/model``) or a registered model (``models:/<name>/<version or alias>``)
-(``find_checkpoint``); in every case what is read is the checkpoint, as data.
+3 logged model (``models:/m-<id>``), an MLflow run (``runs:/<run id>/model``) or a registered
+model (``models:/<name>/<version>``, ``models:/<name>@<alias>``) (``find_checkpoint``); in
+every case what is read is the checkpoint, as data.
 
 Recordings go through the decoder the training data went through (``ClipDecoder`` settings in
 the checkpoint: rate, downmix, silence trimming). A classifier scores a recording longer than
@@ -48,19 +49,28 @@ _GLOB_CHARACTERS = set("*?[")
 class OutputModel(torch.nn.Module):
     """What a trained model answers, as one ``nn.Module`` from waveform to output, the front
     end included: class probabilities ``(batch, classes)`` for a classifier (the softmax of its
-    logits), values for a regressor (``(batch, windows, targets)`` per window). Export, the
-    MLflow model and ``audioml-predict`` all run this module."""
+    logits divided by ``temperature``, the record's temperature scaling), values for a regressor
+    (``(batch, windows, targets)`` per window). Export, the MLflow model and
+    ``audioml-predict`` all run this module (``of_record``)."""
 
-    def __init__(self, model: torch.nn.Module, task: str) -> None:
+    def __init__(self, model: torch.nn.Module, task: str, temperature: float = 1.0) -> None:
         super().__init__()
         if task not in ("classification", "regression"):
             raise ValueError(f"task {task!r}: expected classification or regression")
         self.model = model
         self.task = task
+        self.temperature = float(temperature)
+
+    @classmethod
+    def of_record(cls, record: dict, state_dict: dict[str, torch.Tensor]) -> OutputModel:
+        """The model of a checked record (``read_record``) with its weights and temperature, in eval mode."""
+        temperature = record.get("temperature") if record["task"] == "classification" else None
+        return cls(model_from_record(record, state_dict), record["task"],
+                   1.0 if temperature is None else float(temperature)).eval()
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         output = self.model(waveform)
-        return output.softmax(dim=-1) if self.task == "classification" else output
+        return (output / self.temperature).softmax(dim=-1) if self.task == "classification" else output
 
 
 def evaluate_checkpoint(ckpt_path: str | Path, paths: DictConfig, trainer_cfg: DictConfig,
@@ -109,46 +119,38 @@ def evaluate_checkpoint(ckpt_path: str | Path, paths: DictConfig, trainer_cfg: D
 
 
 def training_run_of(source: str | Path, checkpoint: Path, tracking_uri: str) -> str | None:
-    """The MLflow run that trained the model behind ``source``: ``runs:/<id>/...``, a registered
-    version's run, or the ``mlflow_run_id`` of the run directory holding the checkpoint."""
-    text = str(source)
-    if text.startswith("runs:/"):
-        return text[len("runs:/"):].split("/")[0]
-    if text.startswith("models:/"):
-        from mlflow import MlflowClient
-        from mlflow.exceptions import MlflowException
+    """The MLflow run that trained the model behind ``source``: ``runs:/<id>/...``, a logged
+    model's (``models:/m-<id>``) or a registered version's run (``models:/<name>/<version>``,
+    ``models:/<name>@<alias>``), or the ``mlflow_run_id`` of the run directory holding the
+    checkpoint (``audioml.run.lineage.resolve``)."""
+    from audioml.run.lineage import resolve
 
-        name, _, version = text[len("models:/"):].partition("/")
-        client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
-        try:
-            found = client.get_model_version(name, version) if version.isdigit() else \
-                client.get_model_version_by_alias(name, version)
-        except MlflowException:
-            return None
-        return found.run_id
-    from audioml.run.markers import read_run_id
-
-    return read_run_id(checkpoint.resolve().parent.parent)  # <run_dir>/checkpoints/<file>
+    return resolve(source, checkpoint, tracking_uri).run_id
 
 
 def log_evaluation(tracking_uri: str, source: str | Path, checkpoint: Path, split: str, dataset: str | None,
                    metrics: dict[str, float], files: list[Path]) -> str:
     """An MLflow evaluation run linked to the training run (tag ``audioml.evaluates``, in its
-    experiment when it is found there; else in ``audioml-evaluations``); returns its id."""
+    experiment when it is found there; else in ``audioml-evaluations``), its metrics linked to
+    the MLflow 3 logged model evaluated (``audioml.evaluates_model``) when there is one; returns
+    its id."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     from audioml.run import tracking
+    from audioml.run.lineage import resolve
 
     tracking.check_reachable(tracking_uri)
     tracking.prepare_store(tracking_uri)
     client = MlflowClient(tracking_uri)
-    trained_by = training_run_of(source, checkpoint, tracking_uri)
-    experiment_id, trained_name = None, None
+    found = resolve(source, checkpoint, tracking_uri)
+    trained_by = found.run_id
+    experiment_id, trained_name, trained_data = None, None, None
     if trained_by:
         try:
             trained = client.get_run(trained_by)
             experiment_id, trained_name = trained.info.experiment_id, trained.info.run_name
+            trained_data = trained.data.tags.get("audioml.data")
         except MlflowException:
             log.warning("the training run %s is not in %s: the evaluation is logged on its own", trained_by,
                         tracking_uri)
@@ -157,17 +159,36 @@ def log_evaluation(tracking_uri: str, source: str | Path, checkpoint: Path, spli
         experiment_id = tracking.get_or_create_experiment(tracking_uri, "audioml-evaluations")
     tags = {"audioml.kind": "evaluation", "audioml.split": split, "audioml.model_source": display_path(source),
             "audioml.checkpoint": display_path(checkpoint), **({"audioml.dataset": dataset} if dataset else {}),
-            **({"audioml.evaluates": trained_by} if trained_by else {})}
+            **({"audioml.evaluates": trained_by} if trained_by else {}),
+            **({"audioml.evaluates_model": found.model_id} if found.model_id else {})}
     run = client.create_run(experiment_id, run_name=f"eval {trained_name or checkpoint.stem} {dataset or ''} "
                                                     f"{split}".replace("  ", " "), tags=tags)
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    # MLflow 3 lineage: the numbers also appear on the logged model they score, with the data they scored
+    scored = f"{dataset or trained_data or 'data'} {split}" if found.model_id else None
+    digest = _scored_items_digest(files, scored) if scored else None
+    client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), now, 0, model_id=found.model_id, dataset_name=scored,
+                                                      dataset_digest=digest) for k, v in metrics.items()])
     for path in files:
         client.log_artifact(run.info.run_id, str(path))
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
+
+
+def _scored_items_digest(files: list[Path], name: str) -> str:
+    """16 hex digits of sha256 over the items an evaluation scored (the ``file`` or ``path``
+    column of its predictions table, sorted), else over ``name``: MLflow's dataset digest."""
+    import hashlib
+
+    table = next((Path(f) for f in files if Path(f).name == "test_predictions.csv" and Path(f).is_file()), None)
+    text = name
+    if table is not None:
+        frame = pd.read_csv(table)
+        column = "file" if "file" in frame else "path"
+        text = "\n".join(sorted(frame[column].astype(str))) if column in frame else name
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def display_path(path: str | Path) -> str:
@@ -215,9 +236,10 @@ def collect_inputs(inputs: Sequence[str], input_dir: str | None = None,
 def find_checkpoint(source: str | Path, tracking_uri: str | None = None,
                     download_dir: str | Path | None = None) -> Path:
     """The checkpoint file behind ``source``: a ``.ckpt`` file; a run directory (its best
-    checkpoint, else ``last.ckpt``); an MLflow model directory; ``runs:/<id>/model`` or
-    ``models:/<name>/<version or alias>`` (downloaded from ``tracking_uri`` into
-    ``download_dir``). The checkpoint is then read as data like any other (``read_record``)."""
+    checkpoint, else ``last.ckpt``); an MLflow model directory; ``models:/m-<id>``,
+    ``runs:/<id>/model``, ``models:/<name>/<version>`` or ``models:/<name>@<alias>``
+    (downloaded from ``tracking_uri`` into ``download_dir``). The checkpoint is then read as
+    data like any other (``read_record``)."""
     text = str(source)
     if text.startswith(("runs:/", "models:/")):
         import mlflow
@@ -243,8 +265,8 @@ def find_checkpoint(source: str | Path, tracking_uri: str | None = None,
     if path.is_file():
         return path
     if not path.is_dir():
-        raise FileNotFoundError(f"{path} does not exist: give a .ckpt, a run directory, runs:/<run id>/model or "
-                                "models:/<name>/<version>")
+        raise FileNotFoundError(f"{path} does not exist: give a .ckpt, a run directory, models:/m-<model id>, "
+                                "runs:/<run id>/model, models:/<name>/<version> or models:/<name>@<alias>")
     if (path / "MLmodel").is_file():
         return _checkpoint_of_model_dir(path, text)
     checkpoints = path / "checkpoints"
@@ -313,7 +335,7 @@ class Predictor:
         self.names = [str(c) for c in record["class_names"]]
         self.decoder = ClipDecoder.from_settings(record["decoder"]).with_options(min_seconds=0.0)
         self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-        self.model = OutputModel(model_from_record(record, state_dict), self.task).to(self.device).eval()
+        self.model = OutputModel.of_record(record, state_dict).to(self.device).eval()
         self.hop_seconds, self.aggregate, self.sliding = hop_seconds, aggregate, bool(sliding_windows)
         self.batch_size = batch_size
         data = record.get("data") or {}

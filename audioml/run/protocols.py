@@ -54,10 +54,18 @@ class KFoldResult:
 
 
 class EvaluationProtocol(HonestScoring):
-    """Honest-scoring settings (``audioml.stats.HonestScoring``) plus the folds to train."""
+    """Honest-scoring settings (``audioml.stats.HonestScoring``) plus the folds to train and
+    ``temperature_scaling``: fit a classifier's temperature on its validation split after the
+    test (``audioml.run.calibration``)."""
 
     #: Folds to train; ``None`` means a single run on the DataModule's own holdout split.
     num_folds: int | None = None
+
+    def __init__(self, temperature_scaling: bool = False, **settings) -> None:
+        super().__init__(**settings)
+        if not isinstance(temperature_scaling, bool):
+            raise ValueError(f"evaluation.temperature_scaling={temperature_scaling!r}: use true or false")
+        self.temperature_scaling = temperature_scaling
 
 
 class Holdout(EvaluationProtocol):

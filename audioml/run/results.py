@@ -16,18 +16,22 @@ import torch
 
 from audioml import figures, reports
 from audioml.files import file_digest
+from audioml.run.items import with_item_identity
 from audioml.run.protocols import EvaluationProtocol, KFoldResult, RunResult
 from audioml.stats import per_class_table
 
 log = logging.getLogger(__name__)
 
-__all__ = ["COLLAPSE_FILE", "PREDICTIONS_FILE", "TESTED_CHECKPOINT_FILE", "honest_test_scores", "regression_test_scores",
+__all__ = ["COLLAPSE_FILE", "PREDICTIONS_FILE", "RELIABILITY_FIGURE", "TESTED_CHECKPOINT_FILE", "honest_test_scores",
+           "regression_test_scores",
            "write_run_reports", "finished_result", "write_kfold_reports", "collect_embeddings", "write_tested_checkpoint",
            "read_tested_checkpoint", "evaluated_checkpoint", "file_sha256"]
 
 #: Written next to test_predictions.csv when the DataModule declares a collapse.
 COLLAPSE_FILE = "class_collapse.json"
 PREDICTIONS_FILE = "test_predictions.csv"
+#: The calibration figure of a tested classifier (``audioml.figures.plot_reliability_diagram``).
+RELIABILITY_FIGURE = "reliability_diagram.png"
 #: Which checkpoint file a run's test scored, i.e. where the numbers of its metrics.json come from.
 TESTED_CHECKPOINT_FILE = "tested_checkpoint.json"
 
@@ -125,12 +129,21 @@ def honest_test_scores(protocol: EvaluationProtocol, model, datamodule, run_dir:
         files += [run_dir / COLLAPSE_FILE, figures.draw(
             reports.plot_confusion_matrix, scores.collapsed_matrix, scores.collapsed_names,
             run_dir / "confusion_matrix_binary.png", title="test confusion matrix (collapsed)")]
+    if scores.reliability is not None:
+        files.append(_draw_reliability(scores, run_dir / RELIABILITY_FIGURE))
     if hasattr(model, "embed") and len(manifest):
         before, after, labels = collect_embeddings(model, datamodule.test_dataloader())
         files.append(figures.draw(reports.plot_embedding_pca, before, after, labels, class_names,
                                   run_dir / "embeddings_pca.png"))
     log.info("test (honest): %s", scores.summary)
     return scores.metrics, files
+
+
+def _draw_reliability(scores, path: Path, title: str = "test reliability diagram") -> Path:
+    """The reliability diagram of ``scores`` (started with ``figures.draw``)."""
+    bins = scores.reliability
+    return figures.draw(figures.plot_reliability_diagram, bins.edges, bins.counts, bins.confidence, bins.accuracy,
+                        path, title=title, ece=scores.metrics.get("test/ece"))
 
 
 def regression_test_scores(protocol: EvaluationProtocol, model, datamodule) -> dict[str, float]:
@@ -182,10 +195,20 @@ def write_run_reports(model, datamodule, run_dir: Path, metrics: dict[str, float
                                   run_dir / "confusion_matrix.png"))
         per_class_table(matrix.numpy(), class_names).to_csv(run_dir / "per_class_report.csv", index=False)
         files.append(run_dir / "per_class_report.csv")
+    root = getattr(datamodule, "root", None)  # items named by their files (audioml.run.items)
     if getattr(model, "test_probabilities", None) is not None:
-        predictions = reports.predictions_table(datamodule.split_manifest("test"), model.test_probabilities.numpy(),
-                                                model.test_targets.numpy(), class_names)
+        predictions = with_item_identity(reports.predictions_table(
+            datamodule.split_manifest("test"), model.test_probabilities.numpy(), model.test_targets.numpy(),
+            class_names), root)
         predictions.to_csv(run_dir / PREDICTIONS_FILE, index=False)
+        files.append(run_dir / PREDICTIONS_FILE)
+    elif datamodule.task == "regression" and getattr(model, "test_predictions", None) is not None:
+        names = list(getattr(model, "target_names", None) or class_names)
+        prediction = model.test_predictions.double().numpy().reshape(len(model.test_predictions), -1, len(names))
+        table = reports.regression_predictions_table(datamodule.split_manifest("test"), prediction,
+                                                     model.test_targets.double().numpy().reshape(prediction.shape),
+                                                     names)
+        with_item_identity(table, root).to_csv(run_dir / PREDICTIONS_FILE, index=False)
         files.append(run_dir / PREDICTIONS_FILE)
     if len(datamodule.skipped):
         datamodule.skipped.to_csv(run_dir / "skipped_files.csv", index=False)
@@ -199,7 +222,10 @@ def finished_result(run_dir: Path, metrics: dict[str, float]) -> RunResult:
     """The ``RunResult`` of a run that finished in an earlier process (its ``DONE`` metrics and
     the files it wrote)."""
     predictions_path, collapse_path = run_dir / PREDICTIONS_FILE, run_dir / COLLAPSE_FILE
-    return RunResult(metrics, pd.read_csv(predictions_path) if predictions_path.is_file() else None,
+    predictions = pd.read_csv(predictions_path) if predictions_path.is_file() else None
+    if predictions is not None and "true" not in predictions:  # a regressor's windows: not a classifier's result
+        predictions = None
+    return RunResult(metrics, predictions,
                      json.loads(collapse_path.read_text()) if collapse_path.is_file() else None, run_dir)
 
 
@@ -211,6 +237,10 @@ def write_kfold_reports(result: KFoldResult, run_dir: Path) -> list[Path]:
     files = [run_dir / "oof_predictions.csv", run_dir / "fold_metrics.csv", reports.plot_confusion_matrix(
         result.confusion, result.class_names, run_dir / "confusion_matrix.png",
         title=f"out-of-fold confusion matrix ({len(result.folds)} folds)")]
+    if result.scores.reliability is not None:  # drawn before the parent run logs it
+        files.append(_draw_reliability(result.scores, run_dir / RELIABILITY_FIGURE,
+                                       title="out-of-fold reliability diagram"))
+        figures.wait(files[-1:])
     if result.scores.collapsed_matrix is not None:
         files.append(reports.plot_confusion_matrix(result.scores.collapsed_matrix, result.scores.collapsed_names,
                                                    run_dir / "confusion_matrix_binary.png",

@@ -162,6 +162,32 @@ def signature_of(record: dict):
         params=ParamSchema([ParamSpec("sample_rate", DataType.long, int(record["decoder"]["sample_rate"]))]))
 
 
+#: The run's final numbers, linked to its logged model (``_link_final_metrics``).
+LINKED_METRICS = ("test/", "val/best_", "baseline/", "permutation/", "calibration/")
+
+
+def _link_final_metrics(client, run_id: str, model_id: str) -> None:
+    """Link the run's final numbers (``LINKED_METRICS``) to its MLflow 3 logged model, with the
+    data they were scored on (``audioml.data``, ``data.fingerprint`` tags). MLflow links only
+    the metrics at the model's step (0: the first epoch's), which misses the test metrics
+    Lightning logs at the last step. Each is logged again as it is (same value, step and time),
+    which the store keeps once in the run's history and adds to the model's metrics."""
+    from mlflow.entities import Metric
+
+    run = client.get_run(run_id)
+    linked = {m.key for m in client.get_logged_model(model_id).metrics or []}
+    data, digest = run.data.tags.get("audioml.data"), run.data.tags.get("data.fingerprint")
+    dataset = {"dataset_name": f"{data} test", "dataset_digest": digest} if data and digest else {}
+    metrics = []
+    for key in sorted(run.data.metrics):
+        if key.startswith(LINKED_METRICS) and key not in linked:
+            last = max(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+            metrics.append(Metric(key, last.value, last.timestamp, last.step, model_id=model_id,
+                                  **(dataset if key.startswith(("test/", "baseline/", "permutation/")) else {})))
+    for start in range(0, len(metrics), 1000):  # MLflow's batch limit
+        client.log_batch(run_id, metrics=metrics[start:start + 1000])
+
+
 @functools.lru_cache(maxsize=1)  # the installed versions do not change within a process (a sweep)
 def _pinned_requirements() -> tuple[str, ...]:
     return tuple(_pin_requirements())
@@ -188,9 +214,13 @@ def _pin_requirements() -> list[str]:
 
 
 def log_model(run_id: str, tracking_uri: str, checkpoint: str | Path, record: dict,
-              registered_model_name: str | None = None, trusted_modules: list[str] | None = None) -> str:
-    """Log ``checkpoint`` as the MLflow model of run ``run_id`` (``runs:/<run id>/model``),
-    registered as ``registered_model_name`` when given; returns the model URI."""
+              registered_model_name: str | None = None, trusted_modules: list[str] | None = None,
+              register_alias: str | None = None) -> str:
+    """Log ``checkpoint`` as the MLflow model of run ``run_id``: an MLflow 3 logged model
+    (``models:/m-<id>``, the run's output ``runs:/<run id>/model``; MLflow links the run's
+    metrics and params to it), tagged with what audioml knows of it (task, classes, temperature)
+    and named in the run's tag ``audioml.model_id``; registered as ``registered_model_name`` when
+    given, that version aliased ``register_alias``. Returns the model URI (``models:/m-<id>``)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a log line says it is done
     import mlflow
 
@@ -212,6 +242,16 @@ def log_model(run_id: str, tracking_uri: str, checkpoint: str | Path, record: di
                 model_config={"trusted_modules": list(trusted_modules or []), "device": "auto"},
                 registered_model_name=registered_model_name, await_registration_for=60)
         client.update_run(run_id, status=status)  # the run ends when training says so, not here
-    log.info("MLflow model logged: runs:/%s/%s%s", run_id, MODEL_ARTIFACT_PATH,
-             f", registered as {registered_model_name!r}" if registered_model_name else "")
+        client.set_logged_model_tags(info.model_id, {
+            "audioml.task": record["task"], "audioml.classes": ",".join(str(c) for c in record["class_names"]),
+            **({"audioml.temperature": str(record["temperature"])} if record.get("temperature") else {})})
+        client.set_tag(run_id, "audioml.model_id", info.model_id)
+        _link_final_metrics(client, run_id, info.model_id)
+        if registered_model_name and register_alias:
+            client.set_registered_model_alias(registered_model_name, register_alias, info.registered_model_version)
+    registered = ""
+    if registered_model_name:
+        registered = f", registered as {registered_model_name!r} version {info.registered_model_version}" + (
+            f" (models:/{registered_model_name}@{register_alias})" if register_alias else "")
+    log.info("MLflow model logged: runs:/%s/%s = models:/%s%s", run_id, MODEL_ARTIFACT_PATH, info.model_id, registered)
     return info.model_uri

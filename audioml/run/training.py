@@ -28,7 +28,7 @@ from audioml.data.base import NoUsableFilesError
 from audioml.files import atomic_write_bytes, exclusive_lock, remove_temporaries
 from audioml.models.embedding_cache import use_embedding_cache
 from audioml.reports import LearningCurves
-from audioml.run import facts, finishing, relog, resume, tracking
+from audioml.run import calibration, facts, finishing, lineage, relog, resume, tracking
 from audioml.run.markers import RUN_LOCK  # the run directory's lock (defined there: the status reads it)
 from audioml.run.head_only import add_head_only_checkpoints, threads_restored, use_head_only_threads
 from audioml.run.checkpoint import ModelInCheckpoint, model_record, untrusted_targets
@@ -147,6 +147,7 @@ def _data_of_run(cfg: DictConfig, run_dir: Path, folds: int | None, finished: bo
     run_dir.mkdir(parents=True, exist_ok=True)
     if not finished:
         validate_trainer(cfg)  # before decoding and the MLflow run: a config that cannot train leaves nothing
+        lineage.check_registration(cfg.logger.get("register_model"), cfg.logger.get("register_alias"))
     L.seed_everything(cfg.seed, workers=True)
     if folds is None and not finished:
         return _loaded_data(run_dir, lambda: build_datamodule(cfg))
@@ -407,8 +408,11 @@ class TrainingRun:
             metrics[f"{group}/best_{name}" if group else f"best_{name}"] = float(best_callback.best_model_score)
         self._honest_files: list[Path] = []
         if self.cfg.get("evaluation"):
-            honest, self._honest_files = honest_test_scores(instantiate(self.cfg.evaluation), model, datamodule,
-                                                            self.run_dir)
+            protocol = instantiate(self.cfg.evaluation)
+            if protocol.temperature_scaling and datamodule.task == "classification":  # on validation, never test
+                fit = calibration.temperature_scale(model, datamodule, Path(best) if best else None, self._record)
+                metrics.update(fit.metrics() if fit else {})
+            honest, self._honest_files = honest_test_scores(protocol, model, datamodule, self.run_dir)
             metrics.update(honest)
         return metrics
 
@@ -470,7 +474,8 @@ class TrainingRun:
             log.warning("no MLflow model logged: the checkpoint would be refused when loaded (%s)", error)
             return None
         return {"checkpoint": str(best), "record": self._record, "trusted": trusted,
-                "registered_model_name": self.cfg.logger.get("register_model")}
+                "registered_model_name": self.cfg.logger.get("register_model"),
+                "register_alias": self.cfg.logger.get("register_alias")}
 
 
 def _mlflow_location(cfg: DictConfig, logger) -> str:

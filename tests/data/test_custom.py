@@ -151,6 +151,13 @@ def test_csv_regression_trains_with_the_cnn_regressor(tmp_path):
     test_targets = data.split_manifest("test")["target"].to_numpy(dtype=np.float64)
     assert metrics["baseline/ccc"] == pytest.approx(0.0, abs=1e-12)  # a constant prediction
     assert metrics["baseline/mse"] == pytest.approx(((test_targets - train_mean) ** 2).mean(), rel=1e-6)
+    # every test window's value, named by its file (audioml-compare pairs two regressors on them)
+    windows = pd.read_csv(run_dir / "test_predictions.csv")
+    (name,) = [c[len("predicted_"):] for c in windows.columns if c.startswith("predicted_")]
+    assert set(windows["file"]) == set(data.split_manifest("test")["path"].map(lambda p: Path(p).relative_to(
+        tmp_path).as_posix())) and windows["sha256"].str.len().eq(64).all()
+    assert ((windows[f"predicted_{name}"] - windows[f"true_{name}"]) ** 2).mean() == pytest.approx(metrics["test/mse"],
+                                                                                                   rel=1e-5)
 
 
 def test_user_config_folder_trains_and_its_checkpoint_evaluates_and_predicts_without_it(tmp_path):

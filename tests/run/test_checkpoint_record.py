@@ -19,6 +19,7 @@ from helpers.datasets import make_ravdess
 from helpers.runners import find_run_dirs, read_metrics, run_entry_point
 
 from audioml.config import compose_config
+from audioml.data.decoder import ClipDecoder
 from audioml.run.checkpoint import FORMAT, UntrustedCheckpointError, check_record, read_record
 from audioml.run.inference import evaluate_checkpoint, predict_files
 
@@ -181,3 +182,14 @@ def test_predict_on_a_trimmed_ravdess_checkpoint_sees_the_test_set_inputs(tmp_pa
     assert len(columns) == 8 and len(predicted) == len(tested) > 0
     assert np.allclose(predicted[columns].to_numpy(), tested[columns].to_numpy(), atol=1e-5)
     assert (predicted["predicted"].to_numpy() == tested["predicted"].to_numpy()).all()
+
+
+@pytest.mark.parametrize("temperature", ["1.5", float("nan"), float("inf"), -1.0, 0, True, [1.5]])
+def test_a_records_temperature_is_a_finite_positive_number(temperature):
+    record = {"model": {"_target_": "audioml.models.classifier.AudioClassifier"}, "loss": None,
+              "data": {"_target_": "audioml.data.synthetic.SyntheticDataModule"}, "class_names": ["a", "b"],
+              "task": "classification", "decoder": ClipDecoder(16000, 1.0).settings()}
+    check_record({**record, "temperature": 1.7})
+    check_record(record)  # absent: no temperature scaling
+    with pytest.raises(UntrustedCheckpointError, match=r"temperature=.* must be a finite number > 0"):
+        check_record({**record, "temperature": temperature})

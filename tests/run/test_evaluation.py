@@ -9,6 +9,7 @@ import torch
 import torchmetrics.classification as tm
 
 from audioml import stats as ev
+from audioml.stats import scoring
 from audioml.run.protocols import Holdout, KFold
 
 NAMES = ["a", "b", "c", "d"]
@@ -117,7 +118,7 @@ def test_grouped_permutation_moves_whole_label_sequences_between_equal_sized_gro
     targets = np.array([0, 1, 2, 2, 1, 0, 0, 0, 1])
     groups = np.array(["a", "a", "b", "b", "c", "c", "d", "d", "e"])  # e alone has size 1
     rng = np.random.default_rng(0)
-    permuted, _ = ev._permuted_targets(targets, groups, 50, rng)
+    permuted, _ = scoring._permuted_targets(targets, groups, 50, rng)
     sequences = {tuple(targets[groups == g]) for g in "abcd"}
     for row in permuted:
         for group in "abcd":

@@ -1,4 +1,4 @@
-"""Honest statistics, as pure functions of predictions: metrics from confusion matrices (the
+"""The honest scores of one classifier's test predictions: metrics from confusion matrices (the
 one definition every part of audioml uses), group-bootstrap intervals, the majority-class
 baseline, label-permutation tests, collapsed tasks, fold aggregates and the t-interval of a
 mean over repeated runs (seeds).
@@ -16,7 +16,10 @@ For a set of test predictions ``HonestScoring.score`` reports:
   collapsed task, ``test/binary_<m>`` etc. By default the multiclass prediction is mapped to
   its coarse class (``collapse_by="argmax"``: the same predictions, scored coarsely); with
   ``collapse_by="probability"`` the coarse class with the largest summed member probability
-  wins (for two coarse classes: hungry when P(hungry) > 0.5).
+  wins (for two coarse classes: hungry when P(hungry) > 0.5);
+- the **calibration** of the probabilities (``audioml.stats.calibration``): ``test/ece`` with
+  its group-bootstrap interval, ``test/brier``, ``test/nll`` (with intervals too) and the
+  reliability diagram's bins; not for hard (one-hot) predictions, which state no confidence.
 
 Metric definitions equal torchmetrics' (macro averages skip classes absent from both targets and
 predictions). ``test/loss`` has no interval: it is not a function of the predicted classes.
@@ -34,11 +37,15 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from audioml.stats.calibration import Reliability, calibration_scores, is_hard
+from audioml.stats.resampling import group_bootstrap_draws
+
 log = logging.getLogger(__name__)
 
 __all__ = ["SUMMARY_METRICS", "confusion_matrices", "metrics_from_confusion", "metric_name_parts", "per_class_table",
-           "group_bootstrap_confusions", "group_strata", "permutation_test", "collapse_probabilities",
-           "aggregate_folds", "mean_interval", "Scores", "HonestScoring", "regression_point", "regression_scores"]
+           "group_bootstrap_confusions", "group_bootstrap_draws", "group_confusions", "group_strata",
+           "permutation_test", "collapse_probabilities",
+           "aggregate_folds", "mean_interval", "Scores", "HonestScoring"]
 
 #: Metrics computed from a confusion matrix for a task (per-class ones are added per class).
 SUMMARY_METRICS = ("acc", "balanced_acc", "macro_f1")
@@ -131,13 +138,9 @@ def group_bootstrap_confusions(targets: np.ndarray, predictions: np.ndarray, gro
     if targets.size == 0:
         return np.zeros((n_boot, num_classes, num_classes), dtype=np.int64)
     _, group_index = np.unique(np.asarray(groups).astype(str), return_inverse=True)
-    per_group = _group_confusions(targets, predictions, group_index, num_classes)
-    strata = group_strata(per_group) if stratified else np.zeros(per_group.shape[0], dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    draws = np.zeros((n_boot, per_group.shape[0]), dtype=np.int64)
-    for stratum in np.unique(strata):
-        members = np.flatnonzero(strata == stratum)
-        draws[:, members] = rng.multinomial(len(members), np.full(len(members), 1.0 / len(members)), size=n_boot)
+    per_group = group_confusions(targets, predictions, group_index, num_classes)
+    draws = group_bootstrap_draws(group_strata(per_group) if stratified else np.zeros(per_group.shape[0], np.int64),
+                                  n_boot, seed)
     return np.einsum("bg,gij->bij", draws, per_group)
 
 
@@ -147,8 +150,9 @@ def group_strata(per_group: np.ndarray) -> np.ndarray:
     return np.asarray(per_group).sum(axis=2).argmax(axis=1)
 
 
-def _group_confusions(targets: np.ndarray, predictions: np.ndarray, group_index: np.ndarray,
-                      num_classes: int) -> np.ndarray:
+def group_confusions(targets: np.ndarray, predictions: np.ndarray, group_index: np.ndarray,
+                     num_classes: int) -> np.ndarray:
+    """Confusion matrix of each group ``(groups, C, C)``; ``group_index``: ``(n,)`` ids 0..groups-1."""
     n_groups = int(group_index.max()) + 1
     cell = group_index * num_classes * num_classes + np.asarray(targets) * num_classes + np.asarray(predictions)
     counts = np.bincount(cell, minlength=n_groups * num_classes * num_classes)
@@ -274,13 +278,15 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[fl
 # ----------------------------------------------------------------------------------- scoring
 @dataclass
 class Scores:
-    """Result of ``EvaluationProtocol.score``: flat metrics, a one-line summary, and the
-    collapsed confusion matrix (``None`` without a collapse)."""
+    """Result of ``EvaluationProtocol.score``: flat metrics, a one-line summary, the collapsed
+    confusion matrix (``None`` without a collapse) and the reliability diagram's bins (``None``
+    without calibration scores)."""
 
     metrics: dict[str, float]
     summary: str
     collapsed_matrix: np.ndarray | None
     collapsed_names: list[str] | None
+    reliability: Reliability | None = None
 
 
 class HonestScoring:
@@ -301,16 +307,22 @@ class HonestScoring:
             ``"probability"`` takes the coarse class with the largest summed probability, which
             depends on calibration (class-weighted losses shift probability towards rare classes).
         seed: seeds the bootstrap and the permutations.
+        calibration_bins: equal-width confidence bins of the ECE and the reliability diagram
+            (0: no calibration scores).
     """
 
     def __init__(self, bootstrap_samples: int = 1000, confidence: float = 0.95, permutations: int = 0,
                  permutation_metric: str = "macro_f1", grouped_permutation: bool = True,
                  alpha: float = 0.05, collapse_by: str = "argmax", seed: int = 0,
-                 stratified_bootstrap: bool = True) -> None:
+                 stratified_bootstrap: bool = True, calibration_bins: int = 15) -> None:
         if not 0 < confidence < 1:
             raise ValueError(f"evaluation.confidence={confidence} must be in (0, 1)")
         if bootstrap_samples < 0 or permutations < 0:
             raise ValueError("evaluation.bootstrap_samples and evaluation.permutations must be >= 0")
+        if not isinstance(calibration_bins, int) or isinstance(calibration_bins, bool) or calibration_bins < 0:
+            raise ValueError(f"evaluation.calibration_bins={calibration_bins!r}: use a whole number >= 0 (15 is usual; "
+                             "0 turns the calibration scores off)")
+        self.calibration_bins = calibration_bins
         if permutation_metric not in SUMMARY_METRICS:
             raise ValueError(f"evaluation.permutation_metric={permutation_metric!r}: use one of {SUMMARY_METRICS}")
         self.bootstrap_samples = int(bootstrap_samples)
@@ -346,7 +358,7 @@ class HonestScoring:
         groups = np.asarray(groups).astype(str)
         baseline = np.broadcast_to(np.asarray(majority_class, dtype=np.int64), targets.shape)
         tasks = [("", probabilities.argmax(axis=1), targets, baseline, class_names)]
-        collapsed_matrix = collapsed_names = None
+        collapsed_matrix = collapsed_names = reliability = None
         if collapse:
             coarse, collapsed_names, mapping = collapse_probabilities(probabilities, class_names, collapse)
             coarse_prediction = (mapping[probabilities.argmax(axis=1)] if self.collapse_by == "argmax"
@@ -367,6 +379,12 @@ class HonestScoring:
             if self.bootstrap_samples:
                 metrics.update(self._intervals(truth, predicted, groups, names, prefix))
             text = self._describe({**point, **metrics}, prefix)
+            if not prefix and self.calibration_bins and len(truth) and not is_hard(probabilities):
+                calibration, reliability = self._calibration(probabilities, truth, groups, len(names))
+                metrics.update(calibration)
+                text += f"; ece {calibration['test/ece']:.3f}"
+                if "test/ece_ci_low" in calibration:
+                    text += f" [{calibration['test/ece_ci_low']:.3f}-{calibration['test/ece_ci_high']:.3f}]"
             if self.permutations:
                 _, p_value, _ = permutation_test(truth, predicted, names, self.permutation_metric,
                                                  groups if self.grouped_permutation else None,
@@ -376,7 +394,19 @@ class HonestScoring:
                 metrics[f"{key}_better_than_chance"] = float(p_value < self.alpha)
                 text += f"; permutation p={p_value:.3f}: {self.verdict(p_value)}"
             parts.append(text)
-        return Scores(metrics, " | ".join(parts), collapsed_matrix, collapsed_names)
+        return Scores(metrics, " | ".join(parts), collapsed_matrix, collapsed_names, reliability)
+
+    def _calibration(self, probabilities: np.ndarray, truth: np.ndarray, groups: np.ndarray,
+                     num_classes: int) -> tuple[dict[str, float], Reliability]:
+        """``test/ece``, ``test/brier``, ``test/nll`` and their intervals, resampled as the
+        metrics' intervals are (the same strata), and the reliability bins."""
+        strata = None
+        if self.stratified_bootstrap:
+            _, group_index = np.unique(groups, return_inverse=True)
+            strata = group_strata(group_confusions(truth, probabilities.argmax(axis=1), group_index, num_classes))
+        values, reliability = calibration_scores(probabilities, truth, groups, self.calibration_bins,
+                                                 self.bootstrap_samples, self.confidence, self.seed, strata)
+        return {f"test/{name}": value for name, value in values.items()}, reliability
 
     def verdict(self, p_value: float) -> str:
         """``"better than chance"`` when ``p_value < alpha``, else ``"no better than chance"``."""
@@ -391,7 +421,7 @@ class HonestScoring:
             log.warning("bootstrap: the test set holds a single group; intervals are degenerate")
         elif self.stratified_bootstrap:
             _, group_index = np.unique(groups, return_inverse=True)
-            strata = group_strata(_group_confusions(truth, predicted, group_index, len(names)))
+            strata = group_strata(group_confusions(truth, predicted, group_index, len(names)))
             lonely = [names[s] for s, count in zip(*np.unique(strata, return_counts=True)) if count == 1]
             if lonely:  # a stratum of one group is the same in every resample
                 log.warning("bootstrap: the test clips of %s come from a single group each: the intervals hold no "
@@ -413,55 +443,3 @@ class HonestScoring:
             text += (f" [{self.confidence:.0%} CI {metrics[f'test/{name}_ci_low']:.3f}-"
                      f"{metrics[f'test/{name}_ci_high']:.3f}]")
         return text + f" vs majority baseline {metrics[f'baseline/{name}']:.3f}"
-
-
-# ------------------------------------------------------------------------------- regression
-def _ccc(prediction: np.ndarray, target: np.ndarray) -> float:
-    """Lin's concordance correlation coefficient (population moments; 0 for a constant prediction)."""
-    if len(target) < 2:
-        return float("nan")
-    mean_p, mean_t = prediction.mean(), target.mean()
-    covariance = ((prediction - mean_p) * (target - mean_t)).mean()
-    denominator = prediction.var() + target.var() + (mean_p - mean_t) ** 2
-    return float(2 * covariance / denominator) if denominator > 0 else 0.0
-
-
-def regression_point(prediction: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """``ccc``, ``mse`` and ``mae`` of one set of predictions (flattened)."""
-    prediction = np.asarray(prediction, dtype=np.float64).reshape(-1)
-    target = np.asarray(target, dtype=np.float64).reshape(-1)
-    error = prediction - target
-    return {"ccc": _ccc(prediction, target), "mse": float((error ** 2).mean()), "mae": float(np.abs(error).mean())}
-
-
-def regression_scores(prediction: np.ndarray, target: np.ndarray, groups: Sequence, baseline: np.ndarray | float,
-                      bootstrap_samples: int = 1000, confidence: float = 0.95,
-                      seed: int = 0) -> tuple[dict[str, float], str]:
-    """Test scores of a regressor as ``HonestScoring.score`` gives them for classes: the point
-    ``test/{ccc,mse,mae}``, group-bootstrap intervals (whole recordings / speakers resampled),
-    and the mean baseline ``baseline/*`` (``baseline``: the training mean, per row or one value)."""
-    prediction = np.asarray(prediction, dtype=np.float64).reshape(-1)
-    target = np.asarray(target, dtype=np.float64).reshape(-1)
-    base = np.broadcast_to(np.asarray(baseline, dtype=np.float64), target.shape)
-    metrics = {f"test/{k}": v for k, v in regression_point(prediction, target).items()}
-    metrics.update({f"baseline/{k}": v for k, v in regression_point(base, target).items()})
-    names, index = np.unique(np.asarray(groups).astype(str), return_inverse=True)
-    if bootstrap_samples and len(names) >= 2:
-        members = [np.flatnonzero(index == g) for g in range(len(names))]
-        rng = np.random.default_rng(seed)
-        draws = {k: np.empty(bootstrap_samples) for k in ("ccc", "mse", "mae")}
-        for b in range(bootstrap_samples):
-            rows = np.concatenate([members[g] for g in rng.integers(0, len(names), len(names))])
-            for k, v in regression_point(prediction[rows], target[rows]).items():
-                draws[k][b] = v
-        tail = (1 - confidence) / 2 * 100
-        for k, values in draws.items():
-            low, high = np.nanpercentile(values, [tail, 100 - tail])
-            metrics[f"test/{k}_ci_low"], metrics[f"test/{k}_ci_high"] = float(low), float(high)
-    elif bootstrap_samples:
-        log.warning("bootstrap: the test rows hold a single group; no intervals")
-    text = f"ccc {metrics['test/ccc']:.3f}"
-    if "test/ccc_ci_low" in metrics:
-        text += f" [{confidence:.0%} CI {metrics['test/ccc_ci_low']:.3f}-{metrics['test/ccc_ci_high']:.3f}]"
-    text += f", mse {metrics['test/mse']:.3f} vs mean baseline ccc {metrics['baseline/ccc']:.3f}, mse {metrics['baseline/mse']:.3f}"
-    return metrics, text

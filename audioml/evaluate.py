@@ -15,12 +15,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from audioml.config import CONFIG_PATH, register_resolvers
+from audioml.config import CONFIG_PATH
+from audioml.entry import UserError, hydra_task, run_hydra_app
 
 log = logging.getLogger(__name__)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
+@hydra_task("audioml-eval")
 def _app(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
@@ -29,9 +31,8 @@ def _app(cfg: DictConfig) -> None:
     from audioml.run.results import evaluated_checkpoint, file_sha256
     from audioml.run.tracking import resolve_tracking_uri
 
-    logging.getLogger("audioml").setLevel(logging.INFO)
     if (cfg.source is None) == (cfg.ckpt_path is None):
-        raise SystemExit("audioml-eval: give the model as source=<run dir | .ckpt | models:/m-<model id> | "
+        raise UserError("give the model as source=<run dir | .ckpt | models:/m-<model id> | "
                          "runs:/<run id>/model | models:/<name>/<version> | models:/<name>@<alias>> (or "
                          "ckpt_path=<.ckpt>), one of the two")
     source = cfg.source if cfg.source is not None else cfg.ckpt_path
@@ -74,9 +75,8 @@ def _dataset_config(name: str, record: dict) -> DictConfig:
 
 
 def main() -> None:
-    """Console script: register the config resolvers, then hand the command line to Hydra."""
-    register_resolvers()
-    _app()
+    """Console script (``audioml.entry.run_hydra_app``)."""
+    run_hydra_app("audioml-eval", _app)
 
 
 if __name__ == "__main__":

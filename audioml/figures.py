@@ -504,6 +504,10 @@ def _serve(requests: BinaryIO, answers: BinaryIO) -> None:
     matplotlib.use("Agg")
     from matplotlib.figure import Figure  # noqa: F401 - imported now, not at the first request
 
+    from audioml.logs import quiet_third_party
+
+    quiet_third_party()  # the worker shares the command's terminal: the same lines are left out
+
     global _preloading
     if os.environ.get(_PRELOAD_ENV) == "1":  # the tasks' modules (MLflow) load while figures are drawn
         import importlib

@@ -17,19 +17,20 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from audioml.config import CONFIG_PATH, register_resolvers
+from audioml.config import CONFIG_PATH
+from audioml.entry import UserError, hydra_task, run_hydra_app
 
 log = logging.getLogger(__name__)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
+@hydra_task("audioml-predict")
 def _app(cfg: DictConfig) -> None:
     from audioml.run.inference import Predictor, collect_inputs
     from audioml.run.tracking import resolve_tracking_uri
 
-    logging.getLogger("audioml").setLevel(logging.INFO)
     if (cfg.source is None) == (cfg.ckpt_path is None):
-        raise SystemExit("audioml-predict: give the model as source=<run dir | .ckpt | models:/m-<model id> | "
+        raise UserError("give the model as source=<run dir | .ckpt | models:/m-<model id> | "
                          "runs:/<run id>/model | models:/<name>/<version> | models:/<name>@<alias>> (or "
                          "ckpt_path=<.ckpt>), one of the two")
     source = cfg.source if cfg.source is not None else cfg.ckpt_path
@@ -106,9 +107,8 @@ def summary(predictions, predictor, rows: int = 30) -> str:
 
 
 def main() -> None:
-    """Console script: register the config resolvers, then hand the command line to Hydra."""
-    register_resolvers()
-    _app()
+    """Console script (``audioml.entry.run_hydra_app``)."""
+    run_hydra_app("audioml-predict", _app)
 
 
 if __name__ == "__main__":

@@ -7,17 +7,18 @@ composed a job, so ``audioml-train --help`` starts without torch.
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from audioml.config import CONFIG_PATH, register_resolvers
+from audioml.config import CONFIG_PATH
+from audioml.entry import hydra_task, run_hydra_app
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+@hydra_task("audioml-train")
 def _app(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -25,7 +26,6 @@ def _app(cfg: DictConfig) -> float | None:
     from audioml import distributed
     from audioml.run.training import run_evaluation
 
-    logging.getLogger("audioml").setLevel(logging.INFO)
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
     multirun_job = list(hydra_config.overrides.task) if hydra_config.mode == RunMode.MULTIRUN else None
@@ -36,10 +36,10 @@ def _app(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    """Console script: register the config resolvers, then hand the command line to Hydra."""
-    register_resolvers()
+    """Console script (``audioml.entry.run_hydra_app``): the command line to Hydra; a multirun
+    that raised ends its parent MLflow run."""
     try:
-        _app()
+        run_hydra_app("audioml-train", _app)
     except BaseException as error:
         # a multirun that raised (a job failed, the launcher refused, Ctrl-C) ends its parent MLflow run
         # and prints its summary; the sweep module is loaded only by a multirun's callback

@@ -10,31 +10,30 @@ The run layer is imported once Hydra has composed the job, so ``--help`` starts 
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from audioml.config import CONFIG_PATH, register_resolvers
+from audioml.config import CONFIG_PATH
+from audioml.entry import hydra_task, run_hydra_app
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="classical")
+@hydra_task("audioml-classical")
 def _app(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     from audioml.classical.run import run_classical
 
-    logging.getLogger("audioml").setLevel(logging.INFO)
     result = run_classical(cfg, Path(HydraConfig.get().runtime.output_dir))
     metric = cfg.get("optimized_metric")
     return result.metrics.get(metric) if metric else None
 
 
 def main() -> None:
-    """Console script: register the config resolvers, then hand the command line to Hydra."""
-    register_resolvers()
-    _app()
+    """Console script (``audioml.entry.run_hydra_app``)."""
+    run_hydra_app("audioml-classical", _app)
 
 
 if __name__ == "__main__":

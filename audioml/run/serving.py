@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -53,8 +54,8 @@ except ImportError:  # pragma: no cover - mlflow is a dependency; keeps the modu
     _PythonModel = object
 
 
-class AudiomlModel(_PythonModel):
-    """The pyfunc of an audioml checkpoint (see the module docs for its input and output)."""
+class _CheckpointPredictor:
+    """The methods of ``AudiomlModel`` (see the module docs for its input and output)."""
 
     def load_context(self, context) -> None:
         from audioml.run.inference import Predictor
@@ -109,6 +110,13 @@ class AudiomlModel(_PythonModel):
         return pd.DataFrame(rows, columns=_output_columns(predictor.task, predictor.names))
 
 
+# MLflow's PythonModel warns, as the class is made, that predict has no type hints: the model's
+# explicit signature (signature_of) is what validates its input.
+with warnings.catch_warnings(record=True):
+    class AudiomlModel(_CheckpointPredictor, _PythonModel):
+        """The pyfunc of an audioml checkpoint (see the module docs for its input and output)."""
+
+
 def _request_rate(value: Any, model_rate: int) -> int:
     """The ``sample_rate`` param of a request: absent means the model's rate; otherwise a whole
     number of Hz in ``[MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]`` (0 or 1 Hz would make the resampler
@@ -117,8 +125,8 @@ def _request_rate(value: Any, model_rate: int) -> int:
         return int(model_rate)
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or \
             not MIN_SAMPLE_RATE <= int(value) <= MAX_SAMPLE_RATE:
-        raise ValueError(f"sample_rate={value!r}: give the waveform's rate in Hz, a whole number from {MIN_SAMPLE_RATE} "
-                         f"to {MAX_SAMPLE_RATE} (or leave it out for the model's {model_rate} Hz)")
+        raise ValueError(f"sample_rate={value!r}: give the waveform's rate in Hz, a whole number from "
+                         f"{MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} (or leave it out for the model's {model_rate} Hz)")
     return int(value)
 
 

@@ -10,6 +10,7 @@ import contextlib
 import copy
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -330,7 +331,11 @@ class TrainingRun:
         with tracking.ended_on_error(self.logger if self.rank_zero else None), threads_restored() as limits:
             self._thread_limits = limits
             if self.rank_zero:
+                self._started = time.monotonic()
                 log.info("run directory %s; %s", run_dir, _mlflow_location(cfg, self.logger))
+                log.info("model %s: %s parameters, %s trainable", _model_name(model),
+                         _count(sum(p.numel() for p in model.parameters())),
+                         _count(sum(p.numel() for p in model.parameters() if p.requires_grad)))
                 if self.logger is not None:
                     tracking.log_params(self.logger.experiment, self.logger.run_id, tracking.flatten_params(resolved))
             trainer, datamodule = self._fit(model, datamodule, record)
@@ -457,9 +462,8 @@ class TrainingRun:
         if not cfg.get("mark_done", True):
             log.info("no %s marker (mark_done=false, a debug preset): this run is not kept as finished",
                      resume.DONE_FILE)
-        log.info("test metrics: %s", {k: round(v, 4) for k, v in metrics.items()
-                                      if "_" not in k.split("/")[-1] or k.endswith("macro_f1")})
-        log.info("finished: run directory %s; %s", run_dir, _mlflow_location(cfg, logger))
+        log.info("%s", run_summary(cfg, metrics, run_dir, logger, time.monotonic() - getattr(self, "_started",
+                                                                                        time.monotonic())))
         return result
 
     def _model_spec(self, best: Path) -> dict[str, Any] | None:
@@ -476,6 +480,41 @@ class TrainingRun:
         return {"checkpoint": str(best), "record": self._record, "trusted": trusted,
                 "registered_model_name": self.cfg.logger.get("register_model"),
                 "register_alias": self.cfg.logger.get("register_alias")}
+
+
+def _count(number: int) -> str:
+    return f"{number / 1e6:.1f} M" if number >= 1e6 else f"{number / 1e3:.1f} K" if number >= 1e3 else str(number)
+
+
+def _model_name(model) -> str:
+    backbone = getattr(model, "backbone", None)
+    return f"{type(model).__name__}({type(backbone).__name__})" if backbone is not None else type(model).__name__
+
+
+def run_summary(cfg: DictConfig, metrics: dict[str, float], run_dir: Path, logger, seconds: float) -> str:
+    """The end of a run in a few lines: the headline test metric with its interval and baseline,
+    where the run is and how to open it in MLflow."""
+    name = str(cfg.get("monitor") or "val/macro_f1").rpartition("/")[2].removeprefix("best_")
+    key = f"test/{name}" if f"test/{name}" in metrics else next((k for k in ("test/macro_f1", "test/ccc", "test/acc")
+                                                                  if k in metrics), None)
+    minutes, rest = divmod(int(round(seconds)), 60)
+    lines = [f"finished in {minutes}:{rest:02d}"]
+    if key is not None:
+        metric = key.split("/", 1)[1]
+        text = f"  test {metric} {metrics[key]:.3f}"
+        if f"{key}_ci_low" in metrics:
+            text += f" [95% CI {metrics[f'{key}_ci_low']:.3f}-{metrics[f'{key}_ci_high']:.3f}]"
+        if f"baseline/{metric}" in metrics:
+            text += f", baseline (always the majority class or the mean) {metrics[f'baseline/{metric}']:.3f}"
+        others = [f"{k.split('/', 1)[1]} {metrics[k]:.3f}" for k in ("test/acc", "test/balanced_acc", "test/mse")
+                  if k in metrics and k != key]
+        lines.append(text + (f"; {', '.join(others)}" if others else ""))
+    lines.append(f"  run directory {run_dir} (metrics.json, checkpoints, reports)")
+    if logger is not None:
+        uri = tracking.resolve_tracking_uri(cfg.logger.get("tracking_uri"), cfg.paths.mlflow_dir)
+        browse = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"open {uri}"
+        lines.append(f"  MLflow run {logger.run_id}: {browse}")
+    return "\n".join(lines)
 
 
 def _mlflow_location(cfg: DictConfig, logger) -> str:

@@ -1,0 +1,71 @@
+"""What a command prints: each line once, audioml's first, and none that does not concern the
+user. ``quiet_third_party()`` is called by every command before it works (idempotent)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+
+__all__ = ["quiet_third_party", "IGNORED_WARNINGS", "IGNORED_LOG_LINES"]
+
+#: Python warnings of other packages about how audioml uses them, each known to be harmless here.
+IGNORED_WARNINGS = (
+    # audioml moves batches itself (on_after_batch_transfer, transfer_batch_to_device): by design
+    r"You have overridden `(transfer_batch_to_device|on_after_batch_transfer)` in `LightningModule`",
+    # audioml logs once per epoch (its own epoch means), not every n steps
+    r"The number of training batches \(\d+\) is smaller than the logging interval",
+    # frozen backbones keep their modules in eval mode on purpose (BatchNorm statistics untouched)
+    r"Found \d+ module\(s\) in eval mode at the start of training",
+    # torch/Lightning internals, not audioml's code
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # audioml's MLflow model has an explicit signature; it needs neither type hints nor an input example
+    r".*Add type hints to the `predict` method",
+    r".*An input example was not provided when logging the model",
+    # test/val loaders on CPU: audioml chooses the worker count itself (data.num_workers=auto)
+    r"The '(train|val|test|predict)_dataloader' does not have many workers",
+)
+#: Log lines of other packages that say nothing to an audioml user (matched on the message).
+IGNORED_LOG_LINES = (
+    r"💡 Tip: .*litlogger",                                   # an advert, at every Trainer
+    r"`weights_only` was not set, defaulting to",             # audioml's own loads are weights_only
+    r"(GPU|TPU|HPU) available: ",                             # the run's device is logged by audioml
+    r"^Seed set to \d+$",                                     # the seed is in the run's config
+    r"Creating initial MLflow database tables|Updating database tables",
+)
+_ignored_lines = re.compile("|".join(f"(?:{pattern})" for pattern in IGNORED_LOG_LINES))
+
+
+class _DropIgnored(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _ignored_lines.search(record.getMessage())
+
+
+_FILTER = _DropIgnored()
+
+
+def quiet_third_party() -> None:
+    """Lightning's own console handler removed (its lines go once, through the application's
+    handlers: Hydra's console and ``train.log``), the lines and warnings listed above dropped,
+    MLflow's store set-up and schema chatter at WARNING."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:  # Lightning adds a bare StreamHandler at import
+                logger.removeHandler(handler)
+        logger.propagate = True
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.trainer.connectors.checkpoint_connector", "lightning.fabric.utilities.seed",
+                 "lightning.pytorch.accelerators.cuda", "mlflow.store.db.utils"):
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+    for handler in logging.getLogger().handlers:  # the application's (Hydra's console and log file)
+        if _FILTER not in handler.filters:
+            handler.addFilter(_FILTER)
+    for name in ("mlflow.store.db.utils", "alembic", "alembic.runtime.migration", "mlflow.system_metrics"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in IGNORED_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)

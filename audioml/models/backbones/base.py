@@ -1,17 +1,48 @@
-"""The one interface every backbone exposes (timm-style), plus freezing."""
+"""The one interface every backbone exposes (timm-style), its hidden layers (``LayerStates``),
+plus freezing."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-__all__ = ["Backbone", "HeadFactory"]
+__all__ = ["Backbone", "HeadFactory", "LayerStates", "masked_mean"]
 
 #: ``factory(in_features, num_classes) -> nn.Module``; see ``audioml.models.heads``.
 HeadFactory = Callable[[int, int], nn.Module]
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the real tokens: ``(batch, tokens, dim)``, mask ``(batch, tokens)`` bool (True =
+    real; ``None``: all real) -> ``(batch, dim)``. A row without a real token gives zeros."""
+    if mask is None:
+        return tokens.mean(dim=1)
+    weights = mask.to(tokens.dtype).unsqueeze(-1)
+    return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+@dataclass(frozen=True)
+class LayerStates:
+    """Every hidden layer of a backbone for one batch, input side first.
+
+    Attributes:
+        layers: one ``(batch, tokens_l, dim_l)`` tensor per layer; the last one is what
+            ``forward_features`` returns. Token counts and widths may differ between layers
+            (a CNN's blocks) when ``mask`` is ``None``.
+        mask: ``(batch, tokens)`` bool, True = a real frame (not padding), shared by every
+            layer (all of which then have ``tokens`` tokens); ``None``: every token is real.
+    """
+
+    layers: tuple[torch.Tensor, ...]
+    mask: torch.Tensor | None = None
+
+    def pooled(self) -> tuple[torch.Tensor, ...]:
+        """The mean over real tokens of each layer: ``(batch, dim_l)`` per layer."""
+        return tuple(masked_mean(layer, self.mask) for layer in self.layers)
 
 
 class Backbone(nn.Module, ABC):
@@ -42,6 +73,16 @@ class Backbone(nn.Module, ABC):
     @abstractmethod
     def forward_features(self, spec: torch.Tensor) -> torch.Tensor:
         """``(batch, 1, n_mels, frames)`` -> time tokens ``(batch, tokens, num_features)``."""
+
+    def forward_layers(self, spec: torch.Tensor) -> LayerStates:
+        """Every hidden layer for ``spec`` (what ``forward_features`` takes), input side first;
+        the last layer equals ``forward_features(spec)``. Default: that one layer, no mask."""
+        return LayerStates((self.forward_features(spec),))
+
+    @property
+    def layer_dims(self) -> tuple[int, ...]:
+        """``dim_l`` of each layer of ``forward_layers``, known without running the model."""
+        return (int(self.num_features),)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """Time tokens ``(batch, tokens, num_features)`` -> embedding ``(batch, num_features)``."""

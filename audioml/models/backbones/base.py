@@ -6,23 +6,18 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
+
+from audioml.models.heads import LayerHead, LinearHead, masked_mean
 
 __all__ = ["Backbone", "HeadFactory", "LayerStates", "masked_mean"]
 
 #: ``factory(in_features, num_classes) -> nn.Module``; see ``audioml.models.heads``.
 HeadFactory = Callable[[int, int], nn.Module]
-
-
-def masked_mean(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean over the real tokens: ``(batch, tokens, dim)``, mask ``(batch, tokens)`` bool (True =
-    real; ``None``: all real) -> ``(batch, dim)``. A row without a real token gives zeros."""
-    if mask is None:
-        return tokens.mean(dim=1)
-    weights = mask.to(tokens.dtype).unsqueeze(-1)
-    return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
 @dataclass(frozen=True)
@@ -48,12 +43,16 @@ class LayerStates:
 class Backbone(nn.Module, ABC):
     """Spectrogram ``(batch, 1, n_mels, frames)`` -> logits ``(batch, num_classes)``.
 
-    Subclasses set ``num_features`` and implement ``forward_features``. The classifier is
-    ``self.head``, built by ``reset_classifier``; a head with ``uses_tokens = True`` receives
-    the time tokens, any other head the pooled embedding.
+    Subclasses set ``num_features`` and implement ``forward_features`` (and, to expose their
+    hidden layers, ``forward_layers`` and ``layer_dims``). The classifier is ``self.head``,
+    built by ``reset_classifier``; a ``LayerHead`` receives ``forward_layers``' output, a head
+    with ``uses_tokens = True`` the time tokens, any other head the pooled embedding.
     """
 
     num_features: int
+    #: The backbone takes waveforms ``(batch, time)`` (its front end passes them through and its
+    #: own extractor runs inside it), not spectrograms: spectrogram augmentation cannot apply.
+    takes_waveform: bool = False
     #: The weights' record (``audioml.models.pretrained.PretrainedCfg``) when the architecture
     #: has registered weights, pretrained or not: its input contract (rate, front end) is the
     #: one source the model builds its front end from (timm's ``pretrained_cfg``).
@@ -97,14 +96,30 @@ class Backbone(nn.Module, ABC):
         return self.head(self.pool(tokens))
 
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.head, LayerHead):
+            return self.head(self.forward_layers(spec))
         return self.forward_head(self.forward_features(spec))
 
     def reset_classifier(self, num_classes: int, head: HeadFactory | None = None) -> None:
-        """Replace the classifier by ``head(num_features, num_classes)`` (linear by default)."""
-        from audioml.models.heads import LinearHead
-
+        """Replace the classifier by ``head(num_features, num_classes)`` (linear by default); a
+        ``LayerHead`` factory also receives ``layer_dims`` and reads ``forward_layers``."""
         factory = head if head is not None else LinearHead
-        self.head = factory(self.num_features, num_classes)
+        head_class = factory.func if isinstance(factory, partial) else factory
+        if isinstance(head_class, type) and issubclass(head_class, LayerHead):
+            self.head = factory(self.num_features, num_classes, layer_dims=self.layer_dims)
+        else:
+            self.head = factory(self.num_features, num_classes)
+
+    def rebuild_config(self) -> dict[str, Any]:
+        """Constructor arguments, as plain data, that rebuild this backbone's architecture and
+        input contract with no download and no file read (what it loaded from its weights'
+        source); merged into ``model.backbone`` of the checkpoint record. Default: none needed."""
+        return {}
+
+    def optimizer_groups(self) -> list[tuple[float, list[nn.Parameter]]]:
+        """The trainable parameters (head included) as ``(learning-rate scale, parameters)``
+        groups; default: one group at scale 1."""
+        return [(1.0, [p for p in self.parameters() if p.requires_grad])]
 
     def backbone_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """Named parameters outside the head, in registration (input-to-output) order."""

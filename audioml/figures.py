@@ -47,7 +47,8 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-__all__ = ["plot_confusion_matrix", "plot_learning_curves", "plot_embedding_pca", "plot_reliability_diagram", "pca_2d",
+__all__ = ["plot_confusion_matrix", "plot_learning_curves", "plot_embedding_pca", "plot_reliability_diagram",
+           "plot_layer_weights", "pca_2d",
            "PLOTS", "TASKS", "draw",
            "wait", "run_task", "start", "stop_worker", "worker_enabled"]
 
@@ -208,9 +209,28 @@ def plot_reliability_diagram(edges: np.ndarray, counts: np.ndarray, confidence: 
     return path
 
 
+def plot_layer_weights(layers: Sequence[int], weights: Sequence[float], path: str | Path,
+                       title: str = "learned layer weights") -> Path:
+    """Bar chart of the weight a layer-weighted head learned for each hidden layer (layer 0:
+    the input side), with the uniform weight ``1 / len(layers)`` marked."""
+    fig = _figure(max(4.0, 0.32 * len(layers) + 1.6), 3.2)
+    ax = fig.subplots()
+    ax.bar([str(layer) for layer in layers], weights, color="tab:blue")
+    ax.axhline(1.0 / max(1, len(layers)), color="grey", linestyle="--", linewidth=1, label="uniform")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("softmax weight")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.suptitle(title)
+    _place(fig, left=0.7, bottom=0.55, top=0.5)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    return path
+
+
 #: The figures :func:`draw` can hand to the worker, by name.
 PLOTS: dict[str, Callable[..., Path]] = {f.__name__: f for f in (plot_confusion_matrix, plot_learning_curves,
-                                                                  plot_embedding_pca, plot_reliability_diagram)}
+                                                                  plot_embedding_pca, plot_reliability_diagram,
+                                                                  plot_layer_weights)}
 #: The other jobs the worker runs (:func:`run_task`), by name: ``"module:function"``, imported in
 #: the worker when first asked for. Only these names are accepted from the wire.
 TASKS: dict[str, str] = {"finish_run": "audioml.run.finishing:finish_in_worker"}

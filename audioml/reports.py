@@ -1,4 +1,5 @@
-"""Figures and tables of a run: confusion matrices, predictions, learning curves, embedding PCA."""
+"""Figures and tables of a run: confusion matrices, predictions, learning curves, embedding PCA,
+learned layer weights."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import numpy as np
 import pandas as pd
 
 from audioml import figures
-from audioml.figures import pca_2d, plot_confusion_matrix, plot_embedding_pca, plot_learning_curves
+from audioml.figures import pca_2d, plot_confusion_matrix, plot_embedding_pca, plot_layer_weights, plot_learning_curves
 
 __all__ = ["plot_confusion_matrix", "predictions_table", "regression_predictions_table", "plot_learning_curves",
-           "plot_embedding_pca", "pca_2d", "LearningCurves"]
+           "plot_embedding_pca", "pca_2d", "LearningCurves",
+           "LayerWeights"]
 
 
 def predictions_table(manifest: pd.DataFrame, probabilities: np.ndarray, targets: np.ndarray,
@@ -92,3 +94,40 @@ class LearningCurves(L.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = list(state_dict.get("history", []))
+
+
+class LayerWeights(L.Callback):
+    """At the end of a fit whose model has a layer-weighted head (``audioml.models.heads.
+    LayerHead`` with learned weights), logs each layer's softmax weight as the metric
+    ``layer_weight/<layer>`` and writes ``<trainer.default_root_dir>/<filename>`` (a bar plot,
+    drawn by ``audioml.figures.draw``) and the numbers beside it as ``.csv``; ``TrainingRun``
+    logs both to MLflow with the learning curves. The weights are those of the fit's last step.
+    Does nothing for any other model."""
+
+    def __init__(self, filename: str = "layer_weights.png") -> None:
+        self.filename = filename
+        self.files: list[Path] = []
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from audioml.models.base import AudioModule
+        from audioml.models.heads import LayerHead
+
+        head = pl_module.backbone.head if isinstance(pl_module, AudioModule) else None
+        weights = head.layer_weights() if isinstance(head, LayerHead) else {}
+        if not weights or not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            logger.log_metrics({f"layer_weight/{layer}": value for layer, value in weights.items()},
+                               step=trainer.global_step)
+        path = figures.draw(plot_layer_weights, list(weights), list(weights.values()),
+                            Path(trainer.default_root_dir) / self.filename)
+        table = path.with_suffix(".csv")
+        pd.DataFrame({"layer": list(weights), "weight": list(weights.values())}).to_csv(table, index=False)
+        self.files = [path, table]
+
+    def written(self, trainer: L.Trainer) -> list[Path]:
+        """The plot and table of this fit (as ``LearningCurves.written``)."""
+        if self.files:
+            return list(self.files)
+        path = Path(trainer.default_root_dir) / self.filename
+        return [p for p in (path, path.with_suffix(".csv")) if p.is_file()]

@@ -23,7 +23,8 @@ def _arguments(rng: np.random.Generator) -> dict[str, tuple]:
             "plot_learning_curves": (history,),
             "plot_embedding_pca": (rng.normal(size=(40, 64)), rng.normal(size=(40, 5)), rng.integers(0, 5, 40),
                                    CLASSES),
-            "plot_reliability_diagram": _reliability(rng)}
+            "plot_reliability_diagram": _reliability(rng),
+            "plot_layer_weights": (list(range(13)), list(rng.dirichlet(np.ones(13))))}
 
 
 def _reliability(rng: np.random.Generator) -> tuple:

@@ -13,6 +13,7 @@ from torch import nn
 
 from audioml.features.preprocess import Preprocessed
 from audioml.models.backbones.base import Backbone, HeadFactory
+from audioml.models.schedules import WarmupCosine
 
 __all__ = ["AudioModule", "EpochMeans", "OptimizerFactory", "NOT_HYPERPARAMETERS", "persist_metric_states"]
 
@@ -85,6 +86,12 @@ class AudioModule(L.LightningModule):
                freeze: str, optimizer: OptimizerFactory | None, scheduler: Callable | None,
                waveform_augment: nn.Module | None, spec_augment: nn.Module | None, sample_rate: int,
                preprocess: nn.Module | None = None, augment_preprocessed: bool = False) -> None:
+        if spec_augment is not None and backbone.takes_waveform:
+            raise ValueError(f"spectrogram augmentation ({type(spec_augment).__name__}) cannot apply: "
+                             f"{type(backbone).__name__} takes waveforms (its extractor runs inside it); use waveform "
+                             "augmentation "
+                             "(augmentation=waveform) or the encoder's own time masking "
+                             "(model.backbone.config={mask_time_prob:0.05})")
         frontend = frontend if frontend is not None else contract_frontend(backbone, sample_rate)
         # Waveform preprocessing is part of the front end: every path through model.frontend
         # (training, embedding caches, prediction, export) applies it.
@@ -173,11 +180,34 @@ class AudioModule(L.LightningModule):
             return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
+    def _optimizer(self) -> torch.optim.Optimizer:
+        """The optimiser over the trainable parameters; with the backbone's learning-rate scales
+        (``Backbone.optimizer_groups``, e.g. layer-wise decay) one parameter group per scale,
+        each group's ``lr`` the factory's times its ``lr_scale``."""
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        groups = [(scale, params) for scale, params in self.backbone.optimizer_groups() if params]
+        if all(scale == 1.0 for scale, _ in groups):
+            return self.optimizer_factory(trainable)  # one group: as before (resumable checkpoints alike)
+        grouped = {id(p) for _, params in groups for p in params}
+        rest = [p for p in trainable if id(p) not in grouped]  # the front end's, if it learns
+        optimizer = self.optimizer_factory([{"params": params, "lr_scale": scale} for scale, params in groups]
+                                           + ([{"params": rest, "lr_scale": 1.0}] if rest else []))
+        for group in optimizer.param_groups:
+            group["lr"] *= group["lr_scale"]
+        return optimizer
+
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
+        optimizer = self._optimizer()
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
                                  "monitor": self.hparams.scheduler_monitor,
                                  "interval": self.hparams.scheduler_interval}}
+
+    def on_train_start(self) -> None:
+        # A schedule over the run's length learns it now, when the training data is set up
+        # (asking in configure_optimizers set the data up before a resumed fit restored its state).
+        for config in self.trainer.lr_scheduler_configs:
+            if isinstance(config.scheduler, WarmupCosine):
+                config.scheduler.set_total_steps(int(self.trainer.estimated_stepping_batches))

@@ -130,6 +130,8 @@ class AudioClassifier(AudioModule):
         ``embedding_input`` set, the batch holds cached outputs: pooled ones pass through)."""
         if self.embedding_input == "pooled":
             return waveform
+        if self.embedding_input == "layers":  # the layers' means: the last one is the pooled embedding
+            return waveform[..., -self.backbone.layer_dims[-1]:]
         tokens = waveform if self.embedding_input == "tokens" else \
             self.backbone.forward_features(self.spectrogram(waveform))
         return self.backbone.forward_head(tokens, pre_logits=True)
@@ -175,8 +177,9 @@ class AudioClassifier(AudioModule):
         self._log_epoch_metrics("val", prog_bar=True)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """Class probabilities ``(batch, classes)`` of ``logits``: ``softmax(logits / temperature)``."""
-        return (logits / self.temperature).softmax(dim=1)
+        """Class probabilities ``(batch, classes)`` of ``logits``: ``softmax(logits / temperature)``,
+        in float32 (under mixed precision the logits are half precision, which NumPy cannot take)."""
+        return (logits.float() / self.temperature).softmax(dim=1)
 
     def calibrate(self, temperature: float) -> None:
         """Divide the logits by ``temperature`` from now on; the last test's probabilities become

@@ -14,7 +14,8 @@ waveform models (``audioml-eval`` runs the front end and backbone as usual).
 ``key`` = sha256 of the waveform cache key (files + decode settings) and of the front end and
 backbone without the head: every submodule's class and plain settings, every parameter and
 buffer (so the weights file, a different seed for a random backbone, or a changed front-end
-setting each name a new entry), plus the cached representation (pooled or tokens).
+setting each name a new entry), plus the cached representation (pooled, tokens, or layers:
+every hidden layer's mean over its real tokens, for a ``LayerHead`` that reads them).
 
 Cached embeddings are the eval-mode outputs (dropout off, BatchNorm running statistics): the
 usual linear-probe setting. Training uncached with ``freeze=all`` would also apply the frozen
@@ -41,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from audioml.data.base import BatchedWaveformDataset, collate_waveforms
 from audioml.data.cache import ArrayCache, reopen, reopenable
 from audioml.files import fingerprint
+from audioml.models.heads import LayerHead
 
 log = logging.getLogger(__name__)
 
@@ -143,18 +145,26 @@ def cache_blockers(model: nn.Module) -> list[str]:
         augment = getattr(model, attribute, None)
         if augment is not None:
             reasons.append(f"{attribute} ({type(augment).__name__}) must be seen by the backbone")
+    head = getattr(backbone, "head", None)
+    if isinstance(head, LayerHead) and not head.cacheable:
+        reasons.append(f"the head ({type(head).__name__}) reads every token of every layer, not their means")
     return reasons
 
 
 def _representation(backbone: nn.Module) -> str:
+    if isinstance(backbone.head, LayerHead):
+        return "layers"
     return "tokens" if getattr(backbone.head, "uses_tokens", False) else "pooled"
 
 
 def head_logits(backbone: nn.Module, cached: torch.Tensor, representation: str) -> torch.Tensor:
     """Logits from cached backbone outputs: ``forward_head`` on tokens ``(batch, T, F)``, the
-    head alone on pooled embeddings ``(batch, F)``."""
+    head alone on pooled embeddings ``(batch, F)``, a ``LayerHead``'s ``forward_pooled`` on the
+    layers' means ``(batch, sum(layer_dims))``."""
     if representation == "tokens":
         return backbone.forward_head(cached)
+    if representation == "layers":
+        return backbone.head.forward_pooled(cached)
     return backbone.head(cached)
 
 
@@ -175,6 +185,8 @@ def _eval_on(device: torch.device | str, *modules: nn.Module) -> Iterator[None]:
 
 def _backbone_outputs(frontend: nn.Module, backbone: nn.Module, waveform: torch.Tensor,
                       representation: str) -> torch.Tensor:
+    if representation == "layers":  # every layer's mean over its real tokens, concatenated
+        return torch.cat(backbone.forward_layers(frontend(waveform)).pooled(), dim=-1)
     tokens = backbone.forward_features(frontend(waveform))
     return tokens if representation == "tokens" else backbone.forward_head(tokens, pre_logits=True)
 

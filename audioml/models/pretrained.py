@@ -55,6 +55,10 @@ class PretrainedCfg:
         rename: ``(old_prefix, new_prefix)`` pairs mapping checkpoint keys to backbone keys.
         first_conv: backbone key of the stem convolution, adapted when input channels differ.
         hub_repo: Hugging Face repository for ``from_pretrained`` loaders.
+        extractor_target, extractor_args: the input contract that a transformers encoder runs
+            inside its backbone (``audioml.features.hf_extractors``: normalisation, maximum
+            length), where the valid length of each clip is known; its ``frontend`` then only
+            passes waveforms through.
         license: license and citation of the weights.
     """
 
@@ -73,6 +77,8 @@ class PretrainedCfg:
     rename: tuple[tuple[str, str], ...] = ()
     first_conv: str | None = None
     hub_repo: str | None = None
+    extractor_target: str | None = None
+    extractor_args: Mapping[str, Any] = field(default_factory=lambda: _frozen({}))
     license: str = ""
 
     def frontend_config(self) -> dict[str, Any]:
@@ -85,8 +91,18 @@ class PretrainedCfg:
         """Instantiate the front end this checkpoint expects (``ValueError`` when it has none)."""
         if not self.frontend_target:
             raise ValueError(f"pretrained weights {self.name!r} declare no audio front end")
-        module_name, _, class_name = self.frontend_target.rpartition(".")
-        return getattr(importlib.import_module(module_name), class_name)(**self.frontend_args)
+        return _build(self.frontend_target, self.frontend_args)
+
+    def build_extractor(self) -> nn.Module:
+        """Instantiate the encoder's input contract (``ValueError`` when it has none)."""
+        if not self.extractor_target:
+            raise ValueError(f"pretrained weights {self.name!r} declare no encoder input contract")
+        return _build(self.extractor_target, self.extractor_args)
+
+
+def _build(target: str, arguments: Mapping[str, Any]) -> nn.Module:
+    module_name, _, class_name = target.rpartition(".")
+    return getattr(importlib.import_module(module_name), class_name)(**arguments)
 
 
 _EFFICIENTAT_MEL = _frozen(dict(sample_rate=32000, n_fft=1024, win_length=800, hop_length=320, n_mels=128,
@@ -99,6 +115,52 @@ _PANNS_16K_MEL = _frozen(dict(sample_rate=16000, n_fft=512, hop_length=160, n_me
 _PANNS_IGNORE = ("spectrogram_extractor.", "logmel_extractor.")
 _PANNS_LICENSE = "MIT; Kong et al., PANNs, IEEE/ACM TASLP 2020 (Zenodo record 3987831)"
 _TIMM_IGNORE = ("pre_logits.", "head.", "fc.", "AuxLogits.")
+_HF_EXTRACTORS = "audioml.features.hf_extractors."
+
+
+def _hf_encoder(name: str, hub_repo: str, sample_rate: int, extractor: str, license: str,
+                **contract: Any) -> PretrainedCfg:
+    """The record of a transformers audio encoder (``audioml.models.backbones.hf_encoder``):
+    waveforms pass through its front end, ``extractor`` (a class of ``hf_extractors``) with
+    ``contract`` runs inside the backbone; the hub caches its files (no checksum of ours)."""
+    return PretrainedCfg(
+        name=name, url=f"https://huggingface.co/{hub_repo}", filename=None, sha256=None, hub_repo=hub_repo,
+        sample_rate=sample_rate, num_classes=0, classifier=None,
+        frontend_target=_HF_EXTRACTORS + "EncoderWaveform", frontend_args=_frozen(dict(sample_rate=sample_rate)),
+        extractor_target=_HF_EXTRACTORS + extractor,
+        extractor_args=_frozen(dict(sampling_rate=sample_rate, **contract)), license=license)
+
+
+# Normalisation as each encoder was pre-trained: fairseq's task.normalize (false for wav2vec 2.0
+# base, HuBERT base and WavLM base+, whose group-normalised first convolution makes the input's
+# scale and offset irrelevant; true for data2vec); attention masks only for the encoders trained
+# with padding masks (a group-normalised feature encoder was not: transformers' own advice).
+_HF_ENCODERS = (
+    _hf_encoder("wavlm_base_plus", "microsoft/wavlm-base-plus", 16000, "WaveformNormalize",
+                "MIT; Chen et al., WavLM, IEEE JSTSP 2022 (94k h, base+ 95M parameters)",
+                do_normalize=False, padding_value=0.0, return_attention_mask=True, max_length_s=None),
+    _hf_encoder("hubert_base", "facebook/hubert-base-ls960", 16000, "WaveformNormalize",
+                "Apache-2.0; Hsu et al., HuBERT, IEEE/ACM TASLP 2021 (LibriSpeech 960 h, 95M parameters)",
+                do_normalize=False, padding_value=0.0, return_attention_mask=False, max_length_s=None),
+    _hf_encoder("wav2vec2_base", "facebook/wav2vec2-base", 16000, "WaveformNormalize",
+                "Apache-2.0; Baevski et al., wav2vec 2.0, NeurIPS 2020 (LibriSpeech 960 h, 95M parameters)",
+                do_normalize=True, padding_value=0.0, return_attention_mask=False, max_length_s=None),
+    _hf_encoder("data2vec_audio_base", "facebook/data2vec-audio-base", 16000, "WaveformNormalize",
+                "Apache-2.0; Baevski et al., data2vec, ICML 2022 (LibriSpeech 960 h, 94M parameters)",
+                do_normalize=True, padding_value=0.0, return_attention_mask=True, max_length_s=None),
+    _hf_encoder("w2v_bert_2", "facebook/w2v-bert-2.0", 16000, "SeamlessFbank",
+                "MIT; Barrault et al., Seamless, 2023 (4.5M h, 600M parameters)",
+                num_mel_bins=80, stride=2, padding_value=1.0),
+    _hf_encoder("whisper_base", "openai/whisper-base", 16000, "WhisperLogMel",
+                "Apache-2.0; Radford et al., Robust Speech Recognition via Large-Scale Weak Supervision, "
+                "ICML 2023 (680k h; encoder 20M of 74M parameters)",
+                feature_size=80, n_fft=400, hop_length=160, chunk_length=30),
+    _hf_encoder("clap_htsat_unfused", "laion/clap-htsat-unfused", 48000, "ClapLogMel",
+                "Apache-2.0; Wu et al., Large-Scale Contrastive Language-Audio Pretraining, ICASSP 2023 "
+                "(LAION-Audio-630K; HTSAT audio tower 31M parameters)",
+                feature_size=64, fft_window_size=1024, hop_length=480, max_length_s=10, frequency_min=50.0,
+                frequency_max=14000.0, padding="repeatpad"),
+)
 
 PRETRAINED_CFGS: Mapping[str, PretrainedCfg] = MappingProxyType({cfg.name: cfg for cfg in (
     PretrainedCfg(
@@ -159,6 +221,7 @@ PRETRAINED_CFGS: Mapping[str, PretrainedCfg] = MappingProxyType({cfg.name: cfg f
         filename="timm_inception_v3_tv_in1k.bin", sha256=None, sample_rate=None, num_classes=1000,
         classifier="fc", ignore_prefixes=_TIMM_IGNORE, rename=(("", "model."),),
         first_conv="model.Conv2d_1a_3x3.conv", license="BSD-3-Clause (torchvision ImageNet-1k weights)"),
+    *_HF_ENCODERS,
 )})
 
 

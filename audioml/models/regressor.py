@@ -10,6 +10,7 @@ from torch import nn
 from audioml.metrics import regression_metrics
 from audioml.models.backbones.base import Backbone, HeadFactory
 from audioml.models.base import NOT_HYPERPARAMETERS, AudioModule, OptimizerFactory
+from audioml.models.heads import LayerHead
 
 __all__ = ["SequenceRegressor"]
 
@@ -74,6 +75,9 @@ class SequenceRegressor(AudioModule):
         self.save_hyperparameters(ignore=[*NOT_HYPERPARAMETERS, "feature_mean", "feature_std"])
         self._build(backbone, frontend, num_classes, head, freeze, optimizer, scheduler, waveform_augment,
                     spec_augment, sample_rate, preprocess, augment_preprocessed)
+        if isinstance(self.backbone.head, LayerHead):
+            raise ValueError(f"model.head={type(self.backbone.head).__name__} reads every hidden layer of one clip; "
+                             "the sequence regressor pools windows: use a linear, MLP or Transformer head")
         if loss is None:
             from audioml.losses import CCCLoss
 
@@ -194,7 +198,8 @@ class SequenceRegressor(AudioModule):
             raise FloatingPointError(f"{stage} loss is {loss.item()}: lower the learning rate or check the "
                                      "inputs for NaN")
         self._add_loss(stage, loss, waveform.shape[0])
-        self._buffers_by_stage.setdefault(stage, []).append((prediction.detach().cpu(), target.detach().cpu()))
+        self._buffers_by_stage.setdefault(stage, []).append((prediction.detach().float().cpu(),
+                                                             target.detach().float().cpu()))
         return loss
 
     def _log_epoch(self, stage: str) -> None:

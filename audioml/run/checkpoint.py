@@ -92,8 +92,10 @@ class ModelInCheckpoint(L.Callback):
 
 
 # ------------------------------------------------------------------------------------ writing
-def model_record(cfg: DictConfig, datamodule) -> dict[str, Any]:
-    """The record of the model ``cfg`` builds on ``datamodule`` (see the module docs)."""
+def model_record(cfg: DictConfig, datamodule, backbone: nn.Module | None = None) -> dict[str, Any]:
+    """The record of the model ``cfg`` builds on ``datamodule`` (see the module docs); the built
+    ``backbone`` adds what it loaded from its weights' source (``Backbone.rebuild_config``:
+    e.g. a transformers config), so the record rebuilds it with no download."""
     model = OmegaConf.to_container(cfg.model, resolve=True)
     for key in _TRAINING_ONLY:
         model.pop(key, None)
@@ -101,6 +103,8 @@ def model_record(cfg: DictConfig, datamodule) -> dict[str, Any]:
         from audioml.models.pretrained import get_pretrained_cfg  # pin the record's front end
 
         model["frontend"] = get_pretrained_cfg(weights).frontend_config()
+    if backbone is not None and isinstance(model.get("backbone"), dict):
+        model["backbone"].update(backbone.rebuild_config())
     _set_pretrained_false(model)
     return {"format": FORMAT, "model": model,
             "loss": OmegaConf.to_container(cfg.loss, resolve=True) if cfg.get("loss") else None,

@@ -27,8 +27,9 @@ from audioml import distributed, figures
 from audioml.checkpointing import find_resume_checkpoint
 from audioml.data.base import NoUsableFilesError
 from audioml.files import atomic_write_bytes, exclusive_lock, remove_temporaries
+from audioml.models.base import AudioModule
 from audioml.models.embedding_cache import use_embedding_cache
-from audioml.reports import LearningCurves
+from audioml.reports import LayerWeights, LearningCurves
 from audioml.run import calibration, facts, finishing, lineage, relog, resume, tracking
 from audioml.run.markers import RUN_LOCK  # the run directory's lock (defined there: the status reads it)
 from audioml.run.head_only import add_head_only_checkpoints, threads_restored, use_head_only_threads
@@ -319,7 +320,8 @@ class TrainingRun:
         model = build_model(cfg, datamodule.class_names, datamodule.train_class_counts())
         fit_data_statistics(model, datamodule)
         resolved = self._write_config()
-        record = self._record = model_record(cfg, datamodule)
+        record = self._record = model_record(cfg, datamodule,
+                                             model.backbone if isinstance(model, AudioModule) else None)
         if self.rank_zero and (refusal := untrusted_targets(record, cfg.get("trusted_modules") or ())):
             log.warning("audioml-eval/predict will refuse this run's checkpoints unless told to trust them: %s", refusal)
         tags = {**runtime_tags(cfg), **data_tags(datamodule),
@@ -339,7 +341,8 @@ class TrainingRun:
                 if self.logger is not None:
                     tracking.log_params(self.logger.experiment, self.logger.run_id, tracking.flatten_params(resolved))
             trainer, datamodule = self._fit(model, datamodule, record)
-            self._curve_files = [path for callback in trainer.callbacks if isinstance(callback, LearningCurves)
+            self._curve_files = [path for callback in trainer.callbacks
+                                 if isinstance(callback, (LearningCurves, LayerWeights))
                                  for path in callback.written(trainer)]
             best_callback = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
             best = best_callback.best_model_path if best_callback is not None else ""

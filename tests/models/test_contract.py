@@ -24,9 +24,20 @@ FAST = {"ast": ["+model.frontend={_target_:audioml.features.kaldi_fbank.KaldiFba
                  "target_frames:128,mean:-4.2677393,std:9.1379948}", "+model.backbone.config={max_length:128}"],
         "imagenet_cnn": ["model.backbone.image_size=64"],
         # flattens a fixed-size spectrogram image (it refuses a variable-size input)
-        "cnn_image": ["features=logmel_image", "features.image_size=[32,32]"]}
+        "cnn_image": ["features=logmel_image", "features.image_size=[32,32]"],
+        # a transformers encoder of 2 blocks, 32 wide; the feature encoder trains too (freeze=none checks all)
+        "hf_encoder": ["model.backbone.model_type=wav2vec2", "model.backbone.freeze_feature_encoder=false",
+                       "model.backbone.config={hidden_size:32,num_hidden_layers:2,num_attention_heads:2,"
+                       "intermediate_size:64,conv_dim:[16,16,16,16,16,16,16],"
+                       "num_conv_pos_embeddings:16,num_conv_pos_embedding_groups:2}"]}
+#: The transformers encoders' presets at full size (95-600M parameters; hf_encoder runs the same code).
+HF_PRESETS = {"wavlm_base_plus", "hubert_base", "wav2vec2_base", "data2vec_audio_base", "w2v_bert_2",
+              "whisper_base_encoder", "clap_htsat_unfused"}
+FAST.update({name: ["model.backbone.freeze_feature_encoder=false"] for name in HF_PRESETS})
 #: Full-size transformers take minutes on a shared CPU; ``ast_tiny`` runs the same code by default.
-SLOW = {"ast"}
+SLOW = {"ast", *HF_PRESETS}
+#: Parameters an architecture keeps fixed whatever is frozen (Whisper's sinusoidal positions).
+FIXED = ("backbone.model.embed_positions.",)
 NUM_CLASSES = 3
 BATCH = 2
 
@@ -97,7 +108,7 @@ def test_model_contract(name: str, tmp_path: Path) -> None:
 
     # freeze=none: every parameter trains and gets a gradient.
     backbone.freeze("none")
-    assert all(p.requires_grad for p in model.parameters())
+    assert all(p.requires_grad for n, p in model.named_parameters() if not n.startswith(FIXED))
     check_gradients(model, waveform)
 
     # A new classifier for another number of classes.

@@ -1,28 +1,58 @@
-"""The one interface every backbone exposes (timm-style), plus freezing."""
+"""The one interface every backbone exposes (timm-style), its hidden layers (``LayerStates``),
+plus freezing."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["Backbone", "HeadFactory"]
+from audioml.models.heads import LayerHead, LinearHead, masked_mean
+
+__all__ = ["Backbone", "HeadFactory", "LayerStates", "masked_mean"]
 
 #: ``factory(in_features, num_classes) -> nn.Module``; see ``audioml.models.heads``.
 HeadFactory = Callable[[int, int], nn.Module]
 
 
+@dataclass(frozen=True)
+class LayerStates:
+    """Every hidden layer of a backbone for one batch, input side first.
+
+    Attributes:
+        layers: one ``(batch, tokens_l, dim_l)`` tensor per layer; the last one is what
+            ``forward_features`` returns. Token counts and widths may differ between layers
+            (a CNN's blocks) when ``mask`` is ``None``.
+        mask: ``(batch, tokens)`` bool, True = a real frame (not padding), shared by every
+            layer (all of which then have ``tokens`` tokens); ``None``: every token is real.
+    """
+
+    layers: tuple[torch.Tensor, ...]
+    mask: torch.Tensor | None = None
+
+    def pooled(self) -> tuple[torch.Tensor, ...]:
+        """The mean over real tokens of each layer: ``(batch, dim_l)`` per layer."""
+        return tuple(masked_mean(layer, self.mask) for layer in self.layers)
+
+
 class Backbone(nn.Module, ABC):
     """Spectrogram ``(batch, 1, n_mels, frames)`` -> logits ``(batch, num_classes)``.
 
-    Subclasses set ``num_features`` and implement ``forward_features``. The classifier is
-    ``self.head``, built by ``reset_classifier``; a head with ``uses_tokens = True`` receives
-    the time tokens, any other head the pooled embedding.
+    Subclasses set ``num_features`` and implement ``forward_features`` (and, to expose their
+    hidden layers, ``forward_layers`` and ``layer_dims``). The classifier is ``self.head``,
+    built by ``reset_classifier``; a ``LayerHead`` receives ``forward_layers``' output, a head
+    with ``uses_tokens = True`` the time tokens, any other head the pooled embedding.
     """
 
     num_features: int
+    #: The backbone takes waveforms ``(batch, time)`` (its front end passes them through and its
+    #: own extractor runs inside it), not spectrograms: spectrogram augmentation cannot apply.
+    takes_waveform: bool = False
     #: The weights' record (``audioml.models.pretrained.PretrainedCfg``) when the architecture
     #: has registered weights, pretrained or not: its input contract (rate, front end) is the
     #: one source the model builds its front end from (timm's ``pretrained_cfg``).
@@ -43,6 +73,16 @@ class Backbone(nn.Module, ABC):
     def forward_features(self, spec: torch.Tensor) -> torch.Tensor:
         """``(batch, 1, n_mels, frames)`` -> time tokens ``(batch, tokens, num_features)``."""
 
+    def forward_layers(self, spec: torch.Tensor) -> LayerStates:
+        """Every hidden layer for ``spec`` (what ``forward_features`` takes), input side first;
+        the last layer equals ``forward_features(spec)``. Default: that one layer, no mask."""
+        return LayerStates((self.forward_features(spec),))
+
+    @property
+    def layer_dims(self) -> tuple[int, ...]:
+        """``dim_l`` of each layer of ``forward_layers``, known without running the model."""
+        return (int(self.num_features),)
+
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """Time tokens ``(batch, tokens, num_features)`` -> embedding ``(batch, num_features)``."""
         return tokens.mean(dim=1)
@@ -56,14 +96,30 @@ class Backbone(nn.Module, ABC):
         return self.head(self.pool(tokens))
 
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.head, LayerHead):
+            return self.head(self.forward_layers(spec))
         return self.forward_head(self.forward_features(spec))
 
     def reset_classifier(self, num_classes: int, head: HeadFactory | None = None) -> None:
-        """Replace the classifier by ``head(num_features, num_classes)`` (linear by default)."""
-        from audioml.models.heads import LinearHead
-
+        """Replace the classifier by ``head(num_features, num_classes)`` (linear by default); a
+        ``LayerHead`` factory also receives ``layer_dims`` and reads ``forward_layers``."""
         factory = head if head is not None else LinearHead
-        self.head = factory(self.num_features, num_classes)
+        head_class = factory.func if isinstance(factory, partial) else factory
+        if isinstance(head_class, type) and issubclass(head_class, LayerHead):
+            self.head = factory(self.num_features, num_classes, layer_dims=self.layer_dims)
+        else:
+            self.head = factory(self.num_features, num_classes)
+
+    def rebuild_config(self) -> dict[str, Any]:
+        """Constructor arguments, as plain data, that rebuild this backbone's architecture and
+        input contract with no download and no file read (what it loaded from its weights'
+        source); merged into ``model.backbone`` of the checkpoint record. Default: none needed."""
+        return {}
+
+    def optimizer_groups(self) -> list[tuple[float, list[nn.Parameter]]]:
+        """The trainable parameters (head included) as ``(learning-rate scale, parameters)``
+        groups; default: one group at scale 1."""
+        return [(1.0, [p for p in self.parameters() if p.requires_grad])]
 
     def backbone_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """Named parameters outside the head, in registration (input-to-output) order."""

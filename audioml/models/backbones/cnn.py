@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from audioml.models.backbones.base import Backbone
+from audioml.models.backbones.base import Backbone, LayerStates
 
 __all__ = ["ScratchCNN"]
 
@@ -16,6 +16,9 @@ class ScratchCNN(Backbone):
     """Conv blocks ``[Conv3x3 (+BN) + ReLU (+Conv3x3 ...) + MaxPool]`` -> frequency pooling ->
     per-frame dense layer (``dense`` units, ReLU, dropout) -> time tokens; or, with
     ``input_size``, the whole conv map flattened into the dense layer (one token).
+
+    ``forward_layers`` gives each block's output (after its max-pool) averaged over frequency,
+    ``(batch, frames_l, channels_l)``, then the dense layer's tokens (``forward_features``).
 
     The RAVDESS study's network is ``channels=[32, 64]``, ``dense=128``: two conv + max-pool
     blocks, dense 128, dropout; on its fixed-size spectrogram images it flattens
@@ -57,6 +60,7 @@ class ScratchCNN(Backbone):
                 width = out_channels
             layers.append(nn.MaxPool2d(pool))
         self.features = nn.Sequential(*layers)
+        self._block_channels = tuple(int(c) for c in channels)
         self.input_size = None if input_size is None else (int(input_size[0]), int(input_size[1]))
         if self.input_size is not None:
             with torch.no_grad():
@@ -69,16 +73,36 @@ class ScratchCNN(Backbone):
         self.num_features = int(dense)
         self.reset_classifier(2)
 
-    def forward_features(self, spec: torch.Tensor) -> torch.Tensor:
+    def _check_size(self, spec: torch.Tensor) -> None:
+        if self.input_size is not None and tuple(spec.shape[-2:]) != self.input_size:
+            raise ValueError(f"ScratchCNN flattens inputs of {list(self.input_size)}, got "
+                             f"{list(spec.shape[-2:])}: set model.backbone.input_size to the front end's "
+                             "output size (features.image_size)")
+
+    def _dense_tokens(self, maps: torch.Tensor) -> torch.Tensor:
+        """Conv output ``(batch, channels, mels', frames')`` -> dense tokens."""
         if self.input_size is not None:
-            if tuple(spec.shape[-2:]) != self.input_size:
-                raise ValueError(f"ScratchCNN flattens inputs of {list(self.input_size)}, got "
-                                 f"{list(spec.shape[-2:])}: set model.backbone.input_size to the front end's "
-                                 "output size (features.image_size)")
-            return self.dense(self.features(spec).flatten(1)).unsqueeze(1)  # (batch, 1, dense)
-        x = self.features(spec)               # (batch, channels, mels', frames')
-        x = x.mean(dim=2).transpose(1, 2)     # (batch, frames', channels)
-        return self.dense(x)                  # (batch, frames', dense)
+            return self.dense(maps.flatten(1)).unsqueeze(1)          # (batch, 1, dense)
+        return self.dense(maps.mean(dim=2).transpose(1, 2))         # (batch, frames', dense)
+
+    def forward_features(self, spec: torch.Tensor) -> torch.Tensor:
+        self._check_size(spec)
+        return self._dense_tokens(self.features(spec))
+
+    def forward_layers(self, spec: torch.Tensor) -> LayerStates:
+        self._check_size(spec)
+        outputs = []
+        x = spec
+        for module in self.features:
+            x = module(x)
+            if isinstance(module, nn.MaxPool2d):  # the end of a block
+                outputs.append(x.mean(dim=2).transpose(1, 2))
+        outputs.append(self._dense_tokens(x))
+        return LayerStates(tuple(outputs))
+
+    @property
+    def layer_dims(self) -> tuple[int, ...]:
+        return (*self._block_channels, self.num_features)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         # Mean and max over time: the max keeps short events (a cry burst) visible.

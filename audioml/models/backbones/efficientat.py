@@ -15,7 +15,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from audioml.models.backbones.base import Backbone
+from audioml.models.backbones.base import Backbone, LayerStates
 
 __all__ = ["EfficientATMobileNet", "MobileNetClassifier", "make_divisible", "MOBILENET_V3_LARGE"]
 
@@ -136,6 +136,8 @@ class EfficientATMobileNet(Backbone):
 
     ``pool`` is the global average over frequency and time, as in EfficientAT; the native
     classifier is ``MobileNetClassifier`` (hidden ``make_divisible(1280 * width_mult)``).
+    ``forward_layers`` gives the 17 outputs of ``features.0`` (stem) .. ``features.16`` (the
+    last 1x1 conv), each averaged over frequency: ``(batch, frames / stride_l, channels_l)``.
 
     Args:
         width_mult: channel multiplier (0.4 for ``mn04``, 1.0 for ``mn10``).
@@ -158,14 +160,18 @@ class EfficientATMobileNet(Backbone):
             raise ValueError(f"strides={list(strides)}: give the strides of the 4 down-sampling blocks")
         channels = make_divisible(_STEM_CHANNELS * width_mult)
         layers: list[nn.Module] = [_ConvBNAct(in_channels, channels, 3, stride=2, activation="hardswish")]
+        widths = [channels]
         down = iter(strides)
         for kernel, expanded, out, use_se, activation, stride in MOBILENET_V3_LARGE:
             out_channels = make_divisible(out * width_mult)
             layers.append(_InvertedResidual(channels, kernel, make_divisible(expanded * width_mult), out_channels,
                                             use_se, activation, next(down) if stride == 2 else 1))
             channels = out_channels
+            widths.append(channels)
         layers.append(_ConvBNAct(channels, 6 * channels, 1, activation="hardswish"))
+        widths.append(6 * channels)
         self.features = nn.Sequential(*layers)
+        self._layer_dims = tuple(widths)
         self.num_features = 6 * channels
         self.native_head = partial(MobileNetClassifier, hidden=make_divisible(_HEAD_HIDDEN * width_mult),
                                    dropout=dropout)
@@ -189,3 +195,15 @@ class EfficientATMobileNet(Backbone):
 
     def forward_features(self, spec: torch.Tensor) -> torch.Tensor:
         return self.features(spec).mean(dim=2).transpose(1, 2)
+
+    def forward_layers(self, spec: torch.Tensor) -> LayerStates:
+        outputs = []
+        x = spec
+        for block in self.features:
+            x = block(x)
+            outputs.append(x.mean(dim=2).transpose(1, 2))  # (batch, frames_l, channels_l)
+        return LayerStates(tuple(outputs))
+
+    @property
+    def layer_dims(self) -> tuple[int, ...]:
+        return self._layer_dims

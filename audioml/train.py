@@ -31,12 +31,14 @@ def _app(cfg: DictConfig) -> float | list[float | None] | None:
     run_dir = Path(hydra_config.runtime.output_dir)
     multirun_job = list(hydra_config.overrides.task) if hydra_config.mode == RunMode.MULTIRUN else None
     trial = _search_trial(hydra_config) if multirun_job is not None else None
-    if trial is not None and not trial.is_running():
-        logging.getLogger(__name__).warning("%s was given up meanwhile (it is retried elsewhere): not trained here",
+    if trial is not None and trial.given_up():
+        logging.getLogger(__name__).warning("%s was given up meanwhile (a retry trains its run): not trained here",
                                             trial)
         return None
-    # DDP ranks started by this job re-run this job alone; a search trial reports while it trains
-    with distributed.ddp_job(multirun_job), (trial.running() if trial is not None else contextlib.nullcontext()):
+    # DDP ranks started by this job re-run this job alone; a search trial reports while it trains (a trial
+    # told before, whose run's record a killed sweep left incomplete, only completes it)
+    reporting = trial.running() if trial is not None and trial.is_running() else contextlib.nullcontext()
+    with distributed.ddp_job(multirun_job), reporting:
         metrics, run_dir = run_evaluation_in(cfg, run_dir)
     metric_name = cfg.get("optimized_metric")
     names = [str(m) for m in metric_name] if isinstance(metric_name, ListConfig) else [metric_name] if metric_name else []

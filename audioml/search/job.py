@@ -73,8 +73,12 @@ class JobTrial:
         return self.storage.get_trial(self.trial_id).state
 
     def is_running(self) -> bool:
-        """Whether the trial still waits for this job (not given up as stale and retried)."""
+        """Whether the trial waits for this job's outcome."""
         return self.state() == TrialState.RUNNING
+
+    def given_up(self) -> bool:
+        """Whether the trial was given up as stale (its retry, another trial, trains its run)."""
+        return self.state() in (TrialState.FAIL, TrialState.WAITING)
 
     @contextlib.contextmanager
     def running(self) -> Iterator["JobTrial"]:
@@ -103,21 +107,21 @@ class JobTrial:
     def finish(self, metrics: Mapping[str, float], run_dir: str | Path, objectives: Sequence[str]) -> list[float]:
         """Tell the study the outcome of the run in ``run_dir`` (its final ``metrics``): PRUNED
         when a pruner stopped it (``markers.read_pruned``), else COMPLETE with the value of each
-        of ``objectives``. Returns those values. Raises ``ObjectiveError`` for a missing one. A
-        trial given up meanwhile (its retry counts instead) is left as it is."""
+        of ``objectives``; the trial's user attributes ``run_dir`` and ``mlflow_run_id`` say where
+        it is. Returns those values. Raises ``ObjectiveError`` for a missing one. A trial no
+        longer RUNNING (told before; given up) is left as it is."""
         missing = [name for name in objectives if name not in metrics]
         if missing:
             raise ObjectiveError(f"optimized_metric {', '.join(missing)}: not among the run's final metrics "
                                  f"({', '.join(sorted(metrics))}); set optimized_metric to one of them")
         values = [float(metrics[name]) for name in objectives]
         pruned = markers.read_pruned(run_dir)
+        if self.state() != TrialState.RUNNING:  # told before, by a job killed before its run's record was complete
+            log.info("%s is %s already: its run's record is complete now", self, self.state().name)
+            return values
         for key, value in (("run_dir", str(Path(run_dir).resolve())), ("mlflow_run_id", markers.read_run_id(run_dir))):
             if value:
                 self.storage.set_trial_user_attr(self.trial_id, key, value)
-        if self.state() != TrialState.RUNNING:
-            log.warning("%s is %s already (given up as stale and retried elsewhere): its outcome is not told",
-                        self, self.state().name)
-            return values
         if pruned is not None:
             self.study.tell(self.ref.number, state=TrialState.PRUNED)
             log.info("%s: PRUNED after epoch %s", self, pruned.get("epoch"))

@@ -3,9 +3,8 @@ back as overrides.
 
 ``hydra.sweeper.params`` and the command line keep the syntax hydra-optuna-sweeper had:
 ``choice(a, b)`` (or ``a,b``) -> categorical, ``range(start, stop[, step])`` -> integers (or
-floats) on that grid, ``stop`` excluded as in Python, ``interval(low, high)`` -> a float (an int
-when both ends are ints), ``tag(log, interval(...))`` -> the same on a log scale; a plain value
-is fixed in every trial.
+floats) on that grid, ``stop`` excluded as in Python, ``interval(low, high)`` -> a float,
+``tag(log, interval(...))`` -> the same on a log scale; a plain value is fixed in every trial.
 """
 
 from __future__ import annotations
@@ -71,11 +70,10 @@ def _distribution(override: Override) -> BaseDistribution:
             raise SearchSpaceError(f"{override.input_line}: the range is empty (range(start, stop, step) leaves stop out)")
         if all(isinstance(v, int) for v in values) and isinstance(value.step, int):
             return IntDistribution(values[0], values[-1], step=value.step)
-        return FloatDistribution(float(values[0]), float(values[-1]), step=float(value.step))
+        low, high = (round(float(v), 12) for v in (values[0], values[-1]))  # 0.1 + 2 * 0.1 = 0.30000000000000004
+        return FloatDistribution(low, high, step=float(value.step))
     if override.is_interval_sweep():
-        log = "log" in value.tags
-        if isinstance(value.start, int) and isinstance(value.end, int):
-            return IntDistribution(value.start, value.end, log=log)
+        log = "log" in value.tags  # Hydra makes both ends floats: integers come from range()
         if log and value.start <= 0:
             raise SearchSpaceError(f"{override.input_line}: a log-scale interval needs a low end above 0")
         return FloatDistribution(float(value.start), float(value.end), log=log)

@@ -27,7 +27,7 @@ def is_database_url(storage: str) -> bool:
 def open_storage(storage: str):
     """The Optuna storage ``storage`` names: ``JournalStorage`` on the file (its folder created;
     locked with ``JournalFileOpenLock``, which works on NFS and is the lock ``optuna-dashboard``
-    takes on the same file) or ``RDBStorage`` on the URL. ``ValueError`` for ``redis://``
+    takes on the same file) or ``RDBStorage`` on the URL (an SQLite file's folder created). ``ValueError`` for ``redis://``
     (not installed) and an unknown scheme."""
     import optuna
 
@@ -37,6 +37,8 @@ def open_storage(storage: str):
         path = Path(storage).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+    if storage.startswith("sqlite:///"):
+        Path(storage[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
     if storage.startswith("redis"):
         raise ValueError(f"hydra.sweeper.storage={shown_storage(storage)}: Redis is not supported here; use a "
                          "journal file on a shared folder or a PostgreSQL/MySQL URL")

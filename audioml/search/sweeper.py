@@ -137,7 +137,11 @@ class OptunaSearch:
                 log.info("the grid has %d points: n_trials %d -> %d", size, n_trials, size)
                 n_trials = size
 
-        storage = open_storage(location)
+        try:
+            storage = open_storage(location)
+        except Exception as error:  # noqa: BLE001 - a database that refuses or is not there: said in one line
+            raise SearchConfigError(f"hydra.sweeper.storage={shown_storage(location)} cannot be opened: "
+                                    f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from error
         pruner = instantiate(self.pruner_config)
         study = optuna.create_study(storage=storage, study_name=study_name, directions=self.directions,
                                     load_if_exists=True, sampler=self._sampler(None, grid), pruner=pruner)
@@ -155,6 +159,7 @@ class OptunaSearch:
 
         heartbeat = trials.Heartbeat(storage, self.heartbeat_interval)
         job_number, failures, launched = before.finished + before.running, 0, 0
+        self._complete_records(study, space, study_name)
         try:
             while True:
                 trials.recover_stale(study, storage, study_id, self.grace_period)
@@ -185,6 +190,32 @@ class OptunaSearch:
             heartbeat.stop()
         self._write_results(study, objectives, Path(config.hydra.sweep.dir))
 
+    def _complete_records(self, study: optuna.Study, space: SearchSpace, study_name: str) -> None:
+        """Launch again the trials whose outcome was told but whose run's record (MLflow, ``DONE``)
+        a killed sweep left incomplete (it is completed while the next job trains): each job
+        completes its run without training or telling again. Run directories of other machines
+        (not here) and those a process holds are left alone."""
+        from audioml.files import lock_is_held
+        from audioml.run import markers
+
+        todo = []
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            run_dir = Path(str(trial.user_attrs.get("run_dir", "")))
+            if (not trial.user_attrs.get("run_dir") or not run_dir.is_dir() or markers.read_done(run_dir) is not None
+                    or lock_is_held(run_dir / markers.RUN_LOCK)):
+                continue
+            if set(trial.params) != set(space.distributions):
+                log.warning("trial %d: its run %s is incomplete, and its parameters are not this search space's: "
+                            "not completed (rerun its own command)", trial.number, run_dir)
+                continue
+            todo.append(trial)
+        if not todo:
+            return
+        log.info("trial(s) %s: told, but the record of their run was left incomplete: completing it",
+                 ", ".join(str(t.number) for t in todo))
+        for trial in todo:  # one at a time: each job's number is its trial's
+            self.launcher.launch([self._job_overrides(space, trial, study_name)], initial_job_idx=trial.number)
+
     def _check_pruning_direction(self, objectives: Sequence[str]) -> None:
         """A pruner stops trials on the monitored validation value: the study must optimise it in
         the monitor's direction (``monitor_mode``)."""
@@ -201,13 +232,14 @@ class OptunaSearch:
     def _sampler(self, number: int | None, grid: dict[str, list] | None) -> optuna.samplers.BaseSampler:
         """The configured sampler; its ``seed`` offset by the trial ``number`` (each trial draws
         from its own stream: a continued study or a second worker does not repeat the first
-        trials' draws, and one trial's draws do not depend on which process asks it)."""
+        trials' draws, and one trial's draws do not depend on which process asks it). Not the
+        grid sampler's: its seed orders the grid, which every trial and worker must share."""
         kwargs: dict[str, Any] = {}
         seed = OmegaConf.select(self.sampler_config, "seed")
-        if seed is not None and number is not None:
-            kwargs["seed"] = int(seed) + number
         if grid is not None:
             kwargs["search_space"] = grid
+        elif seed is not None and number is not None:
+            kwargs["seed"] = int(seed) + number
         return instantiate(self.sampler_config, **kwargs)
 
     def _ask(self, study: optuna.Study, storage, study_id: int, space: SearchSpace, grid, n_trials: int,
@@ -223,7 +255,8 @@ class OptunaSearch:
             return None
         trials.claim(storage, identifier)
         heartbeat.add(identifier)
-        study.sampler = self._sampler(trial.number, grid)
+        if grid is None:
+            study.sampler = self._sampler(trial.number, grid)
         for name, distribution in space.distributions.items():
             if isinstance(distribution, CategoricalDistribution):
                 trial.suggest_categorical(name, distribution.choices)

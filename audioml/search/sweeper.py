@@ -41,7 +41,7 @@ from audioml.search.storage import default_storage, open_storage, shown_storage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OptunaSearch", "SearchConfigError", "job_trial", "default_study_name", "RESULTS_FILE"]
+__all__ = ["OptunaSearch", "SearchConfigError", "SearchStopped", "job_trial", "default_study_name", "RESULTS_FILE"]
 
 #: Written into the sweep directory when the search ends (as hydra-optuna-sweeper did).
 RESULTS_FILE = "optimization_results.yaml"
@@ -50,6 +50,10 @@ _GRID_TARGET = "optuna.samplers.GridSampler"
 
 class SearchConfigError(CompactHydraException):
     """The search cannot start as configured (Hydra prints the message alone, exit status 1)."""
+
+
+class SearchStopped(CompactHydraException):
+    """More of the search's trials failed than ``max_failure_rate`` allows."""
 
 
 def default_study_name(data: str | None, model: str | None, sweep_key: str) -> str:
@@ -137,6 +141,24 @@ class OptunaSearch:
                 log.info("the grid has %d points: n_trials %d -> %d", size, n_trials, size)
                 n_trials = size
 
+        storage, study, pruner = self._open_study(location, study_name, grid)
+        study_id = storage.get_study_id_from_name(study_name)
+        before = trials.tally(study.get_trials(deepcopy=False))
+        log.info("Optuna study %s in %s: %d of %d trials asked before (%d complete, %d pruned, %d failed); sampler %s, "
+                 "pruner %s, %s %s. Watch it: optuna-dashboard %s", study_name, shown_storage(location),
+                 before.finished + before.running + before.waiting, n_trials, before.complete, before.pruned,
+                 before.failed, self.sampler_config.get("_target_", "?").rsplit(".", 1)[-1], type(pruner).__name__,
+                 "/".join(self.directions), ", ".join(objectives), shown_storage(location))
+        self._complete_records(study, space, study_name)
+        heartbeat = trials.Heartbeat(storage, self.heartbeat_interval)
+        try:
+            self._run_trials(study, storage, study_id, space, grid, n_trials, study_name, heartbeat)
+        finally:
+            heartbeat.stop()
+        self._write_results(study, objectives, Path(config.hydra.sweep.dir))
+
+    def _open_study(self, location: str, study_name: str, grid: dict[str, list] | None):
+        """``(storage, study, pruner)``: the study created or loaded, checked against ``direction``."""
         try:
             storage = open_storage(location)
         except Exception as error:  # noqa: BLE001 - a database that refuses or is not there: said in one line
@@ -149,46 +171,38 @@ class OptunaSearch:
             raise SearchConfigError(f"study {study_name} in {shown_storage(location)} was created with direction "
                                     f"{[d.name.lower() for d in study.directions]}, not {self.directions}: name another "
                                     "study (hydra.sweeper.study_name=...) or storage")
-        study_id = storage.get_study_id_from_name(study_name)
-        before = trials.tally(study.get_trials(deepcopy=False))
-        log.info("Optuna study %s in %s: %d of %d trials asked before (%d complete, %d pruned, %d failed); sampler %s, "
-                 "pruner %s, %s %s. Watch it: optuna-dashboard %s", study_name, shown_storage(location),
-                 before.finished + before.running + before.waiting, n_trials, before.complete, before.pruned,
-                 before.failed, self.sampler_config.get("_target_", "?").rsplit(".", 1)[-1], type(pruner).__name__,
-                 "/".join(self.directions), ", ".join(objectives), shown_storage(location))
+        return storage, study, pruner
 
-        heartbeat = trials.Heartbeat(storage, self.heartbeat_interval)
-        job_number, failures, launched = before.finished + before.running, 0, 0
-        self._complete_records(study, space, study_name)
-        try:
-            while True:
-                trials.recover_stale(study, storage, study_id, self.grace_period)
-                now = trials.tally(study.get_trials(deepcopy=False))
-                askable = now.askable(n_trials)
-                if askable == 0:
-                    if now.running == 0:
-                        break
-                    time.sleep(self.poll_interval)  # other workers run the last trials; theirs may need a retry
-                    continue
-                batch = [t for t in (self._ask(study, storage, study_id, space, grid, n_trials, heartbeat)
-                                     for _ in range(min(self.n_jobs, askable))) if t is not None]
-                if not batch:
-                    continue
-                overrides = [self._job_overrides(space, trial, study_name) for trial in batch]
-                numbers = [t.number for t in batch]
-                first = numbers[0] if numbers == list(range(numbers[0], numbers[0] + len(numbers))) else job_number
-                returns = self.launcher.launch(overrides, initial_job_idx=first)
-                job_number, launched = max(job_number, first) + len(returns), launched + len(returns)
-                for trial, job_return in zip(batch, returns):
-                    heartbeat.drop(trials.trial_id(storage, study_id, trial.number))
-                    failures += self._tell_failure(study, storage, study_id, trial.number, job_return)
-                if failures and failures / launched > self.max_failure_rate:
-                    raise SearchConfigError(f"{failures} of the {launched} trials launched here failed, more than "
-                                            f"hydra.sweeper.max_failure_rate={self.max_failure_rate}: the search stops "
-                                            "(their tracebacks are in their run directories)")
-        finally:
-            heartbeat.stop()
-        self._write_results(study, objectives, Path(config.hydra.sweep.dir))
+    def _run_trials(self, study: optuna.Study, storage, study_id: int, space: SearchSpace, grid, n_trials: int,
+                    study_name: str, heartbeat: trials.Heartbeat) -> None:
+        """Ask, launch and tell until the study holds ``n_trials`` counted trials and none runs
+        (stale trials retried first; while other workers run the last ones, wait for them)."""
+        job_number, failures, launched = 0, 0, 0
+        while True:
+            trials.recover_stale(study, storage, study_id, self.grace_period)
+            now = trials.tally(study.get_trials(deepcopy=False))
+            askable = now.askable(n_trials)
+            if askable == 0:
+                if now.running == 0:
+                    return
+                time.sleep(self.poll_interval)  # other workers run the last trials; theirs may need a retry
+                continue
+            batch = [t for t in (self._ask(study, storage, study_id, space, grid, n_trials, heartbeat)
+                                 for _ in range(min(self.n_jobs, askable))) if t is not None]
+            if not batch:
+                continue
+            numbers = [t.number for t in batch]  # a job's number is its trial's when they run on
+            first = numbers[0] if numbers == list(range(numbers[0], numbers[0] + len(numbers))) else job_number
+            returns = self.launcher.launch([self._job_overrides(space, t, study_name) for t in batch],
+                                           initial_job_idx=first)
+            job_number, launched = max(job_number, first + len(returns)), launched + len(returns)
+            for trial, job_return in zip(batch, returns):
+                heartbeat.drop(trials.trial_id(storage, study_id, trial.number))
+                failures += self._tell_failure(study, storage, study_id, trial.number, job_return)
+            if failures and failures / launched > self.max_failure_rate:
+                raise SearchStopped(f"{failures} of the {launched} trials launched here failed, more than "
+                                    f"hydra.sweeper.max_failure_rate={self.max_failure_rate}: the search stops "
+                                    "(their tracebacks are in their run directories)")
 
     def _complete_records(self, study: optuna.Study, space: SearchSpace, study_name: str) -> None:
         """Launch again the trials whose outcome was told but whose run's record (MLflow, ``DONE``)

@@ -370,8 +370,11 @@ def failure_summary(folder: str | Path) -> tuple[str, int]:
             (job.run_dir / TRACEBACK_FILE).is_file() else ""
         lines.append(f"  {job.state} job {job.number} {' '.join(overrides)}{detail}{where}")
     if any(counts[s] for s in ("failed", "interrupted", "not started")):
-        lines.append("rerun the same command to retry the failed and unfinished jobs (finished ones are skipped); "
-                     f"status: audioml-compare --status {key}")
+        searched = read_plan(folder).get("jobs") is None  # a sweeper that decides as it goes (Optuna)
+        lines.append(("rerun the same command to continue: interrupted trials are retried, failed ones count as "
+                      "trials" if searched else
+                      "rerun the same command to retry the failed and unfinished jobs (finished ones are skipped)")
+                     + f"; status: audioml-compare --status {key}")
     return "\n".join(lines), counts["failed"]
 
 

@@ -18,7 +18,7 @@ keeps everything. The store is ``--tracking-uri``, else the embedded store
 ``AUDIOML_OUTPUT_DIR`` or ``./outputs``.
 
 ``--status``: one row per job of a sweep (the last one started when no sweep is named): its
-overrides, state (finished / running / interrupted / failed / not started), epochs done of
+overrides, state (finished / pruned / running / interrupted / failed / not started), epochs done of
 total, best validation score, test score and wall time, from the sweep's record under
 ``<output dir>/runs/.sweeps/`` and the jobs' run directories and MLflow runs
 (:mod:`audioml.run.status`); ``--watch`` reprints it every few seconds until no job is running or

@@ -319,7 +319,7 @@ def finish_run(spec: dict[str, Any]) -> None:
     ``run_id`` of ``tracking_uri``, the ``checkpoint_artifacts`` (``[path, artifact folder]``),
     the MLflow ``model`` (``{"checkpoint", "record", "registered_model_name", "register_alias", "trusted"}``,
     ``audioml.run.serving.log_model``), the figures started for ``wait_for`` waited for, the ``artifacts`` (missing ones skipped with a warning),
-    status FINISHED; then ``DONE`` in ``run_dir`` with ``done`` (the metrics; ``None``: no
+    the ``status`` (default FINISHED); then ``DONE`` in ``run_dir`` with ``done`` (the metrics; ``None``: no
     marker). ``env``: the environment to do it in (the caller's)."""
     from audioml import figures
     from audioml.run import markers
@@ -361,7 +361,7 @@ def _complete_mlflow_run(spec: dict[str, Any]) -> None:
             log.warning("artifact %s does not exist; not logged", path)
     # the run's system-metrics monitor was stopped by the process that ran it (TrainingRun), so
     # MLflow's own call, not tracking.set_status: this module does not import torch or Lightning
-    client.set_terminated(run_id, "FINISHED")
+    client.set_terminated(run_id, spec.get("status") or "FINISHED")  # KILLED: a search's pruner stopped it
 
 
 def _mark_failed(spec: dict[str, Any], failure: FinishFailure) -> None:

@@ -14,7 +14,8 @@ from audioml.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DONE_FILE", "RUN_ID_FILE", "RUN_LOCK", "PENDING_POINTS_FILE", "read_done", "write_done", "read_run_id"]
+__all__ = ["DONE_FILE", "RUN_ID_FILE", "RUN_LOCK", "PENDING_POINTS_FILE", "PRUNED_FILE", "read_done", "write_done",
+           "read_run_id", "write_pruned", "read_pruned"]
 
 #: Marker written (atomically, last) when a run finished; holds its final metrics.
 DONE_FILE = "DONE"
@@ -24,6 +25,9 @@ RUN_ID_FILE = "mlflow_run_id"
 RUN_LOCK = ".lock"
 #: Metric points the MLflow store did not take (it stopped answering), written by the run's next logger.
 PENDING_POINTS_FILE = "mlflow_pending.json"
+#: Written when a hyperparameter search's pruner stopped the run's training early
+#: (``audioml.search.pruning``): ``{"epoch", "monitor", "value", "trial", "study", "time"}``.
+PRUNED_FILE = "PRUNED"
 
 
 def read_run_id(run_dir: str | Path) -> str | None:
@@ -52,3 +56,22 @@ def read_done(run_dir: str | Path) -> dict[str, float] | None:
     except (ValueError, KeyError, TypeError):
         log.warning("%s is unreadable: the run is treated as unfinished", path)
         return None
+
+
+def write_pruned(run_dir: str | Path, record: dict) -> Path:
+    """Mark the training of ``run_dir`` as stopped by a search's pruner (``record``: plain data)."""
+    path = Path(run_dir) / PRUNED_FILE
+    atomic_write_bytes(path, json.dumps(record, indent=2, sort_keys=True).encode())
+    return path
+
+
+def read_pruned(run_dir: str | Path) -> dict | None:
+    """The record of a run whose training a search's pruner stopped, or ``None``."""
+    path = Path(run_dir) / PRUNED_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except ValueError:
+        record = None
+    return record if isinstance(record, dict) else {"epoch": None}

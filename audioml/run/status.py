@@ -9,11 +9,12 @@ The sweep callback (:mod:`audioml.run.sweep`) keeps a record of every sweep in
   e.g. Optuna) and the MLflow parent run;
 - ``jobs/<job id>.json``, written when a job starts: its overrides, run directory, host and pid.
 
-A job's run directory says the rest: ``DONE`` (finished), a held ``.lock`` (training now),
+A job's run directory says the rest: ``DONE`` (finished; ``pruned`` with ``PRUNED``: a search's
+pruner stopped its training early), a held ``.lock`` (training now),
 ``FAILED`` and ``traceback.txt`` (written when the job raised; removed when it is retried), the
 MLflow run in ``mlflow_run_id`` (epochs, best validation score, test score, wall time).
 
-States: ``finished``, ``running``, ``failed``, ``interrupted`` (started, neither running nor
+States: ``finished``, ``pruned``, ``running``, ``failed``, ``interrupted`` (started, neither running nor
 finished nor failed: killed, preempted, or its machine went away; rerunning the sweep continues
 it) and ``not started``.
 """
@@ -45,7 +46,7 @@ _JOBS_FOLDER = "jobs"
 #: Written in a job's run directory when the job raised: ``{"error": "<type>: <first line>", ...}``.
 FAILED_FILE = "FAILED"
 TRACEBACK_FILE = "traceback.txt"
-STATES = ("finished", "running", "failed", "interrupted", "not started")
+STATES = ("finished", "pruned", "running", "failed", "interrupted", "not started")
 #: A job on another host whose MLflow run logged a system metric this recently counts as running.
 HEARTBEAT_SECONDS = 120.0
 
@@ -250,7 +251,7 @@ def _job_state(job: JobState, record: dict[str, Any], latest_of_pid: bool, store
     client, run = stores.run(run_dir) if with_mlflow else (None, None)
     here = record.get("host") == socket.gethostname()
     if done is not None:
-        job.state = "finished"
+        job.state = "pruned" if markers.read_pruned(run_dir) is not None else "finished"
     elif lock_is_held(run_dir / markers.RUN_LOCK) or any(lock_is_held(f / markers.RUN_LOCK) for f in folds):
         job.state = "running"
     elif failure is not None:
@@ -353,8 +354,8 @@ def status_table(jobs: Sequence[JobState]) -> pd.DataFrame:
 
 def failure_summary(folder: str | Path) -> tuple[str, int]:
     """The closing lines of a multirun (from the files alone) and its number of failed jobs:
-    how many jobs finished, failed (each with its overrides, error and traceback file),
-    were interrupted or did not start."""
+    how many jobs finished, were pruned (not failures), failed (each with its overrides, error and
+    traceback file), were interrupted or did not start."""
     folder = Path(folder)
     jobs = sweep_jobs(folder, with_mlflow=False)
     counts = {state: sum(job.state == state for job in jobs) for state in STATES}
@@ -362,15 +363,18 @@ def failure_summary(folder: str | Path) -> tuple[str, int]:
     parts = [f"{counts[s]} {s}" for s in STATES if counts[s]]
     lines = [f"sweep {key}: {len(jobs)} jobs, {', '.join(parts) or 'none'}"]
     for job, overrides in zip(jobs, _varying(jobs)):
-        if job.state == "finished":
+        if job.state in ("finished", "pruned"):
             continue
         detail = f": {job.error}" if job.error else ""
         where = f" (traceback: {job.run_dir / TRACEBACK_FILE})" if job.state == "failed" and job.run_dir and \
             (job.run_dir / TRACEBACK_FILE).is_file() else ""
         lines.append(f"  {job.state} job {job.number} {' '.join(overrides)}{detail}{where}")
     if any(counts[s] for s in ("failed", "interrupted", "not started")):
-        lines.append("rerun the same command to retry the failed and unfinished jobs (finished ones are skipped); "
-                     f"status: audioml-compare --status {key}")
+        searched = read_plan(folder).get("jobs") is None  # a sweeper that decides as it goes (Optuna)
+        lines.append(("rerun the same command to continue: interrupted trials are retried, failed ones count as "
+                      "trials" if searched else
+                      "rerun the same command to retry the failed and unfinished jobs (finished ones are skipped)")
+                     + f"; status: audioml-compare --status {key}")
     return "\n".join(lines), counts["failed"]
 
 

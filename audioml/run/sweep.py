@@ -21,10 +21,8 @@ how many jobs finished, which failed and why; ``audioml-train`` then exits with 
 sweep varies ``seed``, the parent run gets the mean, std and 95 % interval of every test metric
 per configuration (``aggregate_seed.csv``, ``aggregate_seed.txt``; :mod:`audioml.run.aggregate`).
 
-It also prepares an Optuna sweeper's SQL storage: ``optuna<3`` (which hydra-optuna-sweeper
-requires) cannot record its schema version with SQLAlchemy 2 (which MLflow requires), so the
-version stamp is written here, once, in a committed transaction. A continued study gets a
-sampler seed offset by its number of trials, so that it proposes new configurations.
+An Optuna search (``hydra/sweeper=optuna``, :mod:`audioml.search`) is recorded the same way: its
+trials are the jobs, listed as they start; a pruned trial's job counts as ``pruned``, not failed.
 """
 
 from __future__ import annotations
@@ -51,9 +49,8 @@ from audioml.run import tracking
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MLflowSweepCallback", "sweep_key", "find_or_create_sweep_run", "prepare_optuna_storage",
-           "continue_optuna_study", "check_slurm_tools", "LauncherUnavailableError", "end_running_sweep",
-           "SLURM_TOOLS", "planned_jobs", "sweep_had_failures"]
+__all__ = ["MLflowSweepCallback", "sweep_key", "find_or_create_sweep_run", "check_slurm_tools",
+           "LauncherUnavailableError", "end_running_sweep", "SLURM_TOOLS", "planned_jobs", "sweep_had_failures"]
 
 _KEY_TAG = "audioml.sweep_key"
 _ROLE_TAG = "audioml.role"
@@ -218,7 +215,8 @@ def _close_record(record: Path, parent: tuple[Any, str] | None) -> None:
         _log_text(client, run_id, "sweep_status.csv", table.to_csv(index=False))
         _log_text(client, run_id, "sweep_summary.txt", summary + "\n")
         plan = status.read_plan(record)
-        seeds = {o for job in plan.get("jobs") or [] for o in job if o.startswith("seed=")}
+        jobs = plan.get("jobs") or [job.overrides for job in status.sweep_jobs(record, with_mlflow=False)]
+        seeds = {o for job in jobs for o in job if o.startswith("seed=")}  # planned, or started (a search)
         if len(seeds) > 1:
             _log_seed_aggregate(client, run_id)
     except Exception as error:
@@ -273,60 +271,6 @@ def _select(config: DictConfig, key: str) -> Any:
     return OmegaConf.select(config, key, throw_on_missing=False)
 
 
-def prepare_optuna_storage(storage: str) -> None:
-    """Create the Optuna tables of an SQL ``storage`` URL and stamp their schema version
-    (committed) when missing; creates the folder of an SQLite file. No-op when stamped."""
-    import alembic.config
-    import alembic.migration
-    import alembic.script
-    from optuna.storages._rdb import models  # the schema optuna's own RDBStorage creates
-    from sqlalchemy import create_engine
-
-    if storage.startswith("sqlite:///"):
-        Path(storage[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(storage)
-    try:
-        models.BaseModel.metadata.create_all(engine)
-        folder = Path(models.__file__).parent
-        config = alembic.config.Config(str(folder / "alembic.ini"))
-        config.set_main_option("script_location", str(folder / "alembic"))
-        script = alembic.script.ScriptDirectory.from_config(config)
-        with engine.begin() as connection:
-            context = alembic.migration.MigrationContext.configure(connection)
-            if context.get_current_revision() is None:
-                context.stamp(script, script.get_current_head())
-    finally:
-        engine.dispose()
-
-
-def continue_optuna_study(config: DictConfig) -> None:
-    """Prepare the storage of an Optuna sweep and, when its study already holds trials, offset
-    the sampler's seed by their number: a seeded sampler in a new process would otherwise
-    propose the configurations of the previous invocation again instead of new ones."""
-    from omegaconf import open_dict, read_write
-
-    sweeper = config.hydra.sweeper
-    storage, study_name = sweeper.get("storage"), sweeper.get("study_name")
-    if not storage:
-        return
-    # schema-migration chatter of optuna's storage (alembic) at INFO would flood the sweep log
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    prepare_optuna_storage(str(storage))
-    import optuna
-
-    seed = OmegaConf.select(sweeper, "sampler.seed")
-    if study_name is None or seed is None:
-        return
-    try:
-        done = len(optuna.load_study(study_name=str(study_name), storage=str(storage)).trials)
-    except KeyError:  # no such study yet
-        return
-    if done:
-        with read_write(sweeper), open_dict(sweeper):
-            sweeper.sampler.seed = int(seed) + done
-        log.info("Optuna study %s has %d trials: continuing it (sampler seed %d)", study_name, done, int(seed) + done)
-
-
 class MLflowSweepCallback(Callback):
     """Hydra callback: the MLflow parent run of a multirun sweep, the sweep's record of its jobs,
     each failed job's traceback and the closing summary (see module docs)."""
@@ -339,8 +283,6 @@ class MLflowSweepCallback(Callback):
         from audioml.run import status
 
         HydraConfig.instance().set_config(config)  # lets ${hydra:...} resolve in the sweep config
-        if "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower():
-            continue_optuna_study(config)
         overrides = list(config.hydra.overrides.task)
         key = sweep_key(overrides, kwargs.get("config_name"))
         os.environ[tracking.SWEEP_KEY_ENV] = key

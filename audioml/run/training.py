@@ -30,7 +30,7 @@ from audioml.files import atomic_write_bytes, exclusive_lock, remove_temporaries
 from audioml.models.base import AudioModule
 from audioml.models.embedding_cache import use_embedding_cache
 from audioml.reports import LayerWeights, LearningCurves
-from audioml.run import calibration, facts, finishing, lineage, relog, resume, tracking
+from audioml.run import calibration, facts, finishing, lineage, markers, relog, resume, tracking
 from audioml.run.markers import RUN_LOCK  # the run directory's lock (defined there: the status reads it)
 from audioml.run.head_only import add_head_only_checkpoints, threads_restored, use_head_only_threads
 from audioml.run.checkpoint import ModelInCheckpoint, model_record, untrusted_targets
@@ -414,6 +414,7 @@ class TrainingRun:
         if best_callback is not None and best_callback.best_model_score is not None and best_callback.monitor:
             group, _, name = best_callback.monitor.rpartition("/")
             metrics[f"{group}/best_{name}" if group else f"best_{name}"] = float(best_callback.best_model_score)
+        metrics["model/parameters"] = float(sum(p.numel() for p in model.parameters()))  # a search may trade it off
         self._honest_files: list[Path] = []
         if self.cfg.get("evaluation"):
             protocol = instantiate(self.cfg.evaluation)
@@ -447,6 +448,7 @@ class TrainingRun:
         spec: dict[str, Any] = {"run_dir": str(run_dir), "tracking_uri": None, "run_id": None,
                                 "done": metrics if cfg.get("mark_done", True) else None,
                                 "wait_for": [str(f) for f in files]}
+        pruned = markers.read_pruned(run_dir)  # a search's pruner stopped it: its MLflow run ends KILLED
         if log_file := _job_log_file(run_dir):  # where the report worker's lines of this run go
             spec["log_file"] = str(log_file)
         if logger is not None:
@@ -454,7 +456,9 @@ class TrainingRun:
             spec.update(tracking_uri=tracking.resolve_tracking_uri(cfg.logger.get("tracking_uri"),
                                                                    cfg.paths.mlflow_dir),
                         run_id=logger.run_id, artifacts=[str(run_dir / "config.yaml"), *map(str, files)],
-                        tags={"audioml.tested_checkpoint": tested.name} if tested.is_file() else {},
+                        tags={**({"audioml.tested_checkpoint": tested.name} if tested.is_file() else {}),
+                              **({"audioml.pruned": f"after epoch {pruned.get('epoch')}"} if pruned else {})},
+                        status="KILLED" if pruned else "FINISHED",
                         checkpoint_artifacts=[[best, "checkpoints"]] if best and cfg.logger.get("log_checkpoint",
                                                                                                True) else [])
             if best and (cfg.logger.get("log_model", True) or cfg.logger.get("register_model")):

@@ -158,7 +158,7 @@ def test_launcher_and_search_configs_compose():
     assert slurm.trainer.strategy == "ddp"
     sweeper = optuna.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
-    assert sweeper.storage == "sqlite:////x/optuna/studies.db" and optuna.optimized_metric == "val/best_macro_f1"
+    assert sweeper.storage is None and optuna.optimized_metric == "val/best_macro_f1"  # a journal in the sweep dir
     # a preset that checkpoints on the validation loss is searched on it, downwards
     assert (on_loss.optimized_metric, on_loss.hydra.sweeper.direction) == ("val/best_loss", "minimize")
 
@@ -188,12 +188,16 @@ def test_four_parallel_jobs_on_one_embedded_store_lose_nothing(tmp_path):
 
 @pytest.mark.slow  # two sweeps of two Optuna trials
 def test_optuna_study_is_stored_and_continued(tmp_path):
-    search = ["hparams_search=optuna", "hydra.sweeper.n_trials=2", "trainer.max_epochs=1"]
-    _run(_command(tmp_path, *search))
-    _run(_command(tmp_path, *search))
+    search = ["hparams_search=optuna", "hydra/sweeper/pruner=none", "trainer.max_epochs=1"]
+    _run(_command(tmp_path, *search, "hydra.sweeper.n_trials=2"))
+    log = _run(_command(tmp_path, *search, "hydra.sweeper.n_trials=4"))  # n_trials: the study's total
+    assert "2 of 4 trials asked before" in log
     import optuna
 
-    study = optuna.load_study(study_name="synthetic-cnn", storage=f"sqlite:///{tmp_path / 'optuna' / 'studies.db'}")
+    from audioml.search.storage import open_storage
+
+    (journal,) = (tmp_path / "runs" / ".optuna").glob("synthetic-cnn-*.journal")
+    study = optuna.load_study(study_name=journal.stem, storage=open_storage(str(journal)))
     assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
     assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 4  # the second run proposed new ones
     results = yaml.safe_load((tmp_path / "runs" / "optimization_results.yaml").read_text())

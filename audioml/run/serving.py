@@ -32,7 +32,7 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AudiomlModel", "MODEL_ARTIFACT_PATH", "signature_of", "pip_requirements", "log_model"]
+__all__ = ["AudiomlModel", "register_logged_model", "MODEL_ARTIFACT_PATH", "signature_of", "pip_requirements", "log_model"]
 
 #: Where under its run the model is logged: ``runs:/<run id>/model``.
 MODEL_ARTIFACT_PATH = "model"
@@ -219,6 +219,41 @@ def _pin_requirements() -> list[str]:
         except metadata.PackageNotFoundError:
             pinned.append(str(requirement))
     return pinned
+
+
+def register_logged_model(run_id: str, tracking_uri: str, name: str, alias: str | None = None) -> int:
+    """Register the MLflow model that run ``run_id`` logged as ``name`` (no new version when one
+    of ``name`` already comes from this run), that version aliased ``alias``; returns the version.
+    Raises ``LookupError`` when the run logged no model (``logger.log_model=false``)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    outputs = getattr(client.get_run(run_id).outputs, "model_outputs", None) or []
+    if not outputs:
+        raise LookupError(f"MLflow run {run_id} logged no model (logger.log_model=false when it trained): nothing to "
+                          "register; train it again with logger.log_model=true")
+    model_id = outputs[-1].model_id
+    existing = [v for v in client.search_model_versions(f"name='{name}'") if v.run_id == run_id]
+    if existing:
+        version = max(int(v.version) for v in existing)
+        log.info("MLflow run %s is registered as %r version %d already", run_id, name, version)
+    else:
+        try:
+            client.create_registered_model(name)
+        except Exception:  # noqa: BLE001 - it exists: MLflow raises RESOURCE_ALREADY_EXISTS
+            pass
+        from audioml.run.store import using_store
+
+        with using_store(tracking_uri):  # MLflow resolves the models:/ source through the process's store
+            created = client.create_model_version(name, f"models:/{model_id}", run_id=run_id, model_id=model_id,
+                                                  await_creation_for=60)
+        version = int(created.version)
+        log.info("MLflow model of run %s registered as %r version %d: models:/%s/%d", run_id, name, version, name,
+                 version)
+    if alias:
+        client.set_registered_model_alias(name, alias, str(version))
+        log.info("models:/%s@%s is version %d", name, alias, version)
+    return version
 
 
 def log_model(run_id: str, tracking_uri: str, checkpoint: str | Path, record: dict,

@@ -134,9 +134,18 @@ def _bound_evaluation(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, float] 
 def _skipped_as_finished(cfg: DictConfig, run_dir: Path, finished: dict[str, float]) -> tuple[dict[str, float], None]:
     """The result of a run directory finished before; its MLflow run checked against the store
     this command logs to (``relog.check_store``: said when it is elsewhere, copied with
-    ``logger.relog=true``)."""
+    ``logger.relog=true``), and registered now when this command asks (``logger.register_model``:
+    nothing is trained again)."""
     if distributed.is_global_zero_process():
         relog.check_store(cfg, run_dir)
+        name = cfg.logger.get("register_model") if cfg.logger.get("enabled", True) else None
+        run_id = markers.read_run_id(run_dir)
+        if name and run_id:
+            from audioml.run.serving import register_logged_model
+
+            uri = relog.recorded_store(run_dir) or tracking.resolve_tracking_uri(cfg.logger.get("tracking_uri"),
+                                                                                 cfg.paths.mlflow_dir)
+            register_logged_model(run_id, uri, str(name), cfg.logger.get("register_alias"))
     return finished, None
 
 

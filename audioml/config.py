@@ -30,6 +30,9 @@ CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 CONFIG_PATH_ENV = "AUDIOML_CONFIG_PATH"
 #: Config subtrees that say where things go, not what is computed: excluded from the run key.
 _LOCATION_KEYS = ("hydra", "paths", "logger")
+#: Settings that change how a run shows or how fast it reads its data, not what it computes: also
+#: outside the run key (a notebook that hides the progress bar finds the command line's run).
+_PRESENTATION_KEYS = (("trainer", "enable_progress_bar"), ("data", "num_workers"))
 
 
 def user_config_dirs(value: str | None = None) -> list[Path]:
@@ -55,6 +58,9 @@ def run_key(root: DictConfig) -> str:
     container = OmegaConf.to_container(root, resolve=False)
     for key in _LOCATION_KEYS:
         container.pop(key, None)
+    for group, key in _PRESENTATION_KEYS:
+        if isinstance(container.get(group), dict):
+            container[group].pop(key, None)
     digest = fingerprint(container, length=10)
     choices = root.get("hydra", {}).get("runtime", {}).get("choices", {}) if "hydra" in root else {}
     data_name = choices.get("data") or "data"

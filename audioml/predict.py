@@ -67,6 +67,11 @@ def write_predictions(predictions, predictor, output: Path, source: str, per_win
     if per_window:
         written.append(Path(f"{stem}.windows.csv"))
         predictions.windows.to_csv(written[-1], index=False)
+    for leftover in (Path(f"{stem}.windows.csv"), Path(f"{stem}.skipped.csv")):  # an earlier call's, not this one's
+        if leftover not in written and leftover.is_file() and (leftover.name.endswith(".windows.csv") or
+                                                               not len(predictions.skipped)):
+            leftover.unlink()
+            log.info("removed %s, left by an earlier prediction into %s", leftover, output)
     if len(predictions.skipped):
         written.append(Path(f"{stem}.skipped.csv"))
         predictions.skipped.to_csv(written[-1], index=False)

@@ -334,3 +334,21 @@ def test_eval_logs_a_linked_evaluation_run_on_any_split_or_a_dataset_with_the_sa
     refused = run_entry_point("audioml.evaluate", f"source={run_dir}", "dataset=synthetic", "+data.num_classes=4",
                               f"paths.output_dir={output}", check=False)
     assert refused.returncode != 0 and "same classes" in refused.stderr
+
+
+def test_a_second_prediction_into_the_same_output_leaves_no_stale_files(tiny_run, tmp_path):
+    """(issue 30, 9) <stem>.skipped.csv and <stem>.windows.csv of an earlier call are removed when
+    this call writes none: they would describe another set of files."""
+    from audioml.predict import write_predictions
+
+    output_dir, _, best = tiny_run
+    clip = next((output_dir / "cache").glob("synthetic-*/class_0/*.wav"))
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF junk")
+    predictor = Predictor.from_source(best, device="cpu")
+    output = tmp_path / "answers.csv"
+    first = write_predictions(predictor.predict_files([clip, corrupt], progress=False), predictor, output, "m", True)
+    assert {p.name for p in first} == {"answers.csv", "answers.json", "answers.windows.csv", "answers.skipped.csv"}
+    second = write_predictions(predictor.predict_files([clip], progress=False), predictor, output, "m", False)
+    assert {p.name for p in second} == {"answers.csv", "answers.json"}
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("answers")) == ["answers.csv", "answers.json"]

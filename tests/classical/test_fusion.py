@@ -1,6 +1,7 @@
 """Feature fusion (``descriptors=fusion``: sources side by side, columns ``<source>__<column>``)
 and per-group standardisation (``normalise_per_group``): pure table transforms checked against
-scikit-learn, and a grid run end to end on a fused, standardised table."""
+scikit-learn, a grid on a fused table, and (``-m slow``) ``audioml-classical`` end to end on a
+fused, standardised table of openSMILE and librosa features."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import pandas as pd
 import pytest
 from sklearn.preprocessing import StandardScaler
 
+from audioml.classical.grid import load_pipeline, run_grid
 from audioml.classical.run import run_classical
 from audioml.classical.table import FeatureTable, load_table
 from audioml.classical.transforms import fuse, standardise_per_group
 from audioml.config import compose_config
+from audioml.stats import HonestScoring
 
 FAST_GRID = ["~grid.reducers.pca20", "~grid.estimators.random_forest", "~grid.estimators.gradient_boosting",
              "~grid.estimators.bagged_trees", "~grid.estimators.svm_cubic", "~grid.estimators.svm_rbf",
@@ -79,7 +82,25 @@ def test_group_standardisation_uses_only_each_groups_own_rows():
     assert standardised.key != table.key
 
 
-def test_a_grid_runs_on_a_fused_group_standardised_table(tmp_path):
+def test_a_grid_runs_on_a_fused_table(tmp_path):
+    rows = list(range(48))
+    egemaps, mir = _table(["F0_amean", "loudness_amean"], rows, seed=1, groups=8), _table(["rms_mean"], rows, seed=2,
+                                                                                          groups=8)
+    for table in (egemaps, mir):  # speakers of both classes
+        table.rows["group"] = [f"speaker{i // 6}" for i in rows]
+    egemaps.values[:, 0] += 2.0 * egemaps.targets  # one source carries the class
+    fused = standardise_per_group(fuse({"egemaps": egemaps, "mir": mir}))
+    grid = compose_config(["grid=svm", "~grid.estimators.svm_quadratic", "~grid.estimators.svm_cubic"],
+                          config_name="classical").grid
+    result = run_grid(fused, grid, {"kind": "kfold", "k": 4, "val_fraction": 0.25}, tmp_path, HonestScoring(50),
+                      n_jobs=1)
+    assert len(result.ranking) == 2 * 2 and result.ranking["converged"].all()
+    assert result.metrics["test/acc"] > result.metrics["baseline/acc"]
+    assert load_pipeline(tmp_path / "best" / "pipeline.skops").predict(fused.values).shape == (48,)
+
+
+@pytest.mark.slow  # openSMILE and librosa on generated clips, then a grid with MLflow: 30-100 s
+def test_audioml_classical_on_a_fused_group_standardised_table(tmp_path):
     pytest.importorskip("opensmile")
     output = tmp_path / "out"
     cfg = compose_config(["data=synthetic", "data.clips_per_class=8", "descriptors=fusion",

@@ -78,7 +78,7 @@ def test_export_refuses_a_model_whose_head_takes_opensmile_features(extra_run, t
     assert not (tmp_path / "model.onnx").exists()
 
 
-def test_mixup_and_token_heads_are_refused_with_extra_features(tmp_path):
+def test_mixup_token_heads_and_sequence_regressors_refuse_extra_features(tmp_path):
     from audioml.run.compose import build_model
 
     cfg = compose_config([*QUICK, HEAD, "augmentation=mixup", f"paths.output_dir={tmp_path}"])
@@ -88,3 +88,7 @@ def test_mixup_and_token_heads_are_refused_with_extra_features(tmp_path):
                           "extra_features:egemaps}", f"paths.output_dir={tmp_path}"])
     with pytest.raises(Exception, match="MLPHead or LinearHead"):
         build_model(cfg, ["a", "b", "c"])
+    cfg = compose_config(["data=muse", "model=crnn_attention", "loss=ccc", f"paths.output_dir={tmp_path}",
+                          "model.head={_target_:audioml.models.heads.MLPHead,_partial_:true,extra_features:egemaps}"])
+    with pytest.raises(Exception, match="sequence regressor's head scores each window"):
+        build_model(cfg, ["valence"])

@@ -36,7 +36,7 @@ def _table(columns: list[str], rows: list[int], seed: int = 0, groups: int = 4) 
 
 def test_fusion_prefixes_columns_by_source_and_keeps_rows_every_source_has():
     egemaps = _table(["F0_amean", "loudness_amean"], list(range(10)), seed=1)
-    mir = _table(["rms_mean", "mfcc_00_mean", "tempo"], [9, 8, 7, 6, 5, 4, 3, 2, 0], seed=2)  # clip1 failed, other order
+    mir = _table(["rms_mean", "mfcc_00_mean", "tempo"], [9, 8, 7, 6, 5, 4, 3, 2, 0], seed=2)  # no clip1, reordered
     mir.skipped = pd.DataFrame({"path": ["clip1.wav"], "reason": ["descriptors failed: silent"]})
     fused = fuse({"egemaps": egemaps, "mir": mir})
     assert fused.columns == ["egemaps__F0_amean", "egemaps__loudness_amean", "mir__rms_mean", "mir__mfcc_00_mean",

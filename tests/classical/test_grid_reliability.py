@@ -33,7 +33,8 @@ def _unscaled_table(rows: int = 120) -> FeatureTable:
     targets = np.arange(rows) % 3
     values = np.c_[2000 + 400 * targets + rng.normal(0, 300, rows), 0.01 * targets + rng.normal(0, 0.01, rows),
                    rng.normal(0, 1, (rows, 3))]
-    frame = pd.DataFrame({"path": [f"t{i // 4}.mp3" for i in range(rows)], "offset": [15.0 * (i % 4) for i in range(rows)],
+    frame = pd.DataFrame({"path": [f"t{i // 4}.mp3" for i in range(rows)],
+                          "offset": [15.0 * (i % 4) for i in range(rows)],
                           "group": [str(i // 4) for i in range(rows)], "split": ""})
     return FeatureTable(values.astype(np.float32), [f"f{i}" for i in range(5)], frame, targets, "classification",
                         ["a", "b", "c"], "unscaled", pd.DataFrame(columns=["path", "reason"]))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -45,6 +46,8 @@ class DescriptorSettings:
     hop_length: int = 512
     n_mfcc: int = 13
     brightness_hz: float = 1500.0
+    #: Name of the tables these settings make (``<cache>/features/handcrafted-<key>``).
+    kind: ClassVar[str] = "handcrafted"
 
     def __post_init__(self) -> None:
         unknown = [d for d in self.descriptors if d not in DESCRIPTORS]
@@ -62,6 +65,14 @@ class DescriptorSettings:
     def as_dict(self) -> dict:
         return {"descriptors": list(self.descriptors), "statistics": list(self.statistics), "n_fft": self.n_fft,
                 "hop_length": self.hop_length, "n_mfcc": self.n_mfcc, "brightness_hz": self.brightness_hz}
+
+    def columns(self) -> list[str]:
+        """``column_names(self)``."""
+        return column_names(self)
+
+    def describe(self, waveform: np.ndarray, sample_rate: int) -> np.ndarray:
+        """``describe(waveform, sample_rate, self)``."""
+        return describe(waveform, sample_rate, self)
 
 
 class _Frames:

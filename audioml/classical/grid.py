@@ -8,6 +8,9 @@ Hydra ``_target_`` (or ``null`` = skip the step); every ``scaler x reducer x est
   every row is predicted once, by a pipeline that never saw its group;
 - ``partition``: the dataset's own test split (MuSe: devel) against the rest.
 
+``protocol.grouped=false`` makes every row its own group (folds per file, speakers or tracks
+shared between parts: the protocol of studies that split files at random).
+
 Within each fold the training rows are split again by groups (``val_fraction``): a pipeline is
 fitted on the inner part and scored on the validation part. **The ranking and the choice of the
 best pipeline use only these validation scores**; the test rows are predicted by the pipeline
@@ -17,8 +20,17 @@ group-bootstrap intervals and majority / mean baselines as the deep models.
 
 Each finished combination is written to ``<run dir>/combinations/<name>.json`` (metrics, the
 MLflow child run) with its out-of-fold predictions and fitted pipeline (``.skops``: loadable
-without unpickling arbitrary code, ``load_pipeline``): an interrupted grid resumes with the
-combinations that are missing. Work runs in parallel over (combination, fold) with joblib.
+without unpickling arbitrary code, ``load_pipeline``) as soon as its last fold ends: an
+interrupted grid resumes with the combinations that are missing. Work runs in parallel over
+(combination, fold) with joblib, results taken in the order they finish, with a progress bar.
+
+Every fit is bounded by iterations, not waited for: the grids' iterative estimators carry a
+``max_iter`` (an SVC on unscaled descriptors otherwise runs for hours inside libsvm), and a fit
+that stops at its bound (scikit-learn's ``ConvergenceWarning``) is recorded: the combination is
+marked not converged, ranked after every converged one and chosen as best only when none
+converged. ``unbounded_steps`` names a grid's steps left without a bound. Why not a wall-clock
+bound: libsvm cannot be interrupted inside a process, and a result that depends on how loaded
+the machine was would not repeat.
 """
 
 from __future__ import annotations
@@ -43,7 +55,7 @@ from audioml.files import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 __all__ = ["Combination", "Fold", "combinations", "build_pipeline", "check_grid", "make_folds", "run_grid",
-           "load_pipeline", "GridResult", "TRUSTED_PIPELINE_TYPES"]
+           "load_pipeline", "GridResult", "TRUSTED_PIPELINE_TYPES", "unbounded_steps"]
 
 #: What a grid's pipelines hold beyond the types skops trusts by default (scikit-learn's estimators,
 #: NumPy arrays and scalars, plain containers): the fitted trees, neighbour indexes and distance
@@ -124,9 +136,25 @@ def build_pipeline(grid: DictConfig | Mapping, combination: Combination, n_featu
     return Pipeline([("scaler", scaler), ("reducer", reducer), ("estimator", estimator)])
 
 
+def unbounded_steps(grid: DictConfig | Mapping) -> list[str]:
+    """``<part>.<name>: <parameter>`` for every step of the grid (nested estimators included)
+    whose iteration bound is unlimited: ``max_iter=-1``, libsvm's default (SVC, SVR, NuSVC...;
+    scikit-learn's other ``max_iter=None`` mean a solver's own finite default)."""
+    grid = OmegaConf.create(grid) if not isinstance(grid, DictConfig) else grid
+    found = []
+    for part in ("scalers", "reducers", "estimators"):
+        for name, node in _steps(grid, part).items():
+            step = _instantiate(node)
+            if step == "passthrough" or not hasattr(step, "get_params"):
+                continue
+            found += [f"{part}.{name}: {key}={value}" for key, value in step.get_params(deep=True).items()
+                      if key.split("__")[-1] == "max_iter" and isinstance(value, int) and value < 0]
+    return found
+
+
 def check_grid(grid: DictConfig, task: str, source: str) -> None:
     """Fail at once when an estimator of the grid does not fit the task (a regressor on classes),
-    naming the grid's YAML and the estimator."""
+    naming the grid's YAML and the estimator; warn about steps without an iteration bound."""
     from sklearn.base import is_classifier, is_regressor
 
     expected, check = ("a classifier", is_classifier) if task == "classification" else ("a regressor", is_regressor)
@@ -137,6 +165,10 @@ def check_grid(grid: DictConfig, task: str, source: str) -> None:
                          f"(grid=classification or grid=regression) or remove them")
     if not _steps(grid, "estimators"):
         raise ValueError(f"{source}: the grid has no estimators")
+    if unbounded := unbounded_steps(grid):
+        log.warning("%s: %s without an iteration bound: such a fit can run for hours (an SVC on unscaled features); "
+                    "set max_iter (e.g. 1000000) to have it stop and be marked not converged", source,
+                    "; ".join(unbounded))
 
 
 def _stratify(table: FeatureTable) -> np.ndarray:
@@ -155,6 +187,8 @@ def make_folds(table: FeatureTable, protocol: Mapping, seed: int) -> tuple[list[
     """``(test folds, final fold)`` of the protocol (module docstring); the final fold fits on
     every training row (k-fold: all rows) for the saved pipeline."""
     labels, groups = _stratify(table), table.rows["group"].astype(str).to_numpy()
+    if not protocol.get("grouped", True):  # per row: groups shared between parts (module docstring)
+        groups = np.arange(len(groups)).astype(str)
     val_fraction = float(protocol.get("val_fraction", 0.2))
     kind = protocol.get("kind", "kfold")
     if kind == "kfold":
@@ -191,25 +225,47 @@ def _point(task: str, predicted: np.ndarray, truth: np.ndarray, num_classes: int
     return regression_point(predicted, truth)
 
 
+def _bounded_fit(pipeline, X: np.ndarray, y: np.ndarray):
+    """``(fitted pipeline, message)``: the message of a fit that stopped at its iteration bound
+    (scikit-learn's ``ConvergenceWarning``, first sentence), else ``None``."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("ignore")  # other chatter of many fits; the scores say what matters
+        warnings.simplefilter("always", ConvergenceWarning)  # a fit stopped at its bound: recorded
+        pipeline.fit(X, y)
+    stopped = [str(w.message).split(". ")[0] for w in caught if issubclass(w.category, ConvergenceWarning)]
+    return pipeline, (stopped[0] if stopped else None)
+
+
 def _fit_fold(X: np.ndarray, y: np.ndarray, grid: dict, combination: Combination, fold: Fold, task: str,
               num_classes: int) -> dict[str, Any]:
     """Worker: fit on ``fold.fit`` and score ``fold.val``; fit on ``fold.train`` and predict
-    ``fold.test`` (the final fold returns the fitted pipeline instead)."""
-    import warnings
-
+    ``fold.test`` (the final fold returns the fitted pipeline instead). ``not_converged``: the
+    messages of its fits that stopped at their iteration bound (one per such fit)."""
     started = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # convergence chatter of 60 fits; the scores say what matters
-        val = None
-        if len(fold.test):  # the final fit on every training row has nothing to select
-            selector = build_pipeline(grid, combination, X.shape[1], len(fold.fit)).fit(X[fold.fit], y[fold.fit])
-            val = _point(task, selector.predict(X[fold.val]), y[fold.val], num_classes)
-        model = build_pipeline(grid, combination, X.shape[1], len(fold.train)).fit(X[fold.train], y[fold.train])
-        test = model.predict(X[fold.test]) if len(fold.test) else None
-    out = {"val": val, "test_prediction": test, "seconds": time.perf_counter() - started}
+    val, not_converged = None, []
+    if len(fold.test):  # the final fit on every training row has nothing to select
+        selector, stopped = _bounded_fit(build_pipeline(grid, combination, X.shape[1], len(fold.fit)), X[fold.fit],
+                                         y[fold.fit])
+        val = _point(task, selector.predict(X[fold.val]), y[fold.val], num_classes)
+        not_converged += [stopped] if stopped else []
+    model, stopped = _bounded_fit(build_pipeline(grid, combination, X.shape[1], len(fold.train)), X[fold.train],
+                                  y[fold.train])
+    not_converged += [stopped] if stopped else []
+    test = model.predict(X[fold.test]) if len(fold.test) else None
+    out = {"val": val, "test_prediction": test, "seconds": time.perf_counter() - started,
+           "not_converged": not_converged}
     if not len(fold.test):
         out["pipeline"] = model
     return out
+
+
+def _task(index: int, *args) -> tuple[int, dict[str, Any]]:
+    """``(index, _fit_fold(*args))``: results come back in the order they finish."""
+    return index, _fit_fold(*args)
 
 
 @dataclass
@@ -244,7 +300,8 @@ def _table_line(row: Mapping, metric: str) -> str:
     if f"test/{metric}_ci_low" in row and not pd.isna(row.get(f"test/{metric}_ci_low")):
         test += f" [{row[f'test/{metric}_ci_low']:.3f}-{row[f'test/{metric}_ci_high']:.3f}]"
     return (f"{int(row['rank']):>3}  {row['combination'][:44]:<44}  {row[f'val/{metric}']:.3f}"
-            f"±{row[f'val/{metric}_std']:.3f}  {test:<22} {row['seconds']:7.1f}s")
+            f"±{row[f'val/{metric}_std']:.3f}  {test:<22} {row['seconds']:7.1f}s"
+            + ("" if row.get("converged", True) else "  not converged"))
 
 
 def load_pipeline(path: str | Path):
@@ -263,11 +320,14 @@ def load_pipeline(path: str | Path):
 
 
 def run_grid(table: FeatureTable, grid: DictConfig, protocol: Mapping, run_dir: str | Path, scoring,
-             seed: int = 0, n_jobs: int = -1, tracker=None, grid_source: str = "grid") -> GridResult:
+             seed: int = 0, n_jobs: int = -1, tracker=None, grid_source: str = "grid",
+             progress: bool = False) -> GridResult:
     """Evaluate every combination of ``grid`` on ``table`` (module docstring), resuming from the
-    combinations already in ``run_dir``; ``tracker`` (``audioml.classical.tracking.GridTracker``)
-    logs a child run per combination. Returns the ranking (validation score first)."""
+    combinations already in ``run_dir``; ``tracker`` (``audioml.classical.run.GridTracker``)
+    logs a child run per combination as soon as its folds end; ``progress`` shows a bar over
+    combination x fold. Returns the ranking (converged first, then validation score)."""
     from joblib import Parallel, delayed
+    from tqdm.auto import tqdm
     import skops.io as sio
 
     check_grid(grid, table.task, grid_source)
@@ -287,25 +347,33 @@ def run_grid(table: FeatureTable, grid: DictConfig, protocol: Mapping, run_dir: 
     y = np.asarray(table.targets)
     plain_grid = OmegaConf.to_container(grid, resolve=True)
     num_classes = len(table.class_names)
-    tasks = [(c, f) for c in pending for f in [*folds, final]]
-    results = Parallel(n_jobs=n_jobs, return_as="generator")(
-        delayed(_fit_fold)(X, y, plain_grid, c, f, table.task, num_classes) for c, f in tasks)
-    per_combination: dict[str, list[dict]] = {}
-    for (combination, _), result in zip(tasks, results):
-        parts = per_combination.setdefault(combination.name, [])
-        parts.append(result)
-        if len(parts) < len(folds) + 1:
+    parts_per_combination = len(folds) + 1
+    tasks = [(c, number, f) for c in pending for number, f in enumerate([*folds, final])]
+    results = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
+        delayed(_task)(index, X, y, plain_grid, c, f, table.task, num_classes) for index, (c, _, f) in enumerate(tasks))
+    per_combination: dict[str, dict[int, dict]] = {}
+    bar = tqdm(total=len(tasks), desc="grid (combination x fold)", unit="fit", disable=not progress)
+    for index, result in results:
+        combination, number, _ = tasks[index]
+        bar.update(1)
+        bar.set_postfix_str(combination.name, refresh=False)
+        parts = per_combination.setdefault(combination.name, {})
+        parts[number] = result
+        if len(parts) < parts_per_combination:
             continue
-        record = _finish_combination(table, folds, combination, parts, scoring, seed, metric, store, sio)
+        record = _finish_combination(table, folds, combination, [parts[i] for i in range(parts_per_combination)],
+                                     scoring, seed, metric, store, sio)
         if tracker is not None:
             record["mlflow_run_id"] = tracker.log_combination(combination, record, grid,
                                                               store / f"{combination.name}.skops")
         atomic_write_bytes(store / f"{combination.name}.json", json.dumps(record, indent=1).encode())
         done[combination.name] = record
         del per_combination[combination.name]
-        log.info("grid: %s val/%s %.3f, test/%s %.3f (%d/%d)", combination.name, metric,
-                 record["metrics"][f"val/{metric}"], metric, record["metrics"][f"test/{metric}"], len(done),
-                 len(all_combinations))
+        log.info("grid: %s val/%s %.3f, test/%s %.3f%s (%d/%d)", combination.name, metric,
+                 record["metrics"][f"val/{metric}"], metric, record["metrics"][f"test/{metric}"],
+                 "" if record["converged"] else f", not converged ({record['fits_not_converged']} fits at their bound)",
+                 len(done), len(all_combinations))
+    bar.close()
     if tracker is not None:  # finished earlier without their child run (stopped in between)
         for combination in all_combinations:
             record = done[combination.name]
@@ -337,9 +405,12 @@ def _finish_combination(table: FeatureTable, folds: list[Fold], combination: Com
     np.save(store / f"{combination.name}.predictions.npy", np.stack([rows, prediction[rows]], axis=1),
             allow_pickle=False)
     atomic_write_bytes(store / f"{combination.name}.skops", sio.dumps(parts[-1]["pipeline"]))
+    stopped = [message for p in parts for message in p.get("not_converged", [])]
+    metrics["fits_not_converged"] = float(len(stopped))
     return {"combination": combination.name, "scaler": combination.scaler, "reducer": combination.reducer,
             "estimator": combination.estimator, "metrics": metrics, "summary": summary,
-            "seconds": float(sum(p["seconds"] for p in parts))}
+            "seconds": float(sum(p["seconds"] for p in parts)), "converged": not stopped,
+            "fits_not_converged": len(stopped), "convergence": sorted(set(stopped))}
 
 
 def _rank(table: FeatureTable, all_combinations: Sequence[Combination], done: Mapping[str, dict], metric: str,
@@ -349,14 +420,20 @@ def _rank(table: FeatureTable, all_combinations: Sequence[Combination], done: Ma
         record = done[combination.name]
         rows.append({"combination": combination.name, "scaler": combination.scaler, "reducer": combination.reducer,
                      "estimator": combination.estimator, "seconds": record["seconds"],
+                     "converged": bool(record.get("converged", True)),
                      "mlflow_run_id": record.get("mlflow_run_id", ""), **record["metrics"]})
     lower_is_better = metric in ("mse", "mae")
-    ranking = pd.DataFrame(rows).sort_values([f"val/{metric}", "combination"], ascending=[lower_is_better, True],
+    # a fit stopped at its iteration bound is not a finished fit: after every converged one
+    ranking = pd.DataFrame(rows).sort_values(["converged", f"val/{metric}", "combination"],
+                                             ascending=[False, lower_is_better, True],
                                              kind="stable").reset_index(drop=True)
     ranking.insert(0, "rank", np.arange(1, len(ranking) + 1))
     ranking.to_csv(run_dir / "ranking.csv", index=False)
     best = str(ranking["combination"].iloc[0])
     record = done[best]
+    if not record.get("converged", True):
+        log.warning("grid: no combination converged within its iteration bound; the best by validation, %s, is "
+                    "reported, marked not converged: scale the features (a scaler step) or raise max_iter", best)
     metrics = {**record["metrics"], "best/rank_by_val": 1.0}
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
     best_dir = run_dir / "best"

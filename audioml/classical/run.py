@@ -1,11 +1,13 @@
 """``audioml-classical``: one grid of scikit-learn pipelines on one feature table, as a run.
 
 ``run_classical(cfg, run_dir)`` builds the rows from the configured data (the same DataModule
-and decoder as training), computes or reads the cached feature table (``descriptors=``), runs
-the grid (``grid=``) with the dataset's protocol, logs an MLflow parent run with one child per
-combination (``GridTracker``), prints the ranking and writes it, the best pipeline and its
-reports into the run directory. Rerunning the command continues: finished combinations are
-read back, the same MLflow runs are continued.
+and decoder as training), computes or reads the cached feature table (``descriptors=``: one
+source, or several side by side; standardised per group with ``normalise_per_group``), binds
+the run directory to that table, runs the grid (``grid=``) with the dataset's protocol, logs an
+MLflow parent run with one child per combination (``GridTracker``), prints the ranking and
+writes it, the best pipeline and its reports into the run directory. Rerunning the command
+continues: finished combinations of the same table are read back, the same MLflow runs are
+continued; a changed table (relabelled, regrouped, other rows) runs in its own directory.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from audioml.classical.grid import Combination, GridResult, check_grid, combinations, run_grid
 from audioml.classical.table import FeatureTable, backbone_table, checkpoint_table, handcrafted_table, rows_of
 from audioml.classical.table import settings_from_config
+from audioml.classical.transforms import fuse, standardise_per_group
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,9 @@ class GridTracker:
             if node is not None:
                 params.update(tracking.flatten_params(OmegaConf.to_container(node, resolve=True), f"{part[:-1]}."))
         tracking.log_params(self.client, run.info.run_id, params)
+        tracking.set_tags(self.client, run.info.run_id, {
+            "audioml.converged": str(bool(record.get("converged", True))).lower(),
+            **({"audioml.convergence": "; ".join(record["convergence"])[:4000]} if record.get("convergence") else {})})
         self._log_metrics(run.info.run_id, record["metrics"])
         self.client.log_artifact(run.info.run_id, str(pipeline_file), "pipeline")
         self.client.set_terminated(run.info.run_id, "FINISHED")
@@ -90,27 +96,51 @@ class GridTracker:
         self.client.set_terminated(self.parent, "FINISHED")
 
 
-def _datamodule(cfg: DictConfig):
+def _datamodule(cfg: DictConfig, sample_rate: int | None = None):
+    """``cfg.data`` loaded, decoded at ``sample_rate`` when given (a fusion source's own)."""
     from hydra.utils import instantiate
 
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, **({"sample_rate": int(sample_rate)} if sample_rate else {}))
     datamodule.prepare_data()
     datamodule.setup("fit")
     return datamodule
 
 
 def feature_table(cfg: DictConfig) -> tuple[FeatureTable, str, dict[str, str]]:
-    """The feature table of ``cfg.descriptors`` on the configured data: ``(table, cache status,
-    facts for the run's params)``."""
-    kind = cfg.descriptors.kind
+    """The feature table of ``cfg.descriptors`` on the configured data, standardised per group
+    when ``cfg.normalise_per_group``: ``(table, cache status, facts for the run's params)``."""
+    table, status, facts = _source_table(cfg, cfg.descriptors, None)
+    if cfg.get("normalise_per_group"):
+        table = standardise_per_group(table)
+        log.info("features standardised per group (%d groups, each with its own rows' statistics)",
+                 table.rows["group"].nunique())
+    return table, status, {**facts, "features.normalise_per_group": str(bool(cfg.get("normalise_per_group")))}
+
+
+def _source_table(cfg: DictConfig, node: DictConfig, source: str | None) -> tuple[FeatureTable, str, dict[str, str]]:
+    """The table of one ``descriptors`` node (``source``: its name inside a fusion, decoded at
+    its own ``sample_rate``; ``None``: the command's own ``descriptors``)."""
+    kind = node.kind
     cache_dir = cfg.paths.get("cache_dir")
     progress = bool(cfg.get("progress", True))
-    if kind == "handcrafted":
-        settings = settings_from_config(cfg.descriptors)
-        rows = rows_of(_datamodule(cfg))
+    prefix = f"features.{source}." if source else "features."
+    if kind == "fusion":
+        if source is not None:
+            raise ValueError(f"descriptors.sources.{source}: a fusion source cannot be a fusion itself")
+        sources = node.get("sources") or {}
+        parts = {str(name): _source_table(cfg, sub, str(name)) for name, sub in sources.items() if sub is not None}
+        table = fuse({name: part[0] for name, part in parts.items()})
+        facts = {"features.kind": kind, "features.sources": ",".join(parts)}
+        for part in parts.values():
+            facts.update(part[2])
+        return table, ", ".join(f"{name} {part[1]}" for name, part in parts.items()), facts
+    if kind in ("handcrafted", "opensmile"):
+        settings = settings_from_config(node)
+        rows = rows_of(_datamodule(cfg, node.get("sample_rate") if source else None))
         table, status = handcrafted_table(rows, settings, cache_dir, int(cfg.get("n_jobs", -1)), progress=progress)
-        return table, status, {"features.kind": kind}
-    device = _device(cfg.descriptors.get("device", "auto"))
+        return table, status, {f"{prefix}kind": kind, **({f"{prefix}feature_set": str(node.feature_set)}
+                                                         if kind == "opensmile" else {})}
+    device = _device(node.get("device", "auto"))
     if kind == "backbone":
         from audioml.config import compose_config
         from audioml.run.compose import build_datamodule, build_model
@@ -118,8 +148,8 @@ def feature_table(cfg: DictConfig) -> tuple[FeatureTable, str, dict[str, str]]:
         from omegaconf import open_dict
 
         choices = _choices()
-        overrides = [f"model={cfg.descriptors.model}", f"data={choices.get('data', 'synthetic')}",
-                     *[str(o) for o in cfg.descriptors.get("overrides") or []]]
+        overrides = [f"model={node.model}", f"data={choices.get('data', 'synthetic')}",
+                     *[str(o) for o in node.get("overrides") or []]]
         from hydra.core.global_hydra import GlobalHydra
 
         if GlobalHydra.instance().is_initialized():  # inside the audioml-classical app: the same config root
@@ -135,26 +165,27 @@ def feature_table(cfg: DictConfig) -> tuple[FeatureTable, str, dict[str, str]]:
                     train_cfg.data[key] = value
         datamodule = build_datamodule(train_cfg)
         model = build_model(train_cfg, list(datamodule.class_names))
-        table, status = backbone_table(rows_of(datamodule), model, cache_dir, int(cfg.descriptors.get("batch_size", 32)),
-                                       device, progress, name=str(cfg.descriptors.model))
-        return table, status, {"features.kind": kind, "features.model": str(cfg.descriptors.model)}
+        table, status = backbone_table(rows_of(datamodule), model, cache_dir, int(node.get("batch_size", 32)),
+                                       device, progress, name=str(node.model))
+        return table, status, {f"{prefix}kind": kind, f"{prefix}model": str(node.model)}
     if kind == "checkpoint":
         from audioml.run.checkpoint import datamodule_from_record, model_from_record, read_record
         from audioml.run.inference import find_checkpoint
 
-        source = cfg.descriptors.get("source")
-        if not source:
-            raise ValueError("descriptors=checkpoint needs descriptors.source=<run dir | .ckpt | runs:/<id>/model>")
-        checkpoint = find_checkpoint(source, cfg.logger.get("tracking_uri"), Path(cfg.paths.output_dir) / "downloads")
+        where = f"descriptors.sources.{source}" if source else "descriptors"
+        if not node.get("source"):
+            raise ValueError(f"{where}=checkpoint needs {where}.source=<run dir | .ckpt | runs:/<id>/model>")
+        checkpoint = find_checkpoint(node.source, cfg.logger.get("tracking_uri"),
+                                     Path(cfg.paths.output_dir) / "downloads")
         record, state = read_record(checkpoint, list(cfg.get("trusted_modules") or []))
         model = model_from_record(record, state)
-        data = cfg.descriptors.get("data")
+        data = node.get("data")
         data_overrides = OmegaConf.to_container(data, resolve=True) if data is not None else {}
         datamodule = datamodule_from_record(record, cfg.paths, data_overrides or None)
         table, status = checkpoint_table(rows_of(datamodule), model, checkpoint, cache_dir,
-                                         int(cfg.descriptors.get("batch_size", 32)), device, progress)
-        return table, status, {"features.kind": kind, "features.checkpoint": str(checkpoint)}
-    raise ValueError(f"descriptors.kind={kind!r}: use handcrafted, backbone or checkpoint")
+                                         int(node.get("batch_size", 32)), device, progress)
+        return table, status, {f"{prefix}kind": kind, f"{prefix}checkpoint": str(checkpoint)}
+    raise ValueError(f"descriptors.kind={kind!r}: use handcrafted, opensmile, backbone, checkpoint or fusion")
 
 
 def _device(value: str) -> str:
@@ -175,13 +206,56 @@ def _title(cfg: DictConfig) -> str:
                                   choices.get("grid")]))
 
 
+def _table_record(cfg: DictConfig, table: FeatureTable) -> dict[str, str]:
+    """What a grid's run directory is bound to (``resume.write_data_record``'s fields)."""
+    data = cfg.get("data") or {}
+    return {"fingerprint": table.content_key(), "clips": str(len(table.values)),
+            "root": str(data.get("root") or data.get("csv") or "?")}
+
+
+def bound_run_dir(cfg: DictConfig, run_dir: Path, table: FeatureTable) -> Path:
+    """The run directory of this grid on this table: ``run_dir`` when it is new or was bound to
+    the same table (``FeatureTable.content_key``: values' key, targets, rows), else the
+    directory of this table beside it (``resume.data_run_dir``), with a warning naming both.
+    So a relabelled table (same files, other labels) never reuses another table's finished
+    combinations; a directory from before grids were bound is treated as another table's."""
+    from audioml.run import resume
+
+    current = _table_record(cfg, table)
+    for directory in (run_dir, resume.data_run_dir(run_dir, current["fingerprint"])):
+        bound = resume.read_data_record(directory)
+        started = any((directory / "combinations").glob("*.json"))
+        if bound is None and not started:
+            directory.mkdir(parents=True, exist_ok=True)
+            resume.write_data_record(directory, current)
+            return directory
+        if bound is not None and bound["fingerprint"] == current["fingerprint"]:
+            return directory
+        if directory == run_dir:
+            log.warning("%s holds a grid of another table (%s rows under %s, fingerprint %s); this table (%s rows "
+                        "under %s, fingerprint %s: other labels, groups or rows) gets its own run directory, %s. "
+                        "Neither reuses the other's combinations.", run_dir, bound["clips"] if bound else "?",
+                        bound["root"] if bound else "?", bound["fingerprint"] if bound else "not recorded",
+                        current["clips"], current["root"], current["fingerprint"],
+                        resume.data_run_dir(run_dir, current["fingerprint"]))
+    raise RuntimeError(f"{run_dir} and {resume.data_run_dir(run_dir, current['fingerprint'])} are both bound to "
+                       "other tables: move them away to run this grid")
+
+
 def run_classical(cfg: DictConfig, run_dir: str | Path) -> GridResult:
-    """Features, grid, MLflow and reports of one ``audioml-classical`` command (module docstring)."""
+    """Features, grid, MLflow and reports of one ``audioml-classical`` command (module docstring).
+
+    The feature table comes first: the run directory is bound to it (``bound_run_dir``) before
+    the MLflow run is opened or continued there."""
     from audioml.run import facts, tracking
     from audioml.stats import HonestScoring
 
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.logger.get("enabled", True):  # an unreachable server fails now, not after the features
+        tracking.check_reachable(tracking.resolve_tracking_uri(cfg.logger.get("tracking_uri"), cfg.paths.mlflow_dir))
+    table, status, feature_facts = feature_table(cfg)
+    log.info("features: %d rows x %d columns (%s cache: %s)", *table.values.shape, feature_facts["features.kind"],
+             status)
+    run_dir = bound_run_dir(cfg, Path(run_dir), table)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     choices = _choices()
     grid_source = f"grid={choices.get('grid', '?')} (audioml/conf/grid/{choices.get('grid', '?')}.yaml)"
@@ -191,9 +265,6 @@ def run_classical(cfg: DictConfig, run_dir: str | Path) -> GridResult:
     log.info("audioml-classical: run directory %s%s", run_dir,
              f", MLflow run {tracker.parent}" if tracker else "")
     with tracking.ended_on_error(tracker.logger if tracker else None):
-        table, status, feature_facts = feature_table(cfg)
-        log.info("features: %d rows x %d columns (%s cache: %s)", *table.values.shape, feature_facts["features.kind"],
-                 status)
         if cfg.get("export"):
             folder = table.save(Path(cfg.export))
             log.info("feature table exported to %s (features.npy, targets.npy, columns.json, rows.csv)", folder)
@@ -202,12 +273,12 @@ def run_classical(cfg: DictConfig, run_dir: str | Path) -> GridResult:
         if tracker is not None:
             tracking.log_params(tracker.client, tracker.parent, {
                 **feature_facts, "features.rows": str(len(table.values)), "features.columns": str(table.values.shape[1]),
-                "features.key": table.key, **tracking.flatten_params(
+                "features.key": table.key, "features.content_key": table.content_key(), **tracking.flatten_params(
                     OmegaConf.to_container(cfg.protocol, resolve=True), "protocol."),
                 "grid.combinations": str(len(combinations(cfg.grid)))})
         scoring = HonestScoring(**OmegaConf.to_container(cfg.scoring, resolve=True))
         result = run_grid(table, cfg.grid, cfg.protocol, run_dir, scoring, int(cfg.seed), int(cfg.get("n_jobs", -1)),
-                          tracker, grid_source)
+                          tracker, grid_source, progress=bool(cfg.get("progress", True)))
         if tracker is not None:
             tracker.finish(result, [run_dir / name for name in ("ranking.csv", "ranking.txt", "metrics.json",
                                                                  "config.yaml", "skipped_files.csv")] +

@@ -5,8 +5,9 @@ Rows come from a DataModule's decoded waveforms (``rows_of``), so a descriptor s
 audio a network of the same data would (resampling, downmix, trimming, segment cuts). Three
 kinds of features:
 
-- ``handcrafted_table``: librosa descriptors (``audioml.classical.descriptors``), in parallel
-  over the rows (joblib, all cores), with a progress bar;
+- ``handcrafted_table``: librosa descriptors (``audioml.classical.descriptors``) or openSMILE's
+  sets (``audioml.features.smile``), in parallel over the rows (joblib, all cores), with a
+  progress bar;
 - ``backbone_table``: the pooled embedding of a ``model=`` backbone run frozen, in eval mode,
   batched (the same ``embed`` as the trained classifier's head input);
 - ``checkpoint_table``: the deep features of a trained audioml checkpoint (a classifier's pooled
@@ -29,19 +30,34 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 
-from audioml.classical.descriptors import DescriptorError, DescriptorSettings, column_names, describe
+from audioml.classical.descriptors import DescriptorSettings
 from audioml.files import exclusive_lock, fingerprint
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Rows", "FeatureTable", "rows_of", "handcrafted_table", "backbone_table", "checkpoint_table",
+__all__ = ["Rows", "FeatureTable", "Describer", "rows_of", "handcrafted_table", "backbone_table", "checkpoint_table",
            "load_table", "TABLE_VERSION"]
 
 TABLE_VERSION = 1
+
+
+class Describer(Protocol):
+    """Settings that compute one row of named values per waveform (``DescriptorSettings``,
+    ``audioml.features.smile.SmileSettings``); ``describe`` raises ``ValueError`` for a clip
+    that gives no values, ``as_dict`` is what the values depend on, ``kind`` names the table."""
+
+    kind: str
+
+    def columns(self) -> list[str]: ...
+
+    def describe(self, waveform: np.ndarray, sample_rate: int) -> np.ndarray: ...
+
+    def as_dict(self) -> dict: ...
 
 
 @dataclass
@@ -78,6 +94,18 @@ class FeatureTable:
     class_names: list[str]
     key: str
     skipped: pd.DataFrame
+
+    def content_key(self) -> str:
+        """sha256 (20 hex digits) of what the table holds: the key of its values, its columns,
+        classes, targets and rows (paths, segments, groups, splits). Two tables of the same
+        files with other labels, groups or rows differ; a grid is bound to it."""
+        import hashlib
+
+        digest = hashlib.sha256(json.dumps({"key": self.key, "columns": list(self.columns), "task": self.task,
+                                            "class_names": list(self.class_names)}).encode())
+        digest.update(np.ascontiguousarray(np.asarray(self.targets, dtype=np.float64)).tobytes())
+        digest.update(pd.util.hash_pandas_object(self.rows.astype(str), index=False).to_numpy().tobytes())
+        return digest.hexdigest()[:20]
 
     def save(self, folder: str | Path) -> Path:
         """Write ``features.npy`` (no pickle), ``columns.json``, ``rows.csv`` (with the targets)
@@ -155,6 +183,7 @@ def _window_rows(datamodule) -> Rows:
     targets = np.asarray(datamodule._window_targets)[windows]
     targets = targets[:, 0] if targets.ndim == 2 and targets.shape[1] == 1 else targets
     key = fingerprint({"windows": pd.util.hash_pandas_object(table, index=False).tolist(),
+                       "targets": np.asarray(targets, dtype=np.float64).tolist(),
                        "waveforms": datamodule.waveform_cache.key if getattr(datamodule, "waveform_cache", None)
                        else fingerprint(sorted(table["path"].unique()))})
     waveforms = datamodule._waveforms
@@ -207,8 +236,7 @@ def _finish(rows: Rows, values: list[np.ndarray | None], reasons: dict[int, str]
 
 
 # ------------------------------------------------------------------------------- handcrafted
-def _describe_chunk(waveforms: list[np.ndarray], sample_rate: int,
-                    settings: DescriptorSettings) -> list[np.ndarray | str]:
+def _describe_chunk(waveforms: list[np.ndarray], sample_rate: int, settings: Describer) -> list[np.ndarray | str]:
     """Worker: descriptors of a chunk of clips; a failing clip gives its reason, not an error."""
     import warnings
 
@@ -217,20 +245,22 @@ def _describe_chunk(waveforms: list[np.ndarray], sample_rate: int,
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # librosa's tuning warnings on silent clips
-                out.append(describe(waveform, sample_rate, settings))
-        except DescriptorError as error:
+                out.append(settings.describe(waveform, sample_rate))
+        except ValueError as error:  # DescriptorError, SmileError: the clip's own reason
             out.append(str(error))
         except Exception as error:  # noqa: BLE001 - one odd clip never stops the table
             out.append(f"{type(error).__name__}: {error}")
     return out
 
 
-def handcrafted_table(rows: Rows, settings: DescriptorSettings, cache_dir: str | Path | None = None,
+def handcrafted_table(rows: Rows, settings: Describer, cache_dir: str | Path | None = None,
                       n_jobs: int = -1, chunk_size: int = 16, progress: bool = True) -> tuple[FeatureTable, str]:
-    """Descriptors of every row (``(table, cache status)``), computed in parallel over chunks of
-    rows with joblib (``n_jobs=-1``: all cores) and cached."""
+    """Descriptors of every row (``(table, cache status)``): librosa's (``DescriptorSettings``)
+    or openSMILE's (``SmileSettings``), computed in parallel over chunks of rows with joblib
+    (``n_jobs=-1``: all cores) and cached under ``<cache_dir>/features/<settings.kind>-<key>``."""
+    columns = settings.columns()  # before the workers: a missing extra or bad setting fails here, once
     key = fingerprint({"rows": rows.key, "sample_rate": rows.sample_rate, "settings": settings.as_dict(),
-                       "version": TABLE_VERSION})
+                       "kind": settings.kind, "version": TABLE_VERSION})
 
     def compute() -> FeatureTable:
         from joblib import Parallel, delayed
@@ -242,7 +272,7 @@ def handcrafted_table(rows: Rows, settings: DescriptorSettings, cache_dir: str |
             for chunk in chunks)
         values: list[np.ndarray | None] = [None] * len(rows)
         reasons: dict[int, str] = {}
-        bar = tqdm(total=len(rows), desc="descriptors", unit="clip", disable=not progress)
+        bar = tqdm(total=len(rows), desc=f"{settings.kind} descriptors", unit="clip", disable=not progress)
         for chunk, results in zip(chunks, jobs):
             for index, result in zip(chunk, results):
                 if isinstance(result, str):
@@ -251,9 +281,9 @@ def handcrafted_table(rows: Rows, settings: DescriptorSettings, cache_dir: str |
                     values[index] = result
             bar.update(len(chunk))
         bar.close()
-        return _finish(rows, values, reasons, column_names(settings), key)
+        return _finish(rows, values, reasons, columns, key)
 
-    return _cached(cache_dir, "handcrafted", key, compute)
+    return _cached(cache_dir, settings.kind, key, compute)
 
 
 # -------------------------------------------------------------------------------------- deep
@@ -356,10 +386,16 @@ def _sequence_features(rows: Rows, model, batch_size: int, device: str,
     return values, reasons
 
 
-def settings_from_config(config) -> DescriptorSettings:
-    """``DescriptorSettings`` of a ``descriptors`` config node."""
+def settings_from_config(config) -> Describer:
+    """The settings of a ``descriptors`` config node of kind ``handcrafted`` (librosa:
+    ``DescriptorSettings``) or ``opensmile`` (``SmileSettings``; ``MissingExtraError`` without
+    the extra)."""
+    if config.kind == "opensmile":
+        from audioml.features.smile import SmileSettings
+
+        return SmileSettings(str(config.feature_set), str(config.get("level", "functionals")),
+                             tuple(config.get("statistics") or ("mean", "std")))
     return DescriptorSettings(tuple(config.names), tuple(config.get("statistics") or ("mean", "std")),
                               n_fft=int(config.get("n_fft", 2048)), hop_length=int(config.get("hop_length", 512)),
                               n_mfcc=int(config.get("n_mfcc", 13)), brightness_hz=float(config.get("brightness_hz",
                                                                                                    1500.0)))
-

@@ -80,12 +80,24 @@ class EpochMeans(nn.Module):
 
 
 class AudioModule(L.LightningModule):
-    """Base of ``AudioClassifier`` and ``SequenceRegressor`` (their docs list the arguments)."""
+    """Base of ``AudioClassifier`` and ``SequenceRegressor`` (their docs list the arguments).
+
+    ``extra_input``: a module computing a second, clip-level input of the head from the
+    waveform (``audioml.features.smile.SmileInput``, ``model.head.extra_features``), or ``None``;
+    ``fit_extra_input`` fits its standardisation on the training clips before training."""
+
+    def fit_extra_input(self, training_batches) -> None:
+        """Fit ``extra_input`` (``(batch, time)`` waveform batches of the training clips); nothing
+        to do without one."""
+        if self.extra_input is not None:
+            self.extra_input.fit(training_batches)
 
     def _build(self, backbone: Backbone, frontend: nn.Module | None, num_outputs: int, head: HeadFactory | None,
                freeze: str, optimizer: OptimizerFactory | None, scheduler: Callable | None,
                waveform_augment: nn.Module | None, spec_augment: nn.Module | None, sample_rate: int,
                preprocess: nn.Module | None = None, augment_preprocessed: bool = False) -> None:
+        #: set by a task module whose head takes a second input (class docstring); ``None`` here
+        self.extra_input: nn.Module | None = None
         if spec_augment is not None and backbone.takes_waveform:
             raise ValueError(f"spectrogram augmentation ({type(spec_augment).__name__}) cannot apply: "
                              f"{type(backbone).__name__} takes waveforms (its extractor runs inside it); use waveform "

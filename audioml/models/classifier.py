@@ -8,9 +8,11 @@ import torch
 import torchmetrics
 from torch import nn
 
+from audioml.features.smile import SmileInput
 from audioml.models.backbones.base import Backbone, HeadFactory
 from audioml.models.base import NOT_HYPERPARAMETERS, AudioModule, OptimizerFactory
 from audioml.models.embedding_cache import head_logits
+from audioml.models.heads import Head
 from audioml.stats import SUMMARY_METRICS, metrics_from_confusion
 
 __all__ = ["AudioClassifier"]
@@ -20,6 +22,16 @@ class AudioClassifier(AudioModule):
 
     Training order per batch (all on the device): waveform augmentation (train only) ->
     ``frontend`` -> spectrogram augmentation (train only) -> ``backbone`` -> head.
+
+    A head built with ``extra_features`` (``model.head.extra_features=egemaps``) takes
+    ``[pooled embedding; features]``, the features computed from the clip by ``extra_input``
+    (``audioml.features.smile.SmileInput``). Why inside the model: the Dataset keeps returning a
+    waveform and its target, and every path that has a waveform (training, ``audioml-eval``,
+    ``audioml-predict`` on new files, the MLflow model) computes the same vector the same way.
+    For a training batch it is computed on the CPU before the transfer, from the clip as decoded
+    (before waveform augmentation: the features describe the recording, not one augmented
+    draw of it), and ``SmileInput`` remembers each clip's vector, so openSMILE runs once per clip,
+    not once per epoch. Mixup is refused with it (it mixes spectrograms, not this vector).
 
     Args:
         backbone: a ``Backbone``; its classifier is replaced by ``head`` for ``num_classes``.
@@ -64,6 +76,12 @@ class AudioClassifier(AudioModule):
         self.save_hyperparameters(ignore=NOT_HYPERPARAMETERS)
         self._build(backbone, frontend, num_classes, head, freeze, optimizer, scheduler, waveform_augment,
                     spec_augment, sample_rate, preprocess, augment_preprocessed)
+        extra = self.backbone.head.extra_features if isinstance(self.backbone.head, Head) else None
+        if extra is not None:
+            if mixup is not None:
+                raise ValueError(f"model.head.extra_features={extra!r} with augmentation mixup: mixup mixes "
+                                 "spectrograms, not the clips' openSMILE features; leave one of them out")
+            self.extra_input = SmileInput(extra, sample_rate)
         self.loss_fn = loss if loss is not None else nn.CrossEntropyLoss()
         self.mixup = mixup
         #: ``None``: batches hold waveforms. ``"pooled"``/``"tokens"``: they hold cached backbone
@@ -120,10 +138,17 @@ class AudioClassifier(AudioModule):
             spec = self.spec_augment(spec)
         return spec
 
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+    def forward(self, waveform: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of ``(batch, time)`` waveforms; ``extra``: the head's second input when it was
+        computed already (``on_before_batch_transfer``), else computed here from ``waveform``."""
         if self.embedding_input is not None:
             return head_logits(self.backbone, waveform, self.embedding_input)
-        return self.backbone(self.spectrogram(waveform))
+        if self.extra_input is None:
+            return self.backbone(self.spectrogram(waveform))
+        pooled = self.backbone.forward_head(self.backbone.forward_features(self.spectrogram(waveform)),
+                                            pre_logits=True)
+        extra = self.extra_input(waveform) if extra is None else extra
+        return self.backbone.head(torch.cat([pooled, extra.to(device=pooled.device, dtype=pooled.dtype)], dim=1))
 
     def embed(self, waveform: torch.Tensor) -> torch.Tensor:
         """``(batch, time)`` -> pooled backbone embedding ``(batch, num_features)`` (with
@@ -136,10 +161,20 @@ class AudioClassifier(AudioModule):
             self.backbone.forward_features(self.spectrogram(waveform))
         return self.backbone.forward_head(tokens, pre_logits=True)
 
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        # the head's second input, from the clips as decoded, on the CPU (class docstring)
+        if self.extra_input is not None and self.embedding_input is None and isinstance(batch, (tuple, list)) \
+                and len(batch) == 2:
+            waveform, target = batch
+            return waveform, target, self.extra_input.raw(waveform)
+        return batch
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        waveform, target = batch
+        waveform, target, *extra = batch
         if self.trainer is not None and self.trainer.training and self.waveform_augment is not None:
             waveform = self.augmented_waveform(waveform)
+        if extra:
+            return waveform, target, (extra[0] - self.extra_input.mean) / self.extra_input.std
         return waveform, target
 
     # ------------------------------------------------------------------------------- the steps
@@ -148,12 +183,12 @@ class AudioClassifier(AudioModule):
         return target.argmax(dim=1) if target.dim() == 2 else target
 
     def _step(self, batch, stage: str):
-        waveform, target = batch
+        waveform, target, *extra = batch
         if stage == "train" and self.mixup is not None:
             spec, target = self.mixup(self.spectrogram(waveform), target, self.num_classes)
             logits = self.backbone(spec)
         else:
-            logits = self(waveform)
+            logits = self(waveform, extra[0] if extra else None)
         loss = self.loss_fn(logits, target)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{stage} loss is {loss.item()}: lower the learning rate or "
@@ -204,5 +239,6 @@ class AudioClassifier(AudioModule):
             self.test_targets = torch.cat([t for _, t in self._test_buffers])
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
-        waveform = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self.probabilities(self(waveform))
+        if isinstance(batch, (tuple, list)):
+            return self.probabilities(self(batch[0], batch[2] if len(batch) == 3 else None))
+        return self.probabilities(self(batch))

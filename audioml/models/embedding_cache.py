@@ -148,6 +148,8 @@ def cache_blockers(model: nn.Module) -> list[str]:
     head = getattr(backbone, "head", None)
     if isinstance(head, LayerHead) and not head.cacheable:
         reasons.append(f"the head ({type(head).__name__}) reads every token of every layer, not their means")
+    if getattr(model, "extra_input", None) is not None:  # AudioModule.extra_input
+        reasons.append("the head also takes model.head.extra_features, computed from each clip (remembered per clip)")
     return reasons
 
 

@@ -1,5 +1,11 @@
 """Classifier heads with the factory signature ``Head(in_features, num_classes, **options)``; heads
-over every hidden layer (``LayerHead``) also take ``layer_dims``."""
+over every hidden layer (``LayerHead``) also take ``layer_dims``.
+
+A head on the pooled embedding may take a second input, ``extra_features`` (``egemaps``,
+``compare``: openSMILE functionals of the clip, ``audioml.features.smile.PRESETS``): it is then
+built for ``in_features + width`` inputs, and the classifier hands it ``[embedding; features]``
+(``AudioClassifier``, which computes the features from the waveform).
+"""
 
 from __future__ import annotations
 
@@ -8,35 +14,57 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["LinearHead", "MLPHead", "TransformerHead", "LayerHead", "LayerWeightedHead", "AttentivePool",
-           "statistics_pool", "masked_mean"]
+__all__ = ["Head", "LinearHead", "MLPHead", "TransformerHead", "LayerHead", "LayerWeightedHead", "AttentivePool",
+           "statistics_pool", "masked_mean", "extra_feature_width"]
 
 
-class LinearHead(nn.Module):
-    """Embedding ``(batch, in_features)`` -> logits ``(batch, num_classes)``."""
+def extra_feature_width(extra_features: str | None) -> int:
+    """Values ``extra_features`` adds to a head's input (0 for ``None``).
 
-    uses_tokens = False
+    Raises ``ValueError`` for an unknown name, ``MissingExtraError`` without openSMILE."""
+    if extra_features is None:
+        return 0
+    from audioml.features.smile import PRESETS, SmileSettings
 
-    def __init__(self, in_features: int, num_classes: int, dropout: float = 0.0) -> None:
+    if extra_features not in PRESETS:
+        raise ValueError(f"model.head.extra_features={extra_features!r}: use one of {sorted(PRESETS)}")
+    return len(SmileSettings(*PRESETS[extra_features]).columns())
+
+
+class Head(nn.Module):
+    """What a backbone and a classifier may ask a head: ``uses_tokens`` (it takes time tokens
+    ``(batch, tokens, features)`` rather than the pooled embedding) and ``extra_features`` (the
+    name of a second input it was widened for, ``None``: none)."""
+
+    uses_tokens: bool = False
+    extra_features: str | None = None
+
+
+class LinearHead(Head):
+    """Embedding ``(batch, in_features [+ extra width])`` -> logits ``(batch, num_classes)``."""
+
+    def __init__(self, in_features: int, num_classes: int, dropout: float = 0.0,
+                 extra_features: str | None = None) -> None:
         super().__init__()
+        self.extra_features = extra_features
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(in_features, num_classes)
+        self.fc = nn.Linear(in_features + extra_feature_width(extra_features), num_classes)
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(embedding))
 
 
-class MLPHead(nn.Module):
-    """Embedding -> [Linear, BatchNorm, ReLU, Dropout] per hidden size -> Linear -> logits."""
-
-    uses_tokens = False
+class MLPHead(Head):
+    """Embedding (``[embedding; extra features]`` with ``extra_features``) -> [Linear, BatchNorm,
+    ReLU, Dropout] per hidden size -> Linear -> logits."""
 
     def __init__(self, in_features: int, num_classes: int, hidden: int | list[int] = 256,
-                 dropout: float = 0.3) -> None:
+                 dropout: float = 0.3, extra_features: str | None = None) -> None:
         super().__init__()
+        self.extra_features = extra_features
         sizes = [hidden] if isinstance(hidden, int) else list(hidden)
         layers: list[nn.Module] = []
-        width = in_features
+        width = in_features + extra_feature_width(extra_features)
         for size in sizes:
             layers += [nn.Linear(width, size), nn.BatchNorm1d(size), nn.ReLU(inplace=True), nn.Dropout(dropout)]
             width = size
@@ -47,19 +75,23 @@ class MLPHead(nn.Module):
         return self.net(embedding)
 
 
-class TransformerHead(nn.Module):
+class TransformerHead(Head):
     """Time tokens ``(batch, tokens, in_features)`` -> logits: projection, learned positions, a
     small Transformer encoder, linear classifier on the [CLS] output (``pooling="cls"``, a
     learned token prepended) or on the mean of the encoded tokens (``pooling="mean"``).
 
-    Raises ``ValueError`` for another ``pooling``."""
+    Raises ``ValueError`` for another ``pooling``, and for ``extra_features`` (a clip-level
+    vector has no place among time tokens: use ``MLPHead`` or ``LinearHead``)."""
 
     uses_tokens = True
 
     def __init__(self, in_features: int, num_classes: int, d_model: int = 128, num_layers: int = 2,
                  num_heads: int = 4, dropout: float = 0.1, max_tokens: int = 512,
-                 pooling: str = "cls") -> None:
+                 pooling: str = "cls", extra_features: str | None = None) -> None:
         super().__init__()
+        if extra_features is not None:
+            raise ValueError(f"model.head.extra_features={extra_features!r}: TransformerHead reads time tokens; "
+                             "use audioml.models.heads.MLPHead or LinearHead for a second, clip-level input")
         if pooling not in ("cls", "mean"):
             raise ValueError(f"TransformerHead pooling={pooling!r}: use 'cls' or 'mean'")
         self.pooling = pooling

@@ -10,7 +10,7 @@ from torch import nn
 from audioml.metrics import regression_metrics
 from audioml.models.backbones.base import Backbone, HeadFactory
 from audioml.models.base import NOT_HYPERPARAMETERS, AudioModule, OptimizerFactory
-from audioml.models.heads import LayerHead
+from audioml.models.heads import Head, LayerHead
 
 __all__ = ["SequenceRegressor"]
 
@@ -78,6 +78,10 @@ class SequenceRegressor(AudioModule):
         if isinstance(self.backbone.head, LayerHead):
             raise ValueError(f"model.head={type(self.backbone.head).__name__} reads every hidden layer of one clip; "
                              "the sequence regressor pools windows: use a linear, MLP or Transformer head")
+        if isinstance(self.backbone.head, Head) and self.backbone.head.extra_features is not None:
+            raise ValueError(f"model.head.extra_features={self.backbone.head.extra_features!r}: a sequence regressor's "
+                             "head scores each window and takes no clip-level vector; for openSMILE per window use "
+                             "audioml-classical descriptors=egemaps (descriptors.level=lld for LLDs)")
         if loss is None:
             from audioml.losses import CCCLoss
 

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from audioml import distributed
 from audioml.checkpointing import AtomicCheckpointIO
 from audioml.features.preprocess import Preprocessed
+from audioml.models.base import AudioModule
 from audioml.run import facts, markers, relog, tracking
 from audioml.run.checkpoint import instantiate_model
 
@@ -58,9 +59,14 @@ def build_model(cfg: DictConfig, class_names: list[str], class_counts: list[int]
 
 def fit_data_statistics(model: L.LightningModule, datamodule) -> None:
     """Let a model that normalises with training statistics compute them through its own front
-    end (``fit_feature_statistics``) from the batches the data offers (``statistics_batches``)."""
+    end (``fit_feature_statistics``) from the batches the data offers (``statistics_batches``),
+    and a head's second input (``AudioModule.fit_extra_input``) from the training clips."""
     if hasattr(model, "fit_feature_statistics") and hasattr(datamodule, "statistics_batches"):
         model.fit_feature_statistics(datamodule.statistics_batches())
+    if isinstance(model, AudioModule) and model.extra_input is not None:
+        training = datamodule.dataset("train")
+        model.fit_extra_input(torch.stack([training[i][0] for i in range(begin, min(begin + 64, len(training)))])
+                              for begin in range(0, len(training), 64))
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback], logger) -> L.Trainer:

@@ -57,6 +57,7 @@ import torch
 from audioml.data.audio import AudioDecodeError
 from audioml.data.decoder import ClipDecoder
 from audioml.files import atomic_write_bytes
+from audioml.models.base import AudioModule
 from audioml.run.checkpoint import read_record
 from audioml.run.inference import OutputModel, collect_inputs, display_path, find_checkpoint
 
@@ -250,12 +251,16 @@ def export_checkpoint(source: str | Path, format: str = "onnx", output: str | Pa
     folder = Path(output_dir)
     checkpoint = find_checkpoint(source, tracking_uri, folder / ".downloads")
     record, state_dict = read_record(checkpoint, trusted_modules)
+    model = OutputModel.of_record(record, state_dict)
+    if isinstance(model.model, AudioModule) and (extra := model.model.extra_input) is not None:
+        raise ExportError(f"{checkpoint}: its head also takes openSMILE features (model.head.extra_features="
+                          f"{extra.name}), computed from the clip by openSMILE's native library, which {format} "
+                          "cannot carry: use audioml-predict or the run's MLflow model instead")
     files = collect_inputs(list(parity_files)) if parity_files else []
     inputs, sources = parity_inputs(record, files, parity_clips)
     if not files:
         log.info("parity is checked on generated signals; give parity_inputs=[recordings] to check real audio")
     output = Path(output) if output is not None else default_output(checkpoint, format, folder)
-    model = OutputModel.of_record(record, state_dict)
     contract = export_model(model, record, format, output, inputs, sources, tolerance, opset, optimize,
                             checkpoint=display_path(checkpoint.resolve()))
     contract_path = Path(f"{output}.json")

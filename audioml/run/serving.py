@@ -256,6 +256,18 @@ def register_logged_model(run_id: str, tracking_uri: str, name: str, alias: str 
     return version
 
 
+def _extra_requirements(record: dict) -> list[str]:
+    """The optional packages the recorded model needs to answer: openSMILE for a head with
+    ``extra_features`` (pinned to the version installed here)."""
+    head = (record.get("model") or {}).get("head")
+    if not isinstance(head, dict) or not head.get("extra_features"):
+        return []
+    try:
+        return [f"opensmile=={metadata.version('opensmile')}"]
+    except metadata.PackageNotFoundError:
+        return ["opensmile"]
+
+
 def log_model(run_id: str, tracking_uri: str, checkpoint: str | Path, record: dict,
               registered_model_name: str | None = None, trusted_modules: list[str] | None = None,
               register_alias: str | None = None) -> str:
@@ -281,7 +293,7 @@ def log_model(run_id: str, tracking_uri: str, checkpoint: str | Path, record: di
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT_PATH, python_model=str(_CODE), artifacts={"checkpoint": str(stable)},
-                signature=signature_of(record), pip_requirements=pip_requirements(),
+                signature=signature_of(record), pip_requirements=pip_requirements() + _extra_requirements(record),
                 model_config={"trusted_modules": list(trusted_modules or []), "device": "auto"},
                 registered_model_name=registered_model_name, await_registration_for=60)
         client.update_run(run_id, status=status)  # the run ends when training says so, not here

@@ -153,7 +153,8 @@ class AudioClassifier(AudioModule):
 
     def embed(self, waveform: torch.Tensor) -> torch.Tensor:
         """``(batch, time)`` -> pooled backbone embedding ``(batch, num_features)`` (with
-        ``embedding_input`` set, the batch holds cached outputs: pooled ones pass through)."""
+        ``embedding_input`` set, the batch holds cached outputs: pooled ones pass through, of
+        cached layer means the last layer's)."""
         if self.embedding_input == "pooled":
             return waveform
         if self.embedding_input == "layers":  # the layers' means: the last one is the pooled embedding

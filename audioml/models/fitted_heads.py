@@ -1,5 +1,6 @@
 """Heads fitted in one pass over the training split instead of trained by gradient steps: the
-k-nearest-neighbour probe (cosine similarity, ``k`` chosen on the validation split).
+k-nearest-neighbour probe (cosine similarity, ``k`` chosen on the validation split), alone on a
+pooled embedding (``KNNHead``) or on one hidden layer of a backbone (``LayerKNNHead``).
 
 A ``FittedHead`` sits anywhere inside a model's head (alone, or as the classifier of a layer
 head). ``fit_heads`` runs the model over the training and validation loaders, records what
@@ -19,11 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from audioml.models.heads import LayerHead, masked_mean
 from audioml.stats import SUMMARY_METRICS, confusion_matrices, metrics_from_confusion
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FittedHead", "KNNHead", "fit_heads", "fitted_heads"]
+__all__ = ["FittedHead", "KNNHead", "LayerKNNHead", "fit_heads", "fitted_heads"]
 
 
 class FittedHead(nn.Module, ABC):
@@ -134,6 +136,46 @@ class KNNHead(FittedHead):
         self.k = torch.tensor(chosen, dtype=torch.long, device=device)
         report["knn/k"] = float(chosen)
         return report
+
+
+class LayerKNNHead(LayerHead):
+    """kNN probe of one hidden layer: ``LayerStates`` -> mean of layer ``layers`` over its real
+    frames -> ``KNNHead`` (its ``ks``, ``select_by``). Reads only layer means, so a frozen
+    backbone's layers are cached once for every layer choice (``cacheable``).
+
+    Args:
+        layers: ``"last"`` or a layer index (negative counts from the top); a learned weighting
+            of layers needs training, which a kNN does not do.
+        Other arguments: the ``LayerHead`` factory signature, ``KNNHead``'s.
+
+    Raises ``ValueError`` for another ``layers``.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, layer_dims: Sequence[int] = (), layers: int | str = "last",
+                 ks: Sequence[int] = (1, 3, 5, 7, 9, 15, 21, 31, 51), select_by: str = "macro_f1") -> None:
+        super().__init__()
+        dims = tuple(int(d) for d in layer_dims) or (int(in_features),)
+        if layers == "last":
+            index = len(dims) - 1
+        elif isinstance(layers, int) and not isinstance(layers, bool) and -len(dims) <= layers < len(dims):
+            index = layers % len(dims)
+        else:
+            raise ValueError(f"kNN probe layers={layers!r}: use 'last' or one layer index in {-len(dims)}..{len(dims) - 1} "
+                             "(a learned weighting of layers needs a trained head: probe=linear or mlp)")
+        self.layer_dims, self.index = dims, index
+        self.offset = sum(dims[:index])
+        self.knn = KNNHead(dims[index], num_classes, ks, select_by)
+
+    @property
+    def cacheable(self) -> bool:
+        return True
+
+    def forward(self, states) -> torch.Tensor:
+        """``LayerStates`` -> logits ``(batch, num_classes)``."""
+        return self.knn(masked_mean(states.layers[self.index], states.mask))
+
+    def forward_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.knn(pooled[:, self.offset:self.offset + self.layer_dims[self.index]])
 
 
 def fitted_heads(model: nn.Module) -> list[FittedHead]:

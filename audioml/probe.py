@@ -56,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if argv else 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("audioml").setLevel(logging.INFO)
+    logging.getLogger("lightning").setLevel(logging.WARNING)  # per-run device and checkpoint lines, dozens of runs
     from audioml.run.probing import format_table, run_probe_table
 
     try:

@@ -146,14 +146,26 @@ class LayerKNNHead(LayerHead):
     Args:
         layers: ``"last"`` or a layer index (negative counts from the top); a learned weighting
             of layers needs training, which a kNN does not do.
+        pooling, projection, hidden, normalize: ``LayerWeightedHead``'s keywords (a model
+            preset's head settings merge into a probe's), accepted at the values a kNN has:
+            ``"mean"``, ``None``, ``None``, ``False``; ``dropout`` and ``attention_dim`` do
+            nothing without training.
         Other arguments: the ``LayerHead`` factory signature, ``KNNHead``'s.
 
-    Raises ``ValueError`` for another ``layers``.
+    Raises ``ValueError`` for another ``layers``, or a setting a kNN does not have.
     """
 
     def __init__(self, in_features: int, num_classes: int, layer_dims: Sequence[int] = (), layers: int | str = "last",
-                 ks: Sequence[int] = (1, 3, 5, 7, 9, 15, 21, 31, 51), select_by: str = "macro_f1") -> None:
+                 ks: Sequence[int] = (1, 3, 5, 7, 9, 15, 21, 31, 51), select_by: str = "macro_f1",
+                 pooling: str = "mean", projection: int | None = None, hidden: int | Sequence[int] | None = None,
+                 normalize: bool = False, dropout: float = 0.0, attention_dim: int = 128) -> None:
         super().__init__()
+        unsupported = {name: value for name, value, plain in (("pooling", pooling, "mean"), ("projection", projection, None),
+                                                               ("hidden", hidden, None), ("normalize", normalize, False))
+                       if value != plain}
+        if unsupported:
+            raise ValueError(f"kNN probe: {unsupported} are settings of a trained head; the kNN votes on a layer's mean "
+                             "(model.head.pooling=mean, projection/hidden null, normalize false)")
         dims = tuple(int(d) for d in layer_dims) or (int(in_features),)
         if layers == "last":
             index = len(dims) - 1

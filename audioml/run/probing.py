@@ -15,7 +15,9 @@ same go to the parent MLflow run.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
+import math
 import os
 import re
 import time
@@ -160,12 +162,10 @@ def _check_request(request: ProbeTableRequest) -> None:
         raise ProbeUsageError(f"metric={request.metric!r}: use one of {list(SUMMARY_METRICS)}")
 
 
-def _compose(request: ProbeTableRequest, encoder: EncoderChoice, probe: str, layer: int | str,
-             run_dir: Path | None = None, title: str | None = None):
+def _compose(request: ProbeTableRequest, encoder: EncoderChoice, probe: str, layer: int | str):
+    """The ``audioml-train`` config of one probe run (run directory and name set by the caller)."""
     overrides = [f"data={request.data}", f"model={encoder.preset}", *encoder.overrides, f"probe={probe}",
                  f"model.head.layers={layer}", *request.overrides]
-    if run_dir is not None:
-        overrides += [f"hydra.run.dir={run_dir}", f"logger.run_name={title}"]
     try:
         return compose_config(overrides)
     except Exception as error:  # Hydra's composition errors: an unknown key or value in an override
@@ -255,47 +255,80 @@ def run_probe_table(request: ProbeTableRequest) -> ProbeTable:
     key = fingerprint({"data": request.data, "encoders": [[e.preset, *e.overrides] for e in request.encoders],
                        "layers": list(request.layers), "probes": list(request.probes),
                        "overrides": list(request.overrides)}, length=10)
-    output_dir = _compose(request, request.encoders[0], "linear", "last").paths.output_dir
-    directory = Path(output_dir) / "probes" / f"{request.data}-{key}"
+    base = _compose(request, request.encoders[0], "linear", "last")
+    directory = Path(base.paths.output_dir) / "probes" / f"{request.data}-{key}"
     with exclusive_lock(directory / ".lock", f"probing in {directory}: waiting until it ends"):
-        return _run_locked(request, directory)
+        return _run_locked(request, directory, base)
 
 
-def _run_locked(request: ProbeTableRequest, directory: Path) -> ProbeTable:
-    from audioml.run import tracking
+def _run_locked(request: ProbeTableRequest, directory: Path, base) -> ProbeTable:
+    from audioml.run import finishing, tracking
     from audioml.run.training import run_evaluation_in
 
-    base = _compose(request, request.encoders[0], "linear", "last")
+    # every encoder loads and embeds the data first: a folder that is no model, data the protocol
+    # cannot split, fail here, before any run is opened
+    prepared = [(encoder, *_prepare_encoder(request, encoder)) for encoder in request.encoders]
     parent = _open_parent(base, directory, request)
-    rows: list[dict] = []
     with tracking.ended_on_error(parent):
         parent_id = getattr(parent, "run_id", None)
-        for encoder in request.encoders:
-            num_layers, embed_seconds, status = _prepare_encoder(request, encoder)
-            layers = parse_layers(request.layers, num_layers)
-            for probe in request.probes:
-                for layer in layers:
-                    if probe == "knn" and layer == "weighted":
-                        continue  # a kNN reads one layer: no weights to learn
-                    run_dir = directory / encoder.slug / probe / f"layer_{layer}"
-                    title = f"{encoder.label} {probe} layer {layer}"
-                    cfg = _compose(request, encoder, probe, layer, run_dir, title)
-                    started = time.perf_counter()
-                    with _children_of(parent_id):
-                        metrics, final_dir = run_evaluation_in(cfg, run_dir)
-                    rows.append({"encoder": encoder.label, "probe": probe, "layer": layer,
-                                 "seconds": time.perf_counter() - started, "embed_seconds": embed_seconds,
-                                 "embedding_cache": status, **_run_row(metrics, str(cfg.monitor), request.metric),
-                                 "run_dir": str(final_dir)})
-                    log.info("%s: %s %.3f [%.3f-%.3f] (validation %.3f)", title, request.metric, rows[-1]["test"],
-                             rows[-1]["ci_low"], rows[-1]["ci_high"], rows[-1]["val_score"])
+        with finishing.deferred():  # a run's MLflow record is completed while the next one trains
+            rows = _probe_all(request, directory, parent_id, prepared, run_evaluation_in)
         runs = pd.DataFrame(rows)
         table = summarise(runs, request.metric)
         files = _write(table, runs, directory, request.metric)
         if parent is not None:
             _log_parent(parent, table, files, request.metric)
-    log.info("probe table (best layer by validation %s) in %s:\n%s", base.monitor, directory, format_table(table))
+    log.info("probe table (best layer by validation %s): %s", base.monitor, directory / "probe_table.csv")
     return ProbeTable(table, runs, directory, files, getattr(parent, "run_id", None))
+
+
+def _probe_all(request: ProbeTableRequest, directory: Path, parent_id: str | None,
+               prepared: list[tuple[EncoderChoice, int, float, str]], run_evaluation_in) -> list[dict]:
+    """Every (encoder, probe, layer) run of ``request``, each a child of ``parent_id``; one row of
+    numbers per run. ``prepared``: each encoder with its layer count, embedding seconds and
+    cache status (``_prepare_encoder``)."""
+    from omegaconf import open_dict
+
+    from audioml.run import resume
+
+    rows: list[dict] = []
+    earlier = _earlier_seconds(directory / "probe_layers.csv")
+    for encoder, num_layers, embed_seconds, status in prepared:
+        for probe in request.probes:
+            composed = _compose(request, encoder, probe, "last")  # once: composing takes a second
+            for layer in parse_layers(request.layers, num_layers):
+                if probe == "knn" and layer == "weighted":
+                    continue  # a kNN reads one layer: there are no weights to learn
+                run_dir = directory / encoder.slug / probe / f"layer_{layer}"
+                title = f"{encoder.label} {probe} layer {layer}"
+                cfg = copy.deepcopy(composed)
+                with open_dict(cfg):
+                    cfg.model.head.layers, cfg.paths.run_dir, cfg.logger.run_name = layer, str(run_dir), title
+                finished = resume.read_done(run_dir) is not None
+                started = time.perf_counter()
+                with _children_of(parent_id):
+                    metrics, final_dir = run_evaluation_in(cfg, run_dir)
+                seconds = earlier.get((encoder.label, probe, str(layer)), math.nan) if finished \
+                    else time.perf_counter() - started  # a run finished before: the time it took then
+                row = {"encoder": encoder.label, "probe": probe, "layer": layer,
+                       "seconds": seconds, "embed_seconds": embed_seconds,
+                       "embedding_cache": status, **_run_row(metrics, str(cfg.monitor), request.metric),
+                       "run_dir": str(final_dir)}
+                rows.append(row)
+                log.info("%s: %s %.3f [%.3f-%.3f] (validation %.3f)", title, request.metric, row["test"],
+                         row["ci_low"], row["ci_high"], row["val_score"])
+    return rows
+
+
+def _earlier_seconds(path: Path) -> dict[tuple[str, str, str], float]:
+    """``(encoder, probe, layer) -> seconds`` of the runs an earlier command recorded in ``path``."""
+    if not path.is_file():
+        return {}
+    try:
+        earlier = pd.read_csv(path, dtype={"layer": str})
+        return {(row.encoder, row.probe, row.layer): float(row.seconds) for row in earlier.itertuples()}
+    except (ValueError, AttributeError, pd.errors.ParserError):
+        return {}
 
 
 def summarise(runs: pd.DataFrame, metric: str) -> pd.DataFrame:

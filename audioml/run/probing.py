@@ -177,10 +177,10 @@ def _compose(request: ProbeTableRequest, encoder: EncoderChoice, probe: str, lay
         raise
 
 
-def _prepare_encoder(request: ProbeTableRequest, encoder: EncoderChoice) -> tuple[int, float, str]:
-    """Build ``encoder``'s all-layer cache on the data (once; later runs hit it). Returns the
-    number of hidden layers, the seconds the embedding pass took (when the entry was built, also
-    by an earlier command) and the cache status."""
+def _prepare_encoder(request: ProbeTableRequest, encoder: EncoderChoice) -> tuple[list[int | str], float, str]:
+    """Build ``encoder``'s all-layer cache on the data (once; later runs hit it). Returns its
+    layers to probe (``parse_layers``, checked before the pass), the seconds the embedding pass
+    took (when the entry was built, also by an earlier command) and the cache status."""
     import lightning as L
     import torch
     from hydra.utils import instantiate
@@ -195,6 +195,7 @@ def _prepare_encoder(request: ProbeTableRequest, encoder: EncoderChoice) -> tupl
         instantiate(cfg.evaluation).check_data(datamodule)
     model = build_model(cfg, datamodule.class_names, datamodule.train_class_counts())
     num_layers = len(model.backbone.layer_dims)
+    layers = parse_layers(request.layers, num_layers)
     device = "cuda" if torch.cuda.is_available() and str(cfg.trainer.get("accelerator", "auto")) in ("auto", "gpu", "cuda") \
         else "cpu"
     started = time.perf_counter()
@@ -206,7 +207,7 @@ def _prepare_encoder(request: ProbeTableRequest, encoder: EncoderChoice) -> tupl
         log.warning("%s: the embedding cache is off (the log above says why): every probe runs the encoder",
                     encoder.label)
     log.info("%s: %d hidden layers; all-layer embeddings %s in %.1f s", encoder.label, num_layers, status, seconds)
-    return num_layers, seconds, status
+    return layers, seconds, status
 
 
 @contextlib.contextmanager
@@ -283,9 +284,9 @@ def _run_locked(request: ProbeTableRequest, directory: Path, base) -> ProbeTable
 
 
 def _probe_all(request: ProbeTableRequest, directory: Path, parent_id: str | None,
-               prepared: list[tuple[EncoderChoice, int, float, str]], run_evaluation_in) -> list[dict]:
+               prepared: list[tuple[EncoderChoice, list[int | str], float, str]], run_evaluation_in) -> list[dict]:
     """Every (encoder, probe, layer) run of ``request``, each a child of ``parent_id``; one row of
-    numbers per run. ``prepared``: each encoder with its layer count, embedding seconds and
+    numbers per run. ``prepared``: each encoder with its layers to probe, embedding seconds and
     cache status (``_prepare_encoder``)."""
     from omegaconf import open_dict
 
@@ -293,10 +294,10 @@ def _probe_all(request: ProbeTableRequest, directory: Path, parent_id: str | Non
 
     rows: list[dict] = []
     earlier = _earlier_seconds(directory / "probe_layers.csv")
-    for encoder, num_layers, embed_seconds, status in prepared:
+    for encoder, layers, embed_seconds, status in prepared:
         for probe in request.probes:
             composed = _compose(request, encoder, probe, "last")  # once: composing takes a second
-            for layer in parse_layers(request.layers, num_layers):
+            for layer in layers:
                 if probe == "knn" and layer == "weighted":
                     continue  # a kNN reads one layer: there are no weights to learn
                 run_dir = directory / encoder.slug / probe / f"layer_{layer}"

@@ -22,7 +22,7 @@ import os
 import re
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,9 +57,10 @@ class EncoderChoice:
     @classmethod
     def parse(cls, entry: str) -> EncoderChoice:
         """``"<preset> [key=value ...]"``, e.g. ``"hf_encoder model.backbone.name=/models/w2v"``."""
-        preset, *overrides = str(entry).split()
-        if "=" in preset or not overrides and not preset:
+        parts = str(entry).split()
+        if not parts or "=" in parts[0]:
             raise ProbeUsageError(f"encoders entry {entry!r}: start with a model preset name, then its overrides")
+        preset, *overrides = parts
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise ProbeUsageError(f"encoders entry {entry!r}: {bad} are not key=value overrides")
@@ -91,14 +92,15 @@ class ProbeTableRequest:
     overrides: tuple[str, ...] = ()
 
 
-@dataclass
+@dataclass(frozen=True)
 class ProbeTable:
-    """The result: one row per encoder x probe (``table``), every run (``runs``), where they are."""
+    """The result: one row per encoder x probe (``table``), every run (``runs``), the folder and
+    files they are written in, the MLflow parent run (``None`` with logging off)."""
 
     table: pd.DataFrame
     runs: pd.DataFrame
     directory: Path
-    files: list[Path] = field(default_factory=list)
+    files: tuple[Path, ...] = ()
     parent_run_id: str | None = None
 
 
@@ -280,7 +282,7 @@ def _run_locked(request: ProbeTableRequest, directory: Path, base) -> ProbeTable
         if parent is not None:
             _log_parent(parent, table, files, request.metric)
     log.info("probe table (best layer by validation %s): %s", base.monitor, directory / "probe_table.csv")
-    return ProbeTable(table, runs, directory, files, getattr(parent, "run_id", None))
+    return ProbeTable(table, runs, directory, tuple(files), getattr(parent, "run_id", None))
 
 
 def _probe_all(request: ProbeTableRequest, directory: Path, parent_id: str | None,

@@ -75,45 +75,53 @@ def compute_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-def test_probe_table_end_to_end_with_a_saved_wav2vec2(tmp_path, compute_calls, capsys):
+def test_probe_table_end_to_end_with_real_efficientat_and_a_saved_wav2vec2(shared_weights, tmp_path, compute_calls,
+                                                                             capsys, monkeypatch):
     from audioml.config import compose_config
-    from audioml.run.inference import evaluate_checkpoint
+    from audioml.run.inference import evaluate_checkpoint, predict_files
     from audioml.run.results import read_tested_checkpoint
 
+    weights = shared_weights / "efficientat-mn04"
+    if not any(weights.glob("*.pt")):
+        pytest.skip(f"no EfficientAT weights in {weights}")
+    monkeypatch.setenv("AUDIOML_WEIGHTS_DIR", str(weights))
     data = make_ravdess(tmp_path / "data" / "ravdess", actors=(1, 2, 3, 4), emotions=(1, 3, 5, 6), statements=(1,))
     encoder = save_encoder(tmp_path / "tiny-w2v", "wav2vec2")
     out = tmp_path / "out"
-    arguments = ["data=ravdess", f'encoders=["hf_encoder model.backbone.name={encoder}"]', "layers=[0,last]",
-                 "probes=[linear,knn]", f"paths.data_dir={data.parent}", "data.clip_seconds=0.6",
-                 "trainer.max_epochs=3", "trainer.enable_progress_bar=false", "logger.log_model=false",
-                 "evaluation.bootstrap_samples=50", f"paths.output_dir={out}"]
+    arguments = ["data=ravdess", f'encoders=[efficientat_mn04,"hf_encoder model.backbone.name={encoder}"]',
+                 "layers=[0,last]", "probes=[knn]", f"paths.data_dir={data.parent}", "data.clip_seconds=0.6",
+                 "trainer.enable_progress_bar=false", "logger.log_model=false", "evaluation.bootstrap_samples=50",
+                 f"paths.output_dir={out}"]
     assert main(arguments) == 0
     printed = capsys.readouterr().out
-    assert compute_calls == [16]  # one embedding pass for the encoder's 4 runs
+    assert compute_calls == [16, 16]  # one embedding pass per encoder for both of its runs
     (directory,) = (out / "probes").iterdir()
     table = pd.read_csv(directory / "probe_table.csv")
     runs = pd.read_csv(directory / "probe_layers.csv")
-    assert runs[["probe", "layer"]].astype(str).values.tolist() == [["linear", "0"], ["linear", "2"], ["knn", "0"],
-                                                                    ["knn", "2"]]
-    assert table[["encoder", "probe"]].values.tolist() == [["hf_encoder:tiny-w2v", "linear"],
-                                                           ["hf_encoder:tiny-w2v", "knn"]]
+    assert runs[["encoder", "layer"]].astype(str).values.tolist() == [
+        ["efficientat_mn04", "0"], ["efficientat_mn04", "16"], ["hf_encoder:tiny-w2v", "0"], ["hf_encoder:tiny-w2v", "2"]]
+    assert table[["encoder", "probe"]].values.tolist() == [["efficientat_mn04", "knn"], ["hf_encoder:tiny-w2v", "knn"]]
     for row in table.itertuples():
-        layers = runs[runs["probe"] == row.probe]
+        layers = runs[runs["encoder"] == row.encoder]
         assert str(row.best_layer) == str(choose_layer(layers)["layer"])  # chosen on validation
         assert row.ci_low - 1e-6 <= row.test_macro_f1 <= row.ci_high + 1e-6 and row.baseline < 0.5
-        assert f"{row.test_macro_f1:.3f}" in printed and row.probe_seconds > 0
+        assert f"{row.test_macro_f1:.3f}" in printed and row.probe_seconds > 0 and row.embed_seconds > 0
     assert (directory / "probe_layers.png").is_file()
-    # each probe is a normal run: a child of the table's MLflow run, with a checkpoint audioml-eval scores alike
+    # each probe is a normal run: a child of the table's MLflow run, whose checkpoint (the kNN's training
+    # embeddings in it) audioml-eval scores alike and audioml-predict runs on recordings
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow' / 'mlflow.db'}")
     found = mlflow.search_runs(search_all_experiments=True)
     (parent_id,) = found.loc[found["tags.audioml.probe_table"] == directory.name, "run_id"]
     assert (found["tags.mlflow.parentRunId"] == parent_id).sum() == 4
-    knn = Path(table.loc[1, "run_dir"])  # its training clips travel in the checkpoint
+    checkpoint = read_tested_checkpoint(Path(table.loc[0, "run_dir"]))
     cfg = compose_config([f"paths.output_dir={out}", f"paths.data_dir={data.parent}"])
-    reproduced, _ = evaluate_checkpoint(read_tested_checkpoint(knn), cfg.paths, cfg.trainer)
-    assert reproduced["test/macro_f1"] == pytest.approx(table.loc[1, "test_macro_f1"], abs=1e-6)
+    reproduced, _ = evaluate_checkpoint(checkpoint, cfg.paths, cfg.trainer)
+    assert reproduced["test/macro_f1"] == pytest.approx(table.loc[0, "test_macro_f1"], abs=1e-6)
+    predictions, skipped = predict_files(checkpoint, sorted((data / "Actor_01").glob("*.wav")), device="cpu")
+    assert len(predictions) == 4 and skipped.empty and predictions["predicted"].isin(
+        ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]).all()
     # rerun: every run is finished, nothing embeds or trains again, the times are the first ones
     compute_calls.clear()
     assert main(arguments) == 0 and compute_calls == []

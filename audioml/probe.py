@@ -6,8 +6,10 @@ dataset from the all-layer embedding cache and prints the table (``audioml.run.p
 
 ``encoders``: model presets, each optionally followed by its own overrides (space-separated, in
 quotes); ``layers``: ``all`` | ``last`` | ``weighted`` | indices (a list mixes them); ``probes``:
-``linear``, ``mlp``, ``knn``; ``metric``: the test metric of the table. Every other ``key=value``
-goes to every probe run (``evaluation=emobox``, ``data.root=...``, ``paths.output_dir=...``).
+``linear``, ``mlp``, ``knn``; ``metric``: the test metric of the table; ``keep_checkpoints``:
+``best`` (the chosen layer's runs keep theirs; default) or ``all``. Every other ``key=value``
+goes to every probe run (``evaluation=emobox``, ``data.root=...``, ``paths.output_dir=...``);
+the runs log no MLflow model or checkpoint copy unless told (``logger.log_model=true``).
 A mistake on the command line is one message and exit status 2.
 """
 
@@ -18,7 +20,7 @@ import sys
 from collections.abc import Sequence
 
 #: Keys of the command itself; every other override goes to the probe runs.
-_OWN_KEYS = ("data", "encoders", "layers", "probes", "metric")
+_OWN_KEYS = ("data", "encoders", "layers", "probes", "metric", "keep_checkpoints")
 
 
 def _listed(value) -> tuple[str, ...]:
@@ -45,7 +47,8 @@ def parse_command_line(argv: Sequence[str]):
     return ProbeTableRequest(data=str(own["data"]),
                              encoders=tuple(EncoderChoice.parse(e) for e in _listed(own["encoders"])),
                              layers=_listed(own.get("layers", "all")), probes=_listed(own.get("probes", PROBES)),
-                             metric=str(own.get("metric", "macro_f1")), overrides=rest)
+                             metric=str(own.get("metric", "macro_f1")), overrides=rest,
+                             keep_checkpoints=str(own.get("keep_checkpoints", "best")))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

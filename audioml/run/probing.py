@@ -38,6 +38,11 @@ __all__ = ["EncoderChoice", "ProbeTableRequest", "ProbeUsageError", "ProbeTable"
 
 #: The probes this command runs (``audioml/conf/probe/<name>.yaml``).
 PROBES = ("linear", "mlp", "knn")
+#: Settings of every probe run unless the command line gives others: a layer sweep of a base-size
+#: transformer is dozens of runs, each checkpoint the whole frozen encoder (380 MB for wav2vec2-base),
+#: so the runs log no MLflow model and no checkpoint copy (their checkpoints stay in their run
+#: directories, pruned to the chosen layers' by ``keep_checkpoints=best``).
+RUN_DEFAULTS = ("logger.log_model=false", "logger.log_checkpoint=false")
 
 
 class ProbeUsageError(ValueError):
@@ -81,8 +86,10 @@ class EncoderChoice:
 @dataclass(frozen=True)
 class ProbeTableRequest:
     """What ``run_probe_table`` runs: ``data`` (a data preset), the encoders, the layers
-    (``parse_layers``), the probes, the table's ``metric`` (a summary metric of the test set) and
-    overrides given to every run (``evaluation=emobox``, ``data.root=...``, ``trainer.max_epochs=...``)."""
+    (``parse_layers``), the probes, the table's ``metric`` (a summary metric of the test set),
+    overrides given to every run (``evaluation=emobox``, ``data.root=...``, ``trainer.max_epochs=...``)
+    and which runs keep their checkpoints: ``"best"`` (the chosen layer's of each encoder and
+    probe) or ``"all"``."""
 
     data: str
     encoders: tuple[EncoderChoice, ...]
@@ -90,6 +97,7 @@ class ProbeTableRequest:
     probes: tuple[str, ...] = PROBES
     metric: str = "macro_f1"
     overrides: tuple[str, ...] = ()
+    keep_checkpoints: str = "best"
 
 
 @dataclass(frozen=True)
@@ -162,12 +170,14 @@ def _check_request(request: ProbeTableRequest) -> None:
 
     if request.metric not in SUMMARY_METRICS:
         raise ProbeUsageError(f"metric={request.metric!r}: use one of {list(SUMMARY_METRICS)}")
+    if request.keep_checkpoints not in ("best", "all"):
+        raise ProbeUsageError(f"keep_checkpoints={request.keep_checkpoints!r}: use best or all")
 
 
 def _compose(request: ProbeTableRequest, encoder: EncoderChoice, probe: str, layer: int | str):
     """The ``audioml-train`` config of one probe run (run directory and name set by the caller)."""
     overrides = [f"data={request.data}", f"model={encoder.preset}", *encoder.overrides, f"probe={probe}",
-                 f"model.head.layers={layer}", *request.overrides]
+                 f"model.head.layers={layer}", *RUN_DEFAULTS, *request.overrides]
     try:
         return compose_config(overrides)
     except Exception as error:  # Hydra's composition errors: an unknown key or value in an override
@@ -320,7 +330,26 @@ def _probe_all(request: ProbeTableRequest, directory: Path, parent_id: str | Non
                 rows.append(row)
                 log.info("%s: %s %.3f [%.3f-%.3f] (validation %.3f)", title, request.metric, row["test"],
                          row["ci_low"], row["ci_high"], row["val_score"])
+            if request.keep_checkpoints == "best":
+                group = pd.DataFrame([r for r in rows if r["encoder"] == encoder.label and r["probe"] == probe])
+                _prune_checkpoints(group, choose_layer(group)["run_dir"])
     return rows
+
+
+def _prune_checkpoints(runs: pd.DataFrame, kept: str) -> None:
+    """Delete the checkpoint files of ``runs`` except the run directory ``kept`` (their metrics,
+    predictions, reports and MLflow records stay; ``keep_checkpoints=all`` keeps everything)."""
+    removed, freed = 0, 0
+    for run_dir in runs["run_dir"]:
+        if run_dir == kept:
+            continue
+        for checkpoint in Path(run_dir).glob("**/checkpoints/*.ckpt"):  # fold_<k>/checkpoints under k-fold
+            freed += checkpoint.stat().st_size
+            checkpoint.unlink()
+            removed += 1
+    if removed:
+        log.info("removed %d checkpoints (%.0f MB) of the layers not chosen; keep_checkpoints=all keeps them",
+                 removed, freed / 2**20)
 
 
 def _earlier_seconds(path: Path) -> dict[tuple[str, str, str], float]:

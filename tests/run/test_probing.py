@@ -30,10 +30,11 @@ def test_layers_encoders_and_the_command_line_parse():
     with pytest.raises(ProbeUsageError, match="not key=value"):
         EncoderChoice.parse("hf_encoder oops")
     request = parse_command_line(["data=ravdess", 'encoders=[efficientat_mn04,"hf_encoder model.backbone.name=/m/w"]',
-                                  "layers=[0,last]", "probes=[knn]", "evaluation=emobox", "trainer.max_epochs=3"])
+                                  "layers=[0,last]", "probes=[knn]", "evaluation=emobox", "trainer.max_epochs=3",
+                                  "keep_checkpoints=all"])
     assert [e.label for e in request.encoders] == ["efficientat_mn04", "hf_encoder:w"]
     assert request.layers == ("0", "last") and request.probes == ("knn",) and request.metric == "macro_f1"
-    assert request.overrides == ("evaluation=emobox", "trainer.max_epochs=3")
+    assert request.overrides == ("evaluation=emobox", "trainer.max_epochs=3") and request.keep_checkpoints == "all"
 
 
 def test_the_best_layer_is_chosen_on_validation_not_test():
@@ -90,8 +91,7 @@ def test_probe_table_end_to_end_with_real_efficientat_and_a_saved_wav2vec2(share
     out = tmp_path / "out"
     arguments = ["data=ravdess", f'encoders=[efficientat_mn04,"hf_encoder model.backbone.name={encoder}"]',
                  "layers=[0,last]", "probes=[knn]", f"paths.data_dir={data.parent}", "data.clip_seconds=0.6",
-                 "trainer.enable_progress_bar=false", "logger.log_model=false", "evaluation.bootstrap_samples=50",
-                 f"paths.output_dir={out}"]
+                 "trainer.enable_progress_bar=false", "evaluation.bootstrap_samples=50", f"paths.output_dir={out}"]
     assert main(arguments) == 0
     printed = capsys.readouterr().out
     assert compute_calls == [16, 16]  # one embedding pass per encoder for both of its runs
@@ -107,6 +107,9 @@ def test_probe_table_end_to_end_with_real_efficientat_and_a_saved_wav2vec2(share
         assert row.ci_low - 1e-6 <= row.test_macro_f1 <= row.ci_high + 1e-6 and row.baseline < 0.5
         assert f"{row.test_macro_f1:.3f}" in printed and row.probe_seconds > 0 and row.embed_seconds > 0
     assert (directory / "probe_layers.png").is_file()
+    # keep_checkpoints=best: only the chosen layer's run of each encoder keeps its checkpoints
+    kept = {str(Path(path).parent.parent) for path in (directory).glob("*/*/*/checkpoints/*.ckpt")}
+    assert kept == set(table["run_dir"]) and all((Path(d) / "metrics.json").is_file() for d in runs["run_dir"])
     # each probe is a normal run: a child of the table's MLflow run, whose checkpoint (the kNN's training
     # embeddings in it) audioml-eval scores alike and audioml-predict runs on recordings
     import mlflow

@@ -52,48 +52,48 @@ class KNNHead(FittedHead):
     training embeddings (the probabilities of scikit-learn's ``KNeighborsClassifier(k,
     metric="cosine")``; a tie in votes goes to the lower class id, as there).
 
-    ``fit`` stores the L2-normalised training embeddings and labels (buffers) and sets ``k`` to
-    the candidate in ``ks`` (those up to the number of training clips) with the best validation
-    ``select_by`` (a summary metric, the smallest ``k`` among equals; with no validation clip the
-    middle candidate, with a warning).
+    ``fit`` stores the L2-normalised training embeddings and labels (buffers of ``bank_size``
+    rows, the first ``bank_count`` used) and sets ``k`` to the candidate in ``ks`` (those up to
+    the number of training clips) with the best validation ``select_by`` (a summary metric, the
+    smallest ``k`` among equals; with no validation clip the middle candidate, with a warning).
+    The buffers' shapes are fixed by the constructor, so a checkpoint's record describes them
+    exactly (``audioml.run.checkpoint`` checks every tensor's shape against it); a training split
+    larger than ``bank_size`` is refused when fitting, saying what to raise.
 
-    Raises ``ValueError`` for an empty ``ks`` or an unknown ``select_by``.
+    Raises ``ValueError`` for an empty ``ks``, an unknown ``select_by`` or ``bank_size < 1``.
     """
 
     def __init__(self, in_features: int, num_classes: int, ks: Sequence[int] = (1, 3, 5, 7, 9, 15, 21, 31, 51),
-                 select_by: str = "macro_f1") -> None:
+                 select_by: str = "macro_f1", bank_size: int = 4096) -> None:
         super().__init__()
         if not ks or any(int(k) < 1 for k in ks):
             raise ValueError(f"KNNHead ks={list(ks)}: give candidate neighbour counts >= 1")
         if select_by not in SUMMARY_METRICS:
             raise ValueError(f"KNNHead select_by={select_by!r}: use one of {list(SUMMARY_METRICS)}")
+        if int(bank_size) < 1:
+            raise ValueError(f"KNNHead bank_size={bank_size}: the training clips it holds, >= 1")
         self.in_features, self.num_classes = int(in_features), int(num_classes)
         self.ks = sorted({int(k) for k in ks})
         self.select_by = select_by
-        self.register_buffer("bank", torch.zeros(0, self.in_features))
-        self.register_buffer("bank_targets", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("bank", torch.zeros(int(bank_size), self.in_features))
+        self.register_buffer("bank_targets", torch.zeros(int(bank_size), dtype=torch.long))
+        self.register_buffer("bank_count", torch.tensor(0, dtype=torch.long))
         self.register_buffer("k", torch.tensor(0, dtype=torch.long))
 
     @property
     def fitted(self) -> bool:
-        return self.bank.shape[0] > 0 and int(self.k) > 0
+        return int(self.bank_count) > 0 and int(self.k) > 0
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, num_classes={self.num_classes}, k={int(self.k)}, bank={self.bank.shape[0]}"
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        # A fitted bank's size is only known from the checkpoint: take its shapes before loading.
-        for name in ("bank", "bank_targets"):
-            incoming = state_dict.get(prefix + name)
-            if isinstance(incoming, torch.Tensor):
-                setattr(self, name, torch.empty_like(incoming, device=getattr(self, name).device))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        return (f"in_features={self.in_features}, num_classes={self.num_classes}, k={int(self.k)}, "
+                f"bank={int(self.bank_count)}/{self.bank.shape[0]}")
 
     def _votes(self, embedding: torch.Tensor, ks: Sequence[int]) -> list[torch.Tensor]:
         """Class fractions ``(batch, num_classes)`` among the ``k`` nearest, for each ``k``."""
-        similarity = F.normalize(embedding.float(), dim=1) @ self.bank.T
+        count = int(self.bank_count)
+        similarity = F.normalize(embedding.float(), dim=1) @ self.bank[:count].T
         order = similarity.topk(max(ks), dim=1).indices      # most similar first
-        labels = self.bank_targets[order]                     # (batch, max k)
+        labels = self.bank_targets[:count][order]             # (batch, max k)
         counts = torch.zeros(len(embedding), self.num_classes, device=embedding.device)
         out, done = [], 0
         for k in ks:
@@ -113,9 +113,15 @@ class KNNHead(FittedHead):
             val_targets: torch.Tensor) -> dict[str, float]:
         if len(inputs) == 0:
             raise ValueError("KNNHead.fit: the training split is empty")
+        if len(inputs) > self.bank.shape[0]:
+            raise ValueError(f"the kNN probe holds {self.bank.shape[0]} training clips and the training split has "
+                             f"{len(inputs)}: set model.head.bank_size={len(inputs)} (or more)")
         device = self.bank.device
-        self.bank = F.normalize(inputs.detach().float().to(device), dim=1)
-        self.bank_targets = targets.detach().long().to(device)
+        self.bank.zero_()
+        self.bank_targets.zero_()
+        self.bank[:len(inputs)] = F.normalize(inputs.detach().float().to(device), dim=1)
+        self.bank_targets[:len(inputs)] = targets.detach().long().to(device)
+        self.bank_count.fill_(len(inputs))
         candidates = [k for k in self.ks if k <= len(inputs)] or [len(inputs)]
         report: dict[str, float] = {}
         if len(val_inputs) == 0:
@@ -133,7 +139,7 @@ class KNNHead(FittedHead):
             chosen = candidates[int(np.argmax(scores))]  # the first (smallest k) of the best
             log.info("kNN probe: k=%d chosen on %d validation clips (val %s %s)", chosen, len(val_inputs),
                      self.select_by, ", ".join(f"k={k}: {s:.3f}" for k, s in zip(candidates, scores)))
-        self.k = torch.tensor(chosen, dtype=torch.long, device=device)
+        self.k.fill_(chosen)
         report["knn/k"] = float(chosen)
         return report
 
@@ -157,7 +163,7 @@ class LayerKNNHead(LayerHead):
 
     def __init__(self, in_features: int, num_classes: int, layer_dims: Sequence[int] = (), layers: int | str = "last",
                  ks: Sequence[int] = (1, 3, 5, 7, 9, 15, 21, 31, 51), select_by: str = "macro_f1",
-                 pooling: str = "mean", projection: int | None = None, hidden: int | Sequence[int] | None = None,
+                 bank_size: int = 4096, pooling: str = "mean", projection: int | None = None, hidden: int | Sequence[int] | None = None,
                  normalize: bool = False, dropout: float = 0.0, attention_dim: int = 128) -> None:
         super().__init__()
         unsupported = {name: value for name, value, plain in (("pooling", pooling, "mean"), ("projection", projection, None),
@@ -176,7 +182,7 @@ class LayerKNNHead(LayerHead):
                              "(a learned weighting of layers needs a trained head: probe=linear or mlp)")
         self.layer_dims, self.index = dims, index
         self.offset = sum(dims[:index])
-        self.knn = KNNHead(dims[index], num_classes, ks, select_by)
+        self.knn = KNNHead(dims[index], num_classes, ks, select_by, bank_size)
 
     @property
     def cacheable(self) -> bool:

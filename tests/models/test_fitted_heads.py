@@ -54,12 +54,18 @@ def test_fitted_state_travels_in_the_state_dict_and_unfitted_is_uniform():
     probe = torch.from_numpy(blobs(6, seed=6)[0])
     assert torch.equal(head(probe), torch.zeros(6, 4)) and not head.fitted
     head.fit(torch.from_numpy(train), torch.from_numpy(labels), torch.zeros(0, 16), torch.zeros(0))
-    rebuilt = KNNHead(16, 4, ks=[3])
+    rebuilt = KNNHead(16, 4, ks=[3])  # the shapes a checkpoint's record describes: fixed by the constructor
+    assert {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in head.state_dict().items()}
     rebuilt.load_state_dict(head.state_dict())
-    assert rebuilt.fitted and int(rebuilt.k) == 3 and rebuilt.bank.shape == (40, 16)
+    assert rebuilt.fitted and int(rebuilt.k) == 3 and int(rebuilt.bank_count) == 40
     torch.testing.assert_close(rebuilt(probe), head(probe))
     with pytest.raises(ValueError, match="select_by"):
         KNNHead(16, 4, select_by="auc")
+    small = KNNHead(16, 4, ks=[3], bank_size=30)
+    with pytest.raises(ValueError, match=r"holds 30 training clips and the training split has 40: set "
+                                         r"model.head.bank_size=40"):
+        small.fit(torch.from_numpy(train), torch.from_numpy(labels), torch.zeros(0, 16), torch.zeros(0))
 
 
 def test_fit_heads_feeds_the_head_what_reaches_it_inside_a_model():

@@ -10,14 +10,18 @@ quotes); ``layers``: ``all`` | ``last`` | ``weighted`` | indices (a list mixes t
 ``best`` (the chosen layer's runs keep theirs; default) or ``all``. Every other ``key=value``
 goes to every probe run (``evaluation=emobox``, ``data.root=...``, ``paths.output_dir=...``);
 the runs log no MLflow model or checkpoint copy unless told (``logger.log_model=true``).
-A mistake on the command line is one message and exit status 2.
+A mistake on the command line is one message and exit status 2. Guide: docs/guide/probing.md;
+all commands: audioml --help.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
+
+from audioml.entry import MISTAKE_EXIT
 
 #: Keys of the command itself; every other override goes to the probe runs.
 _OWN_KEYS = ("data", "encoders", "layers", "probes", "metric", "keep_checkpoints")
@@ -52,21 +56,29 @@ def parse_command_line(argv: Sequence[str]):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console script; returns the exit status (2 for a mistake on the command line or in the data)."""
+    """Console script; returns the exit status: 2 for a mistake on the command line or in the
+    data (one line, ``audioml.entry``), 130 after Ctrl-C (rerunning continues)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
-        return 0 if argv else 2
+        return 0 if argv else MISTAKE_EXIT
+    from audioml.entry import INTERRUPTED_EXIT, is_user_mistake, report_mistake
+    from audioml.logs import quiet_third_party
+    from audioml.run.probing import format_table, run_probe_table
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("audioml").setLevel(logging.INFO)
     logging.getLogger("lightning").setLevel(logging.WARNING)  # per-run device and checkpoint lines, dozens of runs
-    from audioml.run.probing import format_table, run_probe_table
-
+    quiet_third_party()
     try:
         result = run_probe_table(parse_command_line(argv))
-    except (ValueError, FileNotFoundError) as error:  # a user's mistake: one line, no traceback
-        print(f"audioml-probe: {error}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("\naudioml-probe: stopped (Ctrl-C); rerun the same command to continue", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    except Exception as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not is_user_mistake(error):
+            raise
+        return report_mistake("audioml-probe", error)
     print(format_table(result.table))
     print(f"table: {result.directory / 'probe_table.csv'}"
           + (f"; MLflow parent run {result.parent_run_id}" if result.parent_run_id else ""))

@@ -1,6 +1,6 @@
 """evaluation=emobox: EmoBox's scores against scikit-learn, the fold results combined as EmoBox
 publishes them (mean over folds) beside the pooled honest numbers, refusals that say what to do,
-and the protocol end to end on generated RAVDESS-layout data (real Hydra, Trainer, MLflow)."""
+and the protocol end to end on generated RAVDESS-layout data (real Hydra config, Trainer, MLflow)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers.datasets import make_ravdess
-from helpers.runners import find_run_dirs, read_metrics, run_entry_point
+from helpers.runners import read_metrics
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
 from audioml.data.ravdess import EMOTIONS
@@ -126,8 +126,8 @@ def test_emobox_end_to_end_on_generated_ravdess(tmp_path):
               f"paths.output_dir={tmp_path / 'out'}")
     with pytest.raises(ValueError, match=r"evaluation.folds=\[1,4,5\] runs the folds with test actors here"):
         run_evaluation(compose_config([*common, "logger.enabled=false"]), tmp_path / "refused")
-    run_entry_point("audioml.train", *common, "evaluation.folds=[1,4]")
-    (parent,) = [d for d in find_run_dirs(tmp_path / "out") if (d / "fold_metrics.csv").is_file()]
+    parent = tmp_path / "out" / "runs" / "emobox"
+    run_evaluation(compose_config([*common, "evaluation.folds=[1,4]"]), parent)
     metrics = read_metrics(parent)
     assert metrics["emobox/folds"] == 2 and metrics["emobox/complete"] == 0
     folds = pd.read_csv(parent / "fold_metrics.csv", dtype={"test_actors": str})

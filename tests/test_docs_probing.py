@@ -20,7 +20,7 @@ PAGE = REPO / "docs" / "guide" / "probing.md"
 def test_the_pages_fold_table_is_the_split_functions():
     from audioml.data.splits import EMOBOX_RAVDESS_FOLDS
 
-    rows = re.findall(r"^\| (\d) \| ([\d, ]+) \|$", PAGE.read_text(), flags=re.M)
+    rows = re.findall(r"^\| (\d) \| ([\d, ]+) \|$", PAGE.read_text(), flags=re.MULTILINE)
     assert {int(fold): tuple(int(a) for a in actors.split(",")) for fold, actors in rows} == EMOBOX_RAVDESS_FOLDS
     assert [block.slow for block in runnable_blocks(PAGE)] == [True, True, True, True]
 

@@ -21,7 +21,13 @@ import numpy as np
 import pandas as pd
 
 from audioml.data.base import AudioDataModule
-from audioml.data.splits import EMOBOX_RAVDESS_FOLDS, SPLIT_MODES, assign_groups, emobox_ravdess_split, group_holdout_split
+from audioml.data.splits import (
+    EMOBOX_RAVDESS_FOLDS,
+    SPLIT_MODES,
+    assign_groups,
+    emobox_ravdess_split,
+    group_holdout_split,
+)
 
 log = logging.getLogger(__name__)
 

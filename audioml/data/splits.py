@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["SPLIT_MODES", "SPLIT_MODE_HINTS", "EMOBOX_RAVDESS_FOLDS", "assign_groups", "emobox_ravdess_split", "group_holdout_split",
-           "group_kfold", "holdout_from_kfold", "split_groups"]
+__all__ = ["SPLIT_MODES", "SPLIT_MODE_HINTS", "EMOBOX_RAVDESS_FOLDS", "assign_groups", "emobox_ravdess_split",
+           "group_holdout_split", "group_kfold", "holdout_from_kfold", "split_groups"]
 
 #: ``data.split`` values every DataModule accepts.
 SPLIT_MODES = ("grouped", "random")

@@ -161,25 +161,27 @@ class LayerKNNHead(LayerHead):
     Raises ``ValueError`` for another ``layers``, or a setting a kNN does not have.
     """
 
-    def __init__(self, in_features: int, num_classes: int, layer_dims: Sequence[int] = (), layers: int | str = "last",
-                 ks: Sequence[int] = (1, 3, 5, 7, 9, 15, 21, 31, 51), select_by: str = "macro_f1",
-                 bank_size: int = 4096, pooling: str = "mean", projection: int | None = None, hidden: int | Sequence[int] | None = None,
-                 normalize: bool = False, dropout: float = 0.0, attention_dim: int = 128) -> None:
+    def __init__(self, in_features: int, num_classes: int, layer_dims: Sequence[int] = (),
+                 layers: int | str = "last", ks: Sequence[int] = (1, 3, 5, 7, 9, 15, 21, 31, 51),
+                 select_by: str = "macro_f1", bank_size: int = 4096, pooling: str = "mean",
+                 projection: int | None = None, hidden: int | Sequence[int] | None = None, normalize: bool = False,
+                 dropout: float = 0.0, attention_dim: int = 128) -> None:
         super().__init__()
-        unsupported = {name: value for name, value, plain in (("pooling", pooling, "mean"), ("projection", projection, None),
-                                                               ("hidden", hidden, None), ("normalize", normalize, False))
-                       if value != plain}
+        settings = (("pooling", pooling, "mean"), ("projection", projection, None), ("hidden", hidden, None),
+                    ("normalize", normalize, False))
+        unsupported = {name: value for name, value, plain in settings if value != plain}
         if unsupported:
-            raise ValueError(f"kNN probe: {unsupported} are settings of a trained head; the kNN votes on a layer's mean "
-                             "(model.head.pooling=mean, projection/hidden null, normalize false)")
+            raise ValueError(f"kNN probe: {unsupported} are settings of a trained head; the kNN votes on a layer's "
+                             "mean (model.head.pooling=mean, projection/hidden null, normalize false)")
         dims = tuple(int(d) for d in layer_dims) or (int(in_features),)
         if layers == "last":
             index = len(dims) - 1
         elif isinstance(layers, int) and not isinstance(layers, bool) and -len(dims) <= layers < len(dims):
             index = layers % len(dims)
         else:
-            raise ValueError(f"kNN probe layers={layers!r}: use 'last' or one layer index in {-len(dims)}..{len(dims) - 1} "
-                             "(a learned weighting of layers needs a trained head: probe=linear or mlp)")
+            raise ValueError(f"kNN probe layers={layers!r}: use 'last' or one layer index in "
+                             f"{-len(dims)}..{len(dims) - 1} (a learned weighting of layers needs a trained head: "
+                             "probe=linear or mlp)")
         self.layer_dims, self.index = dims, index
         self.offset = sum(dims[:index])
         self.knn = KNNHead(dims[index], num_classes, ks, select_by, bank_size)
@@ -202,7 +204,8 @@ def fitted_heads(model: nn.Module) -> list[FittedHead]:
 
 
 @torch.no_grad()
-def _inputs_of(head: FittedHead, model: nn.Module, batches: Iterable, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _inputs_of(head: FittedHead, model: nn.Module, batches: Iterable,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """What reaches ``head`` when ``model`` runs in eval mode over ``batches`` of ``(x, target)``,
     and the hard targets."""
     seen: list[torch.Tensor] = []

@@ -16,7 +16,6 @@ import logging
 from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
 
 from audioml.data.splits import EMOBOX_RAVDESS_FOLDS
 from audioml.run.protocols import KFold, KFoldResult, RunResult

@@ -208,8 +208,8 @@ def _prepare_encoder(request: ProbeTableRequest, encoder: EncoderChoice) -> tupl
     model = build_model(cfg, datamodule.class_names, datamodule.train_class_counts())
     num_layers = len(model.backbone.layer_dims)
     layers = parse_layers(request.layers, num_layers)
-    device = "cuda" if torch.cuda.is_available() and str(cfg.trainer.get("accelerator", "auto")) in ("auto", "gpu", "cuda") \
-        else "cpu"
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    device = "cuda" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "cpu"
     started = time.perf_counter()
     cached = use_embedding_cache(model, datamodule, cfg.paths.cache_dir, device)
     status = getattr(cached, "cache_status", None) or "off"

@@ -105,7 +105,8 @@ def test_emobox_split_holds_out_the_folds_actors(tmp_path):
                             ({"split": "emobox", "fold": 3}, r"none of them is in the data .*folds with test actors")):
         with pytest.raises(ValueError, match=message):
             _module(tmp_path, **kwargs).setup()
-    with pytest.raises(ValueError, match="EmoBox's folds hold out RAVDESS actors; evaluation=emobox needs data=ravdess"):
+    with pytest.raises(ValueError, match="EmoBox's folds hold out RAVDESS actors; evaluation=emobox needs "
+                                         "data=ravdess"):
         DonateacryDataModule(tmp_path, split="emobox", fold=1)
 
 

@@ -104,7 +104,7 @@ def test_emobox_folds_are_the_published_ones():
     if protocols.is_file():  # the table there, parsed: "| 1 | 01, 11, 20, 21 |"
         import re
 
-        rows = re.findall(r"^\| (\d) \| ([\d, ]+) \|$", protocols.read_text(), flags=re.M)
+        rows = re.findall(r"^\| (\d) \| ([\d, ]+) \|$", protocols.read_text(), flags=re.MULTILINE)
         assert {int(f): {int(a) for a in actors.split(",")} for f, actors in rows} == EMOBOX_TABLE
     assert {f: set(a) for f, a in EMOBOX_RAVDESS_FOLDS.items()} == EMOBOX_TABLE
     labels, actors = _ravdess_rows()

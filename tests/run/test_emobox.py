@@ -58,7 +58,8 @@ def fold_result(fold_actors: list[int], accuracy: float, seed: int) -> RunResult
     probabilities = np.full((len(truth), 8), 0.01)
     probabilities[np.arange(len(truth)), predicted] = 0.93
     actors = np.repeat(fold_actors, len(per_actor))
-    table = pd.DataFrame({"path": [f"a{a}_{i}.wav" for i, a in enumerate(actors)], "group": [f"actor_{a:02d}" for a in actors],
+    table = pd.DataFrame({"path": [f"a{a}_{i}.wav" for i, a in enumerate(actors)],
+                          "group": [f"actor_{a:02d}" for a in actors],
                           "actor": actors, "true": [EMOTIONS[t] for t in truth],
                           "predicted": [EMOTIONS[p] for p in predicted]})
     for index, name in enumerate(EMOTIONS):

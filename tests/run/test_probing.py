@@ -47,8 +47,8 @@ def test_the_best_layer_is_chosen_on_validation_not_test():
     (["encoders=[nosuchmodel]"], "unknown encoder 'nosuchmodel': encoders are model presets"),
     (["encoders=[cnn]", "probes=[svm]"], r"probes=\['svm'\]: choose from \['linear', 'mlp', 'knn'\]"),
     (["encoders=[cnn]", "data=nosuchdata"], "unknown data 'nosuchdata'"),
-    (["encoders=[cnn]", "evaluation=emobox"], "evaluation=emobox holds out RAVDESS actors, and SyntheticDataModule "
-                                              "has no actors: use data=ravdess"),
+    (["encoders=[cnn]", "evaluation=emobox"], ("evaluation=emobox holds out RAVDESS actors, and SyntheticDataModule "
+                                               "has no actors: use data=ravdess")),
     (["layers=all"], r"give data=<preset> and encoders=\[<model preset>, ...\]"),
     (["encoders=[cnn]", "layers=[5]"], r"layers='5': use all, last, weighted or layer indices in -3..2"),
 ])
@@ -100,7 +100,8 @@ def test_probe_table_end_to_end_with_real_efficientat_and_a_saved_wav2vec2(share
     table = pd.read_csv(directory / "probe_table.csv")
     runs = pd.read_csv(directory / "probe_layers.csv")
     assert runs[["encoder", "layer"]].astype(str).values.tolist() == [
-        ["efficientat_mn04", "0"], ["efficientat_mn04", "16"], ["hf_encoder:tiny-w2v", "0"], ["hf_encoder:tiny-w2v", "2"]]
+        ["efficientat_mn04", "0"], ["efficientat_mn04", "16"], ["hf_encoder:tiny-w2v", "0"],
+        ["hf_encoder:tiny-w2v", "2"]]
     assert table[["encoder", "probe"]].values.tolist() == [["efficientat_mn04", "knn"], ["hf_encoder:tiny-w2v", "knn"]]
     for row in table.itertuples():
         layers = runs[runs["encoder"] == row.encoder]

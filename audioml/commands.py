@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
              "audioml-data download ravdess"),
     "reproduce": ("audioml.reproduce.cli", "the studies' experiments under their protocol and a grouped one",
                   "audioml-reproduce ravdess --quick"),
+    "probe": ("audioml.probe", "which encoder and layer for my data: frozen encoders x layers x probes, one table",
+              "audioml-probe data=ravdess 'encoders=[efficientat_mn04]' layers=all 'probes=[linear,knn]'"),
 }
 
 

@@ -24,6 +24,9 @@ IGNORED_WARNINGS = (
     r".*An input example was not provided when logging the model",
     # test/val loaders on CPU: audioml chooses the worker count itself (data.num_workers=auto)
     r"The '(train|val|test|predict)_dataloader' does not have many workers",
+    # a kNN probe has nothing to step: fitted before the first epoch, its epochs only validate
+    r"`LightningModule.configure_optimizers` returned `None`, this fit will run with no optimizer",
+    r"`training_step` returned `None`. If this was on purpose, ignore this warning",
 )
 #: Log lines of other packages that say nothing to an audioml user (matched on the message).
 IGNORED_LOG_LINES = (

@@ -23,7 +23,7 @@ from audioml.data.audio import AUDIO_EXTENSIONS, AudioDecodeError
 from audioml.data.cache import WaveformCache, fingerprint_files, reopen, reopenable
 from audioml.data.decoder import ClipDecoder
 from audioml.data.resumable import EpochRandomSampler, EpochWeightedRandomSampler, ResumableDataLoader
-from audioml.data.splits import SPLIT_MODES, group_holdout_split, holdout_from_kfold, split_groups
+from audioml.data.splits import SPLIT_MODE_HINTS, SPLIT_MODES, group_holdout_split, holdout_from_kfold, split_groups
 from audioml.files import printable_path, storable_path
 
 if TYPE_CHECKING:
@@ -147,7 +147,8 @@ class AudioDataModule(L.LightningDataModule, ABC):
         if balance not in (None, "none", "sampler", "oversample"):
             raise ValueError(f"data.balance={balance!r}: use null, 'sampler' or 'oversample'")
         if split not in self.split_modes:
-            raise ValueError(f"data.split={split!r}: use one of {list(self.split_modes)}")
+            raise ValueError(f"data.split={split!r}: {type(self).__name__} splits {list(self.split_modes)}"
+                             + SPLIT_MODE_HINTS.get(split, ""))
         self.split_mode = split
         self.root = Path(root).expanduser()
         #: How every file becomes a clip (validates the rate, length, padding and trimming).

@@ -21,7 +21,13 @@ import numpy as np
 import pandas as pd
 
 from audioml.data.base import AudioDataModule
-from audioml.data.splits import assign_groups, group_holdout_split
+from audioml.data.splits import (
+    EMOBOX_RAVDESS_FOLDS,
+    SPLIT_MODES,
+    assign_groups,
+    emobox_ravdess_split,
+    group_holdout_split,
+)
 
 log = logging.getLogger(__name__)
 
@@ -161,15 +167,21 @@ class RavdessDataModule(AudioDataModule):
             not allowed for ``task="actor"``.
         include_song: also read song files (vocal channel 02) if present; by default only the
             speech part is used.
+        split: ``AudioDataModule``'s modes, or ``"emobox"``: fold ``fold`` (1-6) of EmoBox's
+            published actor folds (``audioml.data.splits.emobox_ravdess_split``; set by
+            ``evaluation=emobox``), validation from ``emobox_val_actors`` whole training actors
+            (0: a random ``val_fraction`` of the training files, EmoBox's recipe).
         Other arguments: ``AudioDataModule``.
     """
 
     machine_arguments = ("cache_dir", "download")
+    split_modes = (*SPLIT_MODES, "emobox")
 
     def __init__(self, root: str | Path, task: str = "emotion", clip_seconds: float = 4.0,
                  trim_db: float | None = None, train_actors: list[int] | None = None,
                  val_actors: list[int] | None = None, test_actors: list[int] | None = None,
-                 include_song: bool = False, download: bool = False, **kwargs) -> None:
+                 include_song: bool = False, download: bool = False, emobox_val_actors: int = 2,
+                 **kwargs) -> None:
         if task not in TASKS:
             raise ValueError(f"data.task={task!r}: use one of {list(TASKS)}")
         explicit = [x for x in (train_actors, val_actors, test_actors) if x is not None]
@@ -180,6 +192,16 @@ class RavdessDataModule(AudioDataModule):
         if explicit and self.split_mode == "random":
             raise ValueError("data.split=random splits files, not actors: leave train_actors, val_actors and "
                              "test_actors unset, or use data.split=grouped")
+        if self.split_mode == "emobox":
+            if explicit or task == "actor":
+                raise ValueError("data.split=emobox holds out EmoBox's actors of data.fold: leave train_actors, "
+                                 "val_actors and test_actors unset, and use a task other than actor")
+            if self.fold not in EMOBOX_RAVDESS_FOLDS:
+                raise ValueError(f"data.split=emobox needs data.fold, EmoBox's fold number "
+                                 f"({sorted(EMOBOX_RAVDESS_FOLDS)}), got {self.fold}; evaluation=emobox sets it")
+        if int(emobox_val_actors) < 0:
+            raise ValueError(f"data.emobox_val_actors={emobox_val_actors}: use 0 or more actors")
+        self.emobox_val_actors = int(emobox_val_actors)
         self.task = "classification"
         self.label_task = task
         self.group_name = "file" if task == "actor" else "actor"
@@ -249,6 +271,15 @@ class RavdessDataModule(AudioDataModule):
 
     def split(self, manifest: pd.DataFrame) -> dict[str, np.ndarray]:
         labels = manifest["target"].to_numpy()
+        if self.split_mode == "emobox":
+            parts = emobox_ravdess_split(labels, manifest["actor"].to_numpy(), self.fold, self.emobox_val_actors,
+                                         self.val_fraction, self.seed)
+            if self.emobox_val_actors and set(manifest["actor"].iloc[parts["val"]]) & \
+                    set(manifest["actor"].iloc[parts["train"]]):
+                log.warning("ravdess: EmoBox fold %d has too few training actors for %d validation actors; "
+                            "validation is a random %.0f%% of the training actors' files (the test part stays "
+                            "speaker-independent)", self.fold, self.emobox_val_actors, 100 * self.val_fraction)
+            return parts
         if self.label_task == "actor":
             if self.fold is not None:
                 return super().split(manifest)

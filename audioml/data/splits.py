@@ -12,11 +12,21 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["SPLIT_MODES", "assign_groups", "group_holdout_split", "group_kfold", "holdout_from_kfold",
-           "split_groups"]
+__all__ = ["SPLIT_MODES", "SPLIT_MODE_HINTS", "EMOBOX_RAVDESS_FOLDS", "assign_groups", "emobox_ravdess_split",
+           "group_holdout_split", "group_kfold", "holdout_from_kfold", "split_groups"]
 
 #: ``data.split`` values every DataModule accepts.
 SPLIT_MODES = ("grouped", "random")
+
+#: Why a DataModule without a dataset-specific split mode cannot take it (appended to the error).
+SPLIT_MODE_HINTS = {"emobox": ": EmoBox's folds hold out RAVDESS actors; evaluation=emobox needs data=ravdess "
+                              "(or a dataset in RAVDESS's layout)"}
+
+#: EmoBox's RAVDESS folds (Ma et al., Interspeech 2024; emo-box/EmoBox ``data/ravdess/fold_<k>``):
+#: fold number -> its four held-out test actors; each fold trains on the other 20 actors.
+EMOBOX_RAVDESS_FOLDS: dict[int, tuple[int, ...]] = {
+    1: (1, 11, 20, 21), 2: (4, 10, 12, 14), 3: (8, 9, 19, 23),
+    4: (3, 5, 7, 24), 5: (2, 15, 16, 18), 6: (6, 13, 17, 22)}
 
 
 def split_groups(groups: Sequence, mode: str) -> np.ndarray:
@@ -126,3 +136,51 @@ def holdout_from_kfold(labels: Sequence[int], groups: Sequence, k: int, fold: in
         return {"train": train_val, "val": np.array([], dtype=int), "test": test}
     inner = assign_groups(labels[train_val], groups[train_val], [1 - val_fraction, val_fraction], seed + 1)
     return {"train": train_val[inner == 0], "val": train_val[inner == 1], "test": test}
+
+
+def emobox_ravdess_split(labels: Sequence[int], actors: Sequence[int], fold: int, val_actors: int,
+                         val_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """Train/val/test indices of EmoBox's RAVDESS fold ``fold`` (1-6, ``EMOBOX_RAVDESS_FOLDS``).
+
+    Test: the clips of the fold's four actors (those present). Validation, carved from the
+    other actors: ``val_actors`` whole actors, half of them female (even numbers) and half male
+    (odd), drawn with ``seed``; with ``val_actors=0`` (EmoBox's own recipe), or when fewer than
+    ``val_actors + 1`` training actors are present, a stratified random ``val_fraction`` of the
+    training actors' files instead (speakers then shared with training; the test part stays
+    speaker-independent). Training: the rest.
+
+    Raises ``ValueError`` for a fold outside 1-6, or when none of the fold's test actors is in
+    ``actors``.
+    """
+    if fold not in EMOBOX_RAVDESS_FOLDS:
+        raise ValueError(f"EmoBox fold {fold}: RAVDESS has folds {sorted(EMOBOX_RAVDESS_FOLDS)}")
+    labels, actors = np.asarray(labels), np.asarray(actors).astype(int)
+    test_actors = EMOBOX_RAVDESS_FOLDS[fold]
+    test_mask = np.isin(actors, test_actors)
+    present = sorted(set(actors.tolist()))
+    if not test_mask.any():
+        holding = [f for f, members in EMOBOX_RAVDESS_FOLDS.items() if set(members) & set(present)]
+        raise ValueError(f"EmoBox fold {fold} tests actors {_actor_list(test_actors)}; none of them is in the data "
+                         f"(actors {_actor_list(present)}). The folds with test actors here: {holding} "
+                         f"(evaluation.folds={holding})")
+    train = np.flatnonzero(~test_mask)
+    training_actors = sorted(set(actors[train].tolist()))
+    if val_actors > 0 and len(training_actors) > val_actors:
+        rng = np.random.default_rng(seed)
+        by_gender = [rng.permutation([a for a in training_actors if a % 2 == parity]).tolist() for parity in (0, 1)]
+        chosen: list[int] = []
+        while len(chosen) < val_actors:  # female, male, female, ... while each has actors left
+            for group in by_gender:
+                if group and len(chosen) < val_actors:
+                    chosen.append(group.pop())
+        val_mask = np.isin(actors, chosen)
+        return {"train": np.flatnonzero(~test_mask & ~val_mask), "val": np.flatnonzero(val_mask),
+                "test": np.flatnonzero(test_mask)}
+    if val_fraction <= 0:
+        return {"train": train, "val": np.array([], dtype=int), "test": np.flatnonzero(test_mask)}
+    inner = assign_groups(labels[train], np.arange(len(train)), [1 - val_fraction, val_fraction], seed + 1)
+    return {"train": train[inner == 0], "val": train[inner == 1], "test": np.flatnonzero(test_mask)}
+
+
+def _actor_list(actors: Sequence[int]) -> str:
+    return ", ".join(f"{int(a):02d}" for a in actors)

@@ -209,6 +209,8 @@ class AudioModule(L.LightningModule):
         return optimizer
 
     def configure_optimizers(self):
+        if not any(p.requires_grad for p in self.parameters()):  # a fitted head alone (kNN probe): only validates
+            return None
         optimizer = self._optimizer()
         if self.scheduler_factory is None:
             return optimizer

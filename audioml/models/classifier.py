@@ -12,6 +12,7 @@ from audioml.features.smile import SmileInput
 from audioml.models.backbones.base import Backbone, HeadFactory
 from audioml.models.base import NOT_HYPERPARAMETERS, AudioModule, OptimizerFactory
 from audioml.models.embedding_cache import head_logits
+from audioml.models.fitted_heads import fit_heads, fitted_heads
 from audioml.models.heads import Head
 from audioml.stats import SUMMARY_METRICS, metrics_from_confusion
 
@@ -152,7 +153,8 @@ class AudioClassifier(AudioModule):
 
     def embed(self, waveform: torch.Tensor) -> torch.Tensor:
         """``(batch, time)`` -> pooled backbone embedding ``(batch, num_features)`` (with
-        ``embedding_input`` set, the batch holds cached outputs: pooled ones pass through)."""
+        ``embedding_input`` set, the batch holds cached outputs: pooled ones pass through, of
+        cached layer means the last layer's)."""
         if self.embedding_input == "pooled":
             return waveform
         if self.embedding_input == "layers":  # the layers' means: the last one is the pooled embedding
@@ -198,12 +200,34 @@ class AudioClassifier(AudioModule):
         self._add_loss(stage, loss, waveform.shape[0])
         return loss, logits, hard
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def on_fit_start(self) -> None:
+        """Fit the head's ``FittedHead`` parts (a kNN probe) on the training split, their settings
+        chosen on the validation split, before the first epoch (a resumed run has them from its
+        checkpoint already). With nothing left to train the epochs only validate."""
+        if not fitted_heads(self.backbone.head):
+            return
+        datamodule = self.trainer.datamodule
+        if datamodule is None:
+            raise ValueError(f"{type(self.backbone.head).__name__} is fitted on the training split: give "
+                             "trainer.fit a DataModule")
+        self._fit_report = fit_heads(self, _in_order(datamodule.train_dataloader()),
+                                     _in_order(datamodule.val_dataloader()))
+
+    def _trains(self) -> bool:
+        return any(parameter.requires_grad for parameter in self.parameters())
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
+        if not self._trains():  # a fitted head alone (kNN): nothing to step
+            return None
         loss, _, _ = self._step(batch, "train")
         return loss
 
     def on_train_epoch_end(self) -> None:
-        self._log_epoch_metrics("train")
+        if report := getattr(self, "_fit_report", None):
+            self.log_dict({name: float(value) for name, value in report.items()})
+            self._fit_report = None
+        if self._trains():
+            self._log_epoch_metrics("train")
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")
@@ -242,3 +266,12 @@ class AudioClassifier(AudioModule):
         if isinstance(batch, (tuple, list)):
             return self.probabilities(self(batch[0], batch[2] if len(batch) == 3 else None))
         return self.probabilities(self(batch))
+
+
+def _in_order(loader):
+    """The items of ``loader``'s dataset once each, in order, batched alike (no sampler: a
+    balancing sampler's repeats, or a resumable loader's position, stay out of a fitted head)."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(loader.dataset, batch_size=loader.batch_size or 1, shuffle=False, num_workers=0,
+                      collate_fn=loader.collate_fn)

@@ -14,8 +14,14 @@ waveform models (``audioml-eval`` runs the front end and backbone as usual).
 ``key`` = sha256 of the waveform cache key (files + decode settings) and of the front end and
 backbone without the head: every submodule's class and plain settings, every parameter and
 buffer (so the weights file, a different seed for a random backbone, or a changed front-end
-setting each name a new entry), plus the cached representation (pooled, tokens, or layers:
-every hidden layer's mean over its real tokens, for a ``LayerHead`` that reads them).
+setting each name a new entry), plus the cached representation (pooled, tokens or layers).
+
+What is cached depends on the head: ``pooled`` the pooled embedding ``(clips, num_features)``;
+``tokens`` the last layer's time tokens, for a head over tokens; ``layers``, for a ``LayerHead``
+with mean pooling (``cacheable``), every hidden layer's mean over its real frames concatenated
+in layer order, ``(clips, sum(layer_dims))`` float32: one entry for every layer choice and layer
+head, since the key leaves the head out. Frames are not cached: heads that pool them run the
+frozen backbone on every batch (the layout and why: ``docs/guide/probing.md``).
 
 Cached embeddings are the eval-mode outputs (dropout off, BatchNorm running statistics): the
 usual linear-probe setting. Training uncached with ``freeze=all`` would also apply the frozen
@@ -147,7 +153,8 @@ def cache_blockers(model: nn.Module) -> list[str]:
             reasons.append(f"{attribute} ({type(augment).__name__}) must be seen by the backbone")
     head = getattr(backbone, "head", None)
     if isinstance(head, LayerHead) and not head.cacheable:
-        reasons.append(f"the head ({type(head).__name__}) reads every token of every layer, not their means")
+        reasons.append(f"{type(head).__name__} pools every frame of the layers it reads (only a mean over frames is "
+                       "cached: frames of every layer would take ~100x the space)")
     if getattr(model, "extra_input", None) is not None:  # AudioModule.extra_input
         reasons.append("the head also takes model.head.extra_features, computed from each clip (remembered per clip)")
     return reasons
@@ -187,16 +194,16 @@ def _eval_on(device: torch.device | str, *modules: nn.Module) -> Iterator[None]:
 
 def _backbone_outputs(frontend: nn.Module, backbone: nn.Module, waveform: torch.Tensor,
                       representation: str) -> torch.Tensor:
-    if representation == "layers":  # every layer's mean over its real tokens, concatenated
-        return torch.cat(backbone.forward_layers(frontend(waveform)).pooled(), dim=-1)
+    if representation == "layers":  # every layer's mean over its real frames, concatenated
+        return torch.cat([pooled.float() for pooled in backbone.forward_layers(frontend(waveform)).pooled()], dim=1)
     tokens = backbone.forward_features(frontend(waveform))
     return tokens if representation == "tokens" else backbone.forward_head(tokens, pre_logits=True)
 
 
 def compute_embeddings(frontend: nn.Module, backbone: nn.Module, dataset: Dataset, out: np.ndarray,
                        representation: str, batch_size: int, device: torch.device | str) -> None:
-    """Fill ``out`` (``(n, F)`` pooled or ``(n, T, F)`` tokens, float32) with the eval-mode
-    outputs of ``frontend`` + ``backbone`` for the waveforms of ``dataset`` (items
+    """Fill ``out`` (``(n, F)`` pooled, ``(n, T, F)`` tokens or ``(n, sum(layer_dims))`` layers,
+    float32) with the eval-mode outputs of ``frontend`` + ``backbone`` for the waveforms of ``dataset`` (items
     ``(waveform, target)``), in dataset order. Modules are moved to ``device`` and back, and
     their train/eval mode is restored."""
     # Its own generator: iterating a DataLoader draws a seed from the global torch RNG otherwise,
@@ -260,6 +267,9 @@ class CachedEmbeddingDataModule(L.LightningDataModule):
         self.cache_status = cache_status
         #: ``module_fingerprint`` of the frozen front end and backbone the embeddings came from.
         self.frozen_fingerprint = frozen_fingerprint
+        #: Seconds the front end and backbone took to embed every clip when the entry was built
+        #: (``None``: not recorded, an entry built before this was kept).
+        self.build_seconds: float | None = None
 
     def __getattr__(self, name: str) -> Any:
         if name == "datamodule":  # not set yet (unpickling): do not recurse
@@ -392,18 +402,22 @@ def use_embedding_cache(model: L.LightningModule, datamodule: L.LightningDataMod
     started = time.perf_counter()
 
     def build(out: np.ndarray) -> dict[str, Any]:
+        building = time.perf_counter()
         compute_embeddings(frontend, backbone, dataset, out, representation,
                            batch_size or getattr(datamodule, "batch_size", 32), device)
         return {"representation": representation, "waveform_key": waveform_cache.key,
+                "seconds": round(time.perf_counter() - building, 3), "device": str(device),
                 "backbone": f"{type(backbone).__module__}.{type(backbone).__qualname__}",
                 "frontend": f"{type(frontend).__module__}.{type(frontend).__qualname__}",
                 "weights": str(getattr(backbone, "weights", "") or ""), "probed": True}
 
-    embeddings, _ = cache.get_or_build(shape, build)
+    embeddings, meta = cache.get_or_build(shape, build)
     if embeddings.nbytes <= IN_MEMORY_BYTES:  # every epoch reads every row: read the file once
         embeddings = np.array(embeddings)
     model.embedding_input = representation
     log.info("embedding cache %s (%s %s, %.1f s): training only the head; %s",
              cache.status, representation, tuple(shape[1:]), time.perf_counter() - started,
              cache.array_path or "in memory")
-    return CachedEmbeddingDataModule(datamodule, embeddings, cache.array_path, cache.status, modules)
+    cached = CachedEmbeddingDataModule(datamodule, embeddings, cache.array_path, cache.status, modules)
+    cached.build_seconds = meta.get("seconds")
+    return cached

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -67,6 +68,19 @@ class EvaluationProtocol(HonestScoring):
             raise ValueError(f"evaluation.temperature_scaling={temperature_scaling!r}: use true or false")
         self.temperature_scaling = temperature_scaling
 
+    @property
+    def fold_ids(self) -> list[int]:
+        """The folds' numbers, in training order (each trains into ``<run>/fold_<id>``)."""
+        return list(range(self.num_folds or 0))
+
+    def fold_data(self, fold: int) -> dict[str, Any]:
+        """The DataModule arguments that make fold ``fold``'s train/val/test split."""
+        return {"fold": fold, "num_folds": self.num_folds}
+
+    def check_data(self, datamodule) -> None:
+        """Raise ``ValueError`` saying what to do when the protocol cannot run on this data (the
+        first fold's loaded DataModule); every protocol here runs on any data."""
+
 
 class Holdout(EvaluationProtocol):
     """One training on the DataModule's grouped train/val/test split."""
@@ -84,8 +98,8 @@ class KFold(EvaluationProtocol):
     def run(self, train_fold: Callable[[int], RunResult]) -> KFoldResult:
         """Train every fold through ``train_fold`` and combine the results."""
         results = []
-        for fold in range(self.num_folds):
-            log.info("k-fold: training fold %d of %d", fold + 1, self.num_folds)
+        for position, fold in enumerate(self.fold_ids):
+            log.info("%s: training fold %s (%d of %d)", type(self).__name__, fold, position + 1, self.num_folds)
             results.append(train_fold(fold))
         return self.combine(results)
 

@@ -106,12 +106,14 @@ def _bound_evaluation(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, float] 
     protocol = instantiate(cfg.evaluation) if cfg.get("evaluation") else None
     folds = None if protocol is None else protocol.num_folds
     try:
-        datamodule = _data_of_run(cfg, run_dir, folds, finished is not None)
+        datamodule = _data_of_run(cfg, run_dir, protocol, finished is not None)
     except FileNotFoundError as error:
         if finished is None:
             raise
         log.warning("%s finished before; its data cannot be checked now (%s): skipped", run_dir, error)
         return _skipped_as_finished(cfg, run_dir, finished)
+    if protocol is not None and finished is None:
+        protocol.check_data(datamodule)
     current = _data_record(datamodule)
     if bound is not None and bound["fingerprint"] and current["fingerprint"] != bound["fingerprint"]:
         other = resume.data_run_dir(run_dir, current["fingerprint"])
@@ -149,12 +151,13 @@ def _skipped_as_finished(cfg: DictConfig, run_dir: Path, finished: dict[str, flo
     return finished, None
 
 
-def _data_of_run(cfg: DictConfig, run_dir: Path, folds: int | None, finished: bool):
+def _data_of_run(cfg: DictConfig, run_dir: Path, protocol, finished: bool):
     """The loaded DataModule whose data the run directory is bound to. For a holdout run that
     will train, it is the run's own (``TrainingRun`` takes it: nothing is loaded twice), built
     after the Trainer settings are validated. For a finished run, or a k-fold run (whose folds
-    load their own), it is loaded without offline augmentation (fold 0 for k-fold): the
+    load their own), it is loaded without offline augmentation (the first fold for k-fold): the
     fingerprint counts only the data read."""
+    folds = None if protocol is None else protocol.num_folds
     run_dir.mkdir(parents=True, exist_ok=True)
     if not finished:
         validate_trainer(cfg)  # before decoding and the MLflow run: a config that cannot train leaves nothing
@@ -164,7 +167,7 @@ def _data_of_run(cfg: DictConfig, run_dir: Path, folds: int | None, finished: bo
         return _loaded_data(run_dir, lambda: build_datamodule(cfg))
 
     def without_training_extras():
-        datamodule = instantiate(cfg.data, **({"fold": 0, "num_folds": folds} if folds else {}))
+        datamodule = instantiate(cfg.data, **(protocol.fold_data(protocol.fold_ids[0]) if folds else {}))
         datamodule.prepare_data()
         datamodule.setup("fit")
         return datamodule
@@ -241,7 +244,7 @@ def _run_evaluation(cfg: DictConfig, run_dir: Path, protocol, datamodule=None) -
     with tracking.ended_on_error(parent if rank_zero else None):
         parent_id = getattr(parent, "run_id", None)
         with finishing.deferred():  # a fold's record is completed while the next fold trains
-            result = protocol.run(lambda fold: train(_fold_config(cfg, run_dir, fold, protocol.num_folds),
+            result = protocol.run(lambda fold: train(_fold_config(cfg, run_dir, fold, protocol.fold_data(fold)),
                                                      run_dir / f"fold_{fold}", parent_run_id=parent_id))
         if rank_zero:
             files = write_kfold_reports(result, run_dir)
@@ -254,10 +257,10 @@ def _run_evaluation(cfg: DictConfig, run_dir: Path, protocol, datamodule=None) -
     return result.metrics
 
 
-def _fold_config(cfg: DictConfig, run_dir: Path, fold: int, num_folds: int) -> DictConfig:
+def _fold_config(cfg: DictConfig, run_dir: Path, fold: int, fold_data: dict[str, Any]) -> DictConfig:
     fold_cfg = copy.deepcopy(cfg)
     with open_dict(fold_cfg):
-        fold_cfg.data.fold, fold_cfg.data.num_folds = fold, num_folds
+        fold_cfg.data.update(fold_data)  # the protocol's split of this fold (audioml.run.protocols)
         fold_cfg.paths.run_dir = str(run_dir / f"fold_{fold}")
         fold_cfg.logger.run_name = f"{cfg.logger.get('run_name') or run_title(cfg, run_dir)} fold{fold}"
     return fold_cfg

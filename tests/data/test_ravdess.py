@@ -88,6 +88,28 @@ def test_explicit_actor_lists_override_fractions(tmp_path):
             _module(tmp_path, **kwargs).setup()
 
 
+def test_emobox_split_holds_out_the_folds_actors(tmp_path):
+    from audioml.data.donateacry import DonateacryDataModule
+
+    make_ravdess(tmp_path)  # actors 1-6
+    module = _module(tmp_path, split="emobox", fold=4)
+    module.setup()
+    val = _actors(module, "val")
+    assert _actors(module, "test") == {3, 5} and len(val) == 2 and {a % 2 for a in val} == {0, 1}
+    assert _actors(module, "train") == {1, 2, 4, 6} - val
+    files = _module(tmp_path, split="emobox", fold=4, emobox_val_actors=0)
+    files.setup()
+    assert _actors(files, "val") == _actors(files, "train") == {1, 2, 4, 6}
+    for kwargs, message in (({"split": "emobox"}, "needs data.fold"),
+                            ({"split": "emobox", "fold": 2, "test_actors": [1]}, "leave train_actors"),
+                            ({"split": "emobox", "fold": 3}, r"none of them is in the data .*folds with test actors")):
+        with pytest.raises(ValueError, match=message):
+            _module(tmp_path, **kwargs).setup()
+    with pytest.raises(ValueError, match="EmoBox's folds hold out RAVDESS actors; evaluation=emobox needs "
+                                         "data=ravdess"):
+        DonateacryDataModule(tmp_path, split="emobox", fold=1)
+
+
 def test_actor_split_with_two_actors_keeps_test_speaker_independent():
     labels = np.tile(np.arange(4), 10)
     actors = np.repeat([1, 2], 20)

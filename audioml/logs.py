@@ -12,7 +12,7 @@ __all__ = ["quiet_third_party", "IGNORED_WARNINGS", "IGNORED_LOG_LINES"]
 #: Python warnings of other packages about how audioml uses them, each known to be harmless here.
 IGNORED_WARNINGS = (
     # audioml moves batches itself (on_after_batch_transfer, transfer_batch_to_device): by design
-    r"You have overridden `(transfer_batch_to_device|on_after_batch_transfer)` in `LightningModule`",
+    r"You have overridden `(transfer_batch_to_device|on_after_batch_transfer|on_before_batch_transfer)` in `LightningModule`",
     # audioml logs once per epoch (its own epoch means), not every n steps
     r"The number of training batches \(\d+\) is smaller than the logging interval",
     # frozen backbones keep their modules in eval mode on purpose (BatchNorm statistics untouched)

@@ -1,0 +1,330 @@
+"""The reference pages generated at every ``mkdocs build`` / ``mkdocs serve`` (a MkDocs hook,
+``hooks:`` in mkdocs.yml): ``reference/configuration.md`` from the YAML files of ``audioml/conf``
+(every group, option and key with its default and its ``#`` comment) and ``reference/cli.md``
+from each command's ``--help``. Generated at build time, never committed, so they cannot drift
+from the code: the strict build in the tests runs this module.
+
+PyYAML (Hydra's own parser) gives the structure and each key's line; it drops comments, so each
+key is paired here with the comment on its line (and the comment lines just above it)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CONF = REPO / "audioml" / "conf"
+#: The primary config of each command (the others are config groups).
+PRIMARY = {"train.yaml": "audioml-train", "eval.yaml": "audioml-eval", "predict.yaml": "audioml-predict",
+           "export.yaml": "audioml-export", "classical.yaml": "audioml-classical"}
+#: Data files in the config folder that are not Hydra configs.
+NOT_CONFIGS = {"reproduce.yaml": "the study registry of `audioml-reproduce` (its format is its header)"}
+#: Subtrees left out of the tables: the help text is on the CLI page.
+SKIPPED_KEYS = ("hydra.help",)
+#: ``(command line, page heading)`` of every --help page, in the order shown.
+COMMANDS = [
+    (["audioml", "--help"], "audioml"),
+    (["audioml-train", "--help"], "audioml-train"),
+    (["audioml-eval", "--help"], "audioml-eval"),
+    (["audioml-predict", "--help"], "audioml-predict"),
+    (["audioml-export", "--help"], "audioml-export"),
+    (["audioml-compare", "--help"], "audioml-compare"),
+    (["audioml-classical", "--help"], "audioml-classical"),
+    (["audioml-data", "--help"], "audioml-data"),
+    *[(["audioml-data", sub, "--help"], f"audioml-data {sub}")
+      for sub in ("list", "download", "verify", "prepare-donateacry", "info")],
+    (["audioml-reproduce", "--help"], "audioml-reproduce"),
+]
+#: console script -> module (``python -m``), as in pyproject.toml's [project.scripts].
+MODULES = {"audioml": "audioml.commands", "audioml-train": "audioml.train", "audioml-eval": "audioml.evaluate",
+           "audioml-predict": "audioml.predict", "audioml-export": "audioml.export",
+           "audioml-compare": "audioml.compare", "audioml-classical": "audioml.classical.cli",
+           "audioml-data": "audioml.data.cli", "audioml-reproduce": "audioml.reproduce.cli"}
+
+
+@dataclass(frozen=True)
+class Key:
+    path: str       # dotted, from the config root (package included)
+    default: str    # the YAML text of the value
+    comment: str
+
+
+@dataclass(frozen=True)
+class Option:
+    group: str      # '' for a primary config
+    name: str
+    file: Path
+    header: str
+    package: str
+    defaults: list[tuple[str, str]] = field(default_factory=list)  # (entry, comment)
+    keys: list[Key] = field(default_factory=list)
+
+
+def _comment_start(line: str) -> int | None:
+    """Column of the ``#`` that starts the line's comment (outside quotes, after whitespace)."""
+    quote = None
+    for column, char in enumerate(line):
+        if quote:
+            if char == quote:
+                quote = None
+        elif char in "'\"" and (column == 0 or line[column - 1] in " [{,:"):
+            quote = char
+        elif char == "#" and (column == 0 or line[column - 1] in " \t"):
+            return column
+    return None
+
+
+def _comment_of(line: str) -> str:
+    column = _comment_start(line)
+    return "" if column is None else line[column + 1:].strip()
+
+
+def _is_comment_line(line: str) -> bool:
+    return line.lstrip().startswith("#")
+
+
+def _above(lines: list[str], index: int) -> str:
+    """The comment lines directly above line ``index`` at its indentation (its own paragraph)."""
+    indent = len(lines[index]) - len(lines[index].lstrip())
+    found: list[str] = []
+    row = index - 1
+    while row >= 0 and _is_comment_line(lines[row]):
+        if len(lines[row]) - len(lines[row].lstrip()) != indent:
+            break  # a deeper comment continues the previous key's; a shallower one is not about this key
+        found.insert(0, lines[row].strip()[1:].strip())
+        row -= 1
+    return " ".join(text for text in found if not text.startswith("@package"))
+
+
+def _trailing(lines: list[str], index: int) -> str:
+    """A comment on line ``index`` plus the comment-only lines below that continue it (aligned with it)."""
+    column = _comment_start(lines[index])
+    if column is None:
+        return ""
+    text = [lines[index][column + 1:].strip()]
+    row = index + 1
+    while row < len(lines) and _is_comment_line(lines[row]) and lines[row].index("#") == column and column > 0:
+        text.append(lines[row].strip()[1:].strip())
+        row += 1
+    return " ".join(text)
+
+
+def _describe(lines: list[str], line: int) -> str:
+    return " ".join(part for part in (_above(lines, line), _trailing(lines, line)) if part)
+
+
+def _source(text: str, node: yaml.Node) -> str:
+    return " ".join(text[node.start_mark.index:node.end_mark.index].split())
+
+
+def _value(text: str, node: yaml.Node) -> str:
+    if isinstance(node, yaml.ScalarNode):
+        if node.style in ("|", ">"):
+            return "(text)"
+        return _source(text, node) or "null"
+    return _source(text, node)  # a flow collection, as written
+
+
+def _entry(node: yaml.Node) -> str:
+    """A defaults-list entry as written, without its comment: ``override /data: donateacry``."""
+    if isinstance(node, yaml.MappingNode):
+        return ", ".join(f"{k.value}: {v.value if isinstance(v, yaml.ScalarNode) else '[...]'}" for k, v in node.value)
+    return str(node.value)
+
+
+def _walk(text: str, lines: list[str], node: yaml.Node, prefix: str, out: list[Key]) -> None:
+    items: list[tuple[str, yaml.Node, int]]
+    if isinstance(node, yaml.MappingNode):
+        items = [(str(k.value), v, k.start_mark.line) for k, v in node.value]
+    else:
+        items = [(str(i), v, v.start_mark.line) for i, v in enumerate(node.value)]
+    for name, value, line in items:
+        path = f"{prefix}.{name}" if prefix else name
+        if any(path == skip or path.startswith(skip + ".") for skip in SKIPPED_KEYS):
+            continue
+        nested = isinstance(value, (yaml.MappingNode, yaml.SequenceNode)) and not value.flow_style and value.value
+        if nested:
+            comment = _describe(lines, line)
+            if comment:
+                out.append(Key(path, "", comment))
+            _walk(text, lines, value, path, out)
+        else:
+            out.append(Key(path, _value(text, value), _describe(lines, line)))
+
+
+def _package(lines: list[str], group: str) -> str:
+    for line in lines:
+        if not _is_comment_line(line):
+            break
+        found = re.match(r"#\s*@package\s+(\S+)", line.strip())
+        if found:
+            return "" if found.group(1) == "_global_" else found.group(1).replace("_group_", group.replace("/", "."))
+    return group.replace("/", ".")
+
+
+def read_option(file: Path, group: str) -> Option:
+    """One YAML file of ``audioml/conf`` as an ``Option``."""
+    text = file.read_text()
+    lines = text.splitlines()
+    header = []
+    for line in lines:
+        if not _is_comment_line(line):
+            break
+        if not re.match(r"#\s*@package", line.strip()):
+            header.append(line.strip()[1:].rstrip()[1:] if line.strip() != "#" else "")
+    root = yaml.compose(text)
+    defaults: list[tuple[str, str]] = []
+    keys: list[Key] = []
+    if isinstance(root, yaml.MappingNode):
+        for key, value in root.value:
+            if key.value == "defaults" and isinstance(value, yaml.SequenceNode):
+                defaults = [(_entry(entry), _trailing(lines, entry.start_mark.line)) for entry in value.value]
+                root.value = [(k, v) for k, v in root.value if k is not key]
+                break
+        _walk(text, lines, root, _package(lines, group), keys)
+    name = file.relative_to(CONF / group).with_suffix("").as_posix() if group else file.stem
+    return Option(group, name, file, "\n".join(header).strip(), _package(lines, group), defaults, keys)
+
+
+def groups() -> dict[str, list[Option]]:
+    """Every config group (``hydra/launcher``, ``model``, ...) with its options; an experiment's
+    subfolder is part of the option's name (``experiment=donateacry/panns_mlp``)."""
+    found: dict[str, list[Option]] = {}
+    for file in sorted(CONF.rglob("*.yaml")):
+        parts = file.relative_to(CONF).parts
+        if len(parts) == 1:
+            continue
+        group = "/".join(parts[:-1]) if parts[0] == "hydra" else parts[0]
+        found.setdefault(group, []).append(read_option(file, group))
+    return found
+
+
+# ---------------------------------------------------------------- Markdown
+def _inline(text: str) -> str:
+    """``text`` (a YAML comment) as table-safe Markdown: code spans kept, ``<``, ``>``, ``|`` escaped."""
+    parts = re.split(r"(`[^`]*`)", text)
+    return "".join(part.replace("|", "&#124;") if part.startswith("`") else
+                   part.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "&#124;")
+                   for part in parts)
+
+
+def _code(value: str) -> str:
+    if not value:
+        return ""
+    value = value.replace("|", "&#124;")
+    return f"<code>{value.replace('&', '&amp;').replace('<', '&lt;').replace('>', '&gt;').replace('&amp;#124;', '&#124;')}</code>"
+
+
+def _header_markdown(header: str) -> list[str]:
+    """A file's header comment: prose lines as a paragraph, indented lines (commands) as a code block."""
+    out: list[str] = []
+    prose: list[str] = []
+    code: list[str] = []
+    for line in header.splitlines() + [""]:
+        if line.startswith((" ", "\t")) and line.strip():
+            if prose:
+                out += [_inline(" ".join(prose)), ""]
+                prose = []
+            code.append(line.strip())
+            continue
+        if code:
+            out += ["```text", *code, "```", ""]
+            code = []
+        if line.strip():
+            prose.append(line.strip())
+        elif prose:
+            out += [_inline(" ".join(prose)), ""]
+            prose = []
+    return out
+
+
+def _option_markdown(option: Option) -> list[str]:
+    out = []
+    if option.header:
+        out += [*_header_markdown(option.header), ""]
+    source = option.file.relative_to(REPO).as_posix()
+    out.append(f"<small>`{source}`" + (f", keys under `{option.package}`" if option.package else ", keys at the root")
+               + "</small>")
+    out.append("")
+    if option.defaults:
+        out += ["Composes (defaults list, in order):", ""]
+        out += [f"- `{entry}`" + (f": {_inline(comment)}" if comment else "") for entry, comment in option.defaults]
+        out.append("")
+    if option.keys:
+        out += ["| key | default | what it sets |", "| --- | --- | --- |"]
+        out += [f"| `{key.path}` | {_code(key.default)} | {_inline(key.comment)} |" for key in option.keys]
+        out.append("")
+    return out
+
+
+def configuration_page() -> str:
+    lines = ["# Configuration reference", "",
+             "Generated from the YAML files of `audioml/conf` when the site is built: every config group, "
+             "every option with its description, and every key with its default and its comment. "
+             "Any key is a command-line override (`key=value`); `group=option` picks an option; "
+             "`audioml-train --cfg job ...` prints the composed result. How composition works: "
+             "[Configuration](../guide/configuration.md).", "",
+             "## The commands' configs", ""]
+    for name, command in PRIMARY.items():
+        option = read_option(CONF / name, "")
+        lines += [f"### `{command}` (`{name}`)", "", *_option_markdown(option)]
+    for name, what in NOT_CONFIGS.items():
+        lines += [f"`audioml/conf/{name}` is {what}.", ""]
+    lines += ["## Config groups", ""]
+    all_groups = groups()
+    lines += ["| group | options |", "| --- | --- |"]
+    lines += [f"| [`{group}`](#{_anchor(group)}) | {', '.join(f'`{o.name}`' for o in options)} |"
+              for group, options in all_groups.items()]
+    lines.append("")
+    for group, options in all_groups.items():
+        lines += [f"### `{group}` {{#{_anchor(group)}}}", ""]
+        for option in options:
+            lines += [f"#### `{group}={option.name}` {{#{_anchor(group + '-' + option.name)}}}", "",
+                      *_option_markdown(option)]
+    return "\n".join(lines)
+
+
+def _anchor(text: str) -> str:
+    return "group-" + re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def help_text(argv: list[str]) -> str:
+    """``argv``'s --help output (run as ``python -m <module>`` with this interpreter)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUDIOML_", "MLFLOW_"))}
+    env.update(PYTHONPATH=str(REPO), COLUMNS="100", NO_COLOR="1", TERM="dumb")
+    done = subprocess.run([sys.executable, "-m", MODULES[argv[0]], *argv[1:]], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr[-2000:]}")
+    return done.stdout.rstrip()
+
+
+def cli_page() -> str:
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        texts = list(pool.map(help_text, [argv for argv, _ in COMMANDS]))
+    lines = ["# Command-line reference", "",
+             "Each command's own `--help`, captured when the site is built. Every command also runs as "
+             "`audioml <command> ...` (`audioml train ...` is `audioml-train ...`). The keys of the Hydra "
+             "commands are in the [configuration reference](configuration.md).", ""]
+    for (argv, title), text in zip(COMMANDS, texts):
+        lines += [f"## `{title}`", "", f"```console\n$ {' '.join(argv)}\n{text}\n```", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- MkDocs hook
+GENERATED = {"reference/configuration.md": configuration_page, "reference/cli.md": cli_page}
+
+
+def on_files(files, config):  # noqa: ANN001 (MkDocs' hook signature)
+    from mkdocs.structure.files import File
+
+    for path, make in GENERATED.items():
+        files.append(File.generated(config, path, content=make()))
+    return files

@@ -100,6 +100,8 @@ def _above(lines: list[str], index: int) -> str:
             break  # a deeper comment continues the previous key's; a shallower one is not about this key
         found.insert(0, lines[row].strip()[1:].strip())
         row -= 1
+    if row < 0:
+        return ""  # the file's header, not this key's
     return " ".join(text for text in found if not text.startswith("@package"))
 
 
@@ -129,6 +131,8 @@ def _value(text: str, node: yaml.Node) -> str:
         if node.style in ("|", ">"):
             return "(text)"
         return _source(text, node) or "null"
+    if isinstance(node, yaml.SequenceNode) and not node.flow_style:  # a block list of scalars, as a flow list
+        return "[" + ", ".join(_value(text, item) for item in node.value) + "]"
     return _source(text, node)  # a flow collection, as written
 
 
@@ -149,7 +153,9 @@ def _walk(text: str, lines: list[str], node: yaml.Node, prefix: str, out: list[K
         path = f"{prefix}.{name}" if prefix else name
         if any(path == skip or path.startswith(skip + ".") for skip in SKIPPED_KEYS):
             continue
-        nested = isinstance(value, (yaml.MappingNode, yaml.SequenceNode)) and not value.flow_style and value.value
+        nested = (isinstance(value, yaml.MappingNode) and not value.flow_style and value.value) or (
+            isinstance(value, yaml.SequenceNode) and not value.flow_style
+            and any(not isinstance(item, yaml.ScalarNode) for item in value.value))
         if nested:
             comment = _describe(lines, line)
             if comment:
@@ -211,7 +217,8 @@ def _inline(text: str) -> str:
     """``text`` (a YAML comment) as table-safe Markdown: code spans kept, ``<``, ``>``, ``|`` escaped."""
     parts = re.split(r"(`[^`]*`)", text)
     return "".join(part.replace("|", "&#124;") if part.startswith("`") else
-                   part.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "&#124;")
+                   re.sub(r"([\\*_\[\]])", r"\\\1", part)
+                   .replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "&#124;")
                    for part in parts)
 
 
@@ -328,3 +335,100 @@ def on_files(files, config):  # noqa: ANN001 (MkDocs' hook signature)
     for path, make in GENERATED.items():
         files.append(File.generated(config, path, content=make()))
     return files
+
+
+# ---------------------------------------------------------------- error messages
+#: Exceptions that are bugs or contracts between modules, not messages for a user.
+NOT_FOR_USERS = {"NotImplementedError", "AssertionError", "StopIteration", "SystemExit", "KeyboardInterrupt"}
+#: What the user was doing, by the module that raised (first match wins).
+ACTIVITIES = [
+    ("Setting up and composing a config", ("config.py", "entry.py", "commands.py", "trainer.py", "distributed.py",
+                                           "logs.py", "files.py")),
+    ("Datasets, your own data and downloads", ("data/",)),
+    ("Models, pretrained weights, features and augmentation", ("models/", "features/", "augment/", "losses.py",
+                                                               "metrics.py")),
+    ("Sweeps and hyperparameter search", ("run/sweep.py", "run/status.py", "run/aggregate.py", "search/")),
+    ("Comparing runs and statistics", ("compare.py", "run/comparison.py", "run/items.py", "stats/")),
+    ("Using a trained model: eval, predict, export, serve", ("run/checkpoint.py", "run/inference.py", "run/export.py",
+                                                             "run/serving.py", "run/pyfunc_model.py", "run/lineage.py",
+                                                             "run/calibration.py", "evaluate.py", "predict.py",
+                                                             "export.py")),
+    ("Classical models on features", ("classical/",)),
+    ("Reproducing the studies", ("reproduce/",)),
+    ("Training runs, resume and MLflow", ("",)),
+]
+
+
+@dataclass(frozen=True)
+class Message:
+    kind: str
+    text: str
+    module: str   # path relative to the repository
+    line: int
+
+
+def _message_text(node) -> str | None:  # noqa: ANN001 (an ast expression)
+    """The message an exception is built with, placeholders as ``<name>``; None when not a string."""
+    import ast
+
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        parts = []
+        for value in node.values:
+            if isinstance(value, ast.Constant):
+                parts.append(str(value.value))
+            else:
+                expression = ast.unparse(value.value)
+                name = re.sub(r"[^A-Za-z0-9_.]+", " ", expression).split()
+                parts.append(f"<{name[-1] if name else '...'}>")
+        return "".join(parts)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mod)):
+        left = _message_text(node.left)
+        right = _message_text(node.right) if isinstance(node.op, ast.Add) else ""
+        return None if left is None or right is None else left + right
+    return None
+
+
+def error_messages() -> list[Message]:
+    """Every exception audioml raises with a message, except the kinds in ``NOT_FOR_USERS``."""
+    import ast
+
+    found = []
+    for file in sorted((REPO / "audioml").rglob("*.py")):
+        tree = ast.parse(file.read_text())
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and node.exc.args):
+                continue
+            kind = ast.unparse(node.exc.func).rsplit(".", 1)[-1]
+            text = _message_text(node.exc.args[0])
+            if kind in NOT_FOR_USERS or not text or len(text) < 12:
+                continue
+            found.append(Message(kind, " ".join(text.split()), file.relative_to(REPO).as_posix(), node.lineno))
+    return found
+
+
+def _activity(module: str) -> str:
+    relative = module.removeprefix("audioml/")
+    return next(title for title, prefixes in ACTIVITIES if any(relative.startswith(p) for p in prefixes))
+
+
+def errors_page() -> str:
+    messages = error_messages()
+    lines = ["# Every error message", "",
+             f"All {len(messages)} messages audioml's code raises, extracted from the source when the site is built "
+             "(`<name>` stands for the value filled in), grouped by what you were doing. Most say what to do; "
+             "the common situations are explained in [Troubleshooting](../troubleshooting.md). A command "
+             "prints a mistake of the command line, a config or the data as one line and exits with status 2; "
+             "its traceback is in the job's log file (and on the terminal with `HYDRA_FULL_ERROR=1`).", ""]
+    for title, _ in ACTIVITIES:
+        group = [m for m in messages if _activity(m.module) == title]
+        if not group:
+            continue
+        lines += [f"## {title}", "", "| message | raised as | in |", "| --- | --- | --- |"]
+        lines += [f"| {_inline(m.text)} | `{m.kind}` | `{m.module}:{m.line}` |" for m in group]
+        lines.append("")
+    return "\n".join(lines)
+
+
+GENERATED["reference/errors.md"] = errors_page

@@ -261,8 +261,8 @@ def _option_markdown(option: Option) -> list[str]:
                + "</small>")
     out.append("")
     if option.defaults:
-        out += ["Composes (defaults list, in order):", ""]
-        out += [f"- `{entry}`" + (f": {_inline(comment)}" if comment else "") for entry, comment in option.defaults]
+        out += ["| defaults list, in order | |", "| --- | --- |"]
+        out += [f"| `{entry}` | {_inline(comment)} |" for entry, comment in option.defaults]
         out.append("")
     if option.keys:
         out += ["| key | default | what it sets |", "| --- | --- | --- |"]

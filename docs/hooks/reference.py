@@ -222,11 +222,14 @@ def _inline(text: str) -> str:
                    for part in parts)
 
 
-def _code(value: str) -> str:
+def _code(value: str, breaks: bool = False) -> str:
+    """``value`` as inline HTML code, safe in a table cell (Markdown would read ``_x_`` in raw HTML as
+    emphasis); with ``breaks``, a line may break after each dot."""
     if not value:
         return ""
-    value = value.replace("|", "&#124;")
-    return f"<code>{value.replace('&', '&amp;').replace('<', '&lt;').replace('>', '&gt;').replace('&amp;#124;', '&#124;')}</code>"
+    value = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    value = value.replace("|", "&#124;").replace("_", "&#95;").replace("*", "&#42;").replace("`", "&#96;")
+    return f"<code>{value.replace('.', '.<wbr>') if breaks else value}</code>"
 
 
 def _header_markdown(header: str) -> list[str]:
@@ -266,7 +269,8 @@ def _option_markdown(option: Option) -> list[str]:
         out.append("")
     if option.keys:
         out += ["| key | default | what it sets |", "| --- | --- | --- |"]
-        out += [f"| `{key.path}` | {_code(key.default)} | {_inline(key.comment)} |" for key in option.keys]
+        out += [f"| {_code(key.path, breaks=True)} | {_code(key.default)} | {_inline(key.comment)} |"
+                for key in option.keys]
         out.append("")
     return out
 

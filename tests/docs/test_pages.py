@@ -60,7 +60,7 @@ def test_the_site_builds_strictly(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
-    configuration = (site / "reference" / "configuration" / "index.html").read_text()
+    configuration = (site / "reference" / "configuration" / "index.html").read_text().replace("<wbr>", "").replace("&#95;", "_")
     assert "model=efficientat_mn04" in configuration and "data.group_pattern" in configuration
     cli = (site / "reference" / "cli" / "index.html").read_text()
     assert "audioml-eval: test a trained model" in cli and "prepare-donateacry" in cli

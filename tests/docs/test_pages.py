@@ -22,6 +22,7 @@ OWN_TESTS = {
     "guide/encoders.md": "tests/test_docs_encoders.py",
     "guide/hyperparameter-search.md": "tests/docs/test_hyperparameter_search_guide.py",
     "guide/comparing-runs.md": "tests/docs/test_comparing_runs_page.py",
+    "guide/classical.md": "tests/docs/test_classical_guide.py",
 }
 
 

@@ -9,6 +9,7 @@ key is paired here with the comment on its line (and the comment lines just abov
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -21,32 +22,26 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "audioml" / "conf"
-#: The primary config of each command (the others are config groups).
-PRIMARY = {"train.yaml": "audioml-train", "eval.yaml": "audioml-eval", "predict.yaml": "audioml-predict",
-           "export.yaml": "audioml-export", "classical.yaml": "audioml-classical"}
-#: Data files in the config folder that are not Hydra configs.
-NOT_CONFIGS = {"reproduce.yaml": "the study registry of `audioml-reproduce` (its format is its header)"}
 #: Subtrees left out of the tables: the help text is on the CLI page.
 SKIPPED_KEYS = ("hydra.help",)
-#: ``(command line, page heading)`` of every --help page, in the order shown.
-COMMANDS = [
-    (["audioml", "--help"], "audioml"),
-    (["audioml-train", "--help"], "audioml-train"),
-    (["audioml-eval", "--help"], "audioml-eval"),
-    (["audioml-predict", "--help"], "audioml-predict"),
-    (["audioml-export", "--help"], "audioml-export"),
-    (["audioml-compare", "--help"], "audioml-compare"),
-    (["audioml-classical", "--help"], "audioml-classical"),
-    (["audioml-data", "--help"], "audioml-data"),
-    *[(["audioml-data", sub, "--help"], f"audioml-data {sub}")
-      for sub in ("list", "download", "verify", "prepare-donateacry", "info")],
-    (["audioml-reproduce", "--help"], "audioml-reproduce"),
-]
-#: console script -> module (``python -m``), as in pyproject.toml's [project.scripts].
-MODULES = {"audioml": "audioml.commands", "audioml-train": "audioml.train", "audioml-eval": "audioml.evaluate",
-           "audioml-predict": "audioml.predict", "audioml-export": "audioml.export",
-           "audioml-compare": "audioml.compare", "audioml-classical": "audioml.classical.cli",
-           "audioml-data": "audioml.data.cli", "audioml-reproduce": "audioml.reproduce.cli"}
+
+
+def scripts() -> dict[str, str]:
+    """Console script -> module, from pyproject.toml's [project.scripts]."""
+    import tomllib
+
+    table = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    return {name: target.split(":")[0] for name, target in table.items()}
+
+
+def primary_configs() -> dict[str, str | None]:
+    """Each top-level YAML of ``audioml/conf`` -> the command whose Hydra app it is (its
+    ``hydra.help.app_name``), or None for a data file that is not a Hydra config."""
+    found = {}
+    for file in sorted(CONF.glob("*.yaml")):
+        loaded = yaml.safe_load(file.read_text()) or {}
+        found[file.name] = ((loaded.get("hydra") or {}).get("help") or {}).get("app_name")
+    return found
 
 
 @dataclass(frozen=True)
@@ -283,11 +278,14 @@ def configuration_page() -> str:
              "`audioml-train --cfg job ...` prints the composed result. How composition works: "
              "[Configuration](../guide/configuration.md).", "",
              "## The commands' configs", ""]
-    for name, command in PRIMARY.items():
-        option = read_option(CONF / name, "")
-        lines += [f"### `{command}` (`{name}`)", "", *_option_markdown(option)]
-    for name, what in NOT_CONFIGS.items():
-        lines += [f"`audioml/conf/{name}` is {what}.", ""]
+    configs = primary_configs()
+    for name, command in configs.items():
+        if command:
+            lines += [f"### `{command}` (`{name}`)", "", *_option_markdown(read_option(CONF / name, ""))]
+    for name, command in configs.items():
+        if not command:
+            header = read_option(CONF / name, "").header.split("\n")[0]
+            lines += [f"`audioml/conf/{name}` is not a Hydra config but data: {_inline(header)}", ""]
     lines += ["## Config groups", ""]
     all_groups = groups()
     lines += ["| group | options |", "| --- | --- |"]
@@ -306,26 +304,47 @@ def _anchor(text: str) -> str:
     return "group-" + re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def help_text(argv: list[str]) -> str:
-    """``argv``'s --help output (run as ``python -m <module>`` with this interpreter)."""
+@functools.lru_cache(maxsize=None)
+def _help(argv: tuple[str, ...]) -> str:
+    return help_text(list(argv), cached=False)
+
+
+def help_text(argv: list[str], cached: bool = True) -> str:
+    """``argv``'s --help output (run as ``python -m <module>`` with this interpreter; the module
+    from pyproject.toml's scripts)."""
+    if cached:
+        return _help(tuple(argv))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AUDIOML_", "MLFLOW_"))}
     env.update(PYTHONPATH=str(REPO), COLUMNS="100", NO_COLOR="1", TERM="dumb")
-    done = subprocess.run([sys.executable, "-m", MODULES[argv[0]], *argv[1:]], cwd=REPO, env=env,
+    done = subprocess.run([sys.executable, "-m", scripts()[argv[0]], *argv[1:]], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr[-2000:]}")
     return done.stdout.rstrip()
 
 
+def commands() -> list[list[str]]:
+    """Every --help page: ``audioml``, each console script of pyproject.toml, and each subcommand
+    of the argparse commands that have them (read from their own usage line)."""
+    pages = [["audioml", "--help"]] + [[name, "--help"] for name in scripts() if name != "audioml"]
+    for argv in list(pages):
+        usage = re.search(r"^usage: \S+ \[-h\] \{([\w,-]+)\}", help_text(argv), re.M)
+        if usage:
+            index = pages.index(argv)
+            pages[index + 1:index + 1] = [[argv[0], sub, "--help"] for sub in usage.group(1).split(",")]
+    return pages
+
+
 def cli_page() -> str:
+    argvs = commands()
     with ThreadPoolExecutor(max_workers=4) as pool:
-        texts = list(pool.map(help_text, [argv for argv, _ in COMMANDS]))
+        texts = list(pool.map(help_text, argvs))
     lines = ["# Command-line reference", "",
              "Each command's own `--help`, captured when the site is built. Every command also runs as "
              "`audioml <command> ...` (`audioml train ...` is `audioml-train ...`). The keys of the Hydra "
              "commands are in the [configuration reference](configuration.md).", ""]
-    for (argv, title), text in zip(COMMANDS, texts):
-        lines += [f"## `{title}`", "", f"```console\n$ {' '.join(argv)}\n{text}\n```", ""]
+    for argv, text in zip(argvs, texts):
+        lines += [f"## `{' '.join(argv[:-1])}`", "", f"```console\n$ {' '.join(argv)}\n{text}\n```", ""]
     return "\n".join(lines)
 
 
@@ -351,6 +370,7 @@ ACTIVITIES = [
     ("Datasets, your own data and downloads", ("data/",)),
     ("Models, pretrained weights, features and augmentation", ("models/", "features/", "augment/", "losses.py",
                                                                "metrics.py")),
+    ("Probing encoders", ("probe.py", "run/probing.py", "run/emobox.py")),
     ("Sweeps and hyperparameter search", ("run/sweep.py", "run/status.py", "run/aggregate.py", "search/")),
     ("Comparing runs and statistics", ("compare.py", "run/comparison.py", "run/items.py", "stats/")),
     ("Using a trained model: eval, predict, export, serve", ("run/checkpoint.py", "run/inference.py", "run/export.py",

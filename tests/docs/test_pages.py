@@ -23,6 +23,7 @@ OWN_TESTS = {
     "guide/hyperparameter-search.md": "tests/docs/test_hyperparameter_search_guide.py",
     "guide/comparing-runs.md": "tests/docs/test_comparing_runs_page.py",
     "guide/classical.md": "tests/docs/test_classical_guide.py",
+    "guide/probing.md": "tests/test_docs_probing.py",
 }
 
 

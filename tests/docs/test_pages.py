@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,7 +63,8 @@ def test_the_site_builds_strictly(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
-    configuration = (site / "reference" / "configuration" / "index.html").read_text().replace("<wbr>", "").replace("&#95;", "_")
+    configuration = (site / "reference" / "configuration" / "index.html").read_text()
+    configuration = configuration.replace("<wbr>", "").replace("&#95;", "_")
     assert "model=efficientat_mn04" in configuration and "data.group_pattern" in configuration
     cli = (site / "reference" / "cli" / "index.html").read_text()
     assert "audioml-eval: test a trained model" in cli and "prepare-donateacry" in cli
@@ -91,7 +93,8 @@ def test_every_page_is_in_the_nav() -> None:
 # ---------------------------------------------------------------- generated references
 def _leaves(value, prefix: str = "") -> dict[str, object]:
     if isinstance(value, dict) and value:
-        return {k: v for key, item in value.items() for k, v in _leaves(item, f"{prefix}.{key}" if prefix else str(key)).items()}
+        return {k: v for key, item in value.items()
+                for k, v in _leaves(item, f"{prefix}.{key}" if prefix else str(key)).items()}
     if isinstance(value, list) and value and any(isinstance(item, (dict, list)) for item in value):
         return {k: v for i, item in enumerate(value) for k, v in _leaves(item, f"{prefix}.{i}").items()}
     return {prefix: value}
@@ -180,3 +183,11 @@ def test_the_quick_blocks_of_a_page_run(page: Path, tmp_path: Path, shared_data:
 def test_every_block_of_a_page_runs_in_order(page: Path, tmp_path: Path, shared_data: Path,
                                               shared_weights: Path) -> None:
     _run(page, tmp_path, include_slow=True)
+
+
+def test_the_readmes_links_resolve() -> None:
+    """README.md is read on GitHub and PyPI, outside the site: its relative links name files that exist."""
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", (REPO / "README.md").read_text())
+    relative = [link for link in links if not link.startswith(("http://", "https://"))]
+    assert relative and all((REPO / link).is_file() for link in relative), [
+        link for link in relative if not (REPO / link).is_file()]

@@ -30,7 +30,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], Path]:
     from hydra.core.hydra_config import HydraConfig
 
     from audioml.logs import quiet_third_party
-    from audioml.run.markers import read_done
+    from audioml.run.rundir import RunDir
     from audioml.run.training import run_evaluation_in
 
     if not logging.getLogger().handlers:
@@ -38,7 +38,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], Path]:
         logging.getLogger("audioml").setLevel(logging.INFO)
     quiet_third_party()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    finished_before = read_done(run_dir) is not None
+    finished_before = RunDir(run_dir).finished() is not None
     metrics, run_dir = run_evaluation_in(cfg, run_dir)
     if finished_before:
         warnings.warn(f"{run_dir} finished before: these are its results, nothing was trained. Change the config "

@@ -19,14 +19,11 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from audioml.files import atomic_write_bytes
+from audioml.run.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RESUME_FILENAMES", "AtomicCheckpointIO", "checkpoint_is_intact", "find_resume_checkpoint"]
-
-#: Resume checkpoints in a run's ``checkpoints/`` folder, newest first: the latest and the one
-#: before it (kept so that a damaged latest file still leaves a good one).
-RESUME_FILENAMES = ("last.ckpt", "last-previous.ckpt")
+__all__ = ["AtomicCheckpointIO", "checkpoint_is_intact", "find_resume_checkpoint"]
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint I/O that writes every checkpoint atomically (see module docs).
@@ -64,8 +61,8 @@ def _loads(path: Path) -> str | None:
     return None
 
 
-def find_resume_checkpoint(directory: str | Path) -> Path | None:
-    """The newest intact resume checkpoint in ``directory`` (see ``RESUME_FILENAMES``), or
+def find_resume_checkpoint(run: RunDir) -> Path | None:
+    """The newest intact resume checkpoint of ``run`` (``RunDir.resume_checkpoints``), or
     ``None`` when there is none.
 
     A damaged file (torn, or complete but not loadable with ``weights_only=True``, e.g. one
@@ -73,10 +70,8 @@ def find_resume_checkpoint(directory: str | Path) -> Path | None:
     (replacing an older one), so that the next save cannot rotate it into the place of the
     good fallback.
     """
-    directory = Path(directory)
-    found = None
-    for name in RESUME_FILENAMES:
-        path = directory / name
+    directory, found = run.checkpoints, None
+    for path in run.resume_checkpoints():
         if not path.is_file():
             continue
         problem = None if checkpoint_is_intact(path) else "damaged (truncated or corrupt)"
@@ -92,6 +87,6 @@ def find_resume_checkpoint(directory: str | Path) -> Path | None:
         log.warning("checkpoint %s is %s: moved aside to %s.damaged", path, problem, path.name)
     if found is None and any(directory.glob("*.damaged")):
         log.warning("no intact resume checkpoint in %s: training starts from the beginning", directory)
-    elif found is not None and found.name != RESUME_FILENAMES[0]:
+    elif found is not None and found != run.last_checkpoint:
         log.warning("resuming from %s, the checkpoint before the damaged one", found)
     return found

@@ -4,7 +4,7 @@ writes ``metrics.json`` and the run's reports (confusion matrix, per-class table
 intervals) in its output folder and logs them as an MLflow evaluation run linked to the
 training run. A run directory as the source means the checkpoint its test scored, so the numbers
 reproduce its ``metrics.json``; which file the numbers come from is printed first and kept in
-``evaluation.json`` (``audioml.run.results.evaluated_checkpoint``)."""
+``evaluation.json`` (``audioml.run.inference.evaluated_checkpoint``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from audioml.config import CONFIG_PATH
-from audioml.entry import UserError, hydra_task, run_hydra_app
+from audioml.entry import hydra_task, run_hydra_app
+from audioml.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +28,8 @@ def _app(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from audioml.run.checkpoint import read_record
-    from audioml.run.inference import display_path, evaluate_checkpoint, log_evaluation
-    from audioml.run.results import evaluated_checkpoint, file_sha256
+    from audioml.files import file_digest
+    from audioml.run.inference import display_path, evaluate_checkpoint, evaluated_checkpoint, log_evaluation
     from audioml.run.tracking import resolve_tracking_uri
 
     if (cfg.source is None) == (cfg.ckpt_path is None):
@@ -46,7 +47,7 @@ def _app(cfg: DictConfig) -> None:
     metrics, files = evaluate_checkpoint(checkpoint, cfg.paths, cfg.trainer, cfg.split, cfg.get("data"), trusted,
                                          data_cfg=data_cfg, evaluation_cfg=cfg.get("evaluation"), out_dir=out_dir)
     # every output names the file its numbers come from: this report, stdout, the MLflow run's tags
-    evaluated = {"checkpoint": display_path(checkpoint.resolve()), "what": what, "sha256": file_sha256(checkpoint),
+    evaluated = {"checkpoint": display_path(checkpoint.resolve()), "what": what, "sha256": file_digest(checkpoint),
                  "source": display_path(source), "split": cfg.split, "dataset": cfg.dataset}
     (out_dir / "evaluation.json").write_text(json.dumps(evaluated, indent=2))
     files = [*files, out_dir / "evaluation.json"]

@@ -18,7 +18,8 @@ import hydra
 from omegaconf import DictConfig
 
 from audioml.config import CONFIG_PATH
-from audioml.entry import UserError, hydra_task, run_hydra_app
+from audioml.entry import hydra_task, run_hydra_app
+from audioml.errors import UserError
 
 log = logging.getLogger(__name__)
 

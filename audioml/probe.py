@@ -17,11 +17,10 @@ all commands: audioml --help.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
-from audioml.entry import MISTAKE_EXIT
+from audioml.run.outcome import MISTAKE_EXIT_CODE
 
 #: Keys of the command itself; every other override goes to the probe runs.
 _OWN_KEYS = ("data", "encoders", "layers", "probes", "metric", "keep_checkpoints")
@@ -61,8 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
-        return 0 if argv else MISTAKE_EXIT
-    from audioml.entry import INTERRUPTED_EXIT, is_user_mistake, report_mistake
+        return 0 if argv else MISTAKE_EXIT_CODE
+    from audioml.entry import end_command
     from audioml.logs import quiet_third_party
     from audioml.run.probing import format_table, run_probe_table
 
@@ -72,13 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_third_party()
     try:
         result = run_probe_table(parse_command_line(argv))
-    except KeyboardInterrupt:
-        print("\naudioml-probe: stopped (Ctrl-C); rerun the same command to continue", file=sys.stderr)
-        return INTERRUPTED_EXIT
-    except Exception as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not is_user_mistake(error):
+    except (Exception, KeyboardInterrupt) as error:
+        status = end_command("audioml-probe", error)
+        if status is None:
             raise
-        return report_mistake("audioml-probe", error)
+        return status
     print(format_table(result.table))
     print(f"table: {result.directory / 'probe_table.csv'}"
           + (f"; MLflow parent run {result.parent_run_id}" if result.parent_run_id else ""))

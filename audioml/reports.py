@@ -12,6 +12,7 @@ import pandas as pd
 
 from audioml import figures
 from audioml.figures import pca_2d, plot_confusion_matrix, plot_embedding_pca, plot_layer_weights, plot_learning_curves
+from audioml.run.rundir import RunDir
 
 __all__ = ["plot_confusion_matrix", "predictions_table", "regression_predictions_table", "plot_learning_curves",
            "plot_embedding_pca", "pca_2d", "LearningCurves",
@@ -47,7 +48,7 @@ def regression_predictions_table(manifest: pd.DataFrame, prediction: np.ndarray,
 
 class LearningCurves(L.Callback):
     """Records every epoch's ``train/*`` and ``val/*`` metrics; at the end of fit writes
-    ``<trainer.default_root_dir>/<filename>`` (drawn by ``audioml.figures.draw``: call
+    ``<trainer.default_root_dir>/<filename>`` (``None``: the run directory's learning curves; drawn by ``audioml.figures.draw``: call
     ``audioml.figures.wait`` before reading it) and the same numbers beside it as ``.csv`` (one
     row per epoch). ``files`` lists both once written; ``TrainingRun`` logs them to its MLflow
     run with the run's other reports.
@@ -57,8 +58,8 @@ class LearningCurves(L.Callback):
     a resumed run plots every epoch.
     """
 
-    def __init__(self, filename: str = "learning_curves.png") -> None:
-        self.filename = filename
+    def __init__(self, filename: str | None = None) -> None:
+        self.filename = filename or RunDir.CURVES
         self.history: list[dict[str, float]] = []
         self.files: list[Path] = []
 
@@ -104,15 +105,15 @@ class LayerWeights(L.Callback):
     logs both to MLflow with the learning curves. The weights are those of the fit's last step.
     Does nothing for any other model."""
 
-    def __init__(self, filename: str = "layer_weights.png") -> None:
-        self.filename = filename
+    def __init__(self, filename: str | None = None) -> None:
+        self.filename = filename or RunDir.LAYER_WEIGHTS
         self.files: list[Path] = []
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from audioml.models.base import AudioModule
         from audioml.models.heads import LayerHead
 
-        head = pl_module.backbone.head if isinstance(pl_module, AudioModule) else None
+        head = pl_module.backbone.head if isinstance(pl_module, AudioModule) else None  # a user's own module
         weights = head.layer_weights() if isinstance(head, LayerHead) else {}
         if not weights or not trainer.is_global_zero:
             return

@@ -35,16 +35,16 @@ class GridTracker:
     validation and test scores, artifact = the fitted pipeline (``.skops``)."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, title: str, tags: dict[str, str]) -> None:
-        from audioml.run import markers, tracking
+        from audioml.run import tracking
+        from audioml.run.rundir import RunDir
+        from audioml.run.store import Store
 
-        uri = tracking.resolve_tracking_uri(cfg.logger.get("tracking_uri"), cfg.paths.mlflow_dir)
-        artifact_location = (tracking.default_artifact_location(cfg.paths.mlflow_dir)
-                             if uri.startswith("sqlite:///") and not cfg.logger.get("tracking_uri") else None)
-        tracking.check_reachable(uri)
+        store = Store.of(cfg.logger.get("tracking_uri"), cfg.paths.mlflow_dir)
+        tracking.check_reachable(store.uri)
         self.key = run_dir.name
-        self.logger = tracking.open_run(cfg.logger.experiment_name, title, uri, run_dir / markers.RUN_ID_FILE,
-                                        artifact_location, {**tags, "audioml.role": "sweep",
-                                                            "audioml.sweep_key": self.key, "audioml.kind": "classical"})
+        self.logger = tracking.open_run(cfg.logger.experiment_name, title, store, RunDir(run_dir),
+                                        {**tags, "audioml.role": "sweep", "audioml.sweep_key": self.key,
+                                         "audioml.kind": "classical"})
         self.client, self.parent = self.logger.experiment, self.logger.run_id
         self.experiment_id = self.logger.experiment_id
         self.tags = tags

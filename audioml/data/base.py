@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -238,6 +238,11 @@ class AudioDataModule(L.LightningDataModule, ABC):
                                                                   "reason": "a folder, not a file"})],
                                      ignore_index=True).drop_duplicates("path")
         return audio, other
+
+    def statistics_batches(self) -> Iterator[torch.Tensor] | None:
+        """Training batches a model computes its normalisation statistics from
+        (``AudioModule.fit_feature_statistics``), or ``None`` when the data offers none."""
+        return None
 
     def check_root(self) -> None:
         """Raise ``FileNotFoundError`` naming the expected path when the data is not there."""

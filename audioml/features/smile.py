@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from audioml.entry import UserError
+from audioml.errors import UserError
 
 __all__ = ["INSTALL", "MissingExtraError", "SmileError", "SmileSettings", "SmileInput", "PRESETS",
            "require_opensmile", "LEVELS", "STATISTICS"]
@@ -39,7 +39,7 @@ STATISTICS = {"mean": np.nanmean, "std": np.nanstd, "min": np.nanmin, "max": np.
 
 class MissingExtraError(UserError, ImportError):
     """An optional dependency that is not installed; the message names the install command (a
-    user's mistake for ``audioml.entry``: one line, exit status 2, in every command)."""
+    user's mistake (``audioml.errors``): one line, exit status 2, in every command)."""
 
 
 class SmileError(ValueError):

@@ -4,8 +4,10 @@ that ``configure_optimizers`` turns into Lightning's optimiser configuration."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -15,7 +17,8 @@ from audioml.features.preprocess import Preprocessed
 from audioml.models.backbones.base import Backbone, HeadFactory
 from audioml.models.schedules import WarmupCosine
 
-__all__ = ["AudioModule", "EpochMeans", "OptimizerFactory", "NOT_HYPERPARAMETERS", "persist_metric_states"]
+__all__ = ["AudioModule", "TestOutputs", "EpochMeans", "OptimizerFactory", "NOT_HYPERPARAMETERS",
+           "persist_metric_states"]
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
@@ -79,12 +82,53 @@ class EpochMeans(nn.Module):
         return value
 
 
+@dataclass(frozen=True)
+class TestOutputs:
+    """What a model scored in its last test, in loader order, on the CPU.
+
+    ``names``: class (classifier) or target (regressor) names; ``targets``: class indices ``(n,)``
+    or class probabilities ``(n, classes)``, a regressor's ``(n, windows, targets)``;
+    ``probabilities``: a classifier's ``(n, classes)``; ``confusion``: its ``(classes, classes)``
+    matrix, rows true; ``predictions``: a regressor's, shaped as its targets."""
+
+    names: tuple[str, ...]
+    targets: torch.Tensor
+    probabilities: torch.Tensor | None = None
+    confusion: torch.Tensor | None = None
+    predictions: torch.Tensor | None = None
+
+
 class AudioModule(L.LightningModule):
-    """Base of ``AudioClassifier`` and ``SequenceRegressor`` (their docs list the arguments).
+    """Base of ``AudioClassifier`` and ``SequenceRegressor`` (their docs list the arguments),
+    and what the run layer may ask of any of them (``test_outputs``, ``embed``, the fitting
+    steps before training).
 
     ``extra_input``: a module computing a second, clip-level input of the head from the
     waveform (``audioml.features.smile.SmileInput``, ``model.head.extra_features``), or ``None``;
     ``fit_extra_input`` fits its standardisation on the training clips before training."""
+
+    #: ``None``: batches hold waveforms; ``"pooled"``, ``"tokens"`` or ``"layers"``: they hold the
+    #: cached outputs of the frozen front end and backbone, and only the head runs
+    #: (``audioml.models.embedding_cache``).
+    embedding_input: str | None = None
+    #: Whether ``embed`` gives the pooled backbone embedding of a batch (for the test's PCA figure).
+    embeds: bool = False
+
+    def test_outputs(self) -> TestOutputs | None:
+        """What the last test scored (``None`` before a test)."""
+        return None
+
+    def embed(self, waveform: torch.Tensor) -> torch.Tensor:
+        """``(batch, time)`` -> pooled backbone embedding ``(batch, features)``, where ``embeds``."""
+        raise NotImplementedError(f"{type(self).__name__} gives no embedding (embeds=False)")
+
+    def fit_feature_statistics(self, batches: Iterable[torch.Tensor]) -> None:
+        """Fit normalisation statistics through the model's own front end on training
+        ``batches`` (``AudioDataModule.statistics_batches``); nothing to fit by default."""
+
+    def fit_pretraining_stage(self, datamodule: L.LightningDataModule, make_trainer: Callable[..., L.Trainer],
+                              resume_checkpoint: str | Path | None = None) -> None:
+        """A stage trained before the run's own fit (an autoencoder's reconstruction); none by default."""
 
     def fit_extra_input(self, training_batches) -> None:
         """Fit ``extra_input`` (``(batch, time)`` waveform batches of the training clips); nothing
@@ -156,7 +200,7 @@ class AudioModule(L.LightningModule):
     # a 40-epoch head job: only the head is switched then. Otherwise the modes every submodule
     # had are put back, as Lightning does when these hooks are not overridden.
     def _to_eval(self) -> None:
-        if getattr(self, "embedding_input", None) is not None:
+        if self.embedding_input is not None:
             self._modes_before_eval = {"backbone.head": self.backbone.head.training}
             self.backbone.head.eval()
             return
@@ -165,7 +209,7 @@ class AudioModule(L.LightningModule):
 
     def _back_from_eval(self) -> None:
         modes = getattr(self, "_modes_before_eval", {})
-        if getattr(self, "embedding_input", None) is not None:
+        if self.embedding_input is not None:
             self.backbone.head.train(modes.get("backbone.head", True))
             return
         for name, module in self.named_modules():

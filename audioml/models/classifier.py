@@ -10,7 +10,7 @@ from torch import nn
 
 from audioml.features.smile import SmileInput
 from audioml.models.backbones.base import Backbone, HeadFactory
-from audioml.models.base import NOT_HYPERPARAMETERS, AudioModule, OptimizerFactory
+from audioml.models.base import NOT_HYPERPARAMETERS, AudioModule, OptimizerFactory, TestOutputs
 from audioml.models.embedding_cache import head_logits
 from audioml.models.fitted_heads import fit_heads, fitted_heads
 from audioml.models.heads import Head
@@ -150,6 +150,14 @@ class AudioClassifier(AudioModule):
                                             pre_logits=True)
         extra = self.extra_input(waveform) if extra is None else extra
         return self.backbone.head(torch.cat([pooled, extra.to(device=pooled.device, dtype=pooled.dtype)], dim=1))
+
+    embeds = True
+
+    def test_outputs(self) -> TestOutputs | None:
+        if self.test_probabilities is None:
+            return None
+        return TestOutputs(tuple(self.class_names), self.test_targets, probabilities=self.test_probabilities,
+                           confusion=self.test_confusion_matrix)
 
     def embed(self, waveform: torch.Tensor) -> torch.Tensor:
         """``(batch, time)`` -> pooled backbone embedding ``(batch, num_features)`` (with

@@ -9,7 +9,7 @@ from torch import nn
 
 from audioml.metrics import regression_metrics
 from audioml.models.backbones.base import Backbone, HeadFactory
-from audioml.models.base import NOT_HYPERPARAMETERS, AudioModule, OptimizerFactory
+from audioml.models.base import NOT_HYPERPARAMETERS, AudioModule, OptimizerFactory, TestOutputs
 from audioml.models.heads import Head, LayerHead
 
 __all__ = ["SequenceRegressor"]
@@ -219,6 +219,14 @@ class SequenceRegressor(AudioModule):
         if stage == "test":
             self.test_predictions = torch.cat([p for p, _ in buffers])
             self.test_targets = torch.cat([t for _, t in buffers])
+
+    def test_outputs(self) -> TestOutputs | None:
+        """``predictions`` and ``targets`` as ``(sequences, windows, targets)``."""
+        if self.test_predictions is None:
+            return None
+        shape = (len(self.test_predictions), -1, self.num_targets)
+        return TestOutputs(tuple(self.target_names), self.test_targets.reshape(shape),
+                           predictions=self.test_predictions.reshape(shape))
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")

@@ -14,17 +14,32 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from audioml import distributed
 from audioml.checkpointing import AtomicCheckpointIO
+from audioml.errors import UserError
 from audioml.features.preprocess import Preprocessed
 from audioml.models.base import AudioModule
-from audioml.run import facts, markers, relog, tracking
+from audioml.run import facts, tracking
 from audioml.run.checkpoint import instantiate_model
+from audioml.run.resume import ResumeCheckpoint
+from audioml.run.rundir import RunDir
+from audioml.run.store import Store
 
-__all__ = ["build_datamodule", "build_model", "fit_data_statistics", "validate_trainer", "build_trainer",
-           "build_test_trainer", "runtime_tags", "data_tags", "open_mlflow_logger", "run_title"]
+__all__ = [
+    "build_datamodule",
+    "build_model",
+    "build_test_trainer",
+    "build_trainer",
+    "data_tags",
+    "fit_data_statistics",
+    "open_mlflow_logger",
+    "run_title",
+    "runtime_tags",
+    "validate_trainer",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +54,7 @@ def build_datamodule(cfg: DictConfig):
     return datamodule
 
 
-def build_model(cfg: DictConfig, class_names: list[str], class_counts: list[int] | None = None) -> L.LightningModule:
+def build_model(cfg: DictConfig, class_names: list[str], class_counts: list[int] | None = None) -> AudioModule:
     """Instantiate ``cfg.model`` for these classes with its loss and augmentation."""
     augmentation = cfg.get("augmentation") or {}
     extra = {"waveform_augment": instantiate(augmentation["waveform"]) if augmentation.get("waveform") else None,
@@ -49,6 +64,9 @@ def build_model(cfg: DictConfig, class_names: list[str], class_counts: list[int]
     if augmentation.get("after_preprocess"):  # the same: modules without preprocessing need not accept it
         extra["augment_preprocessed"] = True
     model = instantiate_model(cfg.model, cfg.get("loss"), class_names, class_counts, **extra)
+    if not isinstance(model, AudioModule):  # what training, results and embeddings call is declared there
+        raise UserError(f"model._target_={cfg.model.get('_target_')} builds a {type(model).__name__}, not an audioml "
+                        "task module: subclass audioml.models.base.AudioModule (AudioClassifier, SequenceRegressor)")
     if augmentation.get("after_preprocess") and not (
             getattr(model, "waveform_augment", None) is not None and isinstance(model.frontend, Preprocessed)):
         log.warning("augmentation.after_preprocess=true does nothing here: it orders waveform augmentation after "
@@ -57,24 +75,32 @@ def build_model(cfg: DictConfig, class_names: list[str], class_counts: list[int]
     return model
 
 
-def fit_data_statistics(model: L.LightningModule, datamodule) -> None:
+def fit_data_statistics(model: AudioModule, datamodule) -> None:
     """Let a model that normalises with training statistics compute them through its own front
     end (``fit_feature_statistics``) from the batches the data offers (``statistics_batches``),
     and a head's second input (``AudioModule.fit_extra_input``) from the training clips."""
-    if hasattr(model, "fit_feature_statistics") and hasattr(datamodule, "statistics_batches"):
-        model.fit_feature_statistics(datamodule.statistics_batches())
-    if isinstance(model, AudioModule) and model.extra_input is not None:
+    batches = datamodule.statistics_batches()
+    if batches is not None:
+        model.fit_feature_statistics(batches)
+    if model.extra_input is not None:
         training = datamodule.dataset("train")
         model.fit_extra_input(torch.stack([training[i][0] for i in range(begin, min(begin + 64, len(training)))])
                               for begin in range(0, len(training), 64))
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback], logger) -> L.Trainer:
+def build_trainer(cfg: DictConfig, run: RunDir, callbacks: list[L.Callback], logger) -> L.Trainer:
+    """``cfg.trainer`` with ``cfg.callbacks`` (checkpoints written into ``run``'s ``checkpoints/``
+    unless a callback names another folder) and ``callbacks``."""
     built = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
     if logger is None:  # these callbacks refuse to run without a logger
         built = [c for c in built if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
+    for callback in built:
+        if isinstance(callback, (ModelCheckpoint, ResumeCheckpoint)) and callback.dirpath is None:
+            callback.dirpath = run.checkpoints
+        if isinstance(callback, ModelCheckpoint) and callback.filename is None:
+            callback.filename = RunDir.BEST_FILENAME
     return instantiate(cfg.trainer, callbacks=built + callbacks, logger=logger,
-                       default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()])
+                       default_root_dir=str(run.path), plugins=[AtomicCheckpointIO()])
 
 
 def validate_trainer(cfg: DictConfig) -> None:
@@ -96,23 +122,24 @@ def runtime_tags(cfg: DictConfig) -> dict[str, str]:
             "audioml.model": str(choices.get("model")) if HydraConfig.initialized() else ""}
 
 
-def open_mlflow_logger(cfg: DictConfig, run_dir: Path, tags: dict[str, str], finish_on_finalize: bool = True):
-    """The MLflow logger of the run in ``run_dir`` (continuing the run id saved there; a child
-    of the running sweep's parent run; its store recorded in ``<run_dir>/mlflow_store``), or
-    ``None`` when ``logger.enabled`` is false."""
+def store_of(cfg: DictConfig) -> Store | None:
+    """The MLflow store ``cfg`` records into (``logger.tracking_uri``, ``MLFLOW_TRACKING_URI`` or the
+    embedded one under ``paths.mlflow_dir``), or ``None`` when ``logger.enabled`` is false."""
     if not cfg.logger.get("enabled", True):
         return None
-    uri = tracking.resolve_tracking_uri(cfg.logger.get("tracking_uri"), cfg.paths.mlflow_dir)
-    artifact_location = (tracking.default_artifact_location(cfg.paths.mlflow_dir)
-                         if uri.startswith("sqlite:///") and not cfg.logger.get("tracking_uri") else None)
-    logger = tracking.open_run(cfg.logger.experiment_name, cfg.logger.get("run_name") or run_title(cfg, run_dir), uri,
-                               run_dir / markers.RUN_ID_FILE, artifact_location, tags, finish_on_finalize,
-                               rank_zero=distributed.is_global_zero_process(),
-                               system_metrics=cfg.logger.get("system_metrics"),
-                               system_metrics_interval=cfg.logger.get("system_metrics_interval"))
-    if distributed.is_global_zero_process():
-        relog.record_store(run_dir, uri)  # beside mlflow_run_id: which store that id is in
-    return logger
+    return Store.of(cfg.logger.get("tracking_uri"), cfg.paths.mlflow_dir)
+
+
+def open_mlflow_logger(cfg: DictConfig, run: RunDir, tags: dict[str, str], finish_on_finalize: bool = True):
+    """The MLflow logger of the run in ``run`` (continuing the run id recorded there; a child of
+    the running sweep's parent run), or ``None`` when ``logger.enabled`` is false."""
+    store = store_of(cfg)
+    if store is None:
+        return None
+    return tracking.open_run(cfg.logger.experiment_name, cfg.logger.get("run_name") or run_title(cfg, run.path), store,
+                             run, tags, finish_on_finalize, rank_zero=distributed.is_global_zero_process(),
+                             system_metrics=cfg.logger.get("system_metrics"),
+                             system_metrics_interval=cfg.logger.get("system_metrics_interval"))
 
 
 #: Overrides that say where or how loudly a run goes, not what it is (left out of its title).
@@ -138,10 +165,10 @@ def run_title(cfg: DictConfig, run_dir: Path) -> str:
     return " ".join(parts)[:240]
 
 
-def build_test_trainer(cfg: DictConfig, run_dir: Path, logger) -> L.Trainer:
+def build_test_trainer(cfg: DictConfig, run: RunDir, logger) -> L.Trainer:
     """A one-device Trainer like ``cfg.trainer`` for testing after a multi-device fit."""
     return instantiate(cfg.trainer, devices=1, num_nodes=1, strategy="auto", sync_batchnorm=False,
-                       logger=logger, default_root_dir=str(run_dir), callbacks=[])
+                       logger=logger, default_root_dir=str(run.path), callbacks=[])
 
 
 def data_tags(datamodule) -> dict[str, str]:

@@ -322,14 +322,14 @@ def finish_run(spec: dict[str, Any]) -> None:
     the ``status`` (default FINISHED); then ``DONE`` in ``run_dir`` with ``done`` (the metrics; ``None``: no
     marker). ``env``: the environment to do it in (the caller's)."""
     from audioml import figures
-    from audioml.run import markers
+    from audioml.run.rundir import RunDir
 
     with _environment(spec.get("env")):
         if spec.get("run_id"):
             _complete_mlflow_run(spec)
         figures.wait(spec.get("wait_for") or [])  # every report on disk before the run counts as finished
         if spec.get("done") is not None:
-            markers.write_done(spec["run_dir"], spec["done"])
+            RunDir(spec["run_dir"]).mark_done(spec["done"])
 
 
 def _complete_mlflow_run(spec: dict[str, Any]) -> None:
@@ -378,7 +378,7 @@ def _mark_failed(spec: dict[str, Any], failure: FinishFailure) -> None:
                     with contextlib.suppress(Exception):
                         client.log_artifact(spec["run_id"], str(path))
             with tempfile.TemporaryDirectory() as folder:
-                path = Path(folder) / "traceback.txt"
+                path = Path(folder) / RunDir.TRACEBACK
                 path.write_text(failure.traceback, encoding="utf-8")
                 client.log_artifact(spec["run_id"], str(path))
             client.set_tag(spec["run_id"], "audioml.error", failure.error[:500])
@@ -391,7 +391,7 @@ def preload() -> None:
     """Import what :func:`finish_in_worker` needs (the worker does it when it starts)."""
     import mlflow.pyfunc  # noqa: F401
 
-    from audioml.run import markers, serving, store  # noqa: F401
+    from audioml.run import rundir, serving, store  # noqa: F401
 
 
 def finish_in_worker(spec: dict[str, Any]) -> None:

@@ -34,6 +34,7 @@ import lightning as L
 import torch
 
 from audioml.files import atomic_write_bytes
+from audioml.run.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class HeadOnlyCheckpoints(L.Callback):
 
     @staticmethod
     def _active(pl_module: L.LightningModule) -> bool:
-        return getattr(pl_module, "embedding_input", None) is not None
+        return pl_module.embedding_input is not None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._active(pl_module):
@@ -112,7 +113,7 @@ class HeadOnlyCheckpoints(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Runs before the resume checkpoint's last save (``add_head_only_checkpoints`` puts this
-        # callback before the checkpoint callbacks): that last.ckpt is written whole at once
+        # callback before the checkpoint callbacks): that last checkpoint is written whole at once
         # instead of expanded afterwards.
         self._training_ended = True
 
@@ -153,7 +154,7 @@ class HeadOnlyCheckpoints(L.Callback):
             return
         paths = [Path(c.best_model_path) for c in trainer.checkpoint_callbacks
                  if getattr(c, "best_model_path", "")]
-        paths += [Path(c.dirpath) / "last.ckpt" for c in trainer.checkpoint_callbacks
+        paths += [Path(c.dirpath) / RunDir.LAST for c in trainer.checkpoint_callbacks
                   if type(c).__name__ == "ResumeCheckpoint"]
         expand_checkpoints(pl_module, paths)
 

@@ -34,12 +34,13 @@ from omegaconf import DictConfig, OmegaConf
 from audioml.data.audio import AUDIO_EXTENSIONS, AudioDecodeError
 from audioml.data.decoder import ClipDecoder
 from audioml.run.checkpoint import datamodule_from_record, model_from_record, read_record
+from audioml.run.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
 __all__ = ["OutputModel", "AGGREGATIONS", "Predictions", "Predictor", "evaluate_checkpoint", "training_run_of",
-           "log_evaluation", "collect_inputs",
-           "find_checkpoint", "display_path", "predict_files"]
+           "log_evaluation", "collect_inputs", "find_checkpoint", "evaluated_checkpoint", "display_path",
+           "predict_files"]
 
 #: How a classifier's window probabilities become one answer per file (``Predictor``).
 AGGREGATIONS = ("mean", "max", "vote")
@@ -107,12 +108,11 @@ def evaluate_checkpoint(ckpt_path: str | Path, paths: DictConfig, trainer_cfg: D
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     files: list[Path] = []
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        reports = RunDir(out_dir).create()  # an evaluation writes a tested run's reports
         if evaluation_cfg is not None:
-            honest, files = honest_test_scores(instantiate(evaluation_cfg), model, datamodule, out_dir)
+            honest, files = honest_test_scores(instantiate(evaluation_cfg), model, datamodule, reports)
             metrics.update(honest)
-        _, written = write_run_reports(model, datamodule, out_dir, metrics)
+        _, written = write_run_reports(model, datamodule, reports, metrics)
         files = [*written, *files]
         figures.wait(files)
     return metrics, files
@@ -182,7 +182,7 @@ def _scored_items_digest(files: list[Path], name: str) -> str:
     column of its predictions table, sorted), else over ``name``: MLflow's dataset digest."""
     import hashlib
 
-    table = next((Path(f) for f in files if Path(f).name == "test_predictions.csv" and Path(f).is_file()), None)
+    table = next((Path(f) for f in files if Path(f).name == RunDir.PREDICTIONS and Path(f).is_file()), None)
     text = name
     if table is not None:
         frame = pd.read_csv(table)
@@ -269,17 +269,42 @@ def find_checkpoint(source: str | Path, tracking_uri: str | None = None,
                                 "runs:/<run id>/model, models:/<name>/<version> or models:/<name>@<alias>")
     if (path / "MLmodel").is_file():
         return _checkpoint_of_model_dir(path, text)
-    checkpoints = path / "checkpoints"
-    best = sorted(checkpoints.glob("best-*.ckpt"))
-    if best:
-        return best[-1]
-    if (checkpoints / "last.ckpt").is_file():
-        log.warning("%s has no best checkpoint; using last.ckpt", path)
-        return checkpoints / "last.ckpt"
-    if sorted(path.glob("fold_*/checkpoints")):
-        raise FileNotFoundError(f"{path} is a k-fold run: each fold is its own model; give one, e.g. "
-                                f"{path / 'fold_0'}")
+    run = RunDir(path)
+    if (best := run.best_checkpoint()) is not None:
+        return best
+    if run.last_checkpoint.is_file():
+        log.warning("%s has no best checkpoint; using %s", path, run.last_checkpoint.name)
+        return run.last_checkpoint
+    if folds := run.folds():
+        raise FileNotFoundError(f"{path} is a k-fold run: each fold is its own model; give one, e.g. {folds[0]}")
     raise FileNotFoundError(f"{path} holds no checkpoints/ (is it a run directory?)")
+
+
+def evaluated_checkpoint(source: str | Path, tracking_uri: str | None = None,
+                         download_dir: str | Path | None = None) -> tuple[Path, str]:
+    """``(checkpoint file, what it is)`` for ``audioml-eval source=...``: for a run directory,
+    the checkpoint its test scored (``RunDir.tested_checkpoint``), so the numbers reproduce its
+    metrics; for any other source the file ``find_checkpoint`` finds, and when that is a
+    checkpoint of a run directory whose test scored another file, the line says so (e.g. the
+    last checkpoint after a run that tested its best epoch)."""
+    path = Path(str(source))
+    a_run = path.is_dir() and not (path / "MLmodel").is_file()
+    if a_run and (tested := RunDir(path).tested_checkpoint()) is not None:
+        return tested, f"the checkpoint the test of run {path} scored: the numbers of its metrics.json"
+    checkpoint = find_checkpoint(source, tracking_uri, download_dir)
+    run = RunDir.of_checkpoint(checkpoint)
+    if a_run:
+        why = ("the one its test scored is gone or was rewritten: its metrics.json may differ"
+               if RunDir(path).records_tested() else "the run did not record which one its test scored")
+        return checkpoint, f"the best checkpoint of run {path} ({why})"
+    tested = run.tested_checkpoint() if run.records_tested() else None
+    if tested is None:
+        return checkpoint, f"from {source}"
+    if tested.resolve() == checkpoint.resolve():
+        return checkpoint, f"the checkpoint the test of run {run} scored: the numbers of its metrics.json"
+    return checkpoint, (f"not the checkpoint the test of run {run} scored ({tested.name}, whose numbers are in "
+                        f"its metrics.json): these numbers are {checkpoint.name}'s; give source={run} for the "
+                        "tested one")
 
 
 def _checkpoint_of_model_dir(folder: Path, source: str) -> Path:

@@ -85,9 +85,9 @@ def resolve(source: str | Path, checkpoint: Path | None, tracking_uri: str) -> L
             return Lineage(parsed.run_id, _run_model_id(client, parsed.run_id, parsed.reference))
         if checkpoint is None:
             return Lineage(None, None)
-        from audioml.run.markers import read_run_id
+        from audioml.run.rundir import RunDir
 
-        run_id = read_run_id(checkpoint.resolve().parent.parent)
+        run_id = RunDir.of_checkpoint(checkpoint).run_id()
         return Lineage(run_id, _run_model_id(client, run_id, "model") if run_id else None)
     except MlflowException as error:
         log.debug("lineage of %s not found in %s: %s", source, tracking_uri, error)

@@ -434,16 +434,15 @@ def plot_layer_scores(runs: pd.DataFrame, metric: str, path: str | Path) -> Path
 def _open_parent(cfg, directory: Path, request: ProbeTableRequest):
     """The MLflow parent run of the table (continued when the command is rerun), or ``None``."""
     from audioml.run import tracking
+    from audioml.run.rundir import RunDir
+    from audioml.run.store import Store
 
     if not cfg.logger.get("enabled", True):
         return None
     directory.mkdir(parents=True, exist_ok=True)
-    uri = tracking.resolve_tracking_uri(cfg.logger.get("tracking_uri"), cfg.paths.mlflow_dir)
-    tracking.check_reachable(uri)
-    artifact_location = (tracking.default_artifact_location(cfg.paths.mlflow_dir)
-                         if uri.startswith("sqlite:///") and not cfg.logger.get("tracking_uri") else None)
-    logger = tracking.open_run(cfg.logger.experiment_name, f"probe table {request.data}", uri,
-                               directory / "mlflow_run_id", artifact_location,
+    store = Store.of(cfg.logger.get("tracking_uri"), cfg.paths.mlflow_dir)
+    tracking.check_reachable(store.uri)
+    logger = tracking.open_run(cfg.logger.experiment_name, f"probe table {request.data}", store, RunDir(directory),
                                {"audioml.probe_table": directory.name, "audioml.data": request.data},
                                system_metrics=False)
     tracking.log_params(logger.experiment, logger.run_id, {

@@ -4,85 +4,34 @@
 then says where the run was logged and that nothing goes to the new store, or, with
 ``logger.relog=true``, copies the finished run there (:func:`copy_finished_run`).
 
-A run directory records its store in ``<run_dir>/mlflow_store`` (the tracking URI without a
-password, written when its MLflow run opens) beside ``mlflow_run_id``, and the copies made of it
-in ``<run_dir>/mlflow_copies.json`` (``{store: run id}``); a copy carries the tag
-``audioml.copy_of=<original run id>``, so a copy made from another machine into a shared store
-is found too.
+A run directory records its store (``RunDir.store``: the tracking URI without a password,
+written when its MLflow run opens) beside the run id, and the copies made of it
+(``RunDir.copies``); a copy carries the tag ``audioml.copy_of=<original run id>``, so a copy made
+from another machine into a shared store is found too.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
-import yaml
 
-from audioml.files import atomic_write_bytes
 from audioml.run import tracking
-from audioml.run.markers import read_run_id
-from audioml.run.results import TESTED_CHECKPOINT_FILE, read_tested_checkpoint
+from audioml.run.rundir import RunDir, _without_password
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STORE_FILE", "COPIES_FILE", "COPY_TAG", "record_store", "recorded_store", "check_store",
-           "copy_finished_run", "find_in_store"]
+__all__ = ["COPY_TAG", "check_store", "copy_finished_run", "find_in_store"]
 
-STORE_FILE = "mlflow_store"
-COPIES_FILE = "mlflow_copies.json"
 COPY_TAG = "audioml.copy_of"
 #: Tags of the original run that describe it as a record of its own store, not copied.
 _NOT_COPIED_TAGS = ("mlflow.parentRunId", "mlflow.runName", "mlflow.log-model.history", "mlflow.loggedArtifacts")
-#: Files of a run directory that training logs as artifacts (when rebuilding a run from its folder).
-_RUN_FILES = ("config.yaml", "metrics.json", TESTED_CHECKPOINT_FILE, "per_class_report.csv", "test_predictions.csv",
-              "skipped_files.csv", "class_collapse.json", "learning_curves.csv", "fold_metrics.csv",
-              "oof_predictions.csv", "*.png")
 _MODEL_ARTIFACT = "model"
-
-
-def _without_password(uri: str) -> str:
-    """``uri`` with any password left out of its authority (``user:secret@host`` -> ``user@host``)."""
-    parts = urlsplit(uri)
-    if "@" not in parts.netloc:
-        return uri
-    user, _, host = parts.netloc.rpartition("@")
-    return urlunsplit(parts._replace(netloc=f"{user.split(':', 1)[0]}@{host}"))
-
-
-def record_store(run_dir: Path, tracking_uri: str) -> None:
-    """Write the store of the run directory's MLflow run (``mlflow_store``), without a password."""
-    atomic_write_bytes(Path(run_dir) / STORE_FILE, _without_password(tracking_uri).encode())
-
-
-def recorded_store(run_dir: Path) -> str | None:
-    """The store ``record_store`` wrote; for runs before that record, the one their
-    ``config.yaml`` names (``logger.tracking_uri``, else the embedded store under
-    ``paths.mlflow_dir``), or ``None``."""
-    path = Path(run_dir) / STORE_FILE
-    if path.is_file():
-        return path.read_text(encoding="utf-8").strip() or None
-    try:
-        config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    logger, paths = config.get("logger") or {}, config.get("paths") or {}
-    if logger.get("tracking_uri"):
-        return str(logger["tracking_uri"])
-    return f"sqlite:///{Path(paths['mlflow_dir']).resolve() / 'mlflow.db'}" if paths.get("mlflow_dir") else None
-
-
-def _copies(run_dir: Path) -> dict[str, str]:
-    try:
-        return dict(json.loads((Path(run_dir) / COPIES_FILE).read_text()))
-    except (OSError, ValueError, TypeError):
-        return {}
 
 
 def _store_exists(uri: str) -> bool:
@@ -90,7 +39,7 @@ def _store_exists(uri: str) -> bool:
     return not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///"):]).is_file()
 
 
-def find_in_store(tracking_uri: str, run_dir: Path) -> str | None:
+def find_in_store(tracking_uri: str, run: RunDir) -> str | None:
     """Id of the run directory's MLflow run in ``tracking_uri``: its own run, or a copy of it
     (recorded in ``mlflow_copies.json`` or tagged ``audioml.copy_of``); ``None`` when the store
     holds neither."""
@@ -100,8 +49,8 @@ def find_in_store(tracking_uri: str, run_dir: Path) -> str | None:
     from mlflow.exceptions import MlflowException
 
     client = MlflowClient(tracking_uri)
-    run_id = read_run_id(run_dir)
-    for candidate in (run_id, _copies(run_dir).get(_without_password(tracking_uri))):
+    run_id = run.run_id()
+    for candidate in (run_id, run.copies().get(_without_password(tracking_uri))):
         if candidate:
             try:
                 if client.get_run(candidate).info.lifecycle_stage == "active":
@@ -116,46 +65,46 @@ def find_in_store(tracking_uri: str, run_dir: Path) -> str | None:
     return None
 
 
-def check_store(cfg, run_dir: Path) -> None:
-    """For a finished ``run_dir`` skipped by this command (rank zero, MLflow on): when the store
+def check_store(cfg, run: RunDir) -> None:
+    """For a finished run directory skipped by this command (rank zero, MLflow on): when the store
     this command logs to does not hold its run, warn where the run is and that nothing is logged
     here, or with ``logger.relog=true`` copy it here (``copy_finished_run``; the folds of a
     k-fold run too, under a copied parent)."""
     if not cfg.logger.get("enabled", True):
         return
     target = tracking.resolve_tracking_uri(cfg.logger.get("tracking_uri"), cfg.paths.mlflow_dir)
-    source, run_id = recorded_store(run_dir), read_run_id(run_dir)
+    source, run_id = run.store(), run.run_id()
     if run_id and source == _without_password(target):
         return  # the usual rerun: the same store
-    found = find_in_store(target, run_dir)
+    found = find_in_store(target, run)
     if found:
         if found != run_id:
-            log.info("%s finished before; its MLflow run is in %s as the copy %s", run_dir, target, found)
+            log.info("%s finished before; its MLflow run is in %s as the copy %s", run, target, found)
         return
     where = f"was logged to MLflow run {run_id} in {source}" if run_id else "was trained with MLflow off"
     if not cfg.logger.get("relog", False):
         log.warning("%s finished before and %s; the store this command logs to, %s, does not hold it, so nothing "
                     "is logged there. To copy the finished run there (params, metrics with their history, "
                     "artifacts, the model), rerun with logger.relog=true; to train again, delete the run "
-                    "directory.", run_dir, where, target)
+                    "directory.", run, where, target)
         return
     artifact_location = (tracking.default_artifact_location(cfg.paths.mlflow_dir)
                          if target.startswith("sqlite:///") and not cfg.logger.get("tracking_uri") else None)
     options = {"log_model": bool(cfg.logger.get("log_model", True)), "register_model": cfg.logger.get("register_model"),
                "trusted_modules": list(cfg.get("trusted_modules") or ())}
     parent = os.environ.get(tracking.PARENT_RUN_ENV)  # a job of a sweep running now: under its parent
-    copied = copy_finished_run(run_dir, target, str(cfg.logger.experiment_name), artifact_location, parent, **options)
-    folds = sorted(p for p in run_dir.glob("fold_*") if (p / "metrics.json").is_file())
+    copied = copy_finished_run(run, target, str(cfg.logger.experiment_name), artifact_location, parent, **options)
+    folds = [fold for fold in run.folds() if fold.metrics_file.is_file()]
     for fold in folds:
         copy_finished_run(fold, target, str(cfg.logger.experiment_name), artifact_location, copied, **options)
-    log.info("%s finished before and %s: copied into %s as MLflow run %s%s (logger.relog=true)", run_dir, where,
+    log.info("%s finished before and %s: copied into %s as MLflow run %s%s (logger.relog=true)", run, where,
              target, copied, f" with its {len(folds)} folds" if folds else "")
 
 
-def copy_finished_run(run_dir: Path, tracking_uri: str, experiment_name: str, artifact_location: str | None = None,
+def copy_finished_run(run: RunDir, tracking_uri: str, experiment_name: str, artifact_location: str | None = None,
                       parent_run_id: str | None = None, log_model: bool = True, register_model: str | None = None,
                       trusted_modules: Iterable[str] = ()) -> str:
-    """Log the finished run of ``run_dir`` into ``tracking_uri`` (experiment
+    """Log the finished run of ``run`` into ``tracking_uri`` (experiment
     ``experiment_name``, created when missing) as a new run; returns its id.
 
     From the store it was logged to, when that still holds it: name, start and end time,
@@ -168,8 +117,7 @@ def copy_finished_run(run_dir: Path, tracking_uri: str, experiment_name: str, ar
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
-    run_dir = Path(run_dir)
-    source_uri, run_id = recorded_store(run_dir), read_run_id(run_dir)
+    source_uri, run_id = run.store(), run.run_id()
     source = _source_run(source_uri, run_id)
     tracking.prepare_store(tracking_uri)
     experiment_id = tracking.get_or_create_experiment(tracking_uri, experiment_name, artifact_location)
@@ -181,28 +129,27 @@ def copy_finished_run(run_dir: Path, tracking_uri: str, experiment_name: str, ar
     if source is not None:
         source_client, original = source
         copied_tags = {k: v for k, v in original.data.tags.items() if k not in _NOT_COPIED_TAGS}
-        run = client.create_run(experiment_id, start_time=original.info.start_time,
-                                tags={**copied_tags, **tags}, run_name=original.info.run_name)
-        new_id = run.info.run_id
+        created = client.create_run(experiment_id, start_time=original.info.start_time,
+                                    tags={**copied_tags, **tags}, run_name=original.info.run_name)
+        new_id = created.info.run_id
         params = [Param(k, v) for k, v in original.data.params.items()]
         history = [m for key in original.data.metrics for m in source_client.get_metric_history(run_id, key)]
         status, end_time = original.info.status, original.info.end_time
     else:
-        run = client.create_run(experiment_id, tags={**tags, "audioml.copy_note": "rebuilt from the run directory "
+        created = client.create_run(experiment_id, tags={**tags, "audioml.copy_note": "rebuilt from the run directory "
                                                      "(the store it was logged to no longer holds it)"},
-                                run_name=run_dir.name)
-        new_id = run.info.run_id
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
-        tracking.log_params(client, new_id, tracking.flatten_params(config))  # locations become tags, as in training
-        params, history = [], _history_from_run_dir(run_dir)
+                                run_name=run.name)
+        new_id = created.info.run_id
+        tracking.log_params(client, new_id, tracking.flatten_params(run.config()))  # locations become tags, as in training
+        params, history = [], _history_from_run_dir(run)
         status, end_time = "FINISHED", None
     for start in range(0, len(params), 100):  # MLflow's batch limits
         client.log_batch(new_id, params=params[start:start + 100])
     for start in range(0, len(history), 1000):
         client.log_batch(new_id, metrics=[Metric(m.key, m.value, m.timestamp, m.step)
                                           for m in history[start:start + 1000]])
-    _copy_artifacts(client, new_id, run_dir, source, skip_model=log_model)
-    tested = read_tested_checkpoint(run_dir) or next(iter(sorted((run_dir / "checkpoints").glob("best-*.ckpt"))), None)
+    _copy_artifacts(client, new_id, run, source, skip_model=log_model)
+    tested = run.tested_checkpoint() or run.best_checkpoint()
     if log_model and tested is not None:
         from audioml.run import serving
         from audioml.run.checkpoint import UntrustedCheckpointError, read_record
@@ -213,8 +160,7 @@ def copy_finished_run(run_dir: Path, tracking_uri: str, experiment_name: str, ar
         except UntrustedCheckpointError as error:
             log.warning("no MLflow model logged for the copy: the checkpoint would be refused when loaded (%s)", error)
     client.set_terminated(new_id, status if status in ("FINISHED", "FAILED", "KILLED") else "FINISHED", end_time)
-    copies = {**_copies(run_dir), _without_password(tracking_uri): new_id}
-    atomic_write_bytes(run_dir / COPIES_FILE, json.dumps(copies, indent=2).encode())
+    run.record_copy(tracking_uri, new_id)
     return new_id
 
 
@@ -235,23 +181,22 @@ def _source_run(source_uri: str | None, run_id: str | None):
         return None
 
 
-def _history_from_run_dir(run_dir: Path) -> list:
-    """Metric points from the run directory: per epoch from ``learning_curves.csv``, the final
-    ``metrics.json`` at step 0."""
+def _history_from_run_dir(run: RunDir) -> list:
+    """Metric points from the run directory: per epoch from the learning curves' table, the
+    final metrics at step 0."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
     points = []
-    curves = run_dir / "learning_curves.csv"
+    curves = run.curves_table
     if curves.is_file():
         for row in pd.read_csv(curves).to_dict("records"):
             points += [Metric(k, float(v), now, int(row["epoch"])) for k, v in row.items()
                        if k != "epoch" and pd.notna(v)]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    return points + [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+    return points + [Metric(k, float(v), now, 0) for k, v in (run.metrics() or {}).items()]
 
 
-def _copy_artifacts(client, run_id: str, run_dir: Path, source, skip_model: bool) -> None:
+def _copy_artifacts(client, run_id: str, run: RunDir, source, skip_model: bool) -> None:
     """The original run's artifacts (its ``model`` folder left to ``serving.log_model`` when the
     model is logged again), else the run directory's reports and tested checkpoint."""
     if source is not None:
@@ -267,9 +212,9 @@ def _copy_artifacts(client, run_id: str, run_dir: Path, source, skip_model: bool
                 else:
                     client.log_artifact(run_id, local, target)
         return
-    for pattern in _RUN_FILES:
-        for path in sorted(run_dir.glob(pattern)):
+    for pattern in RunDir.RECORDED:
+        for path in sorted(run.path.glob(pattern)):
             client.log_artifact(run_id, str(path))
-    tested = read_tested_checkpoint(run_dir)
+    tested = run.tested_checkpoint()
     if tested is not None:
         client.log_artifact(run_id, str(tested), "checkpoints")

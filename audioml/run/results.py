@@ -1,12 +1,9 @@
-"""What a run leaves on disk and in memory after testing: ``metrics.json``, the confusion
-matrices, ``per_class_report.csv``, ``test_predictions.csv``, which checkpoint file the test
-scored (``tested_checkpoint.json``; what ``audioml-eval source=<run dir>`` evaluates), the honest
-numbers of one run and of a k-fold protocol, and the ``RunResult`` read back from a run finished
-earlier."""
+"""What a tested run leaves in its directory and in memory: its metrics, confusion matrices,
+per-class report and test predictions, the honest numbers of one run and of a k-fold protocol
+(intervals, baselines, calibration), and the ``RunResult`` read back from a run finished earlier."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -15,126 +12,47 @@ import pandas as pd
 import torch
 
 from audioml import figures, reports
-from audioml.files import file_digest
+from audioml.models.base import AudioModule
 from audioml.run.items import with_item_identity
 from audioml.run.protocols import EvaluationProtocol, KFoldResult, RunResult
+from audioml.run.rundir import RunDir
 from audioml.stats import per_class_table
 
 log = logging.getLogger(__name__)
 
-__all__ = ["COLLAPSE_FILE", "PREDICTIONS_FILE", "RELIABILITY_FIGURE", "TESTED_CHECKPOINT_FILE", "honest_test_scores",
-           "regression_test_scores",
-           "write_run_reports", "finished_result", "write_kfold_reports", "collect_embeddings", "write_tested_checkpoint",
-           "read_tested_checkpoint", "evaluated_checkpoint", "file_sha256"]
-
-#: Written next to test_predictions.csv when the DataModule declares a collapse.
-COLLAPSE_FILE = "class_collapse.json"
-PREDICTIONS_FILE = "test_predictions.csv"
-#: The calibration figure of a tested classifier (``audioml.figures.plot_reliability_diagram``).
-RELIABILITY_FIGURE = "reliability_diagram.png"
-#: Which checkpoint file a run's test scored, i.e. where the numbers of its metrics.json come from.
-TESTED_CHECKPOINT_FILE = "tested_checkpoint.json"
+__all__ = ["honest_test_scores", "regression_test_scores", "write_run_reports", "finished_result",
+           "write_kfold_reports", "collect_embeddings"]
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes (``audioml.files.file_digest``)."""
-    return file_digest(path)
-
-
-def write_tested_checkpoint(run_dir: Path, checkpoint: Path) -> Path:
-    """Record in ``run_dir/tested_checkpoint.json`` that its test scored ``checkpoint``: its path
-    relative to ``run_dir`` (the run may move), size in bytes and sha256."""
-    checkpoint = Path(checkpoint).resolve()
-    try:
-        shown = str(checkpoint.relative_to(Path(run_dir).resolve()))
-    except ValueError:  # a checkpoint outside the run directory (dirpath set elsewhere)
-        shown = str(checkpoint)
-    path = Path(run_dir) / TESTED_CHECKPOINT_FILE
-    path.write_text(json.dumps({"checkpoint": shown, "bytes": checkpoint.stat().st_size,
-                                "sha256": file_sha256(checkpoint)}, indent=2))
-    return path
-
-
-def read_tested_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint file whose test numbers are in ``run_dir/metrics.json``: as recorded by
-    ``write_tested_checkpoint`` and still the same bytes. ``None`` when the run recorded none
-    (before this record existed, or still training), or with a warning when that file is gone
-    or was rewritten since."""
-    record_path = Path(run_dir) / TESTED_CHECKPOINT_FILE
-    if not record_path.is_file():
-        return None
-    try:
-        record = json.loads(record_path.read_text())
-        checkpoint = Path(run_dir) / record["checkpoint"]
-        unchanged = checkpoint.is_file() and checkpoint.stat().st_size == record["bytes"] and \
-            file_sha256(checkpoint) == record["sha256"]
-    except (ValueError, KeyError, TypeError, OSError) as error:
-        log.warning("%s is unreadable (%s): which checkpoint the test scored is unknown", record_path, error)
-        return None
-    if not unchanged:
-        log.warning("%s, the checkpoint %s's test scored, is %s since", checkpoint, run_dir,
-                    "changed" if checkpoint.is_file() else "gone")
-        return None
-    return checkpoint
-
-
-def evaluated_checkpoint(source: str | Path, tracking_uri: str | None = None,
-                         download_dir: str | Path | None = None) -> tuple[Path, str]:
-    """``(checkpoint file, what it is)`` for ``audioml-eval source=...``: for a run directory,
-    the checkpoint its test scored (``tested_checkpoint.json``), so the numbers reproduce its
-    ``metrics.json``; for any other source the file ``inference.find_checkpoint`` finds, and when
-    that is a checkpoint of a run directory whose test scored another file, the line says so
-    (e.g. ``last.ckpt`` after a run that tested its best epoch)."""
-    from audioml.run.inference import find_checkpoint
-
-    path = Path(str(source))
-    if path.is_dir() and not (path / "MLmodel").is_file():
-        tested = read_tested_checkpoint(path)
-        if tested is not None:
-            return tested, f"the checkpoint the test of run {path} scored: the numbers of its metrics.json"
-    checkpoint = find_checkpoint(source, tracking_uri, download_dir)
-    run_dir = checkpoint.resolve().parent.parent
-    tested = read_tested_checkpoint(run_dir) if (run_dir / TESTED_CHECKPOINT_FILE).is_file() else None
-    if path.is_dir() and not (path / "MLmodel").is_file():
-        why = ("the one its test scored is gone or was rewritten: its metrics.json may differ"
-               if (path / TESTED_CHECKPOINT_FILE).is_file() else "the run did not record which one its test scored")
-        return checkpoint, f"the best checkpoint of run {path} ({why})"
-    if tested is None:
-        return checkpoint, f"from {source}"
-    if tested.resolve() == checkpoint.resolve():
-        return checkpoint, f"the checkpoint the test of run {run_dir} scored: the numbers of its metrics.json"
-    return checkpoint, (f"not the checkpoint the test of run {run_dir} scored ({tested.name}, whose numbers are in "
-                        f"its metrics.json): these numbers are {checkpoint.name}'s; give source={run_dir} for the "
-                        "tested one")
-
-
-def honest_test_scores(protocol: EvaluationProtocol, model, datamodule, run_dir: Path) -> tuple[dict[str, float], list[Path]]:
-    """Intervals, baseline, permutation test (and the collapsed task) of a tested classifier,
-    with their plots (started with ``audioml.figures.draw``: ``figures.wait`` before reading
-    them); for a tested regressor its intervals and mean baseline (``regression_test_scores``);
-    ``({}, [])`` for anything else. Point estimates are the model's own."""
-    if datamodule.task == "regression" and getattr(model, "test_predictions", None) is not None:
-        return regression_test_scores(protocol, model, datamodule), []
-    if datamodule.task != "classification" or getattr(model, "test_probabilities", None) is None:
+def honest_test_scores(protocol: EvaluationProtocol, model: AudioModule, datamodule,
+                       run: RunDir) -> tuple[dict[str, float], list[Path]]:
+    """Intervals, baseline, permutation test, calibration (and the collapsed task) of a tested
+    classifier, with their plots (started with ``audioml.figures.draw``: ``figures.wait`` before
+    reading them); for a tested regressor its intervals and mean baseline
+    (``regression_test_scores``); ``({}, [])`` for anything else. Point estimates are the model's own."""
+    outputs = model.test_outputs()
+    if outputs is None:
         return {}, []
+    if outputs.predictions is not None:
+        return regression_test_scores(protocol, model, datamodule), []
     class_names = list(datamodule.class_names)
     manifest = datamodule.split_manifest("test")
-    collapse = getattr(datamodule, "collapse", None)
-    scores = protocol.score(model.test_probabilities.numpy(), model.test_targets.numpy(),
+    collapse = datamodule.collapse
+    scores = protocol.score(outputs.probabilities.numpy(), outputs.targets.numpy(),
                             manifest["group"].astype(str).to_numpy(), class_names,
                             int(np.argmax(datamodule.train_class_counts())), collapse, point_estimates=False)
     files: list[Path] = []
     if collapse:
-        (run_dir / COLLAPSE_FILE).write_text(json.dumps({k: list(v) for k, v in collapse.items()}))
-        files += [run_dir / COLLAPSE_FILE, figures.draw(
+        run.write_collapse(collapse)
+        files += [run.collapse_file, figures.draw(
             reports.plot_confusion_matrix, scores.collapsed_matrix, scores.collapsed_names,
-            run_dir / "confusion_matrix_binary.png", title="test confusion matrix (collapsed)")]
+            run.collapsed_confusion_figure, title="test confusion matrix (collapsed)")]
     if scores.reliability is not None:
-        files.append(_draw_reliability(scores, run_dir / RELIABILITY_FIGURE))
-    if hasattr(model, "embed") and len(manifest):
+        files.append(_draw_reliability(scores, run.reliability_figure))
+    if model.embeds and len(manifest):
         before, after, labels = collect_embeddings(model, datamodule.test_dataloader())
         files.append(figures.draw(reports.plot_embedding_pca, before, after, labels, class_names,
-                                  run_dir / "embeddings_pca.png"))
+                                  run.embeddings_figure))
     log.info("test (honest): %s", scores.summary)
     return scores.metrics, files
 
@@ -156,9 +74,9 @@ def regression_test_scores(protocol: EvaluationProtocol, model, datamodule) -> d
     exchangeable unit short of whole recordings, which the interval already resamples."""
     from audioml.stats import regression_scores
 
-    names = list(getattr(model, "target_names", None) or datamodule.class_names)
-    prediction = model.test_predictions.double().numpy().reshape(len(model.test_predictions), -1, len(names))
-    target = model.test_targets.double().numpy().reshape(prediction.shape)
+    outputs = model.test_outputs()
+    names = list(outputs.names)
+    prediction, target = outputs.predictions.double().numpy(), outputs.targets.double().numpy()
     groups = np.repeat(datamodule.split_manifest("test")["group"].astype(str).to_numpy(), prediction.shape[1])
     if len(groups) != prediction.shape[0] * prediction.shape[1]:
         log.warning("test intervals: %d test rows for %d predictions; no intervals", len(groups) // max(
@@ -182,77 +100,70 @@ def regression_test_scores(protocol: EvaluationProtocol, model, datamodule) -> d
     return metrics
 
 
-def write_run_reports(model, datamodule, run_dir: Path, metrics: dict[str, float]) -> tuple[RunResult, list[Path]]:
-    """Write metrics.json and the per-class files of a tested run; returns its ``RunResult``
-    and the paths written (the confusion matrix started with ``audioml.figures.draw``)."""
-    metrics_path = run_dir / "metrics.json"
-    metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    files, predictions = [metrics_path], None
-    matrix = getattr(model, "test_confusion_matrix", None)
+def write_run_reports(model: AudioModule, datamodule, run: RunDir,
+                      metrics: dict[str, float]) -> tuple[RunResult, list[Path]]:
+    """Write the metrics and the per-class files of a tested run; returns its ``RunResult`` and
+    the paths written (the confusion matrix started with ``audioml.figures.draw``)."""
+    files, predictions = [run.write_metrics(metrics)], None
+    outputs = model.test_outputs()
     class_names = list(datamodule.class_names)
-    if matrix is not None:
-        files.append(figures.draw(reports.plot_confusion_matrix, matrix.numpy(), class_names,
-                                  run_dir / "confusion_matrix.png"))
-        per_class_table(matrix.numpy(), class_names).to_csv(run_dir / "per_class_report.csv", index=False)
-        files.append(run_dir / "per_class_report.csv")
-    root = getattr(datamodule, "root", None)  # items named by their files (audioml.run.items)
-    if getattr(model, "test_probabilities", None) is not None:
+    if outputs is not None and outputs.confusion is not None:
+        files.append(figures.draw(reports.plot_confusion_matrix, outputs.confusion.numpy(), class_names,
+                                  run.confusion_figure))
+        per_class_table(outputs.confusion.numpy(), class_names).to_csv(run.per_class_file, index=False)
+        files.append(run.per_class_file)
+    root = datamodule.root  # items named by their files (audioml.run.items)
+    if outputs is not None and outputs.probabilities is not None:
         predictions = with_item_identity(reports.predictions_table(
-            datamodule.split_manifest("test"), model.test_probabilities.numpy(), model.test_targets.numpy(),
+            datamodule.split_manifest("test"), outputs.probabilities.numpy(), outputs.targets.numpy(),
             class_names), root)
-        predictions.to_csv(run_dir / PREDICTIONS_FILE, index=False)
-        files.append(run_dir / PREDICTIONS_FILE)
-    elif datamodule.task == "regression" and getattr(model, "test_predictions", None) is not None:
-        names = list(getattr(model, "target_names", None) or class_names)
-        prediction = model.test_predictions.double().numpy().reshape(len(model.test_predictions), -1, len(names))
-        table = reports.regression_predictions_table(datamodule.split_manifest("test"), prediction,
-                                                     model.test_targets.double().numpy().reshape(prediction.shape),
-                                                     names)
-        with_item_identity(table, root).to_csv(run_dir / PREDICTIONS_FILE, index=False)
-        files.append(run_dir / PREDICTIONS_FILE)
+        predictions.to_csv(run.predictions_file, index=False)
+        files.append(run.predictions_file)
+    elif outputs is not None and outputs.predictions is not None:
+        table = reports.regression_predictions_table(datamodule.split_manifest("test"),
+                                                     outputs.predictions.double().numpy(),
+                                                     outputs.targets.double().numpy(), list(outputs.names))
+        with_item_identity(table, root).to_csv(run.predictions_file, index=False)
+        files.append(run.predictions_file)
     if len(datamodule.skipped):
-        datamodule.skipped.to_csv(run_dir / "skipped_files.csv", index=False)
-        files.append(run_dir / "skipped_files.csv")
-    collapse = getattr(datamodule, "collapse", None)
+        datamodule.skipped.to_csv(run.skipped_file, index=False)
+        files.append(run.skipped_file)
+    collapse = datamodule.collapse
     return RunResult(metrics, predictions, {k: list(v) for k, v in collapse.items()} if collapse else None,
-                     run_dir), files
+                     run.path), files
 
 
-def finished_result(run_dir: Path, metrics: dict[str, float]) -> RunResult:
+def finished_result(run: RunDir, metrics: dict[str, float]) -> RunResult:
     """The ``RunResult`` of a run that finished in an earlier process (its ``DONE`` metrics and
     the files it wrote)."""
-    predictions_path, collapse_path = run_dir / PREDICTIONS_FILE, run_dir / COLLAPSE_FILE
-    predictions = pd.read_csv(predictions_path) if predictions_path.is_file() else None
+    predictions = pd.read_csv(run.predictions_file) if run.predictions_file.is_file() else None
     if predictions is not None and "true" not in predictions:  # a regressor's windows: not a classifier's result
         predictions = None
-    return RunResult(metrics, predictions,
-                     json.loads(collapse_path.read_text()) if collapse_path.is_file() else None, run_dir)
+    return RunResult(metrics, predictions, run.collapse(), run.path)
 
 
-def write_kfold_reports(result: KFoldResult, run_dir: Path) -> list[Path]:
-    """``metrics.json``, ``oof_predictions.csv``, ``fold_metrics.csv`` and the pooled confusion
-    matrices of a k-fold protocol; returns the paths written."""
-    result.oof.to_csv(run_dir / "oof_predictions.csv", index=False)
-    result.folds.to_csv(run_dir / "fold_metrics.csv", index=False)
-    files = [run_dir / "oof_predictions.csv", run_dir / "fold_metrics.csv", reports.plot_confusion_matrix(
-        result.confusion, result.class_names, run_dir / "confusion_matrix.png",
+def write_kfold_reports(result: KFoldResult, run: RunDir) -> list[Path]:
+    """The metrics, out-of-fold predictions, per-fold metrics and the pooled confusion matrices
+    of a k-fold protocol; returns the paths written."""
+    result.oof.to_csv(run.oof_file, index=False)
+    result.folds.to_csv(run.fold_metrics_file, index=False)
+    files = [run.oof_file, run.fold_metrics_file, reports.plot_confusion_matrix(
+        result.confusion, result.class_names, run.confusion_figure,
         title=f"out-of-fold confusion matrix ({len(result.folds)} folds)")]
     if result.scores.reliability is not None:  # drawn before the parent run logs it
-        files.append(_draw_reliability(result.scores, run_dir / RELIABILITY_FIGURE,
-                                       title="out-of-fold reliability diagram"))
+        files.append(_draw_reliability(result.scores, run.reliability_figure, title="out-of-fold reliability diagram"))
         figures.wait(files[-1:])
     if result.scores.collapsed_matrix is not None:
         files.append(reports.plot_confusion_matrix(result.scores.collapsed_matrix, result.scores.collapsed_names,
-                                                   run_dir / "confusion_matrix_binary.png",
+                                                   run.collapsed_confusion_figure,
                                                    title="out-of-fold collapsed confusion matrix"))
-    (run_dir / "metrics.json").write_text(json.dumps(result.metrics, indent=2, sort_keys=True))
-    return [*files, run_dir / "metrics.json"]
+    return [*files, run.write_metrics(result.metrics)]
 
 
 @torch.no_grad()
 def collect_embeddings(model: torch.nn.Module, dataloader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(pooled backbone embeddings (n, d), logits (n, C), targets (n,))`` of a loader, in eval
-    mode, on the model's device. The model must have ``embed(waveform)`` and ``forward``."""
+    mode, on the model's device (an ``AudioModule`` that ``embeds``)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

@@ -1,43 +1,14 @@
-"""Preemption-proof training: resume checkpoints, exact continuation, SIGTERM, finished runs.
-
-A run directory is named from the run's config, so rerunning the same command finds it again.
-Inside it, :class:`ResumeCheckpoint` keeps ``checkpoints/last.ckpt`` (and the one before it)
-up to date, and a ``DONE`` marker says the run finished (``metrics.json`` is complete).
-
-What a resume checkpoint holds beyond Lightning's own state (model, optimiser, schedulers,
-loop counters, callbacks, the train loader's position within the epoch; the model's state
-includes the accumulated states of every ``torchmetrics.Metric`` in it, made persistent in
-``setup``: confusion matrices and ``EpochMeans`` of the losses, so epoch metrics of a resumed
-epoch cover all its batches):
-
-- the RNG states (torch, CUDA, NumPy, ``random``) at the moment of the save;
-- the position of every call-counted random stream in the LightningModule: submodules with an
-  integer ``calls`` and a ``reset(calls)`` method (``audioml.augment.AugmentationChain``).
-
-Together with a train loader whose order depends only on ``(seed, epoch)``
-(:mod:`audioml.data.resumable`), the continued run computes the same batches, augmentations,
-dropout masks and epoch metrics as one that was never interrupted.
-
-When resume checkpoints are written. Every ``every_n_train_steps`` optimiser steps and once per
-``every_n_epochs`` epochs, always at the end of a training batch that is not the last of its
-epoch, plus once when training ends. The epoch checkpoint is written at the end of the first
-step of the next epoch: by then everything logged for the finished epoch (validation, epoch
-means) has reached the logger, so a resumed run neither repeats nor misses an epoch's metrics.
-(Lightning cannot resume from a save made after an epoch's last batch without skipping that
-epoch's validation, nor from one made after validation without recomputing the epoch-end
-metrics from empty accumulators.)
+"""Preemption-proof training: :class:`ResumeCheckpoint` keeps a run's resume checkpoints (the
+newest and the one before it) up to date, stops cleanly on SIGTERM, and makes the continued run
+compute exactly what an uninterrupted one would (``docs/design/resume-and-finishing.md``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import signal
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,22 +18,13 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from audioml.checkpointing import RESUME_FILENAMES
-from audioml.files import atomic_write_bytes
 from audioml.models.base import persist_metric_states
-from audioml.run.markers import DONE_FILE, read_done, write_done  # noqa: F401 - defined there, used from here
+from audioml.run.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ResumeCheckpoint", "capture_rng_states", "restore_rng_states", "DONE_FILE",
-           "read_done", "write_done", "PREEMPTED_EXIT_CODE", "stop_on_sigterm", "DATA_FILE", "read_data_record",
-           "write_data_record", "data_run_dir"]
+__all__ = ["ResumeCheckpoint", "capture_rng_states", "restore_rng_states", "stop_requested"]
 
-#: The data a run directory trains on, written before its first training: ``fingerprint`` (the
-#: ``data.fingerprint`` tag), ``clips`` and ``root``.
-DATA_FILE = "data.json"
-#: Exit status of a run stopped by SIGTERM after saving its checkpoint (128 + SIGTERM).
-PREEMPTED_EXIT_CODE = 143
 _STATE_KEY = "audioml_resume"
 _NO_HANDLER = object()  # "ours is not installed" (signal.signal may return None for C handlers)
 
@@ -119,7 +81,8 @@ class ResumeCheckpoint(Checkpoint):
     """Writes the run's resume checkpoints and stops cleanly on SIGTERM (see module docs).
 
     Args:
-        dirpath: folder of ``last.ckpt`` and ``last-previous.ckpt``.
+        dirpath: folder of the resume checkpoints (``RunDir.resume_checkpoints``); ``None``: the
+            run directory's ``checkpoints/`` (set by ``audioml.run.compose.build_trainer``).
         every_n_train_steps: optimiser steps between checkpoints; ``None``/0 = only per epoch.
         every_n_epochs: epochs between checkpoints; ``None``/0 = only every N steps.
         handle_sigterm: on SIGTERM, finish the current batch, write a checkpoint and raise
@@ -135,13 +98,13 @@ class ResumeCheckpoint(Checkpoint):
     last epoch, where the end-of-training checkpoint is the one kept).
     """
 
-    def __init__(self, dirpath: str | Path, every_n_train_steps: int | None = 500,
+    def __init__(self, dirpath: str | Path | None = None, every_n_train_steps: int | None = 500,
                  every_n_epochs: int | None = 1, handle_sigterm: bool = True,
                  head_only_min_interval_s: float = 10.0) -> None:
         for name, value in (("every_n_train_steps", every_n_train_steps), ("every_n_epochs", every_n_epochs)):
             if value is not None and int(value) < 0:
                 raise ValueError(f"callbacks.resume_checkpoint.{name}={value}: use a positive number, or 0/null to disable")
-        self.dirpath = Path(dirpath)
+        self.dirpath = Path(dirpath) if dirpath is not None else None
         self.every_n_train_steps = int(every_n_train_steps or 0)
         self.every_n_epochs = int(every_n_epochs or 0)
         self.handle_sigterm = handle_sigterm
@@ -159,8 +122,8 @@ class ResumeCheckpoint(Checkpoint):
 
     # -------------------------------------------------------------------------- saving
     def _save(self, trainer: L.Trainer) -> None:
-        latest, previous = (self.dirpath / name for name in RESUME_FILENAMES)
-        incoming = self.dirpath / "last-incoming.ckpt"
+        latest, previous = (self.dirpath / name for name in (RunDir.LAST, RunDir.PREVIOUS))
+        incoming = self.dirpath / RunDir.INCOMING
         for logger in trainer.loggers:
             getattr(logger, "flush", lambda: None)()
         trainer.save_checkpoint(incoming)  # every rank takes part; rank zero writes (atomically)
@@ -174,7 +137,7 @@ class ResumeCheckpoint(Checkpoint):
 
     def _throttled(self, pl_module: L.LightningModule) -> bool:
         """Whether a periodic save is skipped: head-only training, last save too recent."""
-        return (getattr(pl_module, "embedding_input", None) is not None and self.head_only_min_interval_s > 0
+        return (pl_module.embedding_input is not None and self.head_only_min_interval_s > 0
                 and time.monotonic() - self._last_saved_at < self.head_only_min_interval_s)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -249,92 +212,6 @@ class ResumeCheckpoint(Checkpoint):
         self._restore_handler()
 
 
-
-
-# ---------------------------------------------------------------------- the data of a run
-def write_data_record(run_dir: str | Path, record: dict[str, str]) -> Path:
-    """Bind ``run_dir`` to the data described by ``record`` (``fingerprint``, ``clips``, ``root``)."""
-    path = Path(run_dir) / DATA_FILE
-    atomic_write_bytes(path, json.dumps(record, indent=2, sort_keys=True).encode())
-    return path
-
-
-def read_data_record(run_dir: str | Path) -> dict[str, str] | None:
-    """The data ``run_dir`` is bound to, or ``None`` (a new directory, or one written before runs
-    were bound to their data). An unreadable record is ``None`` with a warning."""
-    path = Path(run_dir) / DATA_FILE
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text())
-        return {key: str(record[key]) for key in ("fingerprint", "clips", "root")}
-    except (ValueError, KeyError, TypeError):
-        log.warning("%s is unreadable: the run's data cannot be checked", path)
-        return None
-
-
-def data_run_dir(run_dir: str | Path, fingerprint: str) -> Path:
-    """The directory, beside ``run_dir``, of the same configuration on the data with this
-    ``fingerprint``: ``<run_dir>-data-<first 8 hex digits>``."""
-    run_dir = Path(run_dir)
-    return run_dir.with_name(f"{run_dir.name}-data-{fingerprint[:8]}")
-
-
-# ------------------------------------------------------------------------------ preemption
 def stop_requested(trainer: L.Trainer) -> bool:
     """Whether a :class:`ResumeCheckpoint` of ``trainer`` saw a SIGTERM during the fit."""
     return any(isinstance(c, ResumeCheckpoint) and c.stop_requested for c in trainer.callbacks)
-
-
-def exit_preempted(logger=None) -> None:
-    """Leave the run resumable and exit: MLflow status KILLED (rank zero), then
-    ``SystemExit(PREEMPTED_EXIT_CODE)``. Rerunning the same command continues the run."""
-    if logger is not None and getattr(logger, "run_id", None):
-        from audioml.run import tracking
-
-        getattr(logger, "flush", lambda: None)()  # the metric points logged before the checkpoint
-        tracking.set_status(logger.experiment, logger.run_id, "KILLED")
-    log.warning("stopped by SIGTERM after saving a checkpoint; rerun the same command to continue")
-    raise SystemExit(PREEMPTED_EXIT_CODE)
-
-
-@contextmanager
-def stop_on_sigterm() -> Iterator[None]:
-    """A SIGTERM anywhere in the ``with`` body outside the training loop (decoding, building a
-    cache, waiting for the run lock, opening the MLflow run, testing, writing the reports) raises
-    Lightning's ``SIGTERMException`` where the run is, so that ``tracking.ended_on_error`` ends
-    the open MLflow runs KILLED and temporary files are removed on the way out; the process then
-    exits with ``PREEMPTED_EXIT_CODE``. Rerunning the command continues the run. Inside the
-    training loop ``ResumeCheckpoint`` takes over: it stops at the end of the batch, after a
-    checkpoint. Outside the main thread (which alone receives signals) it does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_sigterm)
-    try:
-        yield
-    except SIGTERMException:
-        log.warning("stopped by SIGTERM (MLflow run KILLED); rerun the same command to continue")
-        raise SystemExit(PREEMPTED_EXIT_CODE) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-
-
-def _raise_sigterm(signum, frame) -> None:
-    raise SIGTERMException()
-
-
-def wait_for_done(run_dir: str | Path, poll_seconds: float = 2.0) -> dict[str, float]:
-    """Block until rank zero marks ``run_dir`` finished, then return its metrics (the other
-    DDP ranks wait here while rank zero tests on one device). Exits when the launching
-    process disappears (``RuntimeError``; the rank would otherwise wait forever)."""
-    import os
-    import time
-
-    parent = os.getppid()
-    while (metrics := read_done(run_dir)) is None:
-        if os.getppid() != parent:
-            raise RuntimeError(f"rank zero of {run_dir} is gone before finishing the run")
-        time.sleep(poll_seconds)
-    return metrics

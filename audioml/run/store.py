@@ -1,7 +1,6 @@
-"""MLflow's process-wide store settings, pointed at one store for a block and put back after it,
-and whether a tracking server can be reached. A module of its own, importing neither torch nor
-Lightning (the report worker, ``audioml.run.finishing``, and ``audioml-compare --status`` use
-it); ``audioml.run.tracking`` re-exports it."""
+"""Which MLflow store a command records into (``Store``), MLflow's process-wide store settings
+pointed at one store for a block and put back after it, and whether a tracking server answers.
+Imports neither torch nor Lightning (the report worker and ``audioml-compare --status`` use it)."""
 
 from __future__ import annotations
 
@@ -9,9 +8,37 @@ import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
-__all__ = ["using_store", "process_defaults_kept", "check_reachable", "REACHABLE_TIMEOUT_SECONDS",
+__all__ = ["Store", "using_store", "process_defaults_kept", "check_reachable", "REACHABLE_TIMEOUT_SECONDS",
            "bound_http_requests", "HTTP_DEFAULTS"]
+
+
+@dataclass(frozen=True)
+class Store:
+    """The MLflow store a command records into: ``uri``, and where the experiments audioml
+    creates in its embedded store keep their artifacts (``None`` for another store: its own)."""
+
+    uri: str
+    artifact_location: str | None = None
+
+    @classmethod
+    def of(cls, tracking_uri: str | None, mlflow_dir: str | Path) -> Store:
+        """``tracking_uri`` (``logger.tracking_uri``) if set, else ``MLFLOW_TRACKING_URI``, else
+        the embedded SQLite store ``<mlflow_dir>/mlflow.db`` (its folder created; no server needed)."""
+        if tracking_uri:
+            return cls(str(tracking_uri))
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            return cls(os.environ["MLFLOW_TRACKING_URI"])
+        folder = Path(mlflow_dir).expanduser().resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        return cls(f"sqlite:///{folder / 'mlflow.db'}", (folder / "artifacts").as_uri())
+
+    @property
+    def browse(self) -> str:
+        """How to look at it: the ``mlflow ui`` command of an embedded store, else its address."""
+        return f"mlflow ui --backend-store-uri {self.uri}" if self.uri.startswith("sqlite:") else f"open {self.uri}"
 
 
 @contextmanager

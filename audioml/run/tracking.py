@@ -19,29 +19,29 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import MLFlowLogger
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from audioml.errors import error_summary
 from audioml.files import exclusive_lock
-from audioml.run.markers import PENDING_POINTS_FILE
+from audioml.run.rundir import RunDir
 from audioml.run.store import process_defaults_kept as _process_defaults_kept
-from audioml.run.store import using_store  # noqa: F401 - defined there (no torch), used from here
+from audioml.run.store import Store, using_store  # noqa: F401 - defined there (no torch), used from here
 from audioml.run.store import REACHABLE_TIMEOUT_SECONDS, check_reachable  # noqa: F401 - the same
 
 log = logging.getLogger(__name__)
 
-__all__ = ["resolve_tracking_uri", "default_artifact_location", "prepare_store", "get_or_create_experiment",
+__all__ = ["Store", "prepare_store", "get_or_create_experiment",
            "flatten_params", "is_location", "ResumableMLFlowLogger", "make_mlflow_logger", "open_run", "log_params",
            "set_tags",
            "log_artifacts", "set_status",
-           "PARENT_RUN_ENV", "SWEEP_KEY_ENV", "ended_on_error", "interrupted", "check_reachable", "REACHABLE_TIMEOUT_SECONDS",
-           "using_store", "error_summary", "start_system_metrics", "stop_system_metrics",
+           "PARENT_RUN_ENV", "SWEEP_KEY_ENV", "check_reachable", "REACHABLE_TIMEOUT_SECONDS",
+           "using_store", "start_system_metrics", "stop_system_metrics",
            "SYSTEM_METRICS_INTERVAL_SECONDS"]
 
 #: MLflow rejects longer param values; the full config is always an artifact as well.
@@ -65,23 +65,6 @@ def metric_key(name: str) -> str:
     MLFlowLogger does), repeated slashes and ``..`` segments removed (MLflow treats keys as paths)."""
     key = re.sub(r"/{2,}", "/", _METRIC_KEY.sub("", name))
     return "/".join(part for part in key.split("/") if part not in ("", ".", "..")) or "metric"
-
-
-def resolve_tracking_uri(tracking_uri: str | None, default_store: str | Path) -> str:
-    """``logger.tracking_uri`` if set, else ``MLFLOW_TRACKING_URI``, else the embedded SQLite
-    store ``<default_store>/mlflow.db`` (created on first use, no server needed)."""
-    if tracking_uri:
-        return str(tracking_uri)
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    store = Path(default_store).expanduser().resolve()
-    store.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{store / 'mlflow.db'}"
-
-
-def default_artifact_location(default_store: str | Path) -> str:
-    """Artifact root for experiments created in the embedded store."""
-    return (Path(default_store).expanduser().resolve() / "artifacts").as_uri()
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -312,25 +295,6 @@ def make_mlflow_logger(experiment_name: str, run_name: str | None, tracking_uri:
                                  log_model=False, finish_on_finalize=finish_on_finalize, pending_file=pending_file)
 
 
-def _read_run_id(run_id_file: Path) -> str | None:
-    """The run id kept in ``run_id_file``; a file that holds no text id (binary garbage) is
-    moved aside to ``<name>.unreadable`` with a warning, and a new run is started."""
-    if not run_id_file.is_file():
-        return None
-    raw = run_id_file.read_bytes()
-    try:
-        text = raw.decode("ascii").strip()
-    except UnicodeDecodeError:
-        text = None
-    if text is not None and text.isprintable():
-        return text or None
-    aside = run_id_file.with_name(run_id_file.name + ".unreadable")
-    os.replace(run_id_file, aside)
-    log.warning("%s holds %d bytes that are not a run id: moved aside to %s; starting a new MLflow run",
-                run_id_file, len(raw), aside.name)
-    return None
-
-
 def _system_metrics_wanted(asked: bool | None) -> bool:
     """``asked`` when given, else MLflow's ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`` when set, else on."""
     if asked is not None:
@@ -376,12 +340,12 @@ def stop_system_metrics(run_id: str) -> None:
         log.warning("last system-metrics sample of MLflow run %s not logged: %s", run_id, error)
 
 
-def open_run(experiment_name: str, run_name: str, tracking_uri: str, run_id_file: str | Path,
-             artifact_location: str | None = None, tags: Mapping[str, str] | None = None,
-             finish_on_finalize: bool = True, rank_zero: bool = True, system_metrics: bool | None = None,
-             system_metrics_interval: float | None = None) -> ResumableMLFlowLogger:
-    """The logger of the run whose id is kept in ``run_id_file``: that run continued (status
-    RUNNING again) when the file exists, else a new run whose id is written there.
+def open_run(experiment_name: str, run_name: str, store: Store, run: RunDir,
+             tags: Mapping[str, str] | None = None, finish_on_finalize: bool = True, rank_zero: bool = True,
+             system_metrics: bool | None = None, system_metrics_interval: float | None = None) -> ResumableMLFlowLogger:
+    """The logger of the MLflow run whose id ``run`` keeps, in ``store``: that run continued
+    (status RUNNING again) when ``run`` has one, else a new run whose id (and store) ``run``
+    records.
 
     ``tags`` also gets the parent of the sweep this process runs in (``PARENT_RUN_ENV``) unless
     it names a parent itself; tags are refreshed on a continued run (host, commit may differ).
@@ -392,24 +356,23 @@ def open_run(experiment_name: str, run_name: str, tracking_uri: str, run_id_file
     sample the machine into the run every ``system_metrics_interval`` seconds
     (:func:`start_system_metrics`) until :func:`set_status` ends it.
     """
-    run_id_file = Path(run_id_file)
     tags = dict(tags or {})
     if "mlflow.parentRunId" not in tags and os.environ.get(PARENT_RUN_ENV):
         tags["mlflow.parentRunId"] = os.environ[PARENT_RUN_ENV]
         tags["audioml.sweep_key"] = os.environ.get(SWEEP_KEY_ENV, "")
-    previous = _read_run_id(run_id_file)
+    previous = run.run_id_or_set_aside()
+    tracking_uri = store.uri
     if rank_zero:
         prepare_store(tracking_uri)
-        get_or_create_experiment(tracking_uri, experiment_name, artifact_location)
-    logger = make_mlflow_logger(experiment_name, run_name, tracking_uri, artifact_location, run_id=previous or None,
-                                tags=tags, finish_on_finalize=finish_on_finalize,
-                                pending_file=run_id_file.with_name(PENDING_POINTS_FILE))
+        get_or_create_experiment(tracking_uri, experiment_name, store.artifact_location)
+    logger = make_mlflow_logger(experiment_name, run_name, tracking_uri, store.artifact_location,
+                                run_id=previous or None, tags=tags, finish_on_finalize=finish_on_finalize,
+                                pending_file=run.pending_points_file)
     if rank_zero:
-        from audioml.files import atomic_write_bytes
-
         run_id = logger.run_id  # creates the run on first access
         if run_id != previous:
-            atomic_write_bytes(run_id_file, run_id.encode())
+            run.write_run_id(run_id)
+        run.record_store(tracking_uri)  # beside the run id: which store holds it
         if logger.resumed:
             set_status(logger.experiment, run_id, "RUNNING")
             earlier = logger.experiment.get_run(run_id).data.tags.get("audioml.error")
@@ -456,58 +419,6 @@ def set_tags(client, run_id: str, tags: Mapping[str, str]) -> None:
     from mlflow.entities import RunTag
 
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-
-
-def error_summary(error: BaseException) -> str:
-    """``"<type>: <first line>"`` of ``error``'s root cause (following ``__cause__``, e.g. through
-    Hydra's ``InstantiationException``), at most 500 characters of the message."""
-    cause = error
-    while cause.__cause__ is not None:
-        cause = cause.__cause__
-    first_line = (str(cause).strip().splitlines() or [""])[0][:500]
-    return f"{type(cause).__name__}: {first_line}"
-
-
-def interrupted(error: BaseException) -> bool:
-    """Whether ``error`` is a Ctrl-C: a ``KeyboardInterrupt``, or the ``SystemExit`` Lightning raises
-    while handling one (its graceful shutdown ends with ``exit(1)``)."""
-    while error is not None:
-        if isinstance(error, KeyboardInterrupt):
-            return True
-        if not isinstance(error, SystemExit):
-            return False
-        error = error.__context__
-    return False
-
-
-@contextmanager
-def ended_on_error(logger) -> Iterator[None]:
-    """Ends ``logger``'s MLflow run when the ``with`` body raises, so that no exit path leaves it
-    RUNNING: ``KILLED`` for an interrupt (Ctrl-C) or a SIGTERM (Lightning's ``SIGTERMException``,
-    raised outside the training loop by ``audioml.run.resume.stop_on_sigterm``, or the exit of
-    ``exit_preempted``, e.g. a k-fold parent whose fold was preempted), ``FAILED`` for anything
-    else, with the root cause's first line as the ``audioml.error`` tag. A run already ended
-    (FINISHED, KILLED) is left as it is. ``logger=None`` (MLflow off, or not rank zero): does
-    nothing."""
-    try:
-        yield
-    except BaseException as error:
-        if logger is not None and getattr(logger, "run_id", None):
-            sigterm = isinstance(error, SIGTERMException) or (isinstance(error, SystemExit) and error.code == 143)
-            clean_exit = isinstance(error, SystemExit) and not sigterm and error.code in (0, None)
-            try:
-                current = logger.experiment.get_run(logger.run_id).info.status
-                # RUNNING, or FAILED by Lightning's own logger on a fit error (without the cause)
-                if not clean_exit and current in ("RUNNING", "FAILED"):
-                    stopped = interrupted(error)
-                    status = "KILLED" if sigterm or stopped else "FAILED"
-                    logger.experiment.set_tag(logger.run_id, "audioml.error", "stopped by SIGTERM" if sigterm else
-                                              "stopped by Ctrl-C" if stopped else error_summary(error))
-                    set_status(logger.experiment, logger.run_id, status)
-                    log.error("MLflow run %s marked %s: %s", logger.run_id, status, type(error).__name__)
-            except Exception as tracking_error:  # the store itself is gone: the original error matters
-                log.warning("could not mark MLflow run %s as ended: %s", logger.run_id, tracking_error)
-        raise
 
 
 def set_status(client, run_id: str, status: str) -> None:

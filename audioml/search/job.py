@@ -20,7 +20,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from audioml.run import markers
+from audioml.run.rundir import RunDir
 from audioml.search import trials
 from audioml.search.storage import open_storage, shown_storage
 
@@ -106,7 +106,7 @@ class JobTrial:
 
     def finish(self, metrics: Mapping[str, float], run_dir: str | Path, objectives: Sequence[str]) -> list[float]:
         """Tell the study the outcome of the run in ``run_dir`` (its final ``metrics``): PRUNED
-        when a pruner stopped it (``markers.read_pruned``), else COMPLETE with the value of each
+        when a pruner stopped it (``RunDir.pruned``), else COMPLETE with the value of each
         of ``objectives``; the trial's user attributes ``run_dir`` and ``mlflow_run_id`` say where
         it is. Returns those values. Raises ``ObjectiveError`` for a missing one. A trial no
         longer RUNNING (told before; given up) is left as it is."""
@@ -115,11 +115,12 @@ class JobTrial:
             raise ObjectiveError(f"optimized_metric {', '.join(missing)}: not among the run's final metrics "
                                  f"({', '.join(sorted(metrics))}); set optimized_metric to one of them")
         values = [float(metrics[name]) for name in objectives]
-        pruned = markers.read_pruned(run_dir)
+        run = RunDir(run_dir)
+        pruned = run.pruned()
         if self.state() != TrialState.RUNNING:  # told before, by a job killed before its run's record was complete
             log.info("%s is %s already: its run's record is complete now", self, self.state().name)
             return values
-        for key, value in (("run_dir", str(Path(run_dir).resolve())), ("mlflow_run_id", markers.read_run_id(run_dir))):
+        for key, value in (("run_dir", str(run.path.resolve())), ("mlflow_run_id", run.run_id())):
             if value:
                 self.storage.set_trial_user_attr(self.trial_id, key, value)
         if pruned is not None:

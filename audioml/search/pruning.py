@@ -4,7 +4,7 @@ presets add it as ``callbacks.optuna_pruning``).
 After each validation it reports the ``monitor`` value with the number of epochs trained as
 the step (rank zero, to the trial :func:`audioml.search.job.active_trial` gives); when the
 study's pruner says so, every rank stops after this epoch and ``PRUNED`` is written in the run
-directory (``audioml.run.markers``). The run then ends as a run stopped early does (the best
+directory (``audioml.run.rundir.RunDir``). The run then ends as a run stopped early does (the best
 checkpoint is tested, the reports written, ``DONE``), its MLflow run KILLED with the tag
 ``audioml.pruned``; the job tells the study PRUNED. Outside a search job it does nothing.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.loggers import MLFlowLogger
 
-from audioml.run import markers
+from audioml.run.rundir import RunDir
 from audioml.search.job import active_trial
 
 log = logging.getLogger(__name__)
@@ -31,10 +31,10 @@ class OptunaPruning(L.Callback):
     the active trial and stop the fit when it is pruned; ``run_dir``: the run's directory."""
 
     def __init__(self, monitor: str, run_dir: str | Path) -> None:
-        self.monitor, self.run_dir = monitor, Path(run_dir)
+        self.monitor, self.run = monitor, RunDir(run_dir)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if markers.read_pruned(self.run_dir) is not None:  # continued from a checkpoint after it was pruned
+        if self.run.pruned() is not None:  # continued from a checkpoint after it was pruned
             trainer.should_stop = True
         trial = active_trial()
         if trial is not None and trainer.is_global_zero and isinstance(trainer.logger, MLFlowLogger):
@@ -57,7 +57,7 @@ class OptunaPruning(L.Callback):
             return
         trainer.should_stop = True
         if trainer.is_global_zero:
-            markers.write_pruned(self.run_dir, {"epoch": epochs, "monitor": self.monitor, "value": float(value),
+            self.run.mark_pruned({"epoch": epochs, "monitor": self.monitor, "value": float(value),
                                                 "trial": trial.ref.number, "study": trial.ref.study_name,
                                                 "time": time.time()})
             log.info("%s pruned after epoch %d (%s=%.4f): training stops here", trial, epochs, self.monitor,

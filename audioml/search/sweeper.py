@@ -209,14 +209,14 @@ class OptunaSearch:
         a killed sweep left incomplete (it is completed while the next job trains): each job
         completes its run without training or telling again. Run directories of other machines
         (not here) and those a process holds are left alone."""
-        from audioml.files import lock_is_held
-        from audioml.run import markers
+        from audioml.run.rundir import RunDir
 
         todo = []
         for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-            run_dir = Path(str(trial.user_attrs.get("run_dir", "")))
-            if (not trial.user_attrs.get("run_dir") or not run_dir.is_dir() or markers.read_done(run_dir) is not None
-                    or lock_is_held(run_dir / markers.RUN_LOCK)):
+            run = RunDir(str(trial.user_attrs.get("run_dir", "")))
+            run_dir = run.path
+            if (not trial.user_attrs.get("run_dir") or not run_dir.is_dir() or run.finished() is not None
+                    or run.locked()):
                 continue
             if set(trial.params) != set(space.distributions):
                 log.warning("trial %d: its run %s is incomplete, and its parameters are not this search space's: "

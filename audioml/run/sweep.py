@@ -123,9 +123,9 @@ def end_running_sweep(error: BaseException) -> None:
     sweep still running in this process ends FAILED (KILLED for Ctrl-C) naming the cause. Hydra
     turns the cause into ``SystemExit(1)`` raised while handling it (``__context__``); an exit
     with status 0 (``--help``) ends nothing. Job runs end themselves (``tracking.ended_on_error``)."""
-    if isinstance(error, SystemExit):
-        if error.code in (0, None) or error.__context__ is None:
-            return
+    if isinstance(error, SystemExit) and (error.code in (0, None) or error.__context__ is None):
+        return
+    while isinstance(error, SystemExit) and error.__context__ is not None:  # status 2 wraps Hydra's 1
         error = error.__context__
     if _running_record:
         _complete_deferred_finishes(stopping=tracking.interrupted(error) or getattr(error, "code", None) == 143)

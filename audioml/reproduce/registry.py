@@ -238,7 +238,7 @@ def missing_data(entry: Entry, locations: Locations) -> str | None:
     """Why ``entry``'s data is not usable here (folder absent, a needed file pattern without a
     match), with how to get it; ``None`` when present."""
     root = locations.root(entry.dataset)
-    how = f"get it with: {entry.dataset.get}" if entry.dataset.get else "see README Datasets"
+    how = f"get it with: {entry.dataset.get}" if entry.dataset.get else "see docs/guide/datasets.md"
     if not root.is_dir():
         return f"no {entry.dataset.name} data at {root}; {how}"
     for pattern in entry.dataset.needs:

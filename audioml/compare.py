@@ -10,10 +10,13 @@ metric; or two runs compared on the same test items, paired.
     audioml-compare --sweep <parent run id or sweep key> --aggregate seed
 
 Columns: run name, status, the config groups chosen for each run (``data``, ``model``, ``loss``...)
-and the params that differ between the listed runs, then the selected metrics. The printed
-table shortens run ids and fits the terminal (``fit_to_width``: long cells cut in the middle,
-further columns in blocks that repeat the run name; 120 columns when not a terminal); the CSV
-keeps everything. The store is ``--tracking-uri``, else the embedded store
+and the params that differ between the listed runs (one column for a value interpolated under
+several names, e.g. ``seed``; :func:`differing_params`), then the selected metrics; a column empty
+for every run is left out. The printed table shortens run ids and fits the terminal
+(``fit_to_width``: long cells cut in the middle, further columns in blocks that repeat the run
+name; 120 columns when not a terminal); the CSV keeps everything. The runs are read by
+:mod:`audioml.run.store_reader` (the embedded SQLite store directly: a few hundred runs in well
+under a second). The store is ``--tracking-uri``, else the embedded store
 ``<--output-dir>/mlflow/mlflow.db``, else ``MLFLOW_TRACKING_URI``, else the embedded store under
 ``AUDIOML_OUTPUT_DIR`` or ``./outputs``.
 
@@ -58,7 +61,8 @@ _CHOICE_TAG = "audioml.choice."
 DEFAULT_METRICS = ("test/*", "val/best_*")
 #: ``audioml.kind`` of runs that trained nothing, left out of the listing (``collect_runs``).
 _NOT_TRAINED = ("evaluation", "comparison")
-_HIDDEN_BY_DEFAULT = ("test/precision_*", "test/recall_*", "test/f1_*", "*_ci_low", "*_ci_high")
+_HIDDEN_BY_DEFAULT = ("test/precision_*", "test/recall_*", "test/f1_*", "*_ci_low", "*_ci_high", "*_fold_mean",
+                      "*_fold_std")
 
 
 def _output_root(output_dir: str | None) -> Path:
@@ -142,7 +146,7 @@ def comparison_table(runs: pd.DataFrame, metrics: Sequence[str] | None = None,
                      params: Sequence[str] | None = None, sort: str | None = None,
                      ascending: bool = False) -> pd.DataFrame:
     """The side-by-side table of :func:`collect_runs` rows: identity columns, config choices that
-    differ, params (those matching ``params`` patterns; default: :func:`differing_params`),
+    differ among the runs that have them, params (those matching ``params`` patterns; default: :func:`differing_params`),
     metrics matching ``metrics`` patterns (default: ``DEFAULT_METRICS`` without per-class values
     and confidence bounds); columns empty for every run left out; sorted by metric ``sort``
     (missing last).
@@ -151,7 +155,7 @@ def comparison_table(runs: pd.DataFrame, metrics: Sequence[str] | None = None,
     """
     columns = list(runs.columns)
     choice_names = [c for c in columns if c.startswith(f"tags.{_CHOICE_TAG}")]
-    choices = {c[len(f"tags.{_CHOICE_TAG}"):]: runs[c] for c in choice_names if runs[c].nunique(dropna=False) > 1}
+    choices = {c[len(f"tags.{_CHOICE_TAG}"):]: runs[c] for c in choice_names if runs[c].nunique() > 1}
     param_names = differing_params(runs, set(choices)) if params is None else _matching(columns, "params.", params)
     metric_names = (_matching(columns, "metrics.", DEFAULT_METRICS, _HIDDEN_BY_DEFAULT) if metrics is None
                     else _matching(columns, "metrics.", metrics))
@@ -179,13 +183,13 @@ def _blank(values: pd.Series) -> pd.Series:
 
 def differing_params(runs: pd.DataFrame, shown_choices: set[str] = frozenset()) -> list[str]:
     """The params of :func:`collect_runs` rows worth a column: those whose values differ among
-    the runs that have them, except file locations, a config group's ``_target_`` when its
-    choice is shown (``loss._target_`` beside ``loss``), and a param with the same last name and
-    the same values in every run as a shorter one (``data.seed``, ``evaluation.seed`` follow
-    ``seed``: one column)."""
+    the runs that have them, except file locations, a ``_target_`` beside the choice or param
+    that names it (``loss._target_`` beside ``loss``, ``estimator._target_`` beside
+    ``estimator``), and a param with the same last name and the same values in every run as a
+    shorter one (``data.seed``, ``evaluation.seed`` follow ``seed``: one column)."""
     names = [c[len("params."):] for c in runs.columns if c.startswith("params.")]
-    names = [n for n in names if not _is_location(n) and runs[f"params.{n}"].dropna().astype(str).nunique() > 1
-             and not (n.endswith("._target_") and n.split(".", 1)[0] in shown_choices)]
+    names = [n for n in names if not _is_location(n) and runs[f"params.{n}"].dropna().astype(str).nunique() > 1]
+    names = [n for n in names if not (n.endswith("._target_") and n[:-len("._target_")] in {*shown_choices, *names})]
     kept: list[str] = []
     for name in sorted(names, key=lambda n: (n.count("."), len(n))):  # the shortest of alike columns stays
         values = runs[f"params.{name}"].astype(str)
@@ -217,7 +221,7 @@ def fit_to_width(table: pd.DataFrame, width: int, max_cell: int = 24, max_key: i
         return ""
     columns = []  # (header, cells, right-aligned)
     for position, name in enumerate(table.columns):
-        limit = min(max_key, max(16, width // 3)) if position == 0 else max_cell
+        limit = min(max_key, max(16, width * 9 // 20)) if position == 0 else max_cell
         values = table[name]
         numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
         cells = ["" if pd.isna(v) else _elide(f"{v:.4f}" if isinstance(v, float) else str(v), limit) for v in values]

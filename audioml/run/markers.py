@@ -18,7 +18,8 @@ from audioml.files import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 __all__ = ["DONE_FILE", "RUN_ID_FILE", "RUN_LOCK", "PENDING_POINTS_FILE", "PRUNED_FILE", "STORE_FILE", "read_done",
-           "write_done", "read_run_id", "write_pruned", "read_pruned", "record_store", "recorded_store"]
+           "write_done", "read_run_id", "write_pruned", "read_pruned", "record_store", "recorded_store",
+           "without_password"]
 
 #: Marker written (atomically, last) when a run finished; holds its final metrics.
 DONE_FILE = "DONE"
@@ -82,7 +83,7 @@ def read_pruned(run_dir: str | Path) -> dict | None:
     return record if isinstance(record, dict) else {"epoch": None}
 
 
-def _without_password(uri: str) -> str:
+def without_password(uri: str) -> str:
     """``uri`` with any password left out of its authority (``user:secret@host`` -> ``user@host``)."""
     parts = urlsplit(uri)
     if "@" not in parts.netloc:
@@ -93,7 +94,7 @@ def _without_password(uri: str) -> str:
 
 def record_store(run_dir: Path, tracking_uri: str) -> None:
     """Write the store of the run directory's MLflow run (``mlflow_store``), without a password."""
-    atomic_write_bytes(Path(run_dir) / STORE_FILE, _without_password(tracking_uri).encode())
+    atomic_write_bytes(Path(run_dir) / STORE_FILE, without_password(tracking_uri).encode())
 
 
 def recorded_store(run_dir: Path) -> str | None:

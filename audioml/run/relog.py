@@ -26,7 +26,7 @@ import yaml
 
 from audioml.files import atomic_write_bytes
 from audioml.run import tracking
-from audioml.run.markers import STORE_FILE, read_run_id, record_store, recorded_store  # noqa: F401 - defined there
+from audioml.run.markers import STORE_FILE, read_run_id, record_store, recorded_store, without_password
 from audioml.run.results import TESTED_CHECKPOINT_FILE, read_tested_checkpoint
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def find_in_store(tracking_uri: str, run_dir: Path) -> str | None:
 
     client = MlflowClient(tracking_uri)
     run_id = read_run_id(run_dir)
-    for candidate in (run_id, _copies(run_dir).get(_without_password(tracking_uri))):
+    for candidate in (run_id, _copies(run_dir).get(without_password(tracking_uri))):
         if candidate:
             try:
                 if client.get_run(candidate).info.lifecycle_stage == "active":
@@ -92,7 +92,7 @@ def check_store(cfg, run_dir: Path) -> None:
         return
     target = tracking.resolve_tracking_uri(cfg.logger.get("tracking_uri"), cfg.paths.mlflow_dir)
     source, run_id = recorded_store(run_dir), read_run_id(run_dir)
-    if run_id and source == _without_password(target):
+    if run_id and source == without_password(target):
         return  # the usual rerun: the same store
     found = find_in_store(target, run_dir)
     if found:
@@ -180,7 +180,7 @@ def copy_finished_run(run_dir: Path, tracking_uri: str, experiment_name: str, ar
         except UntrustedCheckpointError as error:
             log.warning("no MLflow model logged for the copy: the checkpoint would be refused when loaded (%s)", error)
     client.set_terminated(new_id, status if status in ("FINISHED", "FAILED", "KILLED") else "FINISHED", end_time)
-    copies = {**_copies(run_dir), _without_password(tracking_uri): new_id}
+    copies = {**_copies(run_dir), without_password(tracking_uri): new_id}
     atomic_write_bytes(run_dir / COPIES_FILE, json.dumps(copies, indent=2).encode())
     return new_id
 

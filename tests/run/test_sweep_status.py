@@ -5,6 +5,7 @@ process for the running job); the aggregate test runs a real 2-config x 3-seed s
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -149,6 +150,19 @@ def test_seed_aggregate_of_a_two_config_three_seed_sweep(tmp_path, capsys):
     (parent,) = [r for r in runs if r.data.tags.get("audioml.role") == "sweep"]
     children = [r for r in runs if r.data.tags.get("audioml.role") != "sweep"]
     assert len(children) == 6
+    # what the MLflow UI shows (audioml.run.presentation): the parent named after what the sweep varies,
+    # each job's data as its dataset input, the experiment as model training with the audioml view
+    assert parent.info.run_name == "sweep dense x seed (6 jobs)"
+    for child in children:
+        (data,) = child.inputs.dataset_inputs
+        assert (data.dataset.name, data.dataset.digest) == ("synthetic", child.data.tags["data.fingerprint"])
+    experiment = client.get_experiment_by_name("synthetic")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(json.loads(experiment.tags["mlflow.sharedViewState.audioml"])["state"])
+    assert {"params.`model.backbone.dense`", "params.`seed`", "metrics.`val/best_macro_f1`",
+            "metrics.`test/macro_f1`", "attributes.`Dataset`"} <= set(view["selectedColumns"])
+    assert (f"#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey=audioml"
+            in process.stdout + process.stderr)
     csv = tmp_path / "aggregate.csv"
     assert compare.main(["--sweep", parent.info.run_id, "--aggregate", "seed", "--csv", str(csv),
                          "--output-dir", str(tmp_path)]) == 0

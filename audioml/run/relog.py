@@ -20,14 +20,13 @@ import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 import yaml
 
 from audioml.files import atomic_write_bytes
 from audioml.run import tracking
-from audioml.run.markers import read_run_id
+from audioml.run.markers import STORE_FILE, read_run_id, record_store, recorded_store, without_password
 from audioml.run.results import TESTED_CHECKPOINT_FILE, read_tested_checkpoint
 
 log = logging.getLogger(__name__)
@@ -35,7 +34,6 @@ log = logging.getLogger(__name__)
 __all__ = ["STORE_FILE", "COPIES_FILE", "COPY_TAG", "record_store", "recorded_store", "check_store",
            "copy_finished_run", "find_in_store"]
 
-STORE_FILE = "mlflow_store"
 COPIES_FILE = "mlflow_copies.json"
 COPY_TAG = "audioml.copy_of"
 #: Tags of the original run that describe it as a record of its own store, not copied.
@@ -45,37 +43,6 @@ _RUN_FILES = ("config.yaml", "metrics.json", TESTED_CHECKPOINT_FILE, "per_class_
               "skipped_files.csv", "class_collapse.json", "learning_curves.csv", "fold_metrics.csv",
               "oof_predictions.csv", "*.png")
 _MODEL_ARTIFACT = "model"
-
-
-def _without_password(uri: str) -> str:
-    """``uri`` with any password left out of its authority (``user:secret@host`` -> ``user@host``)."""
-    parts = urlsplit(uri)
-    if "@" not in parts.netloc:
-        return uri
-    user, _, host = parts.netloc.rpartition("@")
-    return urlunsplit(parts._replace(netloc=f"{user.split(':', 1)[0]}@{host}"))
-
-
-def record_store(run_dir: Path, tracking_uri: str) -> None:
-    """Write the store of the run directory's MLflow run (``mlflow_store``), without a password."""
-    atomic_write_bytes(Path(run_dir) / STORE_FILE, _without_password(tracking_uri).encode())
-
-
-def recorded_store(run_dir: Path) -> str | None:
-    """The store ``record_store`` wrote; for runs before that record, the one their
-    ``config.yaml`` names (``logger.tracking_uri``, else the embedded store under
-    ``paths.mlflow_dir``), or ``None``."""
-    path = Path(run_dir) / STORE_FILE
-    if path.is_file():
-        return path.read_text(encoding="utf-8").strip() or None
-    try:
-        config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    logger, paths = config.get("logger") or {}, config.get("paths") or {}
-    if logger.get("tracking_uri"):
-        return str(logger["tracking_uri"])
-    return f"sqlite:///{Path(paths['mlflow_dir']).resolve() / 'mlflow.db'}" if paths.get("mlflow_dir") else None
 
 
 def _copies(run_dir: Path) -> dict[str, str]:
@@ -101,7 +68,7 @@ def find_in_store(tracking_uri: str, run_dir: Path) -> str | None:
 
     client = MlflowClient(tracking_uri)
     run_id = read_run_id(run_dir)
-    for candidate in (run_id, _copies(run_dir).get(_without_password(tracking_uri))):
+    for candidate in (run_id, _copies(run_dir).get(without_password(tracking_uri))):
         if candidate:
             try:
                 if client.get_run(candidate).info.lifecycle_stage == "active":
@@ -125,7 +92,7 @@ def check_store(cfg, run_dir: Path) -> None:
         return
     target = tracking.resolve_tracking_uri(cfg.logger.get("tracking_uri"), cfg.paths.mlflow_dir)
     source, run_id = recorded_store(run_dir), read_run_id(run_dir)
-    if run_id and source == _without_password(target):
+    if run_id and source == without_password(target):
         return  # the usual rerun: the same store
     found = find_in_store(target, run_dir)
     if found:
@@ -213,7 +180,7 @@ def copy_finished_run(run_dir: Path, tracking_uri: str, experiment_name: str, ar
         except UntrustedCheckpointError as error:
             log.warning("no MLflow model logged for the copy: the checkpoint would be refused when loaded (%s)", error)
     client.set_terminated(new_id, status if status in ("FINISHED", "FAILED", "KILLED") else "FINISHED", end_time)
-    copies = {**_copies(run_dir), _without_password(tracking_uri): new_id}
+    copies = {**_copies(run_dir), without_password(tracking_uri): new_id}
     atomic_write_bytes(run_dir / COPIES_FILE, json.dumps(copies, indent=2).encode())
     return new_id
 

@@ -40,14 +40,18 @@ def _installed(distribution: str) -> str | None:
         return None
 
 
+def _release(torch_version: str) -> tuple[int, ...]:
+    """``(major, minor)`` of a version such as ``2.14.1+cu126``."""
+    return tuple(int(part) for part in re.findall(r"\d+", torch_version.split("+", 1)[0])[:2])
+
+
 def matching_torchaudio_command(torch_version: str) -> str:
     """The pip command that installs a torchaudio matching ``torch_version`` (a distribution
     version, ``2.14.1`` or ``2.14.1+cu126``): from the PyTorch index of that build (its local
     label: ``cpu``, ``cu126`` ...) when it has one, else from PyPI; below ``MIN_TORCH``, with
     a torch audioml supports."""
     index = f" --index-url {_PYTORCH_INDEX}/{torch_version.split('+', 1)[1]}" if "+" in torch_version else ""
-    release = tuple(int(part) for part in re.findall(r"\d+", torch_version.split("+", 1)[0])[:2])
-    if release < MIN_TORCH:
+    if _release(torch_version) < MIN_TORCH:
         return f'pip install "torch>={MIN_TORCH[0]}.{MIN_TORCH[1]}" "torchaudio=={TORCHAUDIO}"{index}'
     return f"pip install --force-reinstall --no-deps torchaudio=={TORCHAUDIO}{index}"
 
@@ -60,11 +64,12 @@ def mismatch_message(torch_version: str, torchaudio_version: str | None, error: 
         cause = cause.__cause__
     reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
     reason = re.sub(r"\S*/([^/\s:]+\.so[.\d]*)", r"\1", reason)[:200]
+    advice = ("install a matching torchaudio" if _release(torch_version) >= MIN_TORCH
+              else f"audioml needs torch >= {MIN_TORCH[0]}.{MIN_TORCH[1]}")
+    advice = f"{advice}: {matching_torchaudio_command(torch_version)}"
     if torchaudio_version is None:
-        return (f"torchaudio is not installed ({reason}); with torch {torch_version}: "
-                f"{matching_torchaudio_command(torch_version)}")
-    return (f"torch {torch_version} and torchaudio {torchaudio_version} do not work together ({reason}); "
-            f"install a matching torchaudio: {matching_torchaudio_command(torch_version)}")
+        return f"torchaudio is not installed ({reason}) with torch {torch_version}; {advice}"
+    return f"torch {torch_version} and torchaudio {torchaudio_version} do not work together ({reason}); {advice}"
 
 
 @functools.cache

@@ -48,9 +48,21 @@ def test_the_command_installs_a_torchaudio_for_that_torch_build(torch_version, c
 
 def test_a_missing_torchaudio_is_said_with_the_command():
     message = mismatch_message("2.14.1+cu126", None, ModuleNotFoundError("No module named 'torchaudio'"))
-    assert message == ("torchaudio is not installed (No module named 'torchaudio'); with torch 2.14.1+cu126: "
-                       "pip install --force-reinstall --no-deps torchaudio==2.11.1 "
+    assert message == ("torchaudio is not installed (No module named 'torchaudio') with torch 2.14.1+cu126; install "
+                       "a matching torchaudio: pip install --force-reinstall --no-deps torchaudio==2.11.1 "
                        "--index-url https://download.pytorch.org/whl/cu126")
+
+
+def test_below_the_supported_torch_the_line_says_so():
+    """As torchaudio 2.11.1 fails with torch 2.12.1 (its compiled library's error, as seen there)."""
+    loader = OSError("/venv/lib/python3.11/site-packages/torchaudio/lib/libtorchaudio.so: undefined symbol: "
+                     "torch_exception_get_what_without_backtrace")
+    try:
+        raise OSError("Could not load this library: /venv/.../libtorchaudio.so") from loader
+    except OSError as error:
+        message = mismatch_message("2.12.1", "2.11.1", error)
+    assert message == (f"torch 2.12.1 and torchaudio 2.11.1 do not work together ({REASON}); audioml needs "
+                       'torch >= 2.13: pip install "torch>=2.13" "torchaudio==2.11.1"')
 
 
 def test_the_command_and_the_bound_are_the_locks_and_pyprojects():

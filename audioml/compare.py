@@ -10,10 +10,13 @@ metric; or two runs compared on the same test items, paired.
     audioml-compare --sweep <parent run id or sweep key> --aggregate seed
 
 Columns: run name, status, the config groups chosen for each run (``data``, ``model``, ``loss``...)
-and the params that differ between the listed runs, then the selected metrics. The printed
-table shortens run ids and fits the terminal (``fit_to_width``: long cells cut in the middle,
-further columns in blocks that repeat the run name; 120 columns when not a terminal); the CSV
-keeps everything. The store is ``--tracking-uri``, else the embedded store
+and the params that differ between the listed runs (one column for a value interpolated under
+several names, e.g. ``seed``; :func:`differing_params`), then the selected metrics; a column empty
+for every run is left out. The printed table shortens run ids and fits the terminal
+(``fit_to_width``: long cells cut in the middle, further columns in blocks that repeat the run
+name; 120 columns when not a terminal); the CSV keeps everything. The runs are read by
+:mod:`audioml.run.store_reader` (the embedded SQLite store directly: a few hundred runs in well
+under a second). The store is ``--tracking-uri``, else the embedded store
 ``<--output-dir>/mlflow/mlflow.db``, else ``MLFLOW_TRACKING_URI``, else the embedded store under
 ``AUDIOML_OUTPUT_DIR`` or ``./outputs``.
 
@@ -49,7 +52,7 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["main", "collect_runs", "comparison_table", "fit_to_width"]
+__all__ = ["main", "collect_runs", "comparison_table", "differing_params", "fit_to_width"]
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _CHOICE_TAG = "audioml.choice."
@@ -58,7 +61,8 @@ _CHOICE_TAG = "audioml.choice."
 DEFAULT_METRICS = ("test/*", "val/best_*")
 #: ``audioml.kind`` of runs that trained nothing, left out of the listing (``collect_runs``).
 _NOT_TRAINED = ("evaluation", "comparison")
-_HIDDEN_BY_DEFAULT = ("test/precision_*", "test/recall_*", "test/f1_*", "*_ci_low", "*_ci_high")
+_HIDDEN_BY_DEFAULT = ("test/precision_*", "test/recall_*", "test/f1_*", "*_ci_low", "*_ci_high", "*_fold_mean",
+                      "*_fold_std")
 
 
 def _output_root(output_dir: str | None) -> Path:
@@ -80,38 +84,40 @@ def _tracking_uri(tracking_uri: str | None, output_dir: str | None) -> str:
     return f"sqlite:///{database}"
 
 
-def collect_runs(client, experiments: Sequence[str] = (), sweep: str | None = None) -> pd.DataFrame:
+def collect_runs(store, experiments: Sequence[str] = (), sweep: str | None = None) -> pd.DataFrame:
     """One row per run: ``run_id``, ``run_name``, ``status``, ``experiment``, ``tags.*``,
     ``params.*``, ``metrics.*`` (final values). With ``sweep`` (a parent run id or a sweep key)
     the children of that sweep, else the runs of ``experiments`` except sweep parents,
     evaluations (``audioml-eval``) and comparisons (``audioml-compare A B``): runs without a
-    config, whose missing params would make every param look different.
+    config, whose missing params would make every param look different. ``store``: a reader of
+    :mod:`audioml.run.store_reader`, or an ``MlflowClient``.
 
     Raises ``LookupError`` naming what was not found.
     """
-    all_experiments = {e.experiment_id: e.name for e in client.search_experiments()}
+    from audioml.run.store_reader import ClientReader, SqliteReader
+
+    source = store if isinstance(store, (SqliteReader, ClientReader)) else ClientReader(store)
+    all_experiments = source.experiments()
     if sweep:
         if _RUN_ID.match(sweep):
-            parent_id = sweep
-            client.get_run(parent_id)  # raises when unknown
+            parent_id = source.run(sweep).info.run_id  # raises LookupError when unknown
         else:
             # The jobs carry the sweep's key too: the parent is the run whose role is "sweep".
-            parents = client.search_runs(list(all_experiments), filter_string=f"tags.`audioml.sweep_key` = '{sweep}' "
-                                                                              "and tags.`audioml.role` = 'sweep'")
+            parents = source.runs(list(all_experiments), {"audioml.sweep_key": sweep, "audioml.role": "sweep"})
             if not parents:
                 raise LookupError(f"no sweep with key or parent run id {sweep!r} in this store")
             parent_id = parents[0].info.run_id
-        runs = client.search_runs(list(all_experiments), filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+        runs = source.runs(list(all_experiments), {"mlflow.parentRunId": parent_id})
         if not runs:
             raise LookupError(f"sweep {sweep} has no child runs yet")
     else:
         ids = []
         for name in experiments:
-            experiment = client.get_experiment_by_name(name)
-            if experiment is None:
+            experiment_id = source.experiment_id(name)
+            if experiment_id is None:
                 raise LookupError(f"no MLflow experiment {name!r}; experiments here: {sorted(all_experiments.values())}")
-            ids.append(experiment.experiment_id)
-        runs = [r for r in client.search_runs(ids or list(all_experiments), max_results=50000)
+            ids.append(experiment_id)
+        runs = [r for r in source.runs(ids or list(all_experiments))
                 if r.data.tags.get("audioml.role") != "sweep" and r.data.tags.get("audioml.kind") not in _NOT_TRAINED]
     rows = []
     for run in runs:
@@ -139,21 +145,18 @@ def _is_location(param: str) -> bool:
 def comparison_table(runs: pd.DataFrame, metrics: Sequence[str] | None = None,
                      params: Sequence[str] | None = None, sort: str | None = None,
                      ascending: bool = False) -> pd.DataFrame:
-    """The side-by-side table of :func:`collect_runs` rows: identity columns, config choices,
-    params (those matching ``params`` patterns, default: the ones that differ between runs,
-    except file locations), metrics matching ``metrics`` patterns (default: ``DEFAULT_METRICS``
-    without per-class values and confidence bounds); sorted by metric ``sort`` (missing last).
+    """The side-by-side table of :func:`collect_runs` rows: identity columns, config choices that
+    differ among the runs that have them, params (those matching ``params`` patterns; default: :func:`differing_params`),
+    metrics matching ``metrics`` patterns (default: ``DEFAULT_METRICS`` without per-class values
+    and confidence bounds); columns empty for every run left out; sorted by metric ``sort``
+    (missing last).
 
     Raises ``ValueError`` when ``sort`` is not a metric of these runs.
     """
     columns = list(runs.columns)
     choice_names = [c for c in columns if c.startswith(f"tags.{_CHOICE_TAG}")]
-    choices = {c[len(f"tags.{_CHOICE_TAG}"):]: runs[c] for c in choice_names if runs[c].nunique(dropna=False) > 1}
-    if params is None:
-        param_names = [c[len("params."):] for c in columns if c.startswith("params.")
-                       and not _is_location(c[len("params."):]) and runs[c].astype(str).nunique(dropna=False) > 1]
-    else:
-        param_names = _matching(columns, "params.", params)
+    choices = {c[len(f"tags.{_CHOICE_TAG}"):]: runs[c] for c in choice_names if runs[c].nunique() > 1}
+    param_names = differing_params(runs, set(choices)) if params is None else _matching(columns, "params.", params)
     metric_names = (_matching(columns, "metrics.", DEFAULT_METRICS, _HIDDEN_BY_DEFAULT) if metrics is None
                     else _matching(columns, "metrics.", metrics))
     if sort:
@@ -166,9 +169,34 @@ def comparison_table(runs: pd.DataFrame, metrics: Sequence[str] | None = None,
                           **{p: runs[f"params.{p}"] for p in param_names},
                           **{m: runs[f"metrics.{m}"] for m in metric_names},
                           "run_id": runs["run_id"], "experiment": runs["experiment"]})
+    empty = [c for c in table.columns[2:-2] if c != sort and _blank(table[c]).all()]
+    table = table.drop(columns=empty)
     if sort:
         table = table.sort_values(sort, ascending=ascending, na_position="last", kind="stable")
     return table.reset_index(drop=True)
+
+
+def _blank(values: pd.Series) -> pd.Series:
+    """Where ``values`` hold nothing: missing, or empty text."""
+    return values.isna() | (values.astype(str).str.strip() == "")
+
+
+def differing_params(runs: pd.DataFrame, shown_choices: set[str] = frozenset()) -> list[str]:
+    """The params of :func:`collect_runs` rows worth a column: those whose values differ among
+    the runs that have them, except file locations, a ``_target_`` beside the choice or param
+    that names it (``loss._target_`` beside ``loss``, ``estimator._target_`` beside
+    ``estimator``), and a param with the same last name and the same values in every run as a
+    shorter one (``data.seed``, ``evaluation.seed`` follow ``seed``: one column)."""
+    names = [c[len("params."):] for c in runs.columns if c.startswith("params.")]
+    names = [n for n in names if not _is_location(n) and runs[f"params.{n}"].dropna().astype(str).nunique() > 1]
+    names = [n for n in names if not (n.endswith("._target_") and n[:-len("._target_")] in {*shown_choices, *names})]
+    kept: list[str] = []
+    for name in sorted(names, key=lambda n: (n.count("."), len(n))):  # the shortest of alike columns stays
+        values = runs[f"params.{name}"].astype(str)
+        if not any(other.rsplit(".", 1)[-1] == name.rsplit(".", 1)[-1]
+                   and values.equals(runs[f"params.{other}"].astype(str)) for other in kept):
+            kept.append(name)
+    return [n for n in names if n in kept]
 
 
 def _elide(text: str, width: int) -> str:
@@ -193,7 +221,7 @@ def fit_to_width(table: pd.DataFrame, width: int, max_cell: int = 24, max_key: i
         return ""
     columns = []  # (header, cells, right-aligned)
     for position, name in enumerate(table.columns):
-        limit = min(max_key, width // 2) if position == 0 else max_cell
+        limit = min(max_key, max(16, width * 9 // 20)) if position == 0 else max_cell
         values = table[name]
         numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
         cells = ["" if pd.isna(v) else _elide(f"{v:.4f}" if isinstance(v, float) else str(v), limit) for v in values]
@@ -276,16 +304,15 @@ def _status(args: argparse.Namespace) -> int:
     from audioml.run import status
 
     output = _output_root(args.output_dir)
-    client = None
+    store = None
     if args.status and _RUN_ID.match(args.status):  # a parent run id: its tag names the sweep's record
-        from mlflow import MlflowClient
-
         from audioml.run.store import check_reachable
+        from audioml.run.store_reader import reader
 
         uri = _tracking_uri(args.tracking_uri, args.output_dir)
         check_reachable(uri)  # a server that is down is said at once, not after MLflow's retries
-        client = MlflowClient(uri)
-    folder = status.find_record([output / "runs"], args.status or None, client)
+        store = reader(uri)
+    folder = status.find_record([output / "runs"], args.status or None, store)
     while True:
         notes: list[str] = []
         jobs = status.sweep_jobs(folder, notes=notes)
@@ -388,6 +415,13 @@ def _paired(args: argparse.Namespace, client, runs: pd.DataFrame | None) -> int:
     return 0
 
 
+def _client(uri: str):
+    """MLflow's client of ``uri`` (the paired comparisons download artifacts and log a run)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri)
+
+
 def _best_job(runs: pd.DataFrame, sort: str | None, ascending: bool) -> str:
     """The run id of the best job: by ``sort``, else by the jobs' one ``val/best_*`` metric (the
     validation score their checkpoints were chosen by: choosing by a test metric would favour
@@ -408,10 +442,9 @@ def _best_job(runs: pd.DataFrame, sort: str | None, ascending: bool) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # downloads of a few CSV files
-    from mlflow import MlflowClient
-
     from audioml.run.comparison import ItemMismatchError
-    from audioml.run.tracking import check_reachable
+    from audioml.run.store import check_reachable
+    from audioml.run.store_reader import reader
 
     modes = [flag for flag, given in (("RUN RUN", bool(args.runs)), ("--experiment", args.experiment),
                                       ("--sweep", args.sweep), ("--status", args.status is not None)) if given]
@@ -426,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             uri = _store_of_runs(args)
             if uri is not None:
                 check_reachable(uri)
-            return _paired(args, MlflowClient(uri) if uri else None, None)
+            return _paired(args, _client(uri) if uri else None, None)
         if (args.paired or args.reference) and not args.sweep:
             raise ValueError("--paired and --reference compare the jobs of a sweep: add --sweep <sweep key or parent "
                              "run id>; two runs: audioml-compare <run A> <run B>")
@@ -443,13 +476,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status(args)
         uri = _tracking_uri(args.tracking_uri, args.output_dir)
         check_reachable(uri)  # a closed port fails in seconds, not after MLflow's silent retries
-        client = MlflowClient(uri)
-        runs = collect_runs(client, args.experiment or (), args.sweep)
+        runs = collect_runs(reader(uri), args.experiment or (), args.sweep)
         if runs.empty:
             print("no runs", file=sys.stderr)
             return 1
         if args.paired or args.reference:
-            return _paired(args, client, runs)
+            return _paired(args, _client(uri), runs)
         if args.aggregate:
             table = _aggregate(runs, args)
             if args.csv:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import Metric
 
 from audioml import compare
 from audioml.run import tracking
@@ -149,3 +150,38 @@ def test_wide_runs_print_within_120_columns_when_not_a_terminal(tmp_path):
     full = pd.read_csv(csv)
     assert full["run_name"].tolist() == names[::-1]
     assert full["model.backbone.setting_number_29"].tolist() == ["2-" + "x" * 80, "1-" + "x" * 80]
+
+
+def test_one_seed_column_no_empty_columns_and_readable_at_80_columns(tmp_path, monkeypatch, capsys):
+    """A sweep over lr and seed as a real run logs it: seed interpolated into data.seed and
+    evaluation.seed, each loss with its own _target_, a param only some runs have, a metric empty
+    for every run. One seed column, the loss choice without its _target_, no empty column, and at
+    80 columns every line fits and the first block shows the configuration whole."""
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    (tmp_path / "mlflow").mkdir()
+    tracking.prepare_store(uri)
+    client = MlflowClient(uri)
+    experiment = tracking.get_or_create_experiment(uri, "cry")
+    for lr in ("0.001", "0.003"):
+        for seed in ("1", "2"):
+            loss = "ce" if seed == "1" else "weighted_ce"
+            run = client.create_run(experiment, run_name=f"cnn lr={lr} seed={seed} loss={loss}", tags={
+                "audioml.choice.model": "cnn", "audioml.choice.loss": loss, "audioml.choice.data": "donateacry"})
+            params = {"model.optimizer.lr": lr, "seed": seed, "data.seed": seed, "evaluation.seed": seed,
+                      "loss._target_": f"audioml.losses.{loss}", "data.root": ""}
+            if loss == "weighted_ce":
+                params["loss.weighting"] = "inverse"  # one value, only where the choice has it: the choice says it
+            tracking.log_params(client, run.info.run_id, params)
+            client.log_batch(run.info.run_id, metrics=[
+                Metric("test/macro_f1", 0.5 + float(lr), 0, 0), Metric("val/best_macro_f1", 0.4, 0, 0),
+                Metric("test/nll", float("nan"), 0, 0)])
+    table = compare.comparison_table(compare.collect_runs(client, ["cry"]))
+    assert list(table.columns) == ["run_name", "status", "loss", "model.optimizer.lr", "seed", "test/macro_f1",
+                                   "val/best_macro_f1", "run_id", "experiment"]
+    monkeypatch.setenv("COLUMNS", "80")
+    assert compare.main(["--experiment", "cry", "--tracking-uri", uri]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    header = lines[0].split()
+    assert header[:2] == ["run_name", "status"] and {"loss", "model.optimizer.lr", "seed"} <= set(header)
+    assert any(line.startswith("cnn lr=0.003 seed=2 loss=weighted_ce") for line in lines)

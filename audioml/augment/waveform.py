@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from audioml.augment.base import RandomTransform
+from audioml.features.torchaudio_pair import require_torchaudio
 
 __all__ = ["AddGaussianNoise", "ClippingDistortion", "TimeStretch", "PitchShift", "Gain",
            "PolarityInversion", "Shift", "AddColoredNoise", "AddBackgroundNoise",
@@ -202,6 +203,7 @@ class _LibraryTransform(RandomTransform):
 
 
 def _library(name: str, **kwargs) -> nn.Module:
+    require_torchaudio()  # torch-audiomentations imports torchaudio: a broken pair is said here, in one line
     import torch_audiomentations
 
     return getattr(torch_audiomentations, name)(p=1.0, mode="per_example", p_mode="per_example",

@@ -48,10 +48,11 @@ class GridTracker:
         self.client, self.parent = self.logger.experiment, self.logger.run_id
         self.experiment_id = self.logger.experiment_id
         self.tags = tags
+        self.data = None  # the feature table as the runs' dataset input (audioml.run.presentation.table_input)
 
     def log_combination(self, combination: Combination, record: dict[str, Any], grid: DictConfig,
                         pipeline_file: Path) -> str:
-        from audioml.run import tracking
+        from audioml.run import presentation, tracking
 
         # a child logged just before the grid was stopped (its record not yet written) is reused
         existing = self.client.search_runs([self.experiment_id], filter_string=(
@@ -70,6 +71,8 @@ class GridTracker:
         tracking.set_tags(self.client, run.info.run_id, {
             "audioml.converged": str(bool(record.get("converged", True))).lower(),
             **({"audioml.convergence": "; ".join(record["convergence"])[:4000]} if record.get("convergence") else {})})
+        if self.data is not None:
+            presentation.log_data_input(self.client, run.info.run_id, self.data)
         self._log_metrics(run.info.run_id, record["metrics"])
         self.client.log_artifact(run.info.run_id, str(pipeline_file), "pipeline")
         self.client.set_terminated(run.info.run_id, "FINISHED")
@@ -201,9 +204,11 @@ def _choices() -> dict[str, str]:
 
 
 def _title(cfg: DictConfig) -> str:
-    choices = _choices()
-    return " ".join(filter(None, [choices.get("experiment") or "classical", choices.get("descriptors"),
-                                  choices.get("grid")]))
+    from audioml.run.presentation import grid_run_name
+
+    choices = _choices()  # outside a Hydra app (none): the experiment, named after the data by default
+    return grid_run_name(choices.get("data") or cfg.logger.get("experiment_name"), choices.get("descriptors"),
+                         choices.get("grid"))
 
 
 def _table_record(cfg: DictConfig, table: FeatureTable) -> dict[str, str]:
@@ -247,7 +252,7 @@ def run_classical(cfg: DictConfig, run_dir: str | Path) -> GridResult:
 
     The feature table comes first: the run directory is bound to it (``bound_run_dir``) before
     the MLflow run is opened or continued there."""
-    from audioml.run import facts, tracking
+    from audioml.run import facts, presentation, tracking
     from audioml.stats import HonestScoring
 
     if cfg.logger.get("enabled", True):  # an unreachable server fails now, not after the features
@@ -271,6 +276,9 @@ def run_classical(cfg: DictConfig, run_dir: str | Path) -> GridResult:
         table.skipped.to_csv(run_dir / "skipped_files.csv", index=False)
         check_grid(cfg.grid, table.task, grid_source)
         if tracker is not None:
+            tracker.data = presentation.table_input(choices.get("data") or cfg.logger.get("experiment_name"),
+                                                    choices.get("descriptors"), table)
+            presentation.log_data_input(tracker.client, tracker.parent, tracker.data)
             tracking.log_params(tracker.client, tracker.parent, {
                 **feature_facts, "features.rows": str(len(table.values)), "features.columns": str(table.values.shape[1]),
                 "features.key": table.key, "features.content_key": table.content_key(), **tracking.flatten_params(
@@ -293,4 +301,6 @@ def run_classical(cfg: DictConfig, run_dir: str | Path) -> GridResult:
     print(f"run directory: {run_dir}")
     if tracker:
         print(f"MLflow run: {tracker.parent} (experiment {cfg.logger.experiment_name})")
+        presentation.show_run_in_view(tracker.client, tracker.experiment_id, f"val/{metric}", best, choices,
+                                      ["scaler", "reducer", "estimator"])
     return result

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from audioml.features.sizes import check_spectral_sizes
+from audioml.features.torchaudio_pair import require_torchaudio
 
 __all__ = ["KaldiMelSpectrogram", "kaldi_mel_basis"]
 
@@ -15,8 +16,10 @@ def kaldi_mel_basis(n_mels: int, n_fft: int, sample_rate: int, f_min: float, f_m
 
     ``torchaudio.compliance.kaldi.get_mel_banks`` covers the first ``n_fft // 2`` FFT bins; the
     Nyquist bin gets a zero column, as in EfficientAT's front end. Raises ``ValueError`` for
-    band edges outside ``[0, Nyquist]``.
+    band edges outside ``[0, Nyquist]``, ``TorchaudioMismatch`` when torchaudio does not load with
+    the installed torch.
     """
+    require_torchaudio()
     from torchaudio.compliance.kaldi import get_mel_banks
 
     if not 0.0 <= f_min < f_max <= sample_rate / 2:

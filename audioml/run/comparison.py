@@ -297,9 +297,14 @@ def log_comparison(client, comparisons: Sequence[Comparison], table_path: Path, 
     table as an artifact), in ``experiment_id`` (else ``audioml-comparisons``); returns its id."""
     from mlflow.entities import Metric, Param, RunTag
 
+    from audioml.run.presentation import EXPERIMENT_KIND_TAG, MODEL_TRAINING, mark_model_training
+
     if experiment_id is None:
         found = client.get_experiment_by_name("audioml-comparisons")
-        experiment_id = found.experiment_id if found else client.create_experiment("audioml-comparisons")
+        if found is not None:
+            mark_model_training(client, found)
+        experiment_id = found.experiment_id if found else client.create_experiment(
+            "audioml-comparisons", tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
     first = comparisons[0]
     tags = {"audioml.kind": "comparison", "audioml.paired_on": "+".join(first.paired_on)}
     if len(comparisons) == 1:

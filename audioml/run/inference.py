@@ -139,6 +139,7 @@ def log_evaluation(tracking_uri: str, source: str | Path, checkpoint: Path, spli
 
     from audioml.run import tracking
     from audioml.run.lineage import resolve
+    from audioml.run.presentation import DataInput, log_data_input
 
     tracking.check_reachable(tracking_uri)
     tracking.prepare_store(tracking_uri)
@@ -166,11 +167,16 @@ def log_evaluation(tracking_uri: str, source: str | Path, checkpoint: Path, spli
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    # MLflow 3 lineage: the numbers also appear on the logged model they score, with the data they scored
-    scored = f"{dataset or trained_data or 'data'} {split}" if found.model_id else None
-    digest = _scored_items_digest(files, scored) if scored else None
-    client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), now, 0, model_id=found.model_id, dataset_name=scored,
-                                                      dataset_digest=digest) for k, v in metrics.items()])
+    # the items scored are the run's dataset input (the Dataset column); with MLflow 3 lineage the
+    # numbers also appear on the logged model they score, with the data they scored
+    scored = f"{dataset or trained_data or 'data'} {split}"
+    digest = _scored_items_digest(files, scored)
+    linked = {"model_id": found.model_id, "dataset_name": scored, "dataset_digest": digest} if found.model_id else {}
+    client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), now, 0, **linked) for k, v in metrics.items()])
+    table = next((Path(f) for f in files if Path(f).name == "test_predictions.csv" and Path(f).is_file()), None)
+    log_data_input(client, run.info.run_id, DataInput(
+        name=scored, digest=digest, source=str(table.parent if table else checkpoint.parent),
+        profile={"split": split, "items": int(len(pd.read_csv(table))) if table else 0}), context="evaluation")
     for path in files:
         client.log_artifact(run.info.run_id, str(path))
     client.set_terminated(run.info.run_id, "FINISHED")

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from audioml.run import tracking
-from audioml.run.rundir import RunDir, _without_password
+from audioml.run.rundir import RunDir, without_password
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def find_in_store(tracking_uri: str, run: RunDir) -> str | None:
 
     client = MlflowClient(tracking_uri)
     run_id = run.run_id()
-    for candidate in (run_id, run.copies().get(_without_password(tracking_uri))):
+    for candidate in (run_id, run.copies().get(without_password(tracking_uri))):
         if candidate:
             try:
                 if client.get_run(candidate).info.lifecycle_stage == "active":
@@ -74,7 +74,7 @@ def check_store(cfg, run: RunDir) -> None:
         return
     target = tracking.resolve_tracking_uri(cfg.logger.get("tracking_uri"), cfg.paths.mlflow_dir)
     source, run_id = run.store(), run.run_id()
-    if run_id and source == _without_password(target):
+    if run_id and source == without_password(target):
         return  # the usual rerun: the same store
     found = find_in_store(target, run)
     if found:

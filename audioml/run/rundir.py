@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 __all__ = ["RunDir"]
 
 
-def _without_password(uri: str) -> str:
+def without_password(uri: str) -> str:
     """``uri`` with any password left out of its authority (``user:secret@host`` -> ``user@host``)."""
     parts = urlsplit(uri)
     if "@" not in parts.netloc:
@@ -213,6 +213,17 @@ class RunDir:
             log.warning("%s is unreadable: the run is treated as unfinished", self._file(self.DONE))
             return None
 
+    def wait_finished(self, poll_seconds: float = 2.0) -> dict[str, float]:
+        """Block until rank zero marks the run finished, then return its metrics (the other DDP
+        ranks wait here while rank zero tests on one device). ``RuntimeError`` when the launching
+        process disappears (the rank would otherwise wait forever)."""
+        parent = os.getppid()
+        while (metrics := self.finished()) is None:
+            if os.getppid() != parent:
+                raise RuntimeError(f"rank zero of {self.path} is gone before finishing the run")
+            time.sleep(poll_seconds)
+        return metrics
+
     def mark_done(self, metrics: dict[str, float]) -> Path:
         """Mark the run finished (atomically; the last file it writes)."""
         return self._write_json(self.DONE, {"metrics": metrics})
@@ -279,7 +290,7 @@ class RunDir:
 
     def record_store(self, tracking_uri: str) -> None:
         """Write the store of the MLflow run (``mlflow_store``), without a password."""
-        atomic_write_bytes(self._file(self.STORE), _without_password(tracking_uri).encode())
+        atomic_write_bytes(self._file(self.STORE), without_password(tracking_uri).encode())
 
     def store(self) -> str | None:
         """The store of the MLflow run; for runs before that record, the one ``config.yaml``
@@ -299,7 +310,7 @@ class RunDir:
         return dict(record) if isinstance(record, dict) else {}
 
     def record_copy(self, tracking_uri: str, run_id: str) -> None:
-        self._write_json(self.COPIES, {**self.copies(), _without_password(tracking_uri): run_id})
+        self._write_json(self.COPIES, {**self.copies(), without_password(tracking_uri): run_id})
 
     # ---------------------------------------------------------------------------------- data
     def bound_data(self) -> dict[str, str] | None:

@@ -162,54 +162,51 @@ STORE_PROBE_SECONDS = 2.0
 
 
 class _Stores:
-    """MLflow clients by store, and what they say about one run (``None`` where unreachable).
-    A tracking server is probed once (``check_reachable``); ``unreachable`` maps the servers
-    that did not answer to the reason."""
+    """Readers of MLflow stores (:mod:`audioml.run.store_reader`) by URI, and what they say about
+    one run (``None`` where unreachable). A tracking server is probed once (``check_reachable``);
+    ``unreachable`` maps the servers that did not answer to the reason."""
 
     def __init__(self) -> None:
-        self.clients: dict[str, Any] = {}
+        self.readers: dict[str, Any] = {}
         self.unreachable: dict[str, str] = {}
 
     def run(self, run_dir: Path):
-        from audioml.run import relog
-
-        run_id, uri = markers.read_run_id(run_dir), relog.recorded_store(run_dir)
+        run_id, uri = markers.read_run_id(run_dir), markers.recorded_store(run_dir)
         if not run_id or not uri or uri in self.unreachable:
             return None, None
-        if uri not in self.clients:
-            from mlflow import MlflowClient
-
+        if uri not in self.readers:
             from audioml.run.store import check_reachable
+            from audioml.run.store_reader import reader
 
             try:
                 check_reachable(uri, timeout=STORE_PROBE_SECONDS)
             except ConnectionError as error:
                 self.unreachable[uri] = str(error)
                 return None, None
-            self.clients[uri] = MlflowClient(uri)
-        client = self.clients[uri]
+            self.readers[uri] = reader(uri)
+        store = self.readers[uri]
         try:
-            return client, client.get_run(run_id)
+            return store, store.run(run_id)
         except Exception:  # the store is unreachable or lost the run: the files still tell the state
-            return client, None
+            return store, None
 
 
-def _last_heartbeat(client, run) -> float | None:
+def _last_heartbeat(store, run) -> float | None:
     """Seconds since ``run`` last logged a system metric (its monitor's heartbeat), or ``None``."""
     key = next((k for k in run.data.metrics if k.startswith("system/")), None)
     if key is None:
         return None
-    history = client.get_metric_history(run.info.run_id, key)
+    history = store.metric_history(run.info.run_id, key)
     return time.time() - max(m.timestamp for m in history) / 1000 if history else None
 
 
-def _fill_from_mlflow(job: JobState, client, run, config: dict[str, Any], done: dict[str, float] | None) -> None:
+def _fill_from_mlflow(job: JobState, store, run, config: dict[str, Any], done: dict[str, float] | None) -> None:
     monitor = str(config.get("monitor") or "val/macro_f1")
     maximise = str(config.get("monitor_mode") or "max") == "max"
     group, _, name = monitor.rpartition("/")
     job.monitor = monitor
     job.run_id = run.info.run_id if run is not None else None
-    history = client.get_metric_history(run.info.run_id, monitor) if run is not None else []
+    history = store.metric_history(run.info.run_id, monitor) if run is not None else []
     if run is not None:
         job.epochs_done = len({m.step for m in history})
     if history:
@@ -237,18 +234,16 @@ def _fill_from_mlflow(job: JobState, client, run, config: dict[str, Any], done: 
 
 def _job_state(job: JobState, record: dict[str, Any], latest_of_pid: bool, stores: _Stores,
                with_mlflow: bool) -> None:
-    from audioml.run import resume
-
     run_dir = job.run_dir
     config = _read_config(run_dir)
     job.epochs_total = (config.get("trainer") or {}).get("max_epochs")
     folds = sorted(run_dir.glob("fold_*"))
     if folds:
         k = (config.get("evaluation") or {}).get("k") or len(folds)
-        job.folds = f"{sum((f / resume.DONE_FILE).is_file() for f in folds)}/{k}"
-    done = resume.read_done(run_dir)
+        job.folds = f"{sum((f / markers.DONE_FILE).is_file() for f in folds)}/{k}"
+    done = markers.read_done(run_dir)
     failure = read_failure(run_dir)
-    client, run = stores.run(run_dir) if with_mlflow else (None, None)
+    store, run = stores.run(run_dir) if with_mlflow else (None, None)
     here = record.get("host") == socket.gethostname()
     if done is not None:
         job.state = "pruned" if markers.read_pruned(run_dir) is not None else "finished"
@@ -261,14 +256,14 @@ def _job_state(job: JobState, record: dict[str, Any], latest_of_pid: bool, store
     elif run is not None and run.info.status == "FAILED":
         job.state, job.error = "failed", run.data.tags.get("audioml.error", "")
     elif (run is not None and run.info.status == "RUNNING" and not here
-          and (beat := _last_heartbeat(client, run)) is not None and beat < HEARTBEAT_SECONDS):
+          and (beat := _last_heartbeat(store, run)) is not None and beat < HEARTBEAT_SECONDS):
         job.state = "running"  # on another machine: its system-metrics monitor is still logging
     else:
         job.state = "interrupted"
     if with_mlflow and (run is not None or done is not None):
-        _fill_from_mlflow(job, client, run, config, done)
+        _fill_from_mlflow(job, store, run, config, done)
     if job.wall_seconds is None and done is not None and record.get("started"):
-        job.wall_seconds = max(0.0, (run_dir / resume.DONE_FILE).stat().st_mtime - float(record["started"]))
+        job.wall_seconds = max(0.0, (run_dir / markers.DONE_FILE).stat().st_mtime - float(record["started"]))
 
 
 def sweep_jobs(folder: str | Path, with_mlflow: bool = True, notes: list[str] | None = None) -> list[JobState]:
@@ -331,20 +326,32 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
+def _override_columns(jobs: Sequence[JobState]) -> dict[str, list[str]]:
+    """One column per key whose value differs between the jobs (every key of a single job):
+    ``{header: value per job}``, the header the key's last part where no other shown key ends alike
+    (``model.optimizer.lr`` -> ``lr``), a job without the key blank."""
+    per_job = [dict(o.partition("=")[::2] for o in overrides) for overrides in _varying(jobs)]
+    keys = list(dict.fromkeys(key for values in per_job for key in values))
+    short = [key.lstrip("+~").rsplit(".", 1)[-1] for key in keys]
+    fixed = {"job", "state", "epochs", "folds", "best val", "test", "wall", "error", "run_dir"}
+    headers = [name if short.count(name) == 1 and name not in fixed else key for key, name in zip(keys, short)]
+    return {header: [values.get(key, "") for values in per_job] for key, header in zip(keys, headers)}
+
+
 def status_table(jobs: Sequence[JobState]) -> pd.DataFrame:
-    """One row per job: ``job``, ``overrides`` (those that differ between jobs), ``state``,
-    ``epochs`` (done/total; ``folds`` done/k for k-fold jobs), ``best val``, ``test``, ``wall``
-    (h:mm:ss), ``error`` (failed jobs), ``run_dir``."""
-    shown = _varying(jobs)
+    """One row per job: ``job``, a column per override that differs between jobs
+    (:func:`_override_columns`), ``state``, ``epochs`` (done/total; ``folds`` done/k for k-fold
+    jobs), ``best val``, ``test``, ``wall`` (h:mm:ss), ``error`` (failed jobs), ``run_dir``."""
+    overrides = _override_columns(jobs)
     rows = []
-    for job, overrides in zip(jobs, shown):
+    for position, job in enumerate(jobs):
         epochs = "" if job.epochs_done is None and job.epochs_total is None else \
             f"{'' if job.epochs_done is None else job.epochs_done}/{'' if job.epochs_total is None else job.epochs_total}"
-        rows.append({"job": job.number, "overrides": " ".join(overrides), "state": job.state, "epochs": epochs,
-                     "folds": job.folds or "", "best val": job.best_val, "test": job.test,
-                     "wall": _duration(job.wall_seconds), "error": job.error or "",
+        rows.append({"job": job.number, **{header: values[position] for header, values in overrides.items()},
+                     "state": job.state, "epochs": epochs, "folds": job.folds or "", "best val": job.best_val,
+                     "test": job.test, "wall": _duration(job.wall_seconds), "error": job.error or "",
                      "run_dir": job.run_dir.name if job.run_dir else ""})
-    table = pd.DataFrame(rows, columns=["job", "overrides", "state", "epochs", "folds", "best val", "test", "wall",
+    table = pd.DataFrame(rows, columns=["job", *overrides, "state", "epochs", "folds", "best val", "test", "wall",
                                         "error", "run_dir"])
     for optional in ("folds", "error"):
         if not table[optional].astype(bool).any():
@@ -378,13 +385,14 @@ def failure_summary(folder: str | Path) -> tuple[str, int]:
     return "\n".join(lines), counts["failed"]
 
 
-def find_record(sweep_dirs: Sequence[str | Path], sweep: str | None = None, client=None) -> Path:
-    """The record folder of ``sweep`` (a sweep key, or the parent run id when ``client`` can look
-    it up: its ``audioml.sweep_record`` tag), searched under ``sweep_dirs``; ``sweep=None``: the
-    sweep that started last there. Raises ``LookupError`` saying what was searched."""
-    if sweep and client is not None and len(sweep) == 32:
+def find_record(sweep_dirs: Sequence[str | Path], sweep: str | None = None, store=None) -> Path:
+    """The record folder of ``sweep`` (a sweep key, or the parent run id when ``store``, a reader
+    of :mod:`audioml.run.store_reader`, can look it up: its ``audioml.sweep_record`` tag), searched
+    under ``sweep_dirs``; ``sweep=None``: the sweep that started last there. Raises ``LookupError``
+    saying what was searched."""
+    if sweep and store is not None and len(sweep) == 32:
         try:
-            tags = client.get_run(sweep).data.tags
+            tags = store.run(sweep).data.tags
         except Exception:
             tags = {}
         if tags.get("audioml.sweep_record") and (Path(tags["audioml.sweep_record"]) / PLAN_FILE).is_file():

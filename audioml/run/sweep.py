@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -123,9 +124,9 @@ def end_running_sweep(error: BaseException) -> None:
     sweep still running in this process ends FAILED (KILLED for Ctrl-C) naming the cause. Hydra
     turns the cause into ``SystemExit(1)`` raised while handling it (``__context__``); an exit
     with status 0 (``--help``) ends nothing. Job runs end themselves (``tracking.ended_on_error``)."""
-    if isinstance(error, SystemExit):
-        if error.code in (0, None) or error.__context__ is None:
-            return
+    if isinstance(error, SystemExit) and (error.code in (0, None) or error.__context__ is None):
+        return
+    while isinstance(error, SystemExit) and error.__context__ is not None:  # status 2 wraps Hydra's 1
         error = error.__context__
     if _running_record:
         _complete_deferred_finishes(stopping=tracking.interrupted(error) or getattr(error, "code", None) == 143)
@@ -245,25 +246,56 @@ def sweep_key(overrides: list[str], config_name: str | None = None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def find_or_create_sweep_run(uri: str, experiment_id: str, key: str, overrides: list[str]) -> str:
+def find_or_create_sweep_run(uri: str, experiment_id: str, key: str, overrides: list[str],
+                             name: str | None = None) -> str:
     """Run id of the parent run of sweep ``key`` in the experiment (set RUNNING again when it
-    exists), else of a new one named ``sweep-<key>``."""
+    exists), else of a new one; named ``name`` (default: the swept keys,
+    ``audioml.run.presentation.sweep_run_name``; an existing parent is renamed to it)."""
     from mlflow import MlflowClient
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
+    from audioml.run.presentation import sweep_run_name
+
+    name = name or sweep_run_name(overrides)
     client = MlflowClient(uri)
     found = client.search_runs([experiment_id], filter_string=f"tags.`{_KEY_TAG}` = '{key}'",
                                max_results=1, order_by=["attributes.start_time ASC"])
     if found:
         run_id = found[0].info.run_id
+        if found[0].info.run_name != name:  # e.g. a parent named sweep-<key> by an earlier audioml
+            client.set_tag(run_id, MLFLOW_RUN_NAME, name)
         tracking.set_status(client, run_id, "RUNNING")
         return run_id
     command = " ".join(overrides)
     run = client.create_run(experiment_id, tags={
-        MLFLOW_RUN_NAME: f"sweep-{key}", _KEY_TAG: key, _ROLE_TAG: "sweep",
+        MLFLOW_RUN_NAME: name, _KEY_TAG: key, _ROLE_TAG: "sweep",
         "audioml.sweep_overrides": command[:5000],
         MLFLOW_RUN_NOTE: f"Hydra sweep: audioml-train -m {command}"})
     return run.info.run_id
+
+
+def _parent_name(config: DictConfig, key: str, overrides: list[str], jobs: list[list[str]] | None) -> str:
+    """The parent run's name: ``search <study> (n trials)`` for an Optuna search (the study named
+    as the sweeper names it), else the swept keys and the number of planned jobs."""
+    from audioml.run.presentation import search_run_name, sweep_run_name
+
+    sweeper = config.hydra.sweeper
+    if not str(sweeper.get("_target_", "")).endswith("OptunaSweeper"):
+        return sweep_run_name(overrides, jobs)
+    from audioml.search.space import SearchSpaceError, grid_values, parse_space
+    from audioml.search.sweeper import _GRID_TARGET, default_study_name
+
+    choices = config.hydra.runtime.choices
+    study = _select(config, "hydra.sweeper.study_name") or default_study_name(choices.get("data"),
+                                                                               choices.get("model"), key)
+    trials = int(_select(config, "hydra.sweeper.n_trials") or 0)
+    if _select(config, "hydra.sweeper.sampler._target_") == _GRID_TARGET:  # the sweeper runs at most the grid
+        try:
+            space = parse_space([f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()] + overrides)
+            trials = min(trials, math.prod(len(values) for values in grid_values(space).values()))
+        except SearchSpaceError:
+            pass  # the sweeper says what is wrong with the space
+    return search_run_name(str(study), trials)
 
 
 def _select(config: DictConfig, key: str) -> Any:
@@ -288,16 +320,17 @@ class MLflowSweepCallback(Callback):
         os.environ[tracking.SWEEP_KEY_ENV] = key
         record = status.record_dir(str(_select(config, "hydra.sweep.dir")), key)
         _failed_jobs.clear()
+        jobs = planned_jobs(config)
         if _select(config, "logger.enabled"):
-            self._open_parent(config, key, overrides, record)
-        status.write_plan(record, key, overrides, planned_jobs(config), self.parent_run_id)
+            self._open_parent(config, key, overrides, record, _parent_name(config, key, overrides, jobs))
+        status.write_plan(record, key, overrides, jobs, self.parent_run_id)
         _running_record.append(record)
         from audioml.run import finishing
 
         # jobs run in this process (the basic launcher): each one's record completes as the next trains
         finishing.start_deferring(on_failure=_record_deferred_failure)
 
-    def _open_parent(self, config: DictConfig, key: str, overrides: list[str], record: Path) -> None:
+    def _open_parent(self, config: DictConfig, key: str, overrides: list[str], record: Path, name: str) -> None:
         from mlflow import MlflowClient
 
         explicit_uri = _select(config, "logger.tracking_uri")
@@ -309,7 +342,7 @@ class MLflowSweepCallback(Callback):
         experiment_id = tracking.get_or_create_experiment(uri, str(_select(config, "logger.experiment_name")),
                                                           artifact_location)
         self.client = MlflowClient(uri)
-        self.parent_run_id = find_or_create_sweep_run(uri, experiment_id, key, overrides)
+        self.parent_run_id = find_or_create_sweep_run(uri, experiment_id, key, overrides, name)
         tracking.set_tags(self.client, self.parent_run_id, {"audioml.sweep_record": str(record.resolve())})
         _running_sweep.append((self.client, self.parent_run_id))
         os.environ[tracking.PARENT_RUN_ENV] = self.parent_run_id

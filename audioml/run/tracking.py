@@ -97,9 +97,12 @@ def prepare_store(uri: str) -> None:
 
 def get_or_create_experiment(uri: str, name: str, artifact_location: str | None = None) -> str:
     """Id of experiment ``name`` (restored when deleted), created when missing; safe when
-    several processes do it at once."""
+    several processes do it at once. It opens as a model-training experiment in MLflow's UI
+    (``audioml.run.presentation.mark_model_training``; an experiment that has a kind keeps it)."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
+
+    from audioml.run.presentation import EXPERIMENT_KIND_TAG, MODEL_TRAINING, mark_model_training
 
     client = MlflowClient(uri)
     with _store_lock(uri):
@@ -108,9 +111,11 @@ def get_or_create_experiment(uri: str, name: str, artifact_location: str | None 
             if experiment is not None:
                 if experiment.lifecycle_stage == "deleted":
                     client.restore_experiment(experiment.experiment_id)
+                mark_model_training(client, experiment)
                 return experiment.experiment_id
             try:
-                return client.create_experiment(name, artifact_location=artifact_location)
+                return client.create_experiment(name, artifact_location=artifact_location,
+                                                tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
             except MlflowException:  # created by another process (a remote server has no lock)
                 continue
     raise RuntimeError(f"could not create or find the MLflow experiment {name!r} at {uri}")

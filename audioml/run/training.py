@@ -27,7 +27,7 @@ from audioml.data.base import NoUsableFilesError
 from audioml.errors import error_summary
 from audioml.models.embedding_cache import use_embedding_cache
 from audioml.reports import LayerWeights, LearningCurves
-from audioml.run import calibration, facts, finishing, lineage, relog, resume, tracking
+from audioml.run import calibration, facts, finishing, lineage, presentation, relog, resume, tracking
 from audioml.run.checkpoint import ModelInCheckpoint, model_record, untrusted_targets
 from audioml.run.compose import (
     build_datamodule,
@@ -349,6 +349,9 @@ class TrainingRun:
                          _count(sum(p.numel() for p in model.parameters() if p.requires_grad)))
                 if self.logger is not None:
                     tracking.log_params(self.logger.experiment, self.logger.run_id, tracking.flatten_params(resolved))
+                    if tags.get("data.fingerprint"):  # the Dataset column of MLflow's runs table
+                        presentation.log_data_input(self.logger.experiment, self.logger.run_id, presentation.data_input(
+                            tags.get("audioml.data") or type(datamodule).__name__, tags["data.fingerprint"], datamodule))
             trainer, datamodule = self._fit(model, datamodule, record)
             self._curve_files = [path for callback in trainer.callbacks
                                  if isinstance(callback, (LearningCurves, LayerWeights))
@@ -466,6 +469,11 @@ class TrainingRun:
         # The MLflow record (the model first: the figure worker draws meanwhile), then DONE, the
         # marker last: here, or in the background inside a sweep (audioml.run.finishing).
         finishing.finish(spec, background=not getattr(self, "_distributed", False))
+        if logger is not None:  # its columns in the experiment's saved view (the link is in the summary)
+            choices, overrides = _hydra_choices_and_overrides()
+            monitor = str(cfg.get("monitor") or "val/macro_f1")
+            presentation.show_run_in_view(logger.experiment, logger.experiment_id, monitor, metrics, choices,
+                                          presentation.setting_keys(overrides, choices))
         if not cfg.get("mark_done", True):
             log.info("no %s marker (mark_done=false, a debug preset): this run is not kept as finished", RunDir.DONE)
         log.info("%s", run_summary(cfg, metrics, run, logger, time.monotonic() - getattr(self, "_started",
@@ -486,6 +494,17 @@ class TrainingRun:
         return {"checkpoint": str(best), "record": self._record, "trusted": trusted,
                 "registered_model_name": self.cfg.logger.get("register_model"),
                 "register_alias": self.cfg.logger.get("register_alias")}
+
+
+def _hydra_choices_and_overrides() -> tuple[dict[str, str], list[str]]:
+    """The config group choices and command-line overrides of the running Hydra job (none outside one)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}, []
+    hydra_cfg = HydraConfig.get()
+    return ({str(k): str(v) for k, v in hydra_cfg.runtime.choices.items() if not str(k).startswith("hydra")},
+            [str(o) for o in hydra_cfg.overrides.task])
 
 
 def _count(number: int) -> str:
@@ -516,7 +535,9 @@ def run_summary(cfg: DictConfig, metrics: dict[str, float], run: RunDir, logger,
         lines.append(text + (f"; {', '.join(others)}" if others else ""))
     lines.append(f"  run directory {run} ({RunDir.METRICS}, {RunDir.CHECKPOINTS}, reports)")
     if logger is not None:
-        lines.append(f"  MLflow run {logger.run_id}: {store_of(cfg).browse}")
+        store = store_of(cfg)
+        lines.append(f"  MLflow run {logger.run_id}: {store.browse}")
+        lines.append(f"  its experiment's runs side by side: {presentation.view_link(store.uri, logger.experiment_id)}")
     return "\n".join(lines)
 
 

@@ -179,6 +179,14 @@ def test_a_grid_logs_a_child_per_combination_ranks_them_and_resumes(tmp_path, mo
     assert len(runs) == 1 + len(combinations) and len(children) == len(combinations)
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
     assert {c.data.tags["audioml.combination"] for c in children} == {c.name for c in combinations}
+    # in the MLflow UI: the grid named after its data, descriptors and grid, the feature table as the
+    # dataset input of the parent and of every combination
+    assert client.get_run(parent.info.run_id).info.run_name == "synthetic mir classification grid"
+    table = load_table(next((tmp_path / "out" / "cache" / "features").glob("handcrafted-*")))
+    for run in (client.get_run(parent.info.run_id), *children):
+        (data,) = run.inputs.dataset_inputs
+        assert (data.dataset.name, data.dataset.digest) == ("synthetic mir features", table.key[:16])
+        assert json.loads(data.dataset.profile)["rows"] == len(table.values)
     for child in children:
         assert child.info.status == "FINISHED" and {"scaler", "reducer", "estimator"} <= set(child.data.params)
         assert {"val/macro_f1", "test/macro_f1", "test/macro_f1_ci_low", "baseline/macro_f1"} <= set(child.data.metrics)
@@ -189,7 +197,6 @@ def test_a_grid_logs_a_child_per_combination_ranks_them_and_resumes(tmp_path, mo
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["test/macro_f1"] > metrics["baseline/macro_f1"] + 0.3  # the synthetic classes are learnable
     pipeline = load_pipeline(tmp_path / "run" / "best" / "pipeline.skops")
-    table = load_table(next((tmp_path / "out" / "cache" / "features").glob("handcrafted-*")))
     assert pipeline.predict(table.values).shape == (len(table.values),)
     assert (tmp_path / "run" / "best" / "confusion_matrix.png").is_file()
     out = capsys.readouterr().out

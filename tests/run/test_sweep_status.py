@@ -5,6 +5,7 @@ process for the running job); the aggregate test runs a real 2-config x 3-seed s
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -72,11 +73,13 @@ def test_status_shows_finished_running_interrupted_and_not_started(tmp_path, cap
         states = {job.overrides[-1]: job for job in status.sweep_jobs(record)}
     printed = capsys.readouterr().out
     assert "4 jobs, 1 finished, 1 running, 1 interrupted, 1 not started" in printed
-    rows = {line.split()[1]: line.split() for line in printed.split("\n\n")[0].splitlines()[2:]}
-    assert rows["seed=1"][2:6] == ["finished", "4/4", "0.6000", "0.5500"]
-    assert rows["seed=2"][2:5] == ["interrupted", "2/4", "0.3000"]
-    assert rows["seed=3"][2:5] == ["running", "1/4", "0.2500"]
-    assert rows["seed=4"][2:4] == ["not", "started"]
+    lines = printed.split("\n\n")[0].splitlines()
+    assert lines[1].split()[:3] == ["job", "seed", "state"]  # the override that differs, a column of its own
+    rows = {line.split()[1]: line.split() for line in lines[2:]}
+    assert rows["1"][2:6] == ["finished", "4/4", "0.6000", "0.5500"]
+    assert rows["2"][2:5] == ["interrupted", "2/4", "0.3000"]
+    assert rows["3"][2:5] == ["running", "1/4", "0.2500"]
+    assert rows["4"][2:4] == ["not", "started"]
     assert states["seed=2"].state == "interrupted" and states["seed=2"].wall_seconds is not None
     # once the lock is released (the job died) the running job reads as interrupted
     assert {job.state for job in status.sweep_jobs(record) if job.overrides[-1] == "seed=3"} == {"interrupted"}
@@ -112,9 +115,9 @@ def test_status_with_an_unreachable_tracking_server_reads_its_jobs_from_their_di
     assert "2 jobs, 2 finished" in printed
     assert f"http://127.0.0.1:{port}" in printed and "cannot be reached" in printed
     rows = {line.split()[1]: line.split() for line in printed.split("\n\n")[0].splitlines()[2:]
-            if line.split() and line.split()[1].startswith("seed=")}
-    assert rows["seed=1"][2:6] == ["finished", "2/4", "0.6000", "0.5500"]
-    assert rows["seed=2"][2] == "finished" and "0.4500" in rows["seed=2"]  # from its DONE marker
+            if line.split() and line.split()[0].isdigit()}
+    assert rows["1"][2:6] == ["finished", "2/4", "0.6000", "0.5500"]
+    assert rows["2"][2] == "finished" and "0.4500" in rows["2"]  # from its DONE marker
     # a sweep named by its parent run id on that server: said at once, exit status 2
     assert compare.main(["--status", "0" * 32, "--output-dir", str(tmp_path), "--tracking-uri",
                          f"http://127.0.0.1:{port}"]) == 2
@@ -147,6 +150,19 @@ def test_seed_aggregate_of_a_two_config_three_seed_sweep(tmp_path, capsys):
     (parent,) = [r for r in runs if r.data.tags.get("audioml.role") == "sweep"]
     children = [r for r in runs if r.data.tags.get("audioml.role") != "sweep"]
     assert len(children) == 6
+    # what the MLflow UI shows (audioml.run.presentation): the parent named after what the sweep varies,
+    # each job's data as its dataset input, the experiment as model training with the audioml view
+    assert parent.info.run_name == "sweep dense x seed (6 jobs)"
+    for child in children:
+        (data,) = child.inputs.dataset_inputs
+        assert (data.dataset.name, data.dataset.digest) == ("synthetic", child.data.tags["data.fingerprint"])
+    experiment = client.get_experiment_by_name("synthetic")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(json.loads(experiment.tags["mlflow.sharedViewState.audioml"])["state"])
+    assert {"params.`model.backbone.dense`", "params.`seed`", "metrics.`val/best_macro_f1`",
+            "metrics.`test/macro_f1`", "attributes.`Dataset`"} <= set(view["selectedColumns"])
+    assert (f"#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey=audioml"
+            in process.stdout + process.stderr)
     csv = tmp_path / "aggregate.csv"
     assert compare.main(["--sweep", parent.info.run_id, "--aggregate", "seed", "--csv", str(csv),
                          "--output-dir", str(tmp_path)]) == 0

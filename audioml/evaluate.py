@@ -27,10 +27,10 @@ log = logging.getLogger(__name__)
 def _app(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from audioml.run.checkpoint import read_record
     from audioml.files import file_digest
+    from audioml.run.checkpoint import read_record
     from audioml.run.inference import display_path, evaluate_checkpoint, evaluated_checkpoint, log_evaluation
-    from audioml.run.tracking import resolve_tracking_uri
+    from audioml.run.store import Store
 
     if (cfg.source is None) == (cfg.ckpt_path is None):
         raise UserError("give the model as source=<run dir | .ckpt | models:/m-<model id> | "
@@ -38,7 +38,7 @@ def _app(cfg: DictConfig) -> None:
                          "ckpt_path=<.ckpt>), one of the two")
     source = cfg.source if cfg.source is not None else cfg.ckpt_path
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    uri = resolve_tracking_uri(cfg.tracking_uri, cfg.paths.mlflow_dir)
+    uri = Store.of(cfg.tracking_uri, cfg.paths.mlflow_dir).uri
     checkpoint, what = evaluated_checkpoint(source, uri, out_dir / "model")
     if what.startswith("not "):
         log.warning("%s is %s", checkpoint, what)

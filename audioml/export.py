@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 @hydra_task("audioml-export")
 def _app(cfg: DictConfig) -> None:
     from audioml.run.export import ExportError, ParityError, export_checkpoint
-    from audioml.run.tracking import resolve_tracking_uri
+    from audioml.run.store import Store
 
     if (cfg.source is None) == (cfg.ckpt_path is None):
         raise UserError("give the model as source=<run dir | .ckpt | models:/m-<model id> | "
@@ -38,7 +38,7 @@ def _app(cfg: DictConfig) -> None:
             source, cfg.format, cfg.output,
             trusted_modules=cfg.get("trusted_modules") or (), parity_files=list(cfg.parity_inputs or []),
             parity_clips=cfg.parity_clips, tolerance=cfg.tolerance, opset=cfg.opset, optimize=cfg.optimize,
-            tracking_uri=resolve_tracking_uri(cfg.tracking_uri, cfg.paths.mlflow_dir) if registry else None,
+            tracking_uri=Store.of(cfg.tracking_uri, cfg.paths.mlflow_dir).uri if registry else None,
             output_dir=f"{cfg.paths.output_dir}/export")
     except (ExportError, ParityError) as error:
         raise SystemExit(f"audioml-export: {error}") from None

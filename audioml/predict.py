@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 @hydra_task("audioml-predict")
 def _app(cfg: DictConfig) -> None:
     from audioml.run.inference import Predictor, collect_inputs
-    from audioml.run.tracking import resolve_tracking_uri
+    from audioml.run.store import Store
 
     if (cfg.source is None) == (cfg.ckpt_path is None):
         raise UserError("give the model as source=<run dir | .ckpt | models:/m-<model id> | "
@@ -38,7 +38,7 @@ def _app(cfg: DictConfig) -> None:
     files = collect_inputs(list(cfg.inputs), cfg.input_dir, list(cfg.extensions) if cfg.extensions else None)
     output = Path(cfg.output)
     predictor = Predictor.from_source(
-        source, cfg.get("trusted_modules") or (), resolve_tracking_uri(cfg.tracking_uri, cfg.paths.mlflow_dir),
+        source, cfg.get("trusted_modules") or (), Store.of(cfg.tracking_uri, cfg.paths.mlflow_dir).uri,
         download_dir=output.parent / f".{output.stem}-model", device=cfg.device, hop_seconds=cfg.hop_seconds,
         aggregate=cfg.aggregate, sliding_windows=cfg.sliding_windows, batch_size=cfg.batch_size)
     predictions = predictor.predict_files(files, progress=cfg.progress)

@@ -64,7 +64,8 @@ def build_store(folder: Path, runs: int, jobs_per_sweep: int, epochs: int) -> st
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param, RunTag
 
-    from audioml.run import markers, relog, status, tracking
+    from audioml.run import status, tracking
+    from audioml.run.rundir import RunDir
     from audioml.run.sweep import find_or_create_sweep_run, sweep_key
 
     uri = f"sqlite:///{folder / 'mlflow' / 'mlflow.db'}"
@@ -120,9 +121,9 @@ def build_store(folder: Path, runs: int, jobs_per_sweep: int, epochs: int) -> st
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(f"trainer:\n  max_epochs: {epochs}\nmonitor: val/macro_f1\n"
                                                  "monitor_mode: max\n")
-            (run_dir / markers.RUN_ID_FILE).write_text(run_id)
-            relog.record_store(run_dir, uri)
-            markers.write_done(run_dir, {k: v for k, v in final.items() if k.startswith(("test/", "val/"))})
+            RunDir(run_dir).write_run_id(run_id)
+            RunDir(run_dir).record_store(uri)
+            RunDir(run_dir).mark_done( {k: v for k, v in final.items() if k.startswith(("test/", "val/"))})
             status.write_job_start(record, job, run_dir, made)
             made += 1
         tracking.set_status(client, parent, "FINISHED")

@@ -27,9 +27,22 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from benchmarks.common import (Measurement, add_data_arguments, audioml_logmel, cached_dataset, machine_description,
-                               make_datamodule, measure, pick_device, plain_dataset, print_memory, resolve_data,
-                               split_rows, synchronize, verdict)
+from benchmarks.common import (
+    Measurement,
+    add_data_arguments,
+    audioml_logmel,
+    cached_dataset,
+    machine_description,
+    make_datamodule,
+    measure,
+    pick_device,
+    plain_dataset,
+    print_memory,
+    resolve_data,
+    split_rows,
+    synchronize,
+    verdict,
+)
 
 
 def deliver(loader: DataLoader, device: torch.device, frontend: torch.nn.Module | None = None) -> int:

@@ -26,8 +26,20 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from benchmarks.common import (Measurement, add_data_arguments, audioml_logmel, machine_description, make_datamodule,
-                               measure, pick_device, plain_dataset, print_memory, resolve_data, split_rows, synchronize)
+from benchmarks.common import (
+    Measurement,
+    add_data_arguments,
+    audioml_logmel,
+    machine_description,
+    make_datamodule,
+    measure,
+    pick_device,
+    plain_dataset,
+    print_memory,
+    resolve_data,
+    split_rows,
+    synchronize,
+)
 
 CNN = dict(channels=[32, 64], convs_per_block=1, batch_norm=False, dense=128, dropout=0.3)
 

@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     def run_arm(name: str, extra: list[str], epochs: int, fresh_cache_per_job: bool = False,
                 output: str | None = None, job_cache: Path | None = None) -> tuple[Measurement, list[dict]]:
-        from audioml.run import finishing, resume
+        from audioml.run import finishing
+        from audioml.run.rundir import RunDir
 
         results, run_dirs = [], []
         # as in `audioml-train -m`: each job's MLflow record completes while the next one trains
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 run_dirs.append(run_dir)
             measurement.items = len(configurations)
         for result, run_dir in zip(results, run_dirs):  # until its record is complete (DONE written last)
-            result["done_seconds"] = (run_dir / resume.DONE_FILE).stat().st_mtime - result.pop("started")
+            result["done_seconds"] = RunDir(run_dir).done_time() - result.pop("started")
         return measurement, results
 
     # Decode the corpus once for every arm (not part of any arm's time).

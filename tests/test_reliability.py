@@ -24,6 +24,8 @@ from audioml.config import compose_config
 from audioml.data.donateacry import DonateacryDataModule
 from audioml.run import tracking
 from audioml.run.compose import build_datamodule
+from audioml.run.rundir import RunDir
+from audioml.run.store import Store
 
 TINY = ["data=synthetic", "model=cnn", "model.backbone.channels=[8,16]", "model.backbone.dense=16",
         "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "data.num_workers=0"]
@@ -61,22 +63,23 @@ def test_a_trainer_setting_that_cannot_train_is_refused_before_the_mlflow_run_op
 
 def test_a_binary_mlflow_run_id_file_is_set_aside_and_a_new_run_started(tmp_path, caplog):  # P6
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    run_id_file = tmp_path / "run" / "mlflow_run_id"
-    run_id_file.parent.mkdir()
+    run = RunDir(tmp_path / "run").create()
+    run_id_file = run.run_id_file
     run_id_file.write_bytes(b"\xff\xfe\x00garbage\x80")
-    logger = tracking.open_run("e", "r", uri, run_id_file)
+    logger = tracking.open_run("e", "r", Store(uri), run)
     assert logger.run_id and run_id_file.read_text() == logger.run_id
     assert (tmp_path / "run" / "mlflow_run_id.unreadable").read_bytes() == b"\xff\xfe\x00garbage\x80"
     assert "mlflow_run_id" in caplog.text and "not a run id" in caplog.text
 
 
 def test_a_checkpoint_that_passes_the_zip_check_but_cannot_load_falls_back(tmp_path, caplog):  # P16
-    good = tmp_path / "last-previous.ckpt"
+    run = RunDir(tmp_path)
+    bad, good = run.resume_checkpoints()
+    run.checkpoints.mkdir()
     torch.save({"state_dict": {"w": torch.ones(2)}}, good)
-    bad = tmp_path / "last.ckpt"
     torch.save({"state_dict": {"w": torch.ones(2)}, "object": pd.Timestamp("2020-01-01")}, bad)  # a pickled object
-    assert find_resume_checkpoint(tmp_path) == good
-    assert (tmp_path / "last.ckpt.damaged").is_file() and "cannot be loaded" in caplog.text
+    assert find_resume_checkpoint(run) == good
+    assert (run.checkpoints / "last.ckpt.damaged").is_file() and "cannot be loaded" in caplog.text
 
 
 def test_every_audio_extension_in_any_case_is_read_and_others_are_listed(tmp_path, caplog):  # B16
@@ -272,7 +275,6 @@ def test_a_sigterm_before_fit_ends_every_mlflow_run_killed_and_exits_143(tmp_pat
 
 
 def test_the_same_command_on_other_data_never_continues_or_reuses_the_first_run(tmp_path, caplog):  # O1/O2
-    from audioml.run import resume
     from audioml.run.training import run_evaluation_in
 
     def config(data: str):  # the data location is a path, outside the run key: one run directory for both
@@ -281,7 +283,7 @@ def test_the_same_command_on_other_data_never_continues_or_reuses_the_first_run(
     metrics_a, run_dir = run_evaluation_in(config("A"), tmp_path / "run")
     # logging the MLflow model must not leave this store as the process default for the next run
     assert "MLFLOW_TRACKING_URI" not in os.environ and not mlflow.is_tracking_uri_set()
-    assert run_dir == tmp_path / "run" and resume.read_data_record(run_dir)["clips"] == "72"
+    assert run_dir == tmp_path / "run" and RunDir(run_dir).bound_data()["clips"] == "72"
     (folder,) = (tmp_path / "A").glob("synthetic-*")
     shutil.copytree(folder, tmp_path / "B" / folder.name)
     table = pd.read_csv(tmp_path / "B" / folder.name / "manifest.csv")
@@ -289,8 +291,8 @@ def test_the_same_command_on_other_data_never_continues_or_reuses_the_first_run(
     first_done = (run_dir / "DONE").read_bytes()
 
     _, other = run_evaluation_in(config("B"), tmp_path / "run")  # O1: finished on A, not skipped for B
-    fingerprint_a, fingerprint_b = (resume.read_data_record(d)["fingerprint"] for d in (run_dir, other))
-    assert other == resume.data_run_dir(run_dir, fingerprint_b) and fingerprint_a != fingerprint_b
+    fingerprint_a, fingerprint_b = (RunDir(d).bound_data()["fingerprint"] for d in (run_dir, other))
+    assert other == RunDir(run_dir).for_other_data(fingerprint_b).path and fingerprint_a != fingerprint_b
     assert (other / "DONE").is_file() and (run_dir / "DONE").read_bytes() == first_done
     assert "72 clips" in caplog.text and "66 clips" in caplog.text and str(other) in caplog.text
 

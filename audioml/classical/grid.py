@@ -51,6 +51,7 @@ from omegaconf import DictConfig, OmegaConf
 from audioml.classical.table import FeatureTable
 from audioml.data.splits import assign_groups, group_kfold
 from audioml.files import atomic_write_bytes
+from audioml.run.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -326,9 +327,9 @@ def run_grid(table: FeatureTable, grid: DictConfig, protocol: Mapping, run_dir: 
     combinations already in ``run_dir``; ``tracker`` (``audioml.classical.run.GridTracker``)
     logs a child run per combination as soon as its folds end; ``progress`` shows a bar over
     combination x fold. Returns the ranking (converged first, then validation score)."""
+    import skops.io as sio
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
-    import skops.io as sio
 
     check_grid(grid, table.task, grid_source)
     run_dir = Path(run_dir)
@@ -435,7 +436,7 @@ def _rank(table: FeatureTable, all_combinations: Sequence[Combination], done: Ma
         log.warning("grid: no combination converged within its iteration bound; the best by validation, %s, is "
                     "reported, marked not converged: scale the features (a scaler step) or raise max_iter", best)
     metrics = {**record["metrics"], "best/rank_by_val": 1.0}
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    RunDir(run_dir).write_metrics(metrics)
     best_dir = run_dir / "best"
     best_dir.mkdir(exist_ok=True)
     (best_dir / "pipeline.skops").write_bytes((run_dir / "combinations" / f"{best}.skops").read_bytes())
@@ -466,7 +467,7 @@ def _best_reports(table: FeatureTable, folder: Path, predictions_file: Path) -> 
         frame["predicted"] = [names[int(p)] for p in predicted]
         matrix = confusion_matrices(truth.astype(int), predicted.astype(int), len(names))
         pd.DataFrame(matrix, index=names, columns=names).to_csv(folder / "confusion_matrix.csv")
-        plot_confusion_matrix(matrix, names, folder / "confusion_matrix.png")
+        plot_confusion_matrix(matrix, names, folder / RunDir.CONFUSION)
     else:
         frame["target"], frame["predicted"] = truth, predicted
     frame.to_csv(folder / "predictions.csv", index=False)

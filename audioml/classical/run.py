@@ -20,9 +20,16 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from audioml.classical.grid import Combination, GridResult, check_grid, combinations, run_grid
-from audioml.classical.table import FeatureTable, backbone_table, checkpoint_table, handcrafted_table, rows_of
-from audioml.classical.table import settings_from_config
+from audioml.classical.table import (
+    FeatureTable,
+    backbone_table,
+    checkpoint_table,
+    handcrafted_table,
+    rows_of,
+    settings_from_config,
+)
 from audioml.classical.transforms import fuse, standardise_per_group
+from audioml.run.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +152,10 @@ def _source_table(cfg: DictConfig, node: DictConfig, source: str | None) -> tupl
                                                          if kind == "opensmile" else {})}
     device = _device(node.get("device", "auto"))
     if kind == "backbone":
+        from omegaconf import open_dict
+
         from audioml.config import compose_config
         from audioml.run.compose import build_datamodule, build_model
-
-        from omegaconf import open_dict
 
         choices = _choices()
         overrides = [f"model={node.model}", f"data={choices.get('data', 'synthetic')}",
@@ -212,7 +219,7 @@ def _title(cfg: DictConfig) -> str:
 
 
 def _table_record(cfg: DictConfig, table: FeatureTable) -> dict[str, str]:
-    """What a grid's run directory is bound to (``resume.write_data_record``'s fields)."""
+    """What a grid's run directory is bound to (``RunDir.bind_data``'s fields)."""
     data = cfg.get("data") or {}
     return {"fingerprint": table.content_key(), "clips": str(len(table.values)),
             "root": str(data.get("root") or data.get("csv") or "?")}
@@ -221,29 +228,26 @@ def _table_record(cfg: DictConfig, table: FeatureTable) -> dict[str, str]:
 def bound_run_dir(cfg: DictConfig, run_dir: Path, table: FeatureTable) -> Path:
     """The run directory of this grid on this table: ``run_dir`` when it is new or was bound to
     the same table (``FeatureTable.content_key``: values' key, targets, rows), else the
-    directory of this table beside it (``resume.data_run_dir``), with a warning naming both.
+    directory of this table beside it (``RunDir.for_other_data``), with a warning naming both.
     So a relabelled table (same files, other labels) never reuses another table's finished
     combinations; a directory from before grids were bound is treated as another table's."""
-    from audioml.run import resume
-
     current = _table_record(cfg, table)
-    for directory in (run_dir, resume.data_run_dir(run_dir, current["fingerprint"])):
-        bound = resume.read_data_record(directory)
-        started = any((directory / "combinations").glob("*.json"))
+    other = RunDir(run_dir).for_other_data(current["fingerprint"])
+    for directory in (RunDir(run_dir), other):
+        bound = directory.bound_data()
+        started = any((directory.path / "combinations").glob("*.json"))
         if bound is None and not started:
-            directory.mkdir(parents=True, exist_ok=True)
-            resume.write_data_record(directory, current)
-            return directory
+            directory.bind_data(current)
+            return directory.path
         if bound is not None and bound["fingerprint"] == current["fingerprint"]:
-            return directory
-        if directory == run_dir:
+            return directory.path
+        if directory.path == run_dir:
             log.warning("%s holds a grid of another table (%s rows under %s, fingerprint %s); this table (%s rows "
                         "under %s, fingerprint %s: other labels, groups or rows) gets its own run directory, %s. "
                         "Neither reuses the other's combinations.", run_dir, bound["clips"] if bound else "?",
                         bound["root"] if bound else "?", bound["fingerprint"] if bound else "not recorded",
-                        current["clips"], current["root"], current["fingerprint"],
-                        resume.data_run_dir(run_dir, current["fingerprint"]))
-    raise RuntimeError(f"{run_dir} and {resume.data_run_dir(run_dir, current['fingerprint'])} are both bound to "
+                        current["clips"], current["root"], current["fingerprint"], other)
+    raise RuntimeError(f"{run_dir} and {other} are both bound to "
                        "other tables: move them away to run this grid")
 
 
@@ -253,15 +257,18 @@ def run_classical(cfg: DictConfig, run_dir: str | Path) -> GridResult:
     The feature table comes first: the run directory is bound to it (``bound_run_dir``) before
     the MLflow run is opened or continued there."""
     from audioml.run import facts, presentation, tracking
+    from audioml.run.outcome import ending
+    from audioml.run.store import Store, check_reachable
     from audioml.stats import HonestScoring
 
     if cfg.logger.get("enabled", True):  # an unreachable server fails now, not after the features
-        tracking.check_reachable(tracking.resolve_tracking_uri(cfg.logger.get("tracking_uri"), cfg.paths.mlflow_dir))
+        check_reachable(Store.of(cfg.logger.get("tracking_uri"), cfg.paths.mlflow_dir).uri)
     table, status, feature_facts = feature_table(cfg)
     log.info("features: %d rows x %d columns (%s cache: %s)", *table.values.shape, feature_facts["features.kind"],
              status)
     run_dir = bound_run_dir(cfg, Path(run_dir), table)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    run = RunDir(run_dir)
+    run.write_config(OmegaConf.to_yaml(cfg, resolve=True))
     choices = _choices()
     grid_source = f"grid={choices.get('grid', '?')} (audioml/conf/grid/{choices.get('grid', '?')}.yaml)"
     tags = {"host": socket.gethostname(), **facts.git_state(),
@@ -269,11 +276,11 @@ def run_classical(cfg: DictConfig, run_dir: str | Path) -> GridResult:
     tracker = GridTracker(cfg, run_dir, _title(cfg), tags) if cfg.logger.get("enabled", True) else None
     log.info("audioml-classical: run directory %s%s", run_dir,
              f", MLflow run {tracker.parent}" if tracker else "")
-    with tracking.ended_on_error(tracker.logger if tracker else None):
+    with ending(tracker.logger if tracker else None):
         if cfg.get("export"):
             folder = table.save(Path(cfg.export))
             log.info("feature table exported to %s (features.npy, targets.npy, columns.json, rows.csv)", folder)
-        table.skipped.to_csv(run_dir / "skipped_files.csv", index=False)
+        table.skipped.to_csv(run.skipped_file, index=False)
         check_grid(cfg.grid, table.task, grid_source)
         if tracker is not None:
             tracker.data = presentation.table_input(choices.get("data") or cfg.logger.get("experiment_name"),
@@ -288,9 +295,9 @@ def run_classical(cfg: DictConfig, run_dir: str | Path) -> GridResult:
         result = run_grid(table, cfg.grid, cfg.protocol, run_dir, scoring, int(cfg.seed), int(cfg.get("n_jobs", -1)),
                           tracker, grid_source, progress=bool(cfg.get("progress", True)))
         if tracker is not None:
-            tracker.finish(result, [run_dir / name for name in ("ranking.csv", "ranking.txt", "metrics.json",
-                                                                 "config.yaml", "skipped_files.csv")] +
-                           [run_dir / "best" / name for name in ("confusion_matrix.png", "predictions.csv")])
+            tracker.finish(result, [run_dir / "ranking.csv", run_dir / "ranking.txt", run.metrics_file,
+                                    run.config_file, run.skipped_file] +
+                           [run_dir / "best" / name for name in (RunDir.CONFUSION, "predictions.csv")])
     print((run_dir / "ranking.txt").read_text(), end="")
     metric = str(cfg.grid.get("select_by") or ("macro_f1" if table.task == "classification" else "ccc"))
     best = result.metrics

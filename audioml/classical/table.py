@@ -329,11 +329,11 @@ def checkpoint_table(rows: Rows, model, checkpoint: str | Path, cache_dir: str |
     """Deep features of a trained model (``model_from_record``): a regressor with
     ``deep_features`` (``crnn_attention``: ``[context; h_t]`` of each window, computed over
     the DataModule's own sequences so every window has its context), else the pooled embedding."""
+    import hashlib
+
     import torch
 
     from audioml.models.embedding_cache import module_fingerprint
-
-    import hashlib
 
     weights = hashlib.sha256()  # every byte of every tensor: two checkpoints never share a table
     for name, value in model.state_dict().items():

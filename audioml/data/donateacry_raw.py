@@ -29,9 +29,8 @@ import pandas as pd
 
 from audioml.data.audio import AudioDecodeError, load_audio
 from audioml.data.cache import fingerprint_files
-from audioml.data.donateacry import parse_cry_filename
-from audioml.files import publish_directory
-from audioml.files import printable_path, storable_path
+from audioml.data.cry_names import parse_cry_filename
+from audioml.files import printable_path, publish_directory, storable_path
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import functools
 import re
 from importlib import metadata
 
-from audioml.entry import UserError
+from audioml.errors import UserError
 
 __all__ = ["MIN_TORCH", "TORCHAUDIO", "TorchaudioMismatch", "matching_torchaudio_command", "mismatch_message",
            "require_torchaudio"]

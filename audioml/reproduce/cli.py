@@ -27,9 +27,18 @@ from datetime import datetime
 from pathlib import Path
 
 from audioml.reproduce.jobs import JobResult, job_name, job_overrides, run_job
-from audioml.reproduce.registry import (REGISTRY_FILE, Entry, Locations, Protocol, load_registry, missing_data,
-                                        missing_weights, too_few_groups)
+from audioml.reproduce.registry import (
+    REGISTRY_FILE,
+    Entry,
+    Locations,
+    Protocol,
+    load_registry,
+    missing_data,
+    missing_weights,
+    too_few_groups,
+)
 from audioml.reproduce.report import Row, format_seconds, markdown_table, write_csv, write_markdown
+from audioml.run.rundir import RunDir
 
 __all__ = ["main", "reproduce", "skip_reason"]
 
@@ -152,7 +161,7 @@ def _features_run(entry: Entry, finished: dict[str, JobResult], out: Path, quick
     provider = next((e for e in entries if e.experiment == source), None)
     if provider is not None and result is None:
         run_dir = out / "runs" / job_name(provider, provider.grouped_protocol, quick)
-        if (run_dir / "metrics.json").is_file():
+        if RunDir(run_dir).metrics_file.is_file():
             return run_dir, None
     why = f"it {result.status}" if result is not None else "it is not in this command and has no run under " + str(out)
     return None, f"needs the features of a finished {source} run ({why}); run it first: audioml-reproduce {source}"

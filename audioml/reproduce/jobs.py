@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from audioml.reproduce.registry import Entry, Locations, Protocol
+from audioml.run.rundir import RunDir
 
 __all__ = ["JobResult", "merge_overrides", "job_overrides", "job_name", "run_job", "first_error_line", "JOB_FILE"]
 
@@ -111,7 +112,7 @@ def run_job(module: str, overrides: Sequence[str], run_dir: Path, log_dir: Path,
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path, job_path = log_dir / f"{run_dir.name}.log", log_dir / f"{run_dir.name}.{JOB_FILE}"
     command = [sys.executable, "-m", module, *overrides, f"hydra.run.dir={run_dir}"]
-    if reuse and (run_dir / "metrics.json").is_file() and job_path.is_file():
+    if reuse and RunDir(run_dir).metrics_file.is_file() and job_path.is_file():
         record = json.loads(job_path.read_text())
         if record.get("returncode") == 0 and record.get("command") == command:
             return _read_result(run_dir, log_path, metric, float(record.get("seconds", 0.0)), reused=True)
@@ -139,7 +140,7 @@ def run_job(module: str, overrides: Sequence[str], run_dir: Path, log_dir: Path,
 
 
 def _read_result(run_dir: Path, log_path: Path, metric: str, seconds: float, reused: bool = False) -> JobResult:
-    metrics_path = run_dir / "metrics.json"
+    metrics_path = RunDir(run_dir).metrics_file
     if not metrics_path.is_file():
         return JobResult("failed", f"finished without {metrics_path}", seconds=seconds, run_dir=run_dir, log=log_path)
     metrics = json.loads(metrics_path.read_text())

@@ -25,15 +25,21 @@ import numpy as np
 import pandas as pd
 
 from audioml.run.items import DIGEST_COLUMN, FILE_COLUMN, POSITION_COLUMNS
-from audioml.stats.paired import LOWER_IS_BETTER, PairedDifference, holm_adjust, paired_classification, \
-    paired_regression
+from audioml.run.rundir import RunDir
+from audioml.stats.paired import (
+    LOWER_IS_BETTER,
+    PairedDifference,
+    holm_adjust,
+    paired_classification,
+    paired_regression,
+)
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ScoredRun", "Comparison", "ItemMismatchError", "load_run", "compare_runs", "comparison_table",
            "describe", "log_comparison", "COMPARISON_FILE"]
 
-PREDICTION_FILES = ("test_predictions.csv", "oof_predictions.csv")
+PREDICTION_FILES = (RunDir.PREDICTIONS, RunDir.OOF)
 #: The table a comparison writes and logs.
 COMPARISON_FILE = "paired_comparison.csv"
 _RUN_ID = re.compile(r"^[0-9a-f]{8,32}$")
@@ -96,8 +102,7 @@ def load_run(reference: str, client=None, download_dir: str | Path | None = None
         if table is None:
             raise LookupError(f"{path} holds no {' or '.join(PREDICTION_FILES)}: is it a tested run directory "
                               "(a classifier or regressor that finished its test)?")
-        id_file = path / "mlflow_run_id"
-        run_id = id_file.read_text().strip() if id_file.is_file() else None
+        run_id = RunDir(path).run_id()
         experiment_id, label = None, path.resolve().name
         if run_id and client is not None:
             try:

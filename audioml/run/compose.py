@@ -7,6 +7,7 @@ Library code of the run layer: the entry points hand it their ``DictConfig``.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from pathlib import Path
 
@@ -95,8 +96,10 @@ def build_trainer(cfg: DictConfig, run: RunDir, callbacks: list[L.Callback], log
     if logger is None:  # these callbacks refuse to run without a logger
         built = [c for c in built if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
     for callback in built:
-        if isinstance(callback, (ModelCheckpoint, ResumeCheckpoint)) and callback.dirpath is None:
+        if isinstance(callback, ResumeCheckpoint) and callback.dirpath is None:
             callback.dirpath = run.checkpoints
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:  # a str, as Lightning keeps it:
+            callback.dirpath = os.path.realpath(run.checkpoints)  # it is saved in checkpoints (weights_only)
         if isinstance(callback, ModelCheckpoint) and callback.filename is None:
             callback.filename = RunDir.BEST_FILENAME
     return instantiate(cfg.trainer, callbacks=built + callbacks, logger=logger,

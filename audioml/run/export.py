@@ -60,6 +60,7 @@ from audioml.files import atomic_write_bytes
 from audioml.models.base import AudioModule
 from audioml.run.checkpoint import read_record
 from audioml.run.inference import OutputModel, collect_inputs, display_path, find_checkpoint
+from audioml.run.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ def sequence_length(record: dict[str, Any]) -> int:
 def default_output(checkpoint: Path, format: str, folder: str | Path) -> Path:
     """``<folder>/<run name>-<checkpoint stem>.<ext>``, the run name being the folder holding
     ``checkpoints/`` (a bare checkpoint elsewhere: its stem alone)."""
-    run = checkpoint.parent.parent.name if checkpoint.parent.name == "checkpoints" else ""
+    run = checkpoint.parent.parent.name if checkpoint.parent.name == RunDir.CHECKPOINTS else ""
     return Path(folder) / f"{run + '-' if run else ''}{checkpoint.stem}{FORMATS[format]}"
 
 

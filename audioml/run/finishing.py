@@ -29,8 +29,8 @@ Some of MLflow's calls here are made directly rather than through ``audioml.run.
 
 from __future__ import annotations
 
-import contextlib
 import atexit
+import contextlib
 import logging
 import os
 import tempfile
@@ -42,6 +42,8 @@ from concurrent.futures import TimeoutError as FutureTimeout  # not the builtin 
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from audioml.run.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +324,6 @@ def finish_run(spec: dict[str, Any]) -> None:
     the ``status`` (default FINISHED); then ``DONE`` in ``run_dir`` with ``done`` (the metrics; ``None``: no
     marker). ``env``: the environment to do it in (the caller's)."""
     from audioml import figures
-    from audioml.run.rundir import RunDir
 
     with _environment(spec.get("env")):
         if spec.get("run_id"):

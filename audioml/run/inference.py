@@ -173,7 +173,7 @@ def log_evaluation(tracking_uri: str, source: str | Path, checkpoint: Path, spli
     digest = _scored_items_digest(files, scored)
     linked = {"model_id": found.model_id, "dataset_name": scored, "dataset_digest": digest} if found.model_id else {}
     client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), now, 0, **linked) for k, v in metrics.items()])
-    table = next((Path(f) for f in files if Path(f).name == "test_predictions.csv" and Path(f).is_file()), None)
+    table = next((Path(f) for f in files if Path(f).name == RunDir.PREDICTIONS and Path(f).is_file()), None)
     log_data_input(client, run.info.run_id, DataInput(
         name=scored, digest=digest, source=str(table.parent if table else checkpoint.parent),
         profile={"split": split, "items": int(len(pd.read_csv(table))) if table else 0}), context="evaluation")
@@ -249,7 +249,6 @@ def find_checkpoint(source: str | Path, tracking_uri: str | None = None,
     text = str(source)
     if text.startswith(("runs:/", "models:/")):
         import mlflow
-
         from mlflow.exceptions import MlflowException
 
         from audioml.run.tracking import using_store

@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 
 from audioml.config import CONFIG_DIR, compose_config, user_config_dirs
-from audioml.files import exclusive_lock, fingerprint
+from audioml.files import fingerprint
+from audioml.run.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -270,19 +271,20 @@ def run_probe_table(request: ProbeTableRequest) -> ProbeTable:
                        "overrides": list(request.overrides)}, length=10)
     base = _compose(request, request.encoders[0], "linear", "last")
     directory = Path(base.paths.output_dir) / "probes" / f"{request.data}-{key}"
-    with exclusive_lock(directory / ".lock", f"probing in {directory}: waiting until it ends"):
+    with RunDir(directory).lock(f"probing in {directory}: waiting until it ends"):
         return _run_locked(request, directory, base)
 
 
 def _run_locked(request: ProbeTableRequest, directory: Path, base) -> ProbeTable:
-    from audioml.run import finishing, tracking
+    from audioml.run import finishing
+    from audioml.run.outcome import ending
     from audioml.run.training import run_evaluation_in
 
     # every encoder loads and embeds the data first: a folder that is no model, data the protocol
     # cannot split, fail here, before any run is opened
     prepared = [(encoder, *_prepare_encoder(request, encoder)) for encoder in request.encoders]
     parent = _open_parent(base, directory, request)
-    with tracking.ended_on_error(parent):
+    with ending(parent):
         parent_id = getattr(parent, "run_id", None)
         with finishing.deferred():  # a run's MLflow record is completed while the next one trains
             rows = _probe_all(request, directory, parent_id, prepared, run_evaluation_in)
@@ -291,7 +293,7 @@ def _run_locked(request: ProbeTableRequest, directory: Path, base) -> ProbeTable
         files = _write(table, runs, directory, request.metric)
         if parent is not None:
             _log_parent(parent, table, files, request.metric)
-    log.info("probe table (best layer by validation %s): %s", base.monitor, directory / "probe_table.csv")
+    log.info("probe table (best layer by validation %s): %s", base.monitor, RunDir(directory).probe_table_file)
     return ProbeTable(table, runs, directory, tuple(files), getattr(parent, "run_id", None))
 
 
@@ -302,10 +304,8 @@ def _probe_all(request: ProbeTableRequest, directory: Path, parent_id: str | Non
     cache status (``_prepare_encoder``)."""
     from omegaconf import open_dict
 
-    from audioml.run import resume
-
     rows: list[dict] = []
-    earlier = _earlier_seconds(directory / "probe_layers.csv")
+    earlier = _earlier_seconds(RunDir(directory).probe_layers_file)
     for encoder, layers, embed_seconds, status in prepared:
         for probe in request.probes:
             composed = _compose(request, encoder, probe, "last")  # once: composing takes a second
@@ -317,7 +317,7 @@ def _probe_all(request: ProbeTableRequest, directory: Path, parent_id: str | Non
                 cfg = copy.deepcopy(composed)
                 with open_dict(cfg):
                     cfg.model.head.layers, cfg.paths.run_dir, cfg.logger.run_name = layer, str(run_dir), title
-                finished = resume.read_done(run_dir) is not None
+                finished = RunDir(run_dir).finished() is not None
                 started = time.perf_counter()
                 with _children_of(parent_id):
                     metrics, final_dir = run_evaluation_in(cfg, run_dir)
@@ -398,11 +398,10 @@ def format_table(table: pd.DataFrame) -> str:
 
 
 def _write(table: pd.DataFrame, runs: pd.DataFrame, directory: Path, metric: str) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    table.to_csv(directory / "probe_table.csv", index=False)
-    runs.to_csv(directory / "probe_layers.csv", index=False)
-    figure = plot_layer_scores(runs, metric, directory / "probe_layers.png")
-    return [directory / "probe_table.csv", directory / "probe_layers.csv", figure]
+    run = RunDir(directory).create()
+    table.to_csv(run.probe_table_file, index=False)
+    runs.to_csv(run.probe_layers_file, index=False)
+    return [run.probe_table_file, run.probe_layers_file, plot_layer_scores(runs, metric, run.probe_figure)]
 
 
 def plot_layer_scores(runs: pd.DataFrame, metric: str, path: str | Path) -> Path:
@@ -434,14 +433,13 @@ def plot_layer_scores(runs: pd.DataFrame, metric: str, path: str | Path) -> Path
 def _open_parent(cfg, directory: Path, request: ProbeTableRequest):
     """The MLflow parent run of the table (continued when the command is rerun), or ``None``."""
     from audioml.run import tracking
-    from audioml.run.rundir import RunDir
-    from audioml.run.store import Store
+    from audioml.run.store import Store, check_reachable
 
     if not cfg.logger.get("enabled", True):
         return None
     directory.mkdir(parents=True, exist_ok=True)
     store = Store.of(cfg.logger.get("tracking_uri"), cfg.paths.mlflow_dir)
-    tracking.check_reachable(store.uri)
+    check_reachable(store.uri)
     logger = tracking.open_run(cfg.logger.experiment_name, f"probe table {request.data}", store, RunDir(directory),
                                {"audioml.probe_table": directory.name, "audioml.data": request.data},
                                system_metrics=False)

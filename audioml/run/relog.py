@@ -23,6 +23,7 @@ import pandas as pd
 
 from audioml.run import tracking
 from audioml.run.rundir import RunDir, without_password
+from audioml.run.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,8 @@ def check_store(cfg, run: RunDir) -> None:
     k-fold run too, under a copied parent)."""
     if not cfg.logger.get("enabled", True):
         return
-    target = tracking.resolve_tracking_uri(cfg.logger.get("tracking_uri"), cfg.paths.mlflow_dir)
+    store = Store.of(cfg.logger.get("tracking_uri"), cfg.paths.mlflow_dir)
+    target = store.uri
     source, run_id = run.store(), run.run_id()
     if run_id and source == without_password(target):
         return  # the usual rerun: the same store
@@ -88,8 +90,7 @@ def check_store(cfg, run: RunDir) -> None:
                     "artifacts, the model), rerun with logger.relog=true; to train again, delete the run "
                     "directory.", run, where, target)
         return
-    artifact_location = (tracking.default_artifact_location(cfg.paths.mlflow_dir)
-                         if target.startswith("sqlite:///") and not cfg.logger.get("tracking_uri") else None)
+    artifact_location = store.artifact_location
     options = {"log_model": bool(cfg.logger.get("log_model", True)), "register_model": cfg.logger.get("register_model"),
                "trusted_modules": list(cfg.get("trusted_modules") or ())}
     parent = os.environ.get(tracking.PARENT_RUN_ENV)  # a job of a sweep running now: under its parent
@@ -217,4 +218,4 @@ def _copy_artifacts(client, run_id: str, run: RunDir, source, skip_model: bool) 
             client.log_artifact(run_id, str(path))
     tested = run.tested_checkpoint()
     if tested is not None:
-        client.log_artifact(run_id, str(tested), "checkpoints")
+        client.log_artifact(run_id, str(tested), RunDir.CHECKPOINTS)

@@ -82,6 +82,7 @@ class RunDir:
     LAYER_WEIGHTS = "layer_weights.png"
     PROBE_TABLE = "probe_table.csv"
     PROBE_LAYERS = "probe_layers.csv"
+    PROBE_FIGURE = "probe_layers.png"
     #: Files a run's record uploads to MLflow when it is rebuilt from the folder (``relog``).
     RECORDED = (CONFIG, METRICS, TESTED, PER_CLASS, PREDICTIONS, SKIPPED, COLLAPSE, CURVES_TABLE, FOLD_METRICS, OOF,
                 "*.png")
@@ -135,6 +136,7 @@ class RunDir:
     layer_weights_figure = property(lambda self: self._file(self.LAYER_WEIGHTS))
     probe_table_file = property(lambda self: self._file(self.PROBE_TABLE))
     probe_layers_file = property(lambda self: self._file(self.PROBE_LAYERS))
+    probe_figure = property(lambda self: self._file(self.PROBE_FIGURE))
     checkpoints = property(lambda self: self._file(self.CHECKPOINTS))
     last_checkpoint = property(lambda self: self.checkpoints / self.LAST)
     incoming_checkpoint = property(lambda self: self.checkpoints / self.INCOMING)
@@ -341,9 +343,10 @@ class RunDir:
         import yaml
 
         try:
-            return yaml.safe_load(self.config_file.read_text()) or {}
-        except (OSError, ValueError):
+            config = yaml.safe_load(self.config_file.read_text())
+        except (OSError, ValueError, yaml.YAMLError):
             return {}
+        return config if isinstance(config, dict) else {}
 
     def write_config(self, text: str) -> Path:
         atomic_write_bytes(self.config_file, text.encode())

@@ -9,10 +9,10 @@ The sweep callback (:mod:`audioml.run.sweep`) keeps a record of every sweep in
   e.g. Optuna) and the MLflow parent run;
 - ``jobs/<job id>.json``, written when a job starts: its overrides, run directory, host and pid.
 
-A job's run directory says the rest: ``DONE`` (finished; ``pruned`` with ``PRUNED``: a search's
-pruner stopped its training early), a held ``.lock`` (training now),
-``FAILED`` and ``traceback.txt`` (written when the job raised; removed when it is retried), the
-MLflow run in ``mlflow_run_id`` (epochs, best validation score, test score, wall time).
+A job's run directory (:class:`~audioml.run.rundir.RunDir`) says the rest: finished (pruned:
+a search's pruner stopped its training early), locked (training now), failed (written when the
+job raised; cleared when it is retried), and its MLflow run (epochs, best validation score, test
+score, wall time).
 
 States: ``finished``, ``pruned``, ``running``, ``failed``, ``interrupted`` (started, neither running nor
 finished nor failed: killed, preempted, or its machine went away; rerunning the sweep continues
@@ -33,19 +33,15 @@ from typing import Any
 
 import pandas as pd
 
-from audioml.files import atomic_write_bytes, lock_is_held
-from audioml.run import markers
+from audioml.files import atomic_write_bytes
+from audioml.run.rundir import RunDir
 
-__all__ = ["SWEEPS_FOLDER", "PLAN_FILE", "FAILED_FILE", "TRACEBACK_FILE", "STATES", "record_dir", "job_id",
-           "write_plan", "read_plan", "write_job_start", "write_failure", "clear_failure", "read_failure",
-           "JobState", "sweep_jobs", "status_table", "failure_summary", "find_record", "HEARTBEAT_SECONDS"]
+__all__ = ["SWEEPS_FOLDER", "PLAN_FILE", "STATES", "record_dir", "job_id", "write_plan", "read_plan",
+           "write_job_start", "JobState", "sweep_jobs", "status_table", "failure_summary", "find_record", "HEARTBEAT_SECONDS"]
 
 SWEEPS_FOLDER = ".sweeps"
 PLAN_FILE = "sweep.json"
 _JOBS_FOLDER = "jobs"
-#: Written in a job's run directory when the job raised: ``{"error": "<type>: <first line>", ...}``.
-FAILED_FILE = "FAILED"
-TRACEBACK_FILE = "traceback.txt"
 STATES = ("finished", "pruned", "running", "failed", "interrupted", "not started")
 #: A job on another host whose MLflow run logged a system metric this recently counts as running.
 HEARTBEAT_SECONDS = 120.0
@@ -90,33 +86,6 @@ def write_job_start(folder: Path, overrides: Sequence[str], run_dir: str | Path,
     return path
 
 
-def write_failure(run_dir: str | Path, error: str, traceback_text: str) -> Path:
-    """Write ``FAILED`` (the error's first line, the host, the time) and ``traceback.txt`` in
-    ``run_dir``; returns the traceback's path."""
-    run_dir = Path(run_dir)
-    traceback_path = run_dir / TRACEBACK_FILE
-    atomic_write_bytes(traceback_path, traceback_text.encode("utf-8", "backslashreplace"))
-    atomic_write_bytes(run_dir / FAILED_FILE, json.dumps({
-        "error": error, "traceback": TRACEBACK_FILE, "host": socket.gethostname(), "time": time.time()},
-        indent=2).encode())
-    return traceback_path
-
-
-def clear_failure(run_dir: str | Path) -> None:
-    """Forget an earlier failure of the job in ``run_dir`` (it is being retried)."""
-    (Path(run_dir) / FAILED_FILE).unlink(missing_ok=True)
-
-
-def read_failure(run_dir: str | Path) -> dict[str, Any] | None:
-    path = Path(run_dir) / FAILED_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        return {"error": "(unreadable FAILED record)"}
-
-
 @dataclass
 class JobState:
     """One row of the status table."""
@@ -147,15 +116,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _read_config(run_dir: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        return yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    except (OSError, ValueError):
-        return {}
-
-
 #: How long the status waits for a tracking server to accept a connection before reading the
 #: jobs of its runs from their directories only (MLflow's client would retry for minutes).
 STORE_PROBE_SECONDS = 2.0
@@ -170,8 +130,8 @@ class _Stores:
         self.readers: dict[str, Any] = {}
         self.unreachable: dict[str, str] = {}
 
-    def run(self, run_dir: Path):
-        run_id, uri = markers.read_run_id(run_dir), markers.recorded_store(run_dir)
+    def run(self, run: RunDir):
+        run_id, uri = run.run_id(), run.store()
         if not run_id or not uri or uri in self.unreachable:
             return None, None
         if uri not in self.readers:
@@ -234,20 +194,20 @@ def _fill_from_mlflow(job: JobState, store, run, config: dict[str, Any], done: d
 
 def _job_state(job: JobState, record: dict[str, Any], latest_of_pid: bool, stores: _Stores,
                with_mlflow: bool) -> None:
-    run_dir = job.run_dir
-    config = _read_config(run_dir)
+    directory = RunDir(job.run_dir)
+    config = directory.config()
     job.epochs_total = (config.get("trainer") or {}).get("max_epochs")
-    folds = sorted(run_dir.glob("fold_*"))
+    folds = directory.folds()
     if folds:
         k = (config.get("evaluation") or {}).get("k") or len(folds)
-        job.folds = f"{sum((f / markers.DONE_FILE).is_file() for f in folds)}/{k}"
-    done = markers.read_done(run_dir)
-    failure = read_failure(run_dir)
-    store, run = stores.run(run_dir) if with_mlflow else (None, None)
+        job.folds = f"{sum(fold.done_time() is not None for fold in folds)}/{k}"
+    done = directory.finished()
+    failure = directory.failure()
+    store, run = stores.run(directory) if with_mlflow else (None, None)
     here = record.get("host") == socket.gethostname()
     if done is not None:
-        job.state = "pruned" if markers.read_pruned(run_dir) is not None else "finished"
-    elif lock_is_held(run_dir / markers.RUN_LOCK) or any(lock_is_held(f / markers.RUN_LOCK) for f in folds):
+        job.state = "pruned" if directory.pruned() is not None else "finished"
+    elif directory.locked():
         job.state = "running"
     elif failure is not None:
         job.state, job.error = "failed", str(failure.get("error", ""))
@@ -263,7 +223,7 @@ def _job_state(job: JobState, record: dict[str, Any], latest_of_pid: bool, store
     if with_mlflow and (run is not None or done is not None):
         _fill_from_mlflow(job, store, run, config, done)
     if job.wall_seconds is None and done is not None and record.get("started"):
-        job.wall_seconds = max(0.0, (run_dir / markers.DONE_FILE).stat().st_mtime - float(record["started"]))
+        job.wall_seconds = max(0.0, (directory.done_time() or 0.0) - float(record["started"]))
 
 
 def sweep_jobs(folder: str | Path, with_mlflow: bool = True, notes: list[str] | None = None) -> list[JobState]:
@@ -373,8 +333,9 @@ def failure_summary(folder: str | Path) -> tuple[str, int]:
         if job.state in ("finished", "pruned"):
             continue
         detail = f": {job.error}" if job.error else ""
-        where = f" (traceback: {job.run_dir / TRACEBACK_FILE})" if job.state == "failed" and job.run_dir and \
-            (job.run_dir / TRACEBACK_FILE).is_file() else ""
+        traceback_file = RunDir(job.run_dir).traceback_file if job.run_dir else None
+        where = f" (traceback: {traceback_file})" if job.state == "failed" and traceback_file and \
+            traceback_file.is_file() else ""
         lines.append(f"  {job.state} job {job.number} {' '.join(overrides)}{detail}{where}")
     if any(counts[s] for s in ("failed", "interrupted", "not started")):
         searched = read_plan(folder).get("jobs") is None  # a sweeper that decides as it goes (Optuna)

@@ -46,7 +46,11 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from audioml.errors import error_summary
 from audioml.run import tracking
+from audioml.run.outcome import interrupted
+from audioml.run.rundir import RunDir
+from audioml.run.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +89,7 @@ def check_slurm_tools(which: Callable[[str], str | None] = shutil.which) -> None
 def _end_parent(client, run_id: str, error: BaseException) -> None:
     """End the sweep's parent run FAILED (KILLED for Ctrl-C) with the first line of ``error``'s
     root cause as the ``audioml.error`` tag; a parent no longer RUNNING is left as it is."""
-    stopped = tracking.interrupted(error)
+    stopped = interrupted(error)
     status = "KILLED" if stopped else "FAILED"
     if stopped:  # jobs in worker processes (a parallel launcher) die with the sweep, before they can say so
         try:
@@ -95,7 +99,7 @@ def _end_parent(client, run_id: str, error: BaseException) -> None:
     try:
         if client.get_run(run_id).info.status != "RUNNING":
             return
-        client.set_tag(run_id, "audioml.error", tracking.error_summary(error))
+        client.set_tag(run_id, "audioml.error", error_summary(error))
         tracking.set_status(client, run_id, status)
         log.error("sweep's MLflow parent run %s marked %s: %s", run_id, status, type(error).__name__)
     except Exception as tracking_error:  # the store itself is gone: the original error matters
@@ -123,13 +127,13 @@ def end_running_sweep(error: BaseException) -> None:
     """Called by ``audioml-train`` when the multirun raised ``error``: the parent run of the
     sweep still running in this process ends FAILED (KILLED for Ctrl-C) naming the cause. Hydra
     turns the cause into ``SystemExit(1)`` raised while handling it (``__context__``); an exit
-    with status 0 (``--help``) ends nothing. Job runs end themselves (``tracking.ended_on_error``)."""
+    with status 0 (``--help``) ends nothing. Job runs end themselves (``audioml.run.outcome.ending``)."""
     if isinstance(error, SystemExit) and (error.code in (0, None) or error.__context__ is None):
         return
     while isinstance(error, SystemExit) and error.__context__ is not None:  # status 2 wraps Hydra's 1
         error = error.__context__
     if _running_record:
-        _complete_deferred_finishes(stopping=tracking.interrupted(error) or getattr(error, "code", None) == 143)
+        _complete_deferred_finishes(stopping=interrupted(error) or getattr(error, "code", None) == 143)
     while _running_record:
         _close_record(_running_record.pop(), _running_sweep[-1] if _running_sweep else None)
     while _running_sweep:
@@ -141,11 +145,9 @@ def _record_deferred_failure(failure) -> None:
     """A job whose MLflow record the report worker could not complete (``audioml.run.finishing``;
     its MLflow run is FAILED with the traceback): ``FAILED`` and ``traceback.txt`` in its run
     directory, written before the directory is let go, so the sweep counts it as failed."""
-    from audioml.run import status
-
     first_line = (failure.error.strip().splitlines() or [""])[0][:500]
-    status.write_failure(failure.run_dir, first_line,
-                         f"the job's MLflow record, completed after its training, failed\n\n{failure.traceback}")
+    RunDir(failure.run_dir).mark_failed(first_line,
+                                        f"the job's MLflow record, completed after its training, failed\n\n{failure.traceback}")
 
 
 def _complete_deferred_finishes(stopping: bool = False) -> None:
@@ -184,8 +186,8 @@ def planned_jobs(config: DictConfig) -> list[list[str]] | None:
     return [list(job) for job in batch]
 
 
-def _mlflow_uri(config: DictConfig) -> str:
-    return tracking.resolve_tracking_uri(_select(config, "logger.tracking_uri"), _select(config, "paths.mlflow_dir"))
+def _store(config: DictConfig) -> Store:
+    return Store.of(_select(config, "logger.tracking_uri"), _select(config, "paths.mlflow_dir"))
 
 
 def _log_text(client, run_id: str, name: str, text: str, artifact_path: str | None = None) -> None:
@@ -225,8 +227,8 @@ def _close_record(record: Path, parent: tuple[Any, str] | None) -> None:
 
 
 def _log_seed_aggregate(client, run_id: str) -> None:
-    from audioml.compare import collect_runs, fit_to_width
     from audioml.run.aggregate import aggregate_report, aggregate_runs
+    from audioml.run.listing import collect_runs, fit_to_width
 
     runs = collect_runs(client, sweep=run_id)
     if "status" in runs and not (runs["status"] == "FINISHED").any():
@@ -282,14 +284,13 @@ def _parent_name(config: DictConfig, key: str, overrides: list[str], jobs: list[
     sweeper = config.hydra.sweeper
     if not str(sweeper.get("_target_", "")).endswith("OptunaSweeper"):
         return sweep_run_name(overrides, jobs)
-    from audioml.search.space import SearchSpaceError, grid_values, parse_space
-    from audioml.search.sweeper import _GRID_TARGET, default_study_name
+    from audioml.search.space import GRID_SAMPLER, SearchSpaceError, default_study_name, grid_values, parse_space
 
     choices = config.hydra.runtime.choices
     study = _select(config, "hydra.sweeper.study_name") or default_study_name(choices.get("data"),
                                                                                choices.get("model"), key)
     trials = int(_select(config, "hydra.sweeper.n_trials") or 0)
-    if _select(config, "hydra.sweeper.sampler._target_") == _GRID_TARGET:  # the sweeper runs at most the grid
+    if _select(config, "hydra.sweeper.sampler._target_") == GRID_SAMPLER:  # the sweeper runs at most the grid
         try:
             space = parse_space([f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()] + overrides)
             trials = min(trials, math.prod(len(values) for values in grid_values(space).values()))
@@ -333,14 +334,11 @@ class MLflowSweepCallback(Callback):
     def _open_parent(self, config: DictConfig, key: str, overrides: list[str], record: Path, name: str) -> None:
         from mlflow import MlflowClient
 
-        explicit_uri = _select(config, "logger.tracking_uri")
-        mlflow_dir = _select(config, "paths.mlflow_dir")
-        uri = tracking.resolve_tracking_uri(explicit_uri, mlflow_dir)
+        store = _store(config)
+        uri = store.uri
         tracking.prepare_store(uri)
-        artifact_location = (tracking.default_artifact_location(mlflow_dir)
-                             if uri.startswith("sqlite:///") and not explicit_uri else None)
         experiment_id = tracking.get_or_create_experiment(uri, str(_select(config, "logger.experiment_name")),
-                                                          artifact_location)
+                                                          store.artifact_location)
         self.client = MlflowClient(uri)
         self.parent_run_id = find_or_create_sweep_run(uri, experiment_id, key, overrides, name)
         tracking.set_tags(self.client, self.parent_run_id, {"audioml.sweep_record": str(record.resolve())})
@@ -359,7 +357,7 @@ class MLflowSweepCallback(Callback):
             return
         run_dir = Path(str(config.hydra.runtime.output_dir))
         try:
-            status.clear_failure(run_dir)
+            RunDir(run_dir).clear_failure()
             status.write_job_start(status.record_dir(str(_select(config, "hydra.sweep.dir")), key),
                                    list(config.hydra.overrides.task), run_dir, _select(config, "hydra.job.num"))
         except OSError as error:
@@ -369,27 +367,25 @@ class MLflowSweepCallback(Callback):
         """In the job's process: a failed job gets ``FAILED`` and ``traceback.txt`` in its run
         directory and on its MLflow run (on the parent's when it opened none); the job's MLflow
         run is tagged with its overrides."""
-        from audioml.run import markers, relog, status
-
         if not os.environ.get(tracking.SWEEP_KEY_ENV) or _select(config, "hydra.mode") != RunMode.MULTIRUN:
             return
-        run_dir = Path(str(config.hydra.runtime.output_dir))
+        run = RunDir(str(config.hydra.runtime.output_dir))
         overrides = list(config.hydra.overrides.task)
         error = job_return._return_value if job_return.status == JobStatus.FAILED else None
         traceback_path = None
         if isinstance(error, BaseException):
-            summary = tracking.error_summary(error)
+            summary = error_summary(error)
             text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-            traceback_path = status.write_failure(run_dir, summary, f"overrides: {' '.join(overrides)}\n\n{text}")
+            traceback_path = run.mark_failed(summary, f"overrides: {' '.join(overrides)}\n\n{text}")
             log.error("job %s failed: %s (traceback: %s)", " ".join(overrides), summary, traceback_path)
         if not _select(config, "logger.enabled"):
             return
         try:
             from mlflow import MlflowClient
 
-            uri = relog.recorded_store(run_dir) or _mlflow_uri(config)
+            uri = run.store() or _store(config).uri
             client = MlflowClient(uri)
-            run_id = markers.read_run_id(run_dir)
+            run_id = run.run_id()
             if run_id:
                 tracking.set_tags(client, run_id, {"audioml.overrides": json.dumps(overrides)[:tracking.MAX_TAG_LENGTH]})
             if traceback_path is None:
@@ -400,7 +396,7 @@ class MLflowSweepCallback(Callback):
                     tracking.set_tags(client, run_id, {"audioml.error": summary})
                     tracking.set_status(client, run_id, "FAILED")
             elif os.environ.get(tracking.PARENT_RUN_ENV):  # refused before its run opened: the parent keeps it
-                client.log_artifact(os.environ[tracking.PARENT_RUN_ENV], str(traceback_path), f"failed/{run_dir.name}")
+                client.log_artifact(os.environ[tracking.PARENT_RUN_ENV], str(traceback_path), f"failed/{run.name}")
         except Exception as tracking_error:  # the store is gone: the files in the run directory still tell
             log.warning("could not record the job's outcome in MLflow: %s", tracking_error)
 

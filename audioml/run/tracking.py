@@ -30,9 +30,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from audioml.errors import error_summary
 from audioml.files import exclusive_lock
 from audioml.run.rundir import RunDir
+from audioml.run.store import REACHABLE_TIMEOUT_SECONDS, Store, check_reachable, using_store  # noqa: F401 - defined there (no torch), used from here  # noqa: F401 - the same
 from audioml.run.store import process_defaults_kept as _process_defaults_kept
-from audioml.run.store import Store, using_store  # noqa: F401 - defined there (no torch), used from here
-from audioml.run.store import REACHABLE_TIMEOUT_SECONDS, check_reachable  # noqa: F401 - the same
 
 log = logging.getLogger(__name__)
 

@@ -462,7 +462,7 @@ class TrainingRun:
                         tags={**({"audioml.tested_checkpoint": tested.name} if tested.is_file() else {}),
                               **({"audioml.pruned": f"after epoch {pruned.get('epoch')}"} if pruned else {})},
                         status="KILLED" if pruned else "FINISHED",
-                        checkpoint_artifacts=[[best, "checkpoints"]] if best and cfg.logger.get("log_checkpoint",
+                        checkpoint_artifacts=[[best, RunDir.CHECKPOINTS]] if best and cfg.logger.get("log_checkpoint",
                                                                                                True) else [])
             if best and (cfg.logger.get("log_model", True) or cfg.logger.get("register_model")):
                 spec["model"] = self._model_spec(Path(best))

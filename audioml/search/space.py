@@ -10,6 +10,7 @@ floats) on that grid, ``stop`` excluded as in Python, ``interval(low, high)`` ->
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, Transformer
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-__all__ = ["SearchSpace", "parse_space", "grid_values", "SearchSpaceError"]
+__all__ = ["SearchSpace", "parse_space", "grid_values", "SearchSpaceError", "GRID_SAMPLER", "default_study_name"]
 
 
 class SearchSpaceError(ValueError):
@@ -106,3 +107,14 @@ def _as_override_value(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     return str(value)
+
+
+#: The sampler whose trials are the grid of the space (the sweeper runs at most the grid).
+GRID_SAMPLER = "optuna.samplers.GridSampler"
+
+
+def default_study_name(data: str | None, model: str | None, sweep_key: str) -> str:
+    """``<data>-<model>-<sweep key>``: a study per command line, in characters any override and
+    file name takes."""
+    name = f"{data or 'data'}-{model or 'model'}-{sweep_key}"
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)

@@ -18,7 +18,6 @@ processes that died are retried and continue their run from its checkpoint,
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,16 +35,22 @@ from optuna.trial import TrialState
 
 from audioml.search import trials
 from audioml.search.job import JobTrial, TrialRef
-from audioml.search.space import SearchSpace, SearchSpaceError, grid_values, parse_space
+from audioml.search.space import (
+    GRID_SAMPLER,
+    SearchSpace,
+    SearchSpaceError,
+    default_study_name,
+    grid_values,
+    parse_space,
+)
 from audioml.search.storage import default_storage, open_storage, shown_storage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OptunaSearch", "SearchConfigError", "SearchStopped", "job_trial", "default_study_name", "RESULTS_FILE"]
+__all__ = ["OptunaSearch", "SearchConfigError", "SearchStopped", "job_trial", "RESULTS_FILE"]
 
 #: Written into the sweep directory when the search ends (as hydra-optuna-sweeper did).
 RESULTS_FILE = "optimization_results.yaml"
-_GRID_TARGET = "optuna.samplers.GridSampler"
 
 
 class SearchConfigError(CompactHydraException):
@@ -54,13 +59,6 @@ class SearchConfigError(CompactHydraException):
 
 class SearchStopped(CompactHydraException):
     """More of the search's trials failed than ``max_failure_rate`` allows."""
-
-
-def default_study_name(data: str | None, model: str | None, sweep_key: str) -> str:
-    """``<data>-<model>-<sweep key>``: a study per command line, in characters any override and
-    file name takes."""
-    name = f"{data or 'data'}-{model or 'model'}-{sweep_key}"
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
 def _directions(direction: Any) -> list[str]:
@@ -129,7 +127,7 @@ class OptunaSearch:
         study_name = self.study_name or default_study_name(choices.get("data"), choices.get("model"), key)
         location = self.storage or default_storage(config.hydra.sweep.dir, study_name)
         n_trials, grid = self.n_trials, None
-        if OmegaConf.select(self.sampler_config, "_target_") == _GRID_TARGET:
+        if OmegaConf.select(self.sampler_config, "_target_") == GRID_SAMPLER:
             try:
                 grid = grid_values(space)
             except SearchSpaceError as error:

@@ -10,17 +10,35 @@
 - ``resampling``: the group bootstrap's draws.
 """
 
-from audioml.stats.calibration import (Reliability, apply_temperature, brier_score, calibration_scores,
-                                       expected_calibration_error, fit_temperature, negative_log_likelihood,
-                                       reliability_bins)
-from audioml.stats.paired import (PairedDifference, holm_adjust, mcnemar_exact, paired_classification,
-                                  paired_regression)
+from audioml.stats.calibration import (
+                                       Reliability,
+                                       apply_temperature,
+                                       brier_score,
+                                       calibration_scores,
+                                       expected_calibration_error,
+                                       fit_temperature,
+                                       negative_log_likelihood,
+                                       reliability_bins,
+)
+from audioml.stats.paired import PairedDifference, holm_adjust, mcnemar_exact, paired_classification, paired_regression
 from audioml.stats.regression import concordance_cc, regression_point, regression_scores
 from audioml.stats.resampling import group_bootstrap_draws
-from audioml.stats.scoring import (SUMMARY_METRICS, HonestScoring, Scores, aggregate_folds, collapse_probabilities,
-                                   confusion_matrices, group_bootstrap_confusions, group_confusions, group_strata,
-                                   mean_interval, metric_name_parts, metrics_from_confusion, per_class_table,
-                                   permutation_test)
+from audioml.stats.scoring import (
+                                       SUMMARY_METRICS,
+                                       HonestScoring,
+                                       Scores,
+                                       aggregate_folds,
+                                       collapse_probabilities,
+                                       confusion_matrices,
+                                       group_bootstrap_confusions,
+                                       group_confusions,
+                                       group_strata,
+                                       mean_interval,
+                                       metric_name_parts,
+                                       metrics_from_confusion,
+                                       per_class_table,
+                                       permutation_test,
+)
 
 __all__ = ["SUMMARY_METRICS", "confusion_matrices", "metrics_from_confusion", "metric_name_parts", "per_class_table",
            "group_bootstrap_confusions", "group_bootstrap_draws", "group_confusions", "group_strata",

@@ -4,7 +4,6 @@ every runnable block of the page, in order, with ``-m slow``."""
 from __future__ import annotations
 
 import pytest
-
 from helpers.docs import PAGES, run_blocks, runnable_blocks
 
 PAGE = PAGES / "guide" / "classical.md"

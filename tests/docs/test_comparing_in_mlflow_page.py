@@ -5,9 +5,9 @@ says the MLflow UI shows is read back through MLflow's API."""
 from __future__ import annotations
 
 import json
-import tomllib
 
 import pytest
+import tomllib
 from helpers.docs import PAGES, run_blocks, runnable_blocks
 from helpers.runners import REPO
 from mlflow import MlflowClient

@@ -8,9 +8,9 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 
 import pytest
+import tomllib
 from helpers.runners import REPO
 
 PAGE = REPO / "docs" / "guide" / "comparing-runs.md"

@@ -19,8 +19,14 @@ from helpers.torchaudio_stub import write_broken_torchaudio
 from audioml.augment.waveform import Gain
 from audioml.features.kaldi_fbank import KaldiFbank
 from audioml.features.kaldi_mel import KaldiMelSpectrogram
-from audioml.features.torchaudio_pair import (MIN_TORCH, TORCHAUDIO, TorchaudioMismatch, matching_torchaudio_command,
-                                              mismatch_message, require_torchaudio)
+from audioml.features.torchaudio_pair import (
+    MIN_TORCH,
+    TORCHAUDIO,
+    TorchaudioMismatch,
+    matching_torchaudio_command,
+    mismatch_message,
+    require_torchaudio,
+)
 
 SMALL = ["data=synthetic", "model=ast_tiny", "data.clips_per_class=6", "data.num_groups=6", "data.num_workers=0"]
 REASON = "libtorchaudio.so: undefined symbol: torch_exception_get_what_without_backtrace"

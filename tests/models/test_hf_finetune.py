@@ -18,6 +18,7 @@ from audioml.config import compose_config as compose
 from audioml.models.schedules import WarmupCosine, warmup_cosine_factor
 from audioml.run import compose as run_compose
 from audioml.run import resume
+from audioml.run.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -103,17 +104,18 @@ class _Interrupt(L.Callback):
             raise RuntimeError("simulated preemption")
 
 
-def _fit(cfg, checkpoints, interrupt=None):
+def _fit(cfg, run_dir, interrupt=None):
     L.seed_everything(cfg.seed, workers=True)
     datamodule = run_compose.build_datamodule(cfg)
     model = run_compose.build_model(cfg, datamodule.class_names, datamodule.train_class_counts())
-    callbacks = [resume.ResumeCheckpoint(checkpoints, every_n_train_steps=2, every_n_epochs=1)]
+    run = RunDir(run_dir)
+    callbacks = [resume.ResumeCheckpoint(run.checkpoints, every_n_train_steps=2, every_n_epochs=1)]
     if interrupt is not None:
         callbacks.append(_Interrupt(*interrupt))
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, callbacks=callbacks, deterministic=True,
                         num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,
                         plugins=[AtomicCheckpointIO()])
-    start = find_resume_checkpoint(checkpoints)
+    start = find_resume_checkpoint(run)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(start) if start else None)
     except RuntimeError as error:
@@ -126,7 +128,7 @@ def test_an_interrupted_fine_tuning_fit_continues_exactly(folder, tmp_path) -> N
     reference, trainer = _fit(cfg, tmp_path / "reference")
     assert trainer.global_step > 4
     _fit(cfg, tmp_path / "interrupted", interrupt=(1, 1))
-    assert find_resume_checkpoint(tmp_path / "interrupted") is not None
+    assert find_resume_checkpoint(RunDir(tmp_path / "interrupted")) is not None
     continued, trainer = _fit(cfg, tmp_path / "interrupted")
     for name, tensor in reference.state_dict().items():
         assert torch.equal(tensor, continued.state_dict()[name]), name

@@ -23,7 +23,6 @@ CLASSES = ["hungry", "tired", "burping"]
 
 def _table(correct: np.ndarray, seed: int, groups: int = 12, per_group: int = 4) -> pd.DataFrame:
     """A classifier's predictions table as ``write_run_reports`` writes it: right where ``correct``."""
-    rng = np.random.default_rng(seed)
     n = groups * per_group
     truth = np.arange(n) % 3
     predicted = np.where(correct, truth, (truth + 1) % 3)

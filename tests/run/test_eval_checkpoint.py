@@ -10,7 +10,8 @@ import shutil
 import pytest
 from helpers.runners import find_run_dirs, read_metrics, run_entry_point
 
-from audioml.run.results import TESTED_CHECKPOINT_FILE, evaluated_checkpoint, read_tested_checkpoint
+from audioml.run.inference import evaluated_checkpoint
+from audioml.run.rundir import RunDir
 
 QUIET = ["trainer.enable_progress_bar=false", "data.num_workers=0", "evaluation.bootstrap_samples=0"]
 
@@ -26,7 +27,7 @@ def run(tmp_path_factory):
 
 def test_eval_of_a_run_directory_reproduces_its_test_metrics_and_names_the_checkpoint(run, tmp_path):
     output, run_dir = run
-    tested = read_tested_checkpoint(run_dir)
+    tested = RunDir(run_dir).tested_checkpoint()
     assert tested is not None and tested.parent == run_dir / "checkpoints" and tested.name.startswith("best-")
     process = run_entry_point("audioml.evaluate", f"source={run_dir}", f"paths.output_dir={output}",
                               f"hydra.run.dir={tmp_path}", "trainer.enable_progress_bar=false",
@@ -46,12 +47,12 @@ def test_another_checkpoint_of_the_run_is_said_to_differ(run, tmp_path):
     last = run_dir / "checkpoints" / "last.ckpt"
     checkpoint, what = evaluated_checkpoint(last)
     assert checkpoint == last and what.startswith("not the checkpoint the test of run")
-    assert f"({read_tested_checkpoint(run_dir).name}, whose numbers are in its metrics.json)" in what
-    same, what = evaluated_checkpoint(read_tested_checkpoint(run_dir))
+    assert f"({RunDir(run_dir).tested_checkpoint().name}, whose numbers are in its metrics.json)" in what
+    same, what = evaluated_checkpoint(RunDir(run_dir).tested_checkpoint())
     assert "the numbers of its metrics.json" in what and not what.startswith("not")
     # a copy whose tested checkpoint was rewritten afterwards: said, and not taken for the tested one
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
-    (copy / json.loads((copy / TESTED_CHECKPOINT_FILE).read_text())["checkpoint"]).write_bytes(b"other")
-    assert read_tested_checkpoint(copy) is None
+    (copy / json.loads((copy / RunDir.TESTED).read_text())["checkpoint"]).write_bytes(b"other")
+    assert RunDir(copy).tested_checkpoint() is None
     assert "gone or was rewritten" in evaluated_checkpoint(copy, download_dir=tmp_path / "dl")[1]

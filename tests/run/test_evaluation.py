@@ -9,8 +9,8 @@ import torch
 import torchmetrics.classification as tm
 
 from audioml import stats as ev
-from audioml.stats import scoring
 from audioml.run.protocols import Holdout, KFold
+from audioml.stats import scoring
 
 NAMES = ["a", "b", "c", "d"]
 

@@ -16,11 +16,12 @@ import torch
 from helpers.runners import find_run_dirs, read_metrics, run_entry_point
 from mlflow import MlflowClient
 
+from audioml.files import file_digest
 from audioml.run.checkpoint import model_from_record, read_record
 from audioml.run.export import export_checkpoint
 from audioml.run.inference import OutputModel, find_checkpoint
 from audioml.run.lineage import Lineage, check_registration, parse_model_uri, resolve
-from audioml.run.results import file_sha256, read_tested_checkpoint
+from audioml.run.rundir import RunDir
 
 QUIET = ["trainer.enable_progress_bar=false", "data.num_workers=0"]
 
@@ -44,13 +45,13 @@ def test_the_temperature_is_fitted_on_validation_recorded_and_keeps_the_predicti
     metrics = read_metrics(run_dir)
     temperature = metrics["calibration/temperature"]
     assert temperature != 1.0 and metrics["calibration/val_nll_after"] < metrics["calibration/val_nll_before"]
-    record, state = read_record(read_tested_checkpoint(run_dir))
+    record, state = read_record(RunDir(run_dir).tested_checkpoint())
     assert isinstance(record["temperature"], float) and record["temperature"] == pytest.approx(temperature)
     predictions = pd.read_csv(run_dir / "test_predictions.csv")
     # each test item named by its file relative to the dataset folder and the file's sha256
     assert all(Path(p).as_posix().endswith("/" + f) for p, f in zip(predictions["path"], predictions["file"]))
     assert not predictions["file"].str.startswith("/").any()
-    assert predictions["sha256"].tolist() == [file_sha256(p) for p in predictions["path"]]
+    assert predictions["sha256"].tolist() == [file_digest(p) for p in predictions["path"]]
     # accuracy unchanged: the scaled probabilities' classes are the logits' (Lightning's test/acc)
     assert (predictions["predicted"] == predictions["true"]).mean() == pytest.approx(metrics["test/acc"])
     for name in ("ece", "brier", "nll"):

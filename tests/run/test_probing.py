@@ -81,7 +81,7 @@ def test_probe_table_end_to_end_with_real_efficientat_and_a_saved_wav2vec2(share
                                                                              capsys, monkeypatch):
     from audioml.config import compose_config
     from audioml.run.inference import evaluate_checkpoint, predict_files
-    from audioml.run.results import read_tested_checkpoint
+    from audioml.run.rundir import RunDir
 
     weights = shared_weights / "efficientat-mn04"
     if not any(weights.glob("*.pt")):
@@ -120,7 +120,7 @@ def test_probe_table_end_to_end_with_real_efficientat_and_a_saved_wav2vec2(share
     found = mlflow.search_runs(search_all_experiments=True)
     (parent_id,) = found.loc[found["tags.audioml.probe_table"] == directory.name, "run_id"]
     assert (found["tags.mlflow.parentRunId"] == parent_id).sum() == 4
-    checkpoint = read_tested_checkpoint(Path(table.loc[0, "run_dir"]))
+    checkpoint = RunDir(table.loc[0, "run_dir"]).tested_checkpoint()
     cfg = compose_config([f"paths.output_dir={out}", f"paths.data_dir={data.parent}"])
     reproduced, _ = evaluate_checkpoint(checkpoint, cfg.paths, cfg.trainer)
     assert reproduced["test/macro_f1"] == pytest.approx(table.loc[0, "test_macro_f1"], abs=1e-6)

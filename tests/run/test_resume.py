@@ -21,6 +21,9 @@ from audioml.checkpointing import AtomicCheckpointIO, checkpoint_is_intact, find
 from audioml.data.resumable import EpochRandomSampler, EpochWeightedRandomSampler, ResumableDataLoader
 from audioml.run import compose as run_compose
 from audioml.run import resume, tracking
+from audioml.run.outcome import PREEMPTED_EXIT_CODE, ending, stop_on_sigterm
+from audioml.run.rundir import RunDir
+from audioml.run.store import Store
 
 
 def _loader(items, sampler, batch_size=4, workers=0):
@@ -79,17 +82,18 @@ def test_atomic_checkpoint_write_keeps_the_old_file_when_a_save_fails(tmp_path):
 
 def test_a_truncated_last_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
     io = AtomicCheckpointIO()
-    last, previous = tmp_path / "last.ckpt", tmp_path / "last-previous.ckpt"
+    run = RunDir(tmp_path)
+    last, previous = run.resume_checkpoints()
     io.save_checkpoint({"step": torch.tensor(1)}, previous)
     io.save_checkpoint({"step": torch.tensor(2)}, last)
-    assert find_resume_checkpoint(tmp_path) == last
+    assert find_resume_checkpoint(run) == last
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # torn write
     with caplog.at_level(logging.WARNING, logger="audioml.checkpointing"):
-        found = find_resume_checkpoint(tmp_path)
+        found = find_resume_checkpoint(run)
     assert found == previous and "damaged" in caplog.text
-    assert (tmp_path / "last.ckpt.damaged").is_file() and not last.exists()
+    assert (run.checkpoints / "last.ckpt.damaged").is_file() and not last.exists()
     previous.write_bytes(b"garbage")
-    assert find_resume_checkpoint(tmp_path) is None
+    assert find_resume_checkpoint(run) is None
 
 
 def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
@@ -104,11 +108,12 @@ def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
 
 
 def test_done_marker_round_trip_and_unfinished_runs(tmp_path):
-    assert resume.read_done(tmp_path) is None
-    resume.write_done(tmp_path, {"test/acc": 0.5})
-    assert resume.read_done(tmp_path) == {"test/acc": 0.5}
-    (tmp_path / resume.DONE_FILE).write_text("{broken")
-    assert resume.read_done(tmp_path) is None
+    run = RunDir(tmp_path)
+    assert run.finished() is None
+    run.mark_done({"test/acc": 0.5})
+    assert run.finished() == {"test/acc": 0.5}
+    (tmp_path / RunDir.DONE).write_text("{broken")
+    assert run.finished() is None
 
 
 # ----------------------------------------------- a real Trainer interrupted and continued
@@ -144,12 +149,13 @@ def small_config(tmp_path_factory):
     return cfg, output, f"sqlite:///{output / 'mlflow.db'}"  # one store for the module: creating one is slow
 
 
-def _fit(cfg, checkpoints, store, experiment, run_id_file, interrupt=None, sigterm=None):
+def _fit(cfg, run_dir, store, experiment, interrupt=None, sigterm=None):
     L.seed_everything(cfg.seed, workers=True)
     datamodule = run_compose.build_datamodule(cfg)
     model = run_compose.build_model(cfg, datamodule.class_names, datamodule.train_class_counts())
-    logger = tracking.open_run(experiment, "run", store, run_id_file)
-    callbacks = [resume.ResumeCheckpoint(checkpoints, every_n_train_steps=2, every_n_epochs=1)]
+    run = RunDir(run_dir)
+    logger = tracking.open_run(experiment, "run", Store(store), run)
+    callbacks = [resume.ResumeCheckpoint(run.checkpoints, every_n_train_steps=2, every_n_epochs=1)]
     if interrupt is not None:
         callbacks.append(_Interrupt(*interrupt))
     if sigterm is not None:
@@ -157,15 +163,15 @@ def _fit(cfg, checkpoints, store, experiment, run_id_file, interrupt=None, sigte
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=logger, callbacks=callbacks,
                         deterministic=True, log_every_n_steps=1, num_sanity_val_steps=0,
                         enable_progress_bar=False, enable_model_summary=False, plugins=[AtomicCheckpointIO()])
-    start = find_resume_checkpoint(checkpoints)
+    start = find_resume_checkpoint(run)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(start) if start else None)
     except RuntimeError as error:
         assert "simulated preemption" in str(error)
-    except SIGTERMException:
-        with pytest.raises(SystemExit) as stopped:
-            resume.exit_preempted(logger)  # what audioml.train does with it
-        assert stopped.value.code == resume.PREEMPTED_EXIT_CODE
+    except SIGTERMException as error:
+        with pytest.raises(SystemExit) as stopped, stop_on_sigterm(), ending(logger):
+            raise error  # what a run does with it: its MLflow run KILLED, the process ends resumable
+        assert stopped.value.code == PREEMPTED_EXIT_CODE
         assert trainer.global_step == 5  # the batch in flight when the signal came was finished
     return model, logger.run_id
 
@@ -173,7 +179,7 @@ def _fit(cfg, checkpoints, store, experiment, run_id_file, interrupt=None, sigte
 @pytest.fixture(scope="module")
 def uninterrupted(small_config):
     cfg, output, store = small_config
-    return _fit(cfg, output / "reference", store, "reference", output / "reference_id")
+    return _fit(cfg, output / "reference", store, "reference")
 
 
 @pytest.mark.parametrize("interrupt", [(1, 3), (1, 0)], ids=["mid-epoch", "first-batch"])
@@ -182,9 +188,9 @@ def test_an_interrupted_fit_continues_exactly_into_the_same_mlflow_run(small_con
     cfg, _, store = small_config
     reference, reference_id = uninterrupted
     experiment = f"interrupted-{interrupt[0]}-{interrupt[1]}"
-    _, first_id = _fit(cfg, tmp_path / "ckpt", store, experiment, tmp_path / "run_id", interrupt=interrupt)
-    assert find_resume_checkpoint(tmp_path / "ckpt") is not None
-    continued, continued_id = _fit(cfg, tmp_path / "ckpt", store, experiment, tmp_path / "run_id")
+    _, first_id = _fit(cfg, tmp_path / "run", store, experiment, interrupt=interrupt)
+    assert find_resume_checkpoint(RunDir(tmp_path / "run")) is not None
+    continued, continued_id = _fit(cfg, tmp_path / "run", store, experiment)
     assert continued_id == first_id
 
     for name, tensor in reference.state_dict().items():
@@ -205,14 +211,14 @@ def test_sigterm_checkpoints_exits_resumable_and_the_rerun_matches(small_config,
     cfg, _, store = small_config
     reference, reference_id = uninterrupted
     previous_handler = signal.getsignal(signal.SIGTERM)
-    _, run_id = _fit(cfg, tmp_path / "ckpt", store, "sigterm", tmp_path / "run_id", sigterm=(0, 4))
+    _, run_id = _fit(cfg, tmp_path / "run", store, "sigterm", sigterm=(0, 4))
     assert signal.getsignal(signal.SIGTERM) == previous_handler  # the handler is only installed while fitting
     client = MlflowClient(store)
     assert client.get_run(run_id).info.status == "KILLED"
-    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    saved = torch.load(RunDir(tmp_path / "run").last_checkpoint, map_location="cpu", weights_only=False)
     assert saved["global_step"] == 5  # written right after the batch during which SIGTERM arrived
 
-    continued, continued_id = _fit(cfg, tmp_path / "ckpt", store, "sigterm", tmp_path / "run_id")
+    continued, continued_id = _fit(cfg, tmp_path / "run", store, "sigterm")
     assert continued_id == run_id and client.get_run(run_id).info.status == "FINISHED"
     for name, tensor in reference.state_dict().items():
         assert torch.equal(tensor, continued.state_dict()[name]), name

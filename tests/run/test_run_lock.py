@@ -11,8 +11,7 @@ import time
 from helpers.runners import REPO
 
 from audioml.files import exclusive_lock
-from audioml.run import resume
-from audioml.run.training import RUN_LOCK
+from audioml.run.rundir import RunDir
 
 
 def test_the_same_command_twice_waits_for_the_first_and_does_not_train_again(tmp_path):
@@ -21,7 +20,7 @@ def test_the_same_command_twice_waits_for_the_first_and_does_not_train_again(tmp
                "model.backbone.dense=16", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
                f"paths.output_dir={tmp_path / 'out'}", f"hydra.run.dir={run_dir}"]
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "AUDIOML_CONFIG_PATH")}
-    with exclusive_lock(run_dir / RUN_LOCK):  # the first process, busy in the run directory
+    with exclusive_lock(RunDir(run_dir).lock_file):  # the first process, busy in the run directory
         second = subprocess.Popen(command, cwd=REPO, env={**env, "PYTHONUNBUFFERED": "1"}, text=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         seen, deadline = [], time.monotonic() + 240
@@ -32,7 +31,7 @@ def test_the_same_command_twice_waits_for_the_first_and_does_not_train_again(tmp
         assert any(str(run_dir) in line and "waiting until it ends" in line for line in seen), "".join(seen)
         time.sleep(1.0)
         assert second.poll() is None and not (run_dir / "checkpoints").exists()  # it waits, untouched
-        resume.write_done(run_dir, {"test/acc": 0.5})  # the first one finishes
+        RunDir(run_dir).mark_done({"test/acc": 0.5})  # the first one finishes
     rest, _ = second.communicate(timeout=240)
     assert second.returncode == 0, "".join(seen) + rest
     assert "finished before" in rest and not (run_dir / "checkpoints").exists()

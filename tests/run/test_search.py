@@ -17,15 +17,16 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from helpers.runners import REPO
+from helpers.search import write_legacy_preset
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from audioml import compare
-from audioml.run import markers, status
+from audioml.run import status
+from audioml.run.rundir import RunDir
 from audioml.search import trials as search_trials
 from audioml.search.storage import open_storage
-from helpers.runners import REPO
-from helpers.search import write_legacy_preset
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 TINY = ["data=synthetic", "data.clips_per_class=12", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
@@ -79,11 +80,11 @@ def test_a_pruned_search_records_its_pruned_trials_as_such(tmp_path, capsys):
     for trial in study.trials:
         run = runs[trial.user_attrs["mlflow_run_id"]]
         run_dir = Path(trial.user_attrs["run_dir"])
-        assert run.data.tags["audioml.optuna.trial"] == str(trial.number) and markers.read_done(run_dir) is not None
+        assert run.data.tags["audioml.optuna.trial"] == str(trial.number) and RunDir(run_dir).finished() is not None
         epochs = len(client.get_metric_history(run.info.run_id, "val/macro_f1"))
         if trial.state == TrialState.PRUNED:  # stopped after its first epoch, recorded so
             assert run.info.status == "KILLED" and run.data.tags["audioml.pruned"] == "after epoch 1"
-            assert markers.read_pruned(run_dir)["epoch"] == 1 and epochs == 1
+            assert RunDir(run_dir).pruned()["epoch"] == 1 and epochs == 1
             assert trial.intermediate_values == pytest.approx({1: run.data.metrics["val/macro_f1"]})
         else:
             assert run.info.status == "FINISHED" and "audioml.pruned" not in run.data.tags and epochs == 2
@@ -132,7 +133,7 @@ def test_a_search_killed_mid_trial_and_rerun_completes_n_trials_once_each(tmp_pa
     continued = runs[retry.user_attrs["mlflow_run_id"]]  # opened before the kill, tagged with the trial it counts as
     assert continued.info.start_time / 1000 < killed_at and continued.data.tags["audioml.optuna.trial"] == str(retry.number)
     assert sorted(m.step for m in client.get_metric_history(continued.info.run_id, "val/macro_f1")) == [0, 1, 2]
-    assert all(markers.read_done(t.user_attrs["run_dir"]) is not None for t in counted)
+    assert all(RunDir(t.user_attrs["run_dir"]).finished() is not None for t in counted)
     assert re.search(r"sweep \w+: 3 jobs, 3 finished\n", log)
 
 

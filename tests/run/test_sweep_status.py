@@ -21,8 +21,8 @@ from scipy import stats as scipy_stats
 
 from audioml import compare
 from audioml.files import exclusive_lock
-from audioml.run import relog, resume, status
-from audioml.run.training import RUN_LOCK
+from audioml.run import status
+from audioml.run.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,11 +40,11 @@ def _run_dir(output: Path, name: str, client: MlflowClient, experiment: str, *, 
         client.log_metric(run.info.run_id, "val/macro_f1", value, step=epoch)
     if run_status != "RUNNING":
         client.set_terminated(run.info.run_id, run_status)
-    (run_dir / "mlflow_run_id").write_text(run.info.run_id)
-    relog.record_store(run_dir, client.tracking_uri)
-    (run_dir / RUN_LOCK).touch()
+    RunDir(run_dir).write_run_id(run.info.run_id)
+    RunDir(run_dir).record_store(client.tracking_uri)
+    RunDir(run_dir).lock_file.touch()
     if done is not None:
-        resume.write_done(run_dir, done)
+        RunDir(run_dir).mark_done(done)
     return run_dir
 
 
@@ -68,7 +68,7 @@ def test_status_shows_finished_running_interrupted_and_not_started(tmp_path, cap
     for job, run_dir in zip(jobs, (finished, interrupted, running)):
         path = status.write_job_start(record, job, run_dir, jobs.index(job))
         path.write_text(path.read_text().replace(f'"pid": {os.getpid()}', f'"pid": {_dead_pid()}'))
-    with exclusive_lock(running / RUN_LOCK):
+    with exclusive_lock(RunDir(running).lock_file):
         assert compare.main(["--status", "--output-dir", str(tmp_path)]) == 0
         states = {job.overrides[-1]: job for job in status.sweep_jobs(record)}
     printed = capsys.readouterr().out
@@ -107,7 +107,7 @@ def test_status_with_an_unreachable_tracking_server_reads_its_jobs_from_their_di
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    relog.record_store(remote, f"http://127.0.0.1:{port}")
+    RunDir(remote).record_store(f"http://127.0.0.1:{port}")
     for job, run_dir in zip(jobs, (local, remote)):
         status.write_job_start(record, job, run_dir, jobs.index(job))
     assert compare.main(["--status", "--output-dir", str(tmp_path)]) == 0
@@ -213,7 +213,7 @@ def test_a_job_refused_before_its_run_opens_is_recorded_on_the_parent(tmp_path, 
     callback = MLflowSweepCallback()
     callback.on_job_start(config)
     callback.on_job_end(config, refused)
-    assert status.read_failure(run_dir)["error"] == "ValueError: trainer.max_epochs=-5: use a positive number"
+    assert RunDir(run_dir).failure()["error"] == "ValueError: trainer.max_epochs=-5: use a positive number"
     (artifact,) = client.list_artifacts(parent, f"failed/{run_dir.name}")
     text = Path(client.download_artifacts(parent, artifact.path, str(tmp_path))).read_text()
     assert text.startswith("overrides: trainer.max_epochs=-5") and "Traceback (most recent call last)" in text
@@ -222,7 +222,7 @@ def test_a_job_refused_before_its_run_opens_is_recorded_on_the_parent(tmp_path, 
     (job,) = status.sweep_jobs(status.record_dir(tmp_path / "runs", "0123456789ab"))
     assert job.state == "failed" and job.error.startswith("ValueError: trainer.max_epochs=-5")
     callback.on_job_start(config)  # a retry forgets the failure
-    assert status.read_failure(run_dir) is None
+    assert RunDir(run_dir).failure() is None
 
 
 @pytest.mark.slow  # kept out of the default run for its time (15-30 s); `pytest -m slow` runs it

@@ -13,6 +13,8 @@ import pytest
 from mlflow import MlflowClient
 
 from audioml.run import facts, tracking
+from audioml.run.rundir import RunDir
+from audioml.run.store import Store
 from audioml.run.sweep import find_or_create_sweep_run, sweep_key
 
 
@@ -26,14 +28,14 @@ def store(tmp_path_factory):
 
 def test_a_continued_run_keeps_its_id_and_logs_every_point_once(store, tmp_path):
     uri, client = store
-    id_file = tmp_path / "mlflow_run_id"
-    first = tracking.open_run("continued", "job", uri, id_file, finish_on_finalize=False)
+    id_file = RunDir(tmp_path).run_id_file
+    first = tracking.open_run("continued", "job", Store(uri), RunDir(tmp_path), finish_on_finalize=False)
     for step in range(5):
         first.log_metrics({"val/loss": 1.0 / (step + 1), "epoch": step}, step=step)
     first.finalize("failed")  # what Lightning does when the process is interrupted by an error
     assert client.get_run(first.run_id).info.status == "FAILED"
 
-    second = tracking.open_run("continued", "job", uri, id_file, finish_on_finalize=False)
+    second = tracking.open_run("continued", "job", Store(uri), RunDir(tmp_path), finish_on_finalize=False)
     assert second.run_id == first.run_id == id_file.read_text()
     assert client.get_run(second.run_id).info.status == "RUNNING"
     for step in range(3, 8):  # steps 3 and 4 replayed after the resume
@@ -49,9 +51,9 @@ def test_a_continued_run_keeps_its_id_and_logs_every_point_once(store, tmp_path)
 
 def test_a_run_id_unknown_to_the_store_starts_a_new_run(store, tmp_path):
     uri, client = store
-    id_file = tmp_path / "mlflow_run_id"
+    id_file = RunDir(tmp_path).run_id_file
     id_file.write_text("0" * 32)  # e.g. the run directory was copied to a machine with another store
-    logger = tracking.open_run("moved", "job", uri, id_file)
+    logger = tracking.open_run("moved", "job", Store(uri), RunDir(tmp_path))
     assert logger.run_id != "0" * 32 and id_file.read_text() == logger.run_id
     assert not logger.resumed
 
@@ -67,15 +69,15 @@ def test_sweep_parent_reaches_runs_through_the_environment(store, tmp_path, monk
     assert client.get_run(parent).info.status == "RUNNING"
     monkeypatch.setenv(tracking.PARENT_RUN_ENV, parent)
     monkeypatch.setenv(tracking.SWEEP_KEY_ENV, key)
-    child = tracking.open_run("sweeps", "job", uri, tmp_path / "child_id")
+    child = tracking.open_run("sweeps", "job", Store(uri), RunDir(tmp_path / "child"))
     assert client.get_run(child.run_id).data.tags["mlflow.parentRunId"] == parent
-    fold = tracking.open_run("sweeps", "fold", uri, tmp_path / "fold_id", tags={"mlflow.parentRunId": child.run_id})
+    fold = tracking.open_run("sweeps", "fold", Store(uri), RunDir(tmp_path / "fold"), tags={"mlflow.parentRunId": child.run_id})
     assert client.get_run(fold.run_id).data.tags["mlflow.parentRunId"] == child.run_id  # explicit parent wins
 
 
 def test_params_are_flattened_logged_once_and_never_changed(store, tmp_path):
     uri, client = store
-    logger = tracking.open_run("params", "job", uri, tmp_path / "id")
+    logger = tracking.open_run("params", "job", Store(uri), RunDir(tmp_path))
     params = tracking.flatten_params({"model": {"backbone": {"channels": [32, 64]}}, "paths": {"output_dir": "/a"},
                                       "long": "x" * 10000})
     assert params["model.backbone.channels"] == "[32, 64]"
@@ -128,11 +130,13 @@ _RACER = """
 import sys, time
 from pathlib import Path
 from audioml.run import facts, tracking
+from audioml.run.rundir import RunDir
+from audioml.run.store import Store
 uri, index, folder = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 (folder / f"ready{index}").touch()
 while not (folder / "go").exists():  # all four start on the fresh store at the same moment
     time.sleep(0.01)
-logger = tracking.open_run("race", f"job{index}", uri, folder / f"run_id{index}")
+logger = tracking.open_run("race", f"job{index}", Store(uri), RunDir(folder / f"run{index}"))
 for step in range(100):
     logger.log_metrics({"train/loss": 1.0 / (step + 1), "job": float(index)}, step=step)
 logger.flush()  # points are buffered (ResumableMLFlowLogger): written before the run closes, as runs do

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 from optuna.trial import TrialState
 
-from audioml.run import markers
+from audioml.run.rundir import RunDir
 from audioml.search.job import JobTrial, ObjectiveError, TrialRef
 from audioml.search.pruning import OptunaPruning
 
@@ -48,7 +48,7 @@ def test_a_trial_below_the_threshold_is_pruned_after_that_epoch(tmp_path):
     with trial.running():
         trainer = _fit(tmp_path)
     assert trainer.current_epoch == 2  # epochs 1 and 2 trained, then stopped
-    record = markers.read_pruned(tmp_path)
+    record = RunDir(tmp_path).pruned()
     assert record["epoch"] == 2 and record["trial"] == 0 and record["value"] == pytest.approx(0.4)
     frozen = trial.study.trials[0]
     assert frozen.intermediate_values == pytest.approx({1: 0.6, 2: 0.4})
@@ -64,13 +64,13 @@ def test_a_trial_the_pruner_keeps_trains_every_epoch_and_completes(tmp_path):
     trial = _trial(tmp_path, optuna.pruners.NopPruner())
     with trial.running():
         trainer = _fit(tmp_path)
-    assert trainer.current_epoch == 5 and markers.read_pruned(tmp_path) is None
+    assert trainer.current_epoch == 5 and RunDir(tmp_path).pruned() is None
     assert len(trial.study.trials[0].intermediate_values) == 5
     trial.finish({"val/best_macro_f1": 0.9}, tmp_path, ["val/best_macro_f1"])
     assert trial.study.trials[0].state == TrialState.COMPLETE and trial.study.trials[0].value == pytest.approx(0.9)
 
 
 def test_outside_a_search_job_the_callback_does_nothing_and_a_pruned_run_stays_stopped(tmp_path):
-    assert _fit(tmp_path).current_epoch == 5 and markers.read_pruned(tmp_path) is None
-    markers.write_pruned(tmp_path / "pruned", {"epoch": 1})  # continued from its checkpoint after it was pruned
+    assert _fit(tmp_path).current_epoch == 5 and RunDir(tmp_path).pruned() is None
+    RunDir(tmp_path / "pruned").mark_pruned({"epoch": 1})  # continued from its checkpoint after it was pruned
     assert _fit(tmp_path / "pruned").current_epoch == 0

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers.search import write_legacy_preset
 from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from audioml.config import CONFIG_DIR, CONFIG_MODULE, register_resolvers
-from audioml.search.sweeper import OptunaSearch, SearchConfigError, default_study_name
-from helpers.search import write_legacy_preset
+from audioml.search.space import default_study_name
+from audioml.search.sweeper import OptunaSearch, SearchConfigError
 
 SWEEPER_DIR = Path(CONFIG_DIR) / "hydra" / "sweeper"
 

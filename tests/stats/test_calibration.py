@@ -9,8 +9,15 @@ from scipy.special import softmax
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss, log_loss
 
-from audioml.stats import (apply_temperature, brier_score, calibration_scores, expected_calibration_error,
-                           fit_temperature, negative_log_likelihood, reliability_bins)
+from audioml.stats import (
+    apply_temperature,
+    brier_score,
+    calibration_scores,
+    expected_calibration_error,
+    fit_temperature,
+    negative_log_likelihood,
+    reliability_bins,
+)
 from audioml.stats.calibration import is_hard
 
 

@@ -13,8 +13,15 @@ import pytest
 from scipy.stats import binomtest, permutation_test
 from sklearn.metrics import f1_score
 
-from audioml.stats import (confusion_matrices, group_bootstrap_confusions, holm_adjust, mcnemar_exact, metrics_from_confusion,
-                           paired_classification, paired_regression)
+from audioml.stats import (
+    confusion_matrices,
+    group_bootstrap_confusions,
+    holm_adjust,
+    mcnemar_exact,
+    metrics_from_confusion,
+    paired_classification,
+    paired_regression,
+)
 from audioml.stats.paired import _swaps
 
 CLASSES = ["a", "b", "c"]

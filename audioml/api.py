@@ -30,8 +30,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], Path]:
     from hydra.core.hydra_config import HydraConfig
 
     from audioml.logs import quiet_third_party
+    from audioml.run.fit.training import run_evaluation_in
     from audioml.run.rundir import RunDir
-    from audioml.run.training import run_evaluation_in
 
     if not logging.getLogger().handlers:
         logging.basicConfig(format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s", level=logging.WARNING)

@@ -15,7 +15,7 @@ several names, e.g. ``seed``; :func:`differing_params`), then the selected metri
 for every run is left out. The printed table shortens run ids and fits the terminal
 (``fit_to_width``: long cells cut in the middle, further columns in blocks that repeat the run
 name; 120 columns when not a terminal); the CSV keeps everything. The runs are read by
-:mod:`audioml.run.store_reader` (the embedded SQLite store directly: a few hundred runs in well
+:mod:`audioml.run.record.store_reader` (the embedded SQLite store directly: a few hundred runs in well
 under a second). The store is ``--tracking-uri``, else the embedded store
 ``<--output-dir>/mlflow/mlflow.db``, else ``MLFLOW_TRACKING_URI``, else the embedded store under
 ``AUDIOML_OUTPUT_DIR`` or ``./outputs``.
@@ -24,15 +24,15 @@ under a second). The store is ``--tracking-uri``, else the embedded store
 overrides, state (finished / pruned / running / interrupted / failed / not started), epochs done of
 total, best validation score, test score and wall time, from the sweep's record under
 ``<output dir>/runs/.sweeps/`` and the jobs' run directories and MLflow runs
-(:mod:`audioml.run.status`); ``--watch`` reprints it every few seconds until no job is running or
+(:mod:`audioml.run.record.status`); ``--watch`` reprints it every few seconds until no job is running or
 waiting. ``--aggregate KEY``: per configuration (the runs' params other than ``KEY``) the mean,
 std and 95 % t-interval over ``KEY`` (a seed) of each test metric, and which configurations'
-intervals overlap (:mod:`audioml.run.aggregate`).
+intervals overlap (:mod:`audioml.run.record.aggregate`).
 
 ``A B`` (MLflow run ids or their first 8+ digits or run names, run directories, sweep jobs,
 k-fold parents): the paired difference ``B - A`` of each metric on the test items both were
 scored on (refused when the items differ), with a paired group-bootstrap interval and a paired test
-(:mod:`audioml.run.comparison`); logged as an MLflow comparison run linking both.
+(:mod:`audioml.run.use.comparison`); logged as an MLflow comparison run linking both.
 ``--sweep ... --paired``: every job against the best one by ``--sort`` (default: the jobs'
 validation score, ``val/best_*``), or against ``--reference``, Holm-adjusted.
 """
@@ -50,7 +50,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from audioml.run.listing import (
+from audioml.run.record.listing import (
     _RUN_ID,
     collect_runs,
     comparison_table,
@@ -129,13 +129,13 @@ def _width() -> int:
 
 def _status(args: argparse.Namespace) -> int:
     """``--status`` (and ``--watch``): see the module docs."""
-    from audioml.run import status
+    from audioml.run.record import status
 
     output = _output_root(args.output_dir)
     store = None
     if args.status and _RUN_ID.match(args.status):  # a parent run id: its tag names the sweep's record
-        from audioml.run.store import check_reachable
-        from audioml.run.store_reader import reader
+        from audioml.run.record.store import check_reachable
+        from audioml.run.record.store_reader import reader
 
         uri = _tracking_uri(args.tracking_uri, args.output_dir)
         check_reachable(uri)  # a server that is down is said at once, not after MLflow's retries
@@ -165,7 +165,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def _aggregate(runs: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     """``--aggregate``: print the per-configuration table and the overlap notes; returns the full table."""
-    from audioml.run.aggregate import aggregate_report, aggregate_runs
+    from audioml.run.record.aggregate import aggregate_report, aggregate_runs
 
     table = aggregate_runs(runs, args.aggregate, args.metrics)
     shown, notes = aggregate_report(table, args.aggregate, args.sort)
@@ -194,7 +194,7 @@ def _store_of_runs(args: argparse.Namespace) -> str | None:
 
 def _paired(args: argparse.Namespace, client, runs: pd.DataFrame | None) -> int:
     """``A B`` or ``--sweep ... --paired``: print (and log) the paired comparison."""
-    from audioml.run import comparison
+    from audioml.run.use import comparison
 
     settings = {"bootstrap_samples": args.bootstrap, "permutations": args.permutations,
                 "confidence": args.confidence, "seed": args.seed}
@@ -272,9 +272,9 @@ def _best_job(runs: pd.DataFrame, sort: str | None, ascending: bool) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # downloads of a few CSV files
-    from audioml.run.comparison import ItemMismatchError
-    from audioml.run.store import check_reachable
-    from audioml.run.store_reader import reader
+    from audioml.run.record.store import check_reachable
+    from audioml.run.record.store_reader import reader
+    from audioml.run.use.comparison import ItemMismatchError
 
     modes = [flag for flag, given in (("RUN RUN", bool(args.runs)), ("--experiment", args.experiment),
                                       ("--sweep", args.sweep), ("--status", args.status is not None)) if given]

@@ -3,7 +3,7 @@ exit status by what ended it (``audioml.run.outcome.classify``): a user's mistak
 ``<command>: <message>``, its traceback only in the job's log file (and on the terminal with
 ``HYDRA_FULL_ERROR=1``), and exits 2, as a config Hydra cannot compose does; Ctrl-C says how to
 continue and exits 130; a preempted run exits 143; a bug shows its traceback. Inside a multirun a
-job's error is left to the sweep, which records it and goes on (``audioml.run.sweep``).
+job's error is left to the sweep, which records it and goes on (``audioml.run.record.sweep``).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """``audioml-eval source=...``: rebuild a model from its checkpoint and test it on a split of its
-own data or on another dataset with the same classes (``audioml.run.inference.evaluate_checkpoint``);
+own data or on another dataset with the same classes (``audioml.run.use.inference.evaluate_checkpoint``);
 writes ``metrics.json`` and the run's reports (confusion matrix, per-class table, predictions,
 intervals) in its output folder and logs them as an MLflow evaluation run linked to the
 training run. A run directory as the source means the checkpoint its test scored, so the numbers
 reproduce its ``metrics.json``; which file the numbers come from is printed first and kept in
-``evaluation.json`` (``audioml.run.inference.evaluated_checkpoint``)."""
+``evaluation.json`` (``audioml.run.use.inference.evaluated_checkpoint``)."""
 
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ def _app(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from audioml.files import file_digest
-    from audioml.run.checkpoint import read_record
-    from audioml.run.inference import display_path, evaluate_checkpoint, evaluated_checkpoint, log_evaluation
-    from audioml.run.store import Store
+    from audioml.run.record.store import Store
+    from audioml.run.use.checkpoint import read_record
+    from audioml.run.use.inference import display_path, evaluate_checkpoint, evaluated_checkpoint, log_evaluation
 
     if (cfg.source is None) == (cfg.ckpt_path is None):
         raise UserError("give the model as source=<run dir | .ckpt | models:/m-<model id> | "

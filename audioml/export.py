@@ -1,4 +1,4 @@
-"""``audioml-export``: a trained model as one ONNX or TorchScript file (``audioml.run.export``).
+"""``audioml-export``: a trained model as one ONNX or TorchScript file (``audioml.run.use.export``).
 
 The file takes the waveform (mono float32 at the model's rate) and answers class probabilities
 (a classifier) or values per window (a regressor), the front end included; batch and length are
@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="export")
 @hydra_task("audioml-export")
 def _app(cfg: DictConfig) -> None:
-    from audioml.run.export import ExportError, ParityError, export_checkpoint
-    from audioml.run.store import Store
+    from audioml.run.record.store import Store
+    from audioml.run.use.export import ExportError, ParityError, export_checkpoint
 
     if (cfg.source is None) == (cfg.ckpt_path is None):
         raise UserError("give the model as source=<run dir | .ckpt | models:/m-<model id> | "

@@ -1,4 +1,4 @@
-"""``audioml-predict``: the answers of a trained model for recordings (``audioml.run.inference``).
+"""``audioml-predict``: the answers of a trained model for recordings (``audioml.run.use.inference``).
 
 Files, folders and globs in; every file decoded as the training data was (resampled to the
 model's rate, downmixed, silence-trimmed when training trimmed); a classifier scores recordings
@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
 @hydra_task("audioml-predict")
 def _app(cfg: DictConfig) -> None:
-    from audioml.run.inference import Predictor, collect_inputs
-    from audioml.run.store import Store
+    from audioml.run.record.store import Store
+    from audioml.run.use.inference import Predictor, collect_inputs
 
     if (cfg.source is None) == (cfg.ckpt_path is None):
         raise UserError("give the model as source=<run dir | .ckpt | models:/m-<model id> | "

@@ -1,5 +1,5 @@
 """``audioml-probe``: which encoder for my data? Probes encoders x hidden layers x probes on one
-dataset from the all-layer embedding cache and prints the table (``audioml.run.probing``)::
+dataset from the all-layer embedding cache and prints the table (``audioml.run.fit.probing``)::
 
     audioml-probe data=ravdess 'encoders=[efficientat_mn04,"hf_encoder model.backbone.name=/models/w2v"]' \\
         layers=all 'probes=[linear,knn]' [metric=macro_f1] [any audioml-train override ...]
@@ -37,7 +37,7 @@ def parse_command_line(argv: Sequence[str]):
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    from audioml.run.probing import PROBES, EncoderChoice, ProbeTableRequest, ProbeUsageError
+    from audioml.run.fit.probing import PROBES, EncoderChoice, ProbeTableRequest, ProbeUsageError
 
     try:
         parsed = OverridesParser.create().parse_overrides(list(argv))
@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if argv else MISTAKE_EXIT_CODE
     from audioml.entry import end_command
     from audioml.logs import quiet_third_party
-    from audioml.run.probing import format_table, run_probe_table
+    from audioml.run.fit.probing import format_table, run_probe_table
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("audioml").setLevel(logging.INFO)

@@ -25,8 +25,8 @@ def _app(cfg: DictConfig) -> float | list[float | None] | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from audioml import distributed
-    from audioml.run.training import run_evaluation_in
+    from audioml.run.fit import distributed
+    from audioml.run.fit.training import run_evaluation_in
 
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
@@ -53,7 +53,7 @@ def _app(cfg: DictConfig) -> float | list[float | None] | None:
 def _search_trial(hydra_config):
     """The Optuna trial this multirun job trains for (``audioml.search``), or ``None``: another
     sweeper's job, or a DDP rank other than zero (rank zero alone reports)."""
-    from audioml import distributed
+    from audioml.run.fit import distributed
 
     sweeper = hydra_config.sweeper
     if sweeper.get("trial") is None or not distributed.is_global_zero_process():
@@ -71,11 +71,11 @@ def main() -> None:
     except BaseException as error:
         # a multirun that raised (a job failed, the launcher refused, Ctrl-C) ends its parent MLflow run
         # and prints its summary; the sweep module is loaded only by a multirun's callback
-        sweep = sys.modules.get("audioml.run.sweep")
+        sweep = sys.modules.get("audioml.run.record.sweep")
         if sweep is not None:
             sweep.end_running_sweep(error)
         raise
-    sweep = sys.modules.get("audioml.run.sweep")
+    sweep = sys.modules.get("audioml.run.record.sweep")
     if sweep is not None and sweep.sweep_had_failures():  # a sweeper that went on past failed jobs (Optuna)
         sys.exit(1)
 

@@ -36,7 +36,7 @@ def _real_params() -> dict[str, str]:
     from omegaconf import OmegaConf
 
     from audioml.config import compose_config
-    from audioml.run.tracking import flatten_params
+    from audioml.run.record.tracking import flatten_params
 
     config = compose_config(["data=donateacry", "model=cnn", "paths.output_dir=/runs"])
     return flatten_params(OmegaConf.to_container(config, resolve=False))
@@ -64,9 +64,9 @@ def build_store(folder: Path, runs: int, jobs_per_sweep: int, epochs: int) -> st
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param, RunTag
 
-    from audioml.run import status, tracking
+    from audioml.run.record import status, tracking
+    from audioml.run.record.sweep import find_or_create_sweep_run, sweep_key
     from audioml.run.rundir import RunDir
-    from audioml.run.sweep import find_or_create_sweep_run, sweep_key
 
     uri = f"sqlite:///{folder / 'mlflow' / 'mlflow.db'}"
     (folder / "mlflow").mkdir(parents=True, exist_ok=True)

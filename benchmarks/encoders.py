@@ -55,7 +55,7 @@ def main() -> None:
         args.data_dir = None
     device = pick_device()
     from audioml.models.embedding_cache import compute_embeddings
-    from audioml.run import compose as run_compose
+    from audioml.run.fit import compose as run_compose
 
     with tempfile.TemporaryDirectory() as output:
         cfg = compose(args.data_dir, args.size, args.freeze, args.batch_size, output)

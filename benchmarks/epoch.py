@@ -106,10 +106,10 @@ def plain_epoch(loader: DataLoader, model: nn.Module, device: torch.device, auto
 
 
 def audioml_epoch(datamodule, num_classes: int, args: argparse.Namespace, device: torch.device) -> StepTimer:
-    """One epoch through ``audioml.trainer.make_trainer`` + ``AudioClassifier``; no validation,
+    """One epoch through ``audioml.run.fit.trainer.make_trainer`` + ``AudioClassifier``; no validation,
     logging or checkpointing (the same work as the plain loop)."""
     from audioml.models.classifier import AudioClassifier
-    from audioml.trainer import make_trainer
+    from audioml.run.fit.trainer import make_trainer
 
     model = AudioClassifier(backbone(num_classes, args.seed), audioml_logmel(args.sample_rate), num_classes,
                             optimizer=partial(torch.optim.Adam, lr=1e-3))
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args.work_dir = Path(temporary.name) if temporary else args.work_dir
     device = pick_device()
     from audioml.data.base import default_num_workers
-    from audioml.trainer import resolve_precision
+    from audioml.run.fit.trainer import resolve_precision
 
     workers = default_num_workers(device.type) if args.num_workers in ("auto", None) else int(args.num_workers)
     cuda = device.type == "cuda"

@@ -11,7 +11,7 @@ after the other in this process like Hydra's basic launcher does:
 - audioml: ``model.freeze=all`` (the embedding cache is on by default): the first job embeds
   every clip once, the other seven load the cache and train only the head; as in
   ``audioml-train -m``, each job's MLflow record and ``DONE`` are completed by the report worker
-  while the next job trains (``audioml.run.finishing``), and the arm ends when the last one is
+  while the next job trains (``audioml.run.record.finishing``), and the arm ends when the last one is
   complete; each job's time is printed until it returned and until its ``DONE``;
 - plain (the physical limit): one embedding pass over every clip with the same front end and
   backbone in a plain ``torch.inference_mode`` loop, then the same 8 heads, epochs, batch size,
@@ -78,7 +78,7 @@ def _built(overrides: list[str]):
     import lightning as L
 
     from audioml.api import compose_config
-    from audioml.run.compose import build_datamodule, build_model
+    from audioml.run.fit.compose import build_datamodule, build_model
 
     cfg = compose_config(overrides)
     L.seed_everything(cfg.seed, workers=True)
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     def run_arm(name: str, extra: list[str], epochs: int, fresh_cache_per_job: bool = False,
                 output: str | None = None, job_cache: Path | None = None) -> tuple[Measurement, list[dict]]:
-        from audioml.run import finishing
+        from audioml.run.record import finishing
         from audioml.run.rundir import RunDir
 
         results, run_dirs = [], []
@@ -210,12 +210,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # Decode the corpus once for every arm (not part of any arm's time).
     with measure("prepare: waveform cache", device) as prepare:
         from audioml.api import compose_config
-        from audioml.run.compose import build_datamodule
+        from audioml.run.fit.compose import build_datamodule
 
         build_datamodule(compose_config([*common, f"paths.output_dir={work / 'prepare'}", f"paths.cache_dir={cache}"]))
         # The sweep's MLflow store (an output folder's store is created once, by its first run
         # ever: MLflow's schema migrations, seconds, not part of any sweep after that).
-        from audioml.run import tracking
+        from audioml.run.record import tracking
 
         for repeat in range(args.repeats):
             audioml_store = work / f"audioml{repeat}" / "mlflow"

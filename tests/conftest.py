@@ -34,8 +34,8 @@ def shared_weights() -> Path:
 
 @pytest.fixture()
 def fresh_worker(monkeypatch: pytest.MonkeyPatch):
-    """A report worker (``audioml.figures``) of this test's own (the module keeps one per process)."""
-    from audioml import figures
+    """A report worker (``audioml.run.figures.drawing``) of this test's own (the module keeps one per process)."""
+    from audioml.run.figures import drawing as figures
 
     monkeypatch.setenv(figures.WORKER_ENV, "1")
     monkeypatch.setattr(figures, "worker_enabled", lambda: True)

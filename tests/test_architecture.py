@@ -102,4 +102,4 @@ def test_no_module_below_the_command_line_imports_an_entry_point():
 
 def test_the_checks_see_a_cycle_and_an_upward_import():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
-    assert "audioml.run.rundir" in import_graph()["audioml.run.status"]
+    assert "audioml.run.rundir" in import_graph()["audioml.run.record.status"]

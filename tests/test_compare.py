@@ -14,8 +14,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from audioml import compare
-from audioml.run import tracking
-from audioml.run.sweep import find_or_create_sweep_run
+from audioml.run.record import tracking
+from audioml.run.record.sweep import find_or_create_sweep_run
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The figure worker (audioml.figures): a figure drawn by the worker process is the figure drawn
+"""The figure worker (audioml.run.figures.drawing): a figure drawn by the worker process is the figure drawn
 in the calling process, pixel for pixel; failures are warnings, not crashed runs; a dead or
 disabled worker falls back to drawing in the caller."""
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from audioml import figures
+from audioml.run.figures import drawing as figures
 
 CLASSES = ["belly_pain", "burping", "discomfort", "hungry", "a rather long class name"]
 
@@ -50,7 +50,7 @@ def test_worker_draws_the_same_pixels_as_the_caller(tmp_path: Path, fresh_worker
 
 
 def test_a_failing_figure_is_a_warning_and_other_figures_are_drawn(tmp_path: Path, fresh_worker, caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="audioml.figures")
+    caplog.set_level(logging.WARNING, logger="audioml.run.figures.drawing")
     broken = figures.draw(figures.plot_confusion_matrix, np.zeros((2, 3, 4)), ["a", "b"], tmp_path / "broken.png")
     fine = figures.draw(figures.plot_confusion_matrix, np.eye(2, dtype=int), ["a", "b"], tmp_path / "fine.png")
     figures.wait()
@@ -122,7 +122,7 @@ def test_learning_curves_of_a_fit_in_other_processes_are_found_where_rank_zero_w
     run takes the plot and table rank zero wrote (``-m slow`` trains such a run: test_ddp.py)."""
     from types import SimpleNamespace
 
-    from audioml.reports import LearningCurves
+    from audioml.run.figures.callbacks import LearningCurves
 
     trainer = SimpleNamespace(default_root_dir=str(tmp_path))
     callback = LearningCurves()

@@ -124,7 +124,7 @@ def test_loss_configs_instantiate_with_class_counts(name):
 @pytest.mark.parametrize("name", ["ce", "weighted_ce", "focal", "bce"])
 def test_loss_configs_instantiate_on_the_meta_device(name):
     """A checkpoint's model is first built on the meta device to compare its shapes with the file's
-    weights (audioml.run.checkpoint): a class-weighted loss must build there too (its weights from
+    weights (audioml.run.use.checkpoint): a class-weighted loss must build there too (its weights from
     the counts), with the weights it has on the CPU."""
     config = OmegaConf.load(CONF / f"{name}.yaml")
     with torch.device("meta"):

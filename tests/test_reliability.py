@@ -19,13 +19,13 @@ import torch
 from helpers.datasets import make_cleaned_corpus
 from helpers.runners import run_entry_point
 
-from audioml.checkpointing import find_resume_checkpoint
 from audioml.config import compose_config
 from audioml.data.donateacry import DonateacryDataModule
-from audioml.run import tracking
-from audioml.run.compose import build_datamodule
+from audioml.run.fit.checkpointing import find_resume_checkpoint
+from audioml.run.fit.compose import build_datamodule
+from audioml.run.record import tracking
+from audioml.run.record.store import Store
 from audioml.run.rundir import RunDir
-from audioml.run.store import Store
 
 TINY = ["data=synthetic", "model=cnn", "model.backbone.channels=[8,16]", "model.backbone.dense=16",
         "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "data.num_workers=0"]
@@ -132,7 +132,7 @@ def test_a_killed_runs_partial_checkpoint_writes_are_removed_on_the_next_start(t
     orphan = run_dir / "checkpoints" / ".last-incoming.ckpt.x1y2z3.tmp"
     orphan.write_bytes(b"\0" * 1024)
     cfg = compose_config([*TINY, f"paths.output_dir={tmp_path / 'out'}", "logger.enabled=false"])
-    from audioml.run.training import run_evaluation
+    from audioml.run.fit.training import run_evaluation
 
     metrics = run_evaluation(cfg, run_dir)
     assert "test/acc" in metrics and not orphan.exists()
@@ -260,7 +260,7 @@ class SigtermWhenBuilt(L.Callback):
 
 @pytest.mark.parametrize("protocol", [[], ["evaluation=kfold", "evaluation.k=2"]], ids=["holdout", "kfold"])
 def test_a_sigterm_before_fit_ends_every_mlflow_run_killed_and_exits_143(tmp_path, protocol):  # P13
-    from audioml.run.training import run_evaluation
+    from audioml.run.fit.training import run_evaluation
 
     cfg = compose_config([*TINY, *protocol, f"paths.output_dir={tmp_path}",
                           f"+callbacks.sigterm._target_={__name__}.SigtermWhenBuilt"])
@@ -275,7 +275,7 @@ def test_a_sigterm_before_fit_ends_every_mlflow_run_killed_and_exits_143(tmp_pat
 
 
 def test_the_same_command_on_other_data_never_continues_or_reuses_the_first_run(tmp_path, caplog):  # O1/O2
-    from audioml.run.training import run_evaluation_in
+    from audioml.run.fit.training import run_evaluation_in
 
     def config(data: str):  # the data location is a path, outside the run key: one run directory for both
         return compose_config([*TINY, f"paths.output_dir={tmp_path / 'out'}", f"paths.cache_dir={tmp_path / data}"])

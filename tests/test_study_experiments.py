@@ -20,8 +20,8 @@ from audioml.api import compose_config, train
 from audioml.config import CONFIG_DIR
 from audioml.data.decoder import ClipDecoder
 from audioml.features import Preprocessed
-from audioml.run.checkpoint import model_from_record, read_record
-from audioml.run.inference import predict_files
+from audioml.run.use.checkpoint import model_from_record, read_record
+from audioml.run.use.inference import predict_files
 
 EXPERIMENT_DIR = Path(CONFIG_DIR) / "experiment"
 STUDY_EXPERIMENTS = sorted(str(p.relative_to(EXPERIMENT_DIR).with_suffix("")) for p in EXPERIMENT_DIR.glob("*/*.yaml"))

@@ -21,8 +21,8 @@ from audioml.data.ravdess import RavdessDataModule
 from audioml.data.splits import split_groups
 from audioml.data.synthetic import SyntheticDataModule
 from audioml.features import LogMel, PeakNormalize, PreEmphasis, Preprocessed, WaveformPreprocess, ZScore
-from audioml.run.checkpoint import instantiate_model
-from audioml.run.compose import build_model
+from audioml.run.fit.compose import build_model
+from audioml.run.use.checkpoint import instantiate_model
 
 
 def _waveforms(batch: int = 3, length: int = 4000, seed: int = 0) -> np.ndarray:

@@ -459,7 +459,7 @@ def _best_reports(table: FeatureTable, folder: Path, predictions_file: Path) -> 
     frame = table.rows.iloc[rows].reset_index(drop=True)
     truth = np.asarray(table.targets)[rows]
     if table.task == "classification":
-        from audioml.reports import plot_confusion_matrix
+        from audioml.run.figures.callbacks import plot_confusion_matrix
         from audioml.stats import confusion_matrices
 
         names = list(table.class_names)

@@ -42,9 +42,9 @@ class GridTracker:
     validation and test scores, artifact = the fitted pipeline (``.skops``)."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, title: str, tags: dict[str, str]) -> None:
-        from audioml.run import tracking
+        from audioml.run.record import tracking
+        from audioml.run.record.store import Store
         from audioml.run.rundir import RunDir
-        from audioml.run.store import Store
 
         store = Store.of(cfg.logger.get("tracking_uri"), cfg.paths.mlflow_dir)
         tracking.check_reachable(store.uri)
@@ -55,11 +55,11 @@ class GridTracker:
         self.client, self.parent = self.logger.experiment, self.logger.run_id
         self.experiment_id = self.logger.experiment_id
         self.tags = tags
-        self.data = None  # the feature table as the runs' dataset input (audioml.run.presentation.table_input)
+        self.data = None  # the feature table as the runs' dataset input (audioml.run.record.presentation.table_input)
 
     def log_combination(self, combination: Combination, record: dict[str, Any], grid: DictConfig,
                         pipeline_file: Path) -> str:
-        from audioml.run import presentation, tracking
+        from audioml.run.record import presentation, tracking
 
         # a child logged just before the grid was stopped (its record not yet written) is reused
         existing = self.client.search_runs([self.experiment_id], filter_string=(
@@ -155,7 +155,7 @@ def _source_table(cfg: DictConfig, node: DictConfig, source: str | None) -> tupl
         from omegaconf import open_dict
 
         from audioml.config import compose_config
-        from audioml.run.compose import build_datamodule, build_model
+        from audioml.run.fit.compose import build_datamodule, build_model
 
         choices = _choices()
         overrides = [f"model={node.model}", f"data={choices.get('data', 'synthetic')}",
@@ -179,8 +179,8 @@ def _source_table(cfg: DictConfig, node: DictConfig, source: str | None) -> tupl
                                        device, progress, name=str(node.model))
         return table, status, {f"{prefix}kind": kind, f"{prefix}model": str(node.model)}
     if kind == "checkpoint":
-        from audioml.run.checkpoint import datamodule_from_record, model_from_record, read_record
-        from audioml.run.inference import find_checkpoint
+        from audioml.run.use.checkpoint import datamodule_from_record, model_from_record, read_record
+        from audioml.run.use.inference import find_checkpoint
 
         where = f"descriptors.sources.{source}" if source else "descriptors"
         if not node.get("source"):
@@ -211,7 +211,7 @@ def _choices() -> dict[str, str]:
 
 
 def _title(cfg: DictConfig) -> str:
-    from audioml.run.presentation import grid_run_name
+    from audioml.run.record.presentation import grid_run_name
 
     choices = _choices()  # outside a Hydra app (none): the experiment, named after the data by default
     return grid_run_name(choices.get("data") or cfg.logger.get("experiment_name"), choices.get("descriptors"),
@@ -256,9 +256,9 @@ def run_classical(cfg: DictConfig, run_dir: str | Path) -> GridResult:
 
     The feature table comes first: the run directory is bound to it (``bound_run_dir``) before
     the MLflow run is opened or continued there."""
-    from audioml.run import facts, presentation, tracking
     from audioml.run.outcome import ending
-    from audioml.run.store import Store, check_reachable
+    from audioml.run.record import facts, presentation, tracking
+    from audioml.run.record.store import Store, check_reachable
     from audioml.stats import HonestScoring
 
     if cfg.logger.get("enabled", True):  # an unreachable server fails now, not after the features

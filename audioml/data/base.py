@@ -133,7 +133,7 @@ class AudioDataModule(L.LightningDataModule, ABC):
     #: Values ``data.split`` accepts (subclasses with a given split add theirs).
     split_modes: tuple[str, ...] = SPLIT_MODES
     #: Constructor arguments that act on the machine (where files are written, whether anything
-    #: is downloaded): a checkpoint's data record never sets them (``audioml.run.checkpoint``).
+    #: is downloaded): a checkpoint's data record never sets them (``audioml.run.use.checkpoint``).
     machine_arguments: tuple[str, ...] = ("cache_dir",)
 
     def __init__(self, root: str | Path, sample_rate: int = 16000, clip_seconds: float = 5.0,

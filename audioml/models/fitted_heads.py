@@ -57,7 +57,7 @@ class KNNHead(FittedHead):
     the number of training clips) with the best validation ``select_by`` (a summary metric, the
     smallest ``k`` among equals; with no validation clip the middle candidate, with a warning).
     The buffers' shapes are fixed by the constructor, so a checkpoint's record describes them
-    exactly (``audioml.run.checkpoint`` checks every tensor's shape against it); a training split
+    exactly (``audioml.run.use.checkpoint`` checks every tensor's shape against it); a training split
     larger than ``bank_size`` is refused when fitting, saying what to raise.
 
     Raises ``ValueError`` for an empty ``ks``, an unknown ``select_by`` or ``bank_size < 1``.

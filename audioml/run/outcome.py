@@ -127,7 +127,7 @@ def ending(logger) -> Iterator[None]:
     except BaseException as error:
         outcome = classify(error)
         if logger is not None and getattr(logger, "run_id", None) and outcome is not Outcome.FINISHED:
-            from audioml.run.tracking import set_status
+            from audioml.run.record.tracking import set_status
 
             try:
                 current = logger.experiment.get_run(logger.run_id).info.status
@@ -151,7 +151,7 @@ def stop_on_sigterm() -> Iterator[None]:
     cache, waiting for the run lock, opening the MLflow run, testing, writing the reports) raises
     Lightning's ``SIGTERMException`` where the run is, so that ``ending`` ends the open MLflow runs
     KILLED; the process then exits with ``PREEMPTED_EXIT_CODE``. Inside the training loop the
-    resume checkpoint takes over (``audioml.run.resume``). Outside the main thread (which alone
+    resume checkpoint takes over (``audioml.run.fit.resume``). Outside the main thread (which alone
     receives signals) it does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield

@@ -109,7 +109,7 @@ class OptunaSearch:
 
     # ----------------------------------------------------------------------------- the sweep
     def sweep(self, arguments: list[str]) -> None:
-        from audioml.run.sweep import sweep_key
+        from audioml.run.record.sweep import sweep_key
 
         config = self.config
         try:

@@ -23,7 +23,7 @@ For a set of test predictions ``HonestScoring.score`` reports:
 
 Metric definitions equal torchmetrics' (macro averages skip classes absent from both targets and
 predictions). ``test/loss`` has no interval: it is not a function of the predicted classes.
-The protocols that produce the predictions (holdout, k-fold) are ``audioml.run.protocols``.
+The protocols that produce the predictions (holdout, k-fold) are ``audioml.run.fit.protocols``.
 """
 
 from __future__ import annotations

@@ -10,10 +10,10 @@ from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 
 class CheckedSlurmLauncher(submitit_launcher.SlurmLauncher):
     """``SlurmLauncher`` whose ``launch`` first checks for SLURM's tools
-    (``audioml.run.sweep.check_slurm_tools``; imported here, not at plugin discovery)."""
+    (``audioml.run.record.sweep.check_slurm_tools``; imported here, not at plugin discovery)."""
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from audioml.run.sweep import check_slurm_tools
+        from audioml.run.record.sweep import check_slurm_tools
 
         check_slurm_tools()
         return super().launch(job_overrides, initial_job_idx)

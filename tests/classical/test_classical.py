@@ -238,8 +238,8 @@ def test_regression_grid_on_partitions_has_intervals_and_a_mean_baseline(tmp_pat
 
 @pytest.mark.slow  # trains a CRNN in a subprocess, then a 60-pipeline grid: ~40-70 s
 def test_deep_features_of_a_trained_crnn_equal_its_deep_features(tmp_path):
-    from audioml.run.checkpoint import datamodule_from_record, model_from_record, read_record
-    from audioml.run.inference import find_checkpoint
+    from audioml.run.use.checkpoint import datamodule_from_record, model_from_record, read_record
+    from audioml.run.use.inference import find_checkpoint
 
     make_muse_package(tmp_path / "data" / "muse" / "c3_muse_stress_2022", seconds=10.0)
     output = tmp_path / "out"

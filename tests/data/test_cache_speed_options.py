@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from audioml.features import LogMel
 from audioml.models.backbones.cnn import ScratchCNN
 from audioml.models.classifier import AudioClassifier
-from audioml.trainer import CompileModules, make_trainer, resolve_precision
+from audioml.run.fit.trainer import CompileModules, make_trainer, resolve_precision
 
 
 def small_model() -> AudioClassifier:

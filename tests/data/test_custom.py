@@ -15,8 +15,8 @@ from helpers.runners import find_run_dirs, read_metrics, run_entry_point
 
 from audioml.config import compose_config, user_config_dirs
 from audioml.data.custom import CsvDataModule, FolderDataModule
-from audioml.run.checkpoint import datamodule_from_record, read_record
-from audioml.run.inference import evaluate_checkpoint, predict_files
+from audioml.run.use.checkpoint import datamodule_from_record, read_record
+from audioml.run.use.inference import evaluate_checkpoint, predict_files
 
 RATE = 8000
 

@@ -180,7 +180,7 @@ def test_audioml_train_gives_a_regressor_intervals_and_the_mean_baseline(tmp_pat
     recording-bootstrap intervals and the scores of predicting the training mean (CCC 0, the MSE
     checked here against the test windows' targets)."""
     from audioml.api import compose_config, train
-    from audioml.run.compose import build_datamodule
+    from audioml.run.fit.compose import build_datamodule
 
     root = make_muse_package(tmp_path / "c3_muse_stress_2022", seconds=6.0, test_labels=True,
                              partitions={"train": ["1", "2", "3"], "devel": ["4", "5"], "test": ["6", "7", "8"]})

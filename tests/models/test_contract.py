@@ -16,7 +16,7 @@ from omegaconf import OmegaConf, open_dict
 from audioml.config import CONFIG_DIR
 from audioml.models.pretrained import get_pretrained_cfg
 from audioml.models.regressor import SequenceRegressor
-from audioml.run.compose import build_model
+from audioml.run.fit.compose import build_model
 
 MODELS = sorted(p.stem for p in Path(CONFIG_DIR, "model").glob("*.yaml"))
 #: Input-size overrides that keep CPU time small; the architecture itself is unchanged.
@@ -146,10 +146,10 @@ def test_freeze_block_name_and_unknown_name(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", [pytest.param(m, marks=pytest.mark.slow) if m in SLOW else m for m in MODELS])
 def test_every_model_rebuilds_from_a_record_on_the_meta_device(name: str, tmp_path: Path) -> None:
     """A checkpoint of any model config can be read back: the record's model builds on the meta
-    device (``audioml.run.checkpoint._check_sizes``, no memory) with exactly the shapes of the
+    device (``audioml.run.use.checkpoint._check_sizes``, no memory) with exactly the shapes of the
     real model's weights."""
     from audioml.models.base import persist_metric_states
-    from audioml.run.checkpoint import _check_sizes, _set_pretrained_false
+    from audioml.run.use.checkpoint import _check_sizes, _set_pretrained_false
 
     cfg = compose_model(name, tmp_path)
     model = build_model(cfg, [f"c{i}" for i in range(NUM_CLASSES)], [4, 4, 4])

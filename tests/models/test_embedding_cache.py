@@ -146,8 +146,8 @@ def _compose(output_dir: Path, run_name: str, *overrides: str):
 
 
 def test_cached_training_reuses_embeddings_and_checkpoint_runs_on_waveforms(tmp_path, caplog):
-    from audioml.run.inference import evaluate_checkpoint
-    from audioml.run.training import train
+    from audioml.run.fit.training import train
+    from audioml.run.use.inference import evaluate_checkpoint
 
     caplog.set_level(logging.INFO, logger="audioml")
     first = _compose(tmp_path, "a")
@@ -233,8 +233,8 @@ def test_a_batch_limit_keeps_the_configured_evaluation_batches(data_root, tmp_pa
     what it means (and a fraction of one batch is refused by Lightning)."""
     import lightning as L
 
-    from audioml.run.head_only import HeadOnlyCheckpoints, add_head_only_checkpoints
-    from audioml.run.resume import ResumeCheckpoint
+    from audioml.run.fit.head_only import HeadOnlyCheckpoints, add_head_only_checkpoints
+    from audioml.run.fit.resume import ResumeCheckpoint
 
     datamodule = make_datamodule(data_root, tmp_path / "cache", batch_size=2)
     model = make_model()
@@ -254,7 +254,7 @@ def test_a_run_failing_after_its_fit_still_logs_its_learning_curves(tmp_path, mo
     not leave them out of MLflow."""
     from mlflow import MlflowClient
 
-    from audioml.run.training import TrainingRun, train
+    from audioml.run.fit.training import TrainingRun, train
 
     cfg = _compose(tmp_path, "failing", "logger=mlflow", "logger.experiment_name=synthetic", "trainer.max_epochs=1",
                    "logger.system_metrics=false")

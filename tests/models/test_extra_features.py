@@ -13,8 +13,8 @@ import torch
 
 from audioml.api import compose_config, train
 from audioml.features.smile import SmileInput, SmileSettings
-from audioml.run.checkpoint import model_from_record, read_record
-from audioml.run.export import ExportError, export_checkpoint
+from audioml.run.use.checkpoint import model_from_record, read_record
+from audioml.run.use.export import ExportError, export_checkpoint
 
 opensmile = pytest.importorskip("opensmile", reason="the opensmile extra (pip install -e '.[opensmile]')")
 
@@ -79,7 +79,7 @@ def test_export_refuses_a_model_whose_head_takes_opensmile_features(extra_run, t
 
 
 def test_mixup_token_heads_and_sequence_regressors_refuse_extra_features(tmp_path):
-    from audioml.run.compose import build_model
+    from audioml.run.fit.compose import build_model
 
     cfg = compose_config([*QUICK, HEAD, "augmentation=mixup", f"paths.output_dir={tmp_path}"])
     with pytest.raises(Exception, match="mixup mixes spectrograms"):  # Hydra wraps the ValueError

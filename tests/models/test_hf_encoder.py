@@ -25,10 +25,10 @@ from audioml.models.backbones.hf_encoder import FAMILIES, HFAudioEncoder, conv_o
 from audioml.models.embedding_cache import module_fingerprint
 from audioml.models.heads import LayerWeightedHead
 from audioml.models.pretrained import PRETRAINED_CFGS
-from audioml.run.checkpoint import model_from_record, read_record
-from audioml.run.compose import build_model
-from audioml.run.export import export_checkpoint
-from audioml.run.inference import predict_files
+from audioml.run.fit.compose import build_model
+from audioml.run.use.checkpoint import model_from_record, read_record
+from audioml.run.use.export import export_checkpoint
+from audioml.run.use.inference import predict_files
 
 RATES = {"clap": 48000}
 

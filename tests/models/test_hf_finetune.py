@@ -13,11 +13,11 @@ import torch
 from helpers.encoders import save_encoder
 from helpers.runners import find_run_dirs, read_metrics, run_entry_point
 
-from audioml.checkpointing import AtomicCheckpointIO, find_resume_checkpoint
 from audioml.config import compose_config as compose
 from audioml.models.schedules import WarmupCosine, warmup_cosine_factor
-from audioml.run import compose as run_compose
-from audioml.run import resume
+from audioml.run.fit import compose as run_compose
+from audioml.run.fit import resume
+from audioml.run.fit.checkpointing import AtomicCheckpointIO, find_resume_checkpoint
 from audioml.run.rundir import RunDir
 
 

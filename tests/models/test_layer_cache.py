@@ -120,7 +120,7 @@ def _compose(output_dir: Path, *overrides: str):
 
 
 def test_a_layer_sweep_of_probe_runs_embeds_once(tmp_path, compute_calls):
-    from audioml.run.training import train
+    from audioml.run.fit.training import train
 
     results = {}
     for probe, layer in (("linear", 0), ("linear", 2), ("mlp", "weighted"), ("knn", 1)):

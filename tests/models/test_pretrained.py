@@ -33,7 +33,7 @@ from audioml.models.pretrained import (
     load_pretrained,
     weights_folder,
 )
-from audioml.run.compose import build_model
+from audioml.run.fit.compose import build_model
 
 
 @pytest.fixture()

@@ -16,7 +16,7 @@ from audioml.config import CONFIG_DIR
 from audioml.data.audio import load_audio
 from audioml.models.backbones.efficientat import EfficientATMobileNet
 from audioml.models.pretrained import file_sha256, get_pretrained_cfg, load_pretrained
-from audioml.run.compose import build_model
+from audioml.run.fit.compose import build_model
 
 RECORD = get_pretrained_cfg("efficientat_mn04_as")
 SPEECH, CRYING, BABY_CRY = 0, 22, 23

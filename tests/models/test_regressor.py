@@ -19,7 +19,7 @@ from audioml.features import LogMel
 from audioml.losses import CCCLoss, CrossEntropyLoss, MSELoss
 from audioml.metrics import concordance_cc, regression_metrics
 from audioml.models.regressor import SequenceRegressor
-from audioml.run.compose import build_model
+from audioml.run.fit.compose import build_model
 
 SAMPLE_RATE = 16000
 WINDOW = 8000                # 0.5 s, the MuSe label step

@@ -20,8 +20,8 @@ from helpers.runners import find_run_dirs, read_metrics, run_entry_point
 
 from audioml.config import compose_config
 from audioml.data.decoder import ClipDecoder
-from audioml.run.checkpoint import FORMAT, UntrustedCheckpointError, check_record, read_record
-from audioml.run.inference import evaluate_checkpoint, predict_files
+from audioml.run.use.checkpoint import FORMAT, UntrustedCheckpointError, check_record, read_record
+from audioml.run.use.inference import evaluate_checkpoint, predict_files
 
 SMALL = ["model=cnn", "model.backbone.channels=[8,16]", "model.backbone.dense=16", "data.num_workers=0",
          "trainer.enable_progress_bar=false"]

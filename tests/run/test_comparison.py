@@ -1,4 +1,4 @@
-"""Two runs compared on the same test items (``audioml.run.comparison``, ``audioml-compare A B``,
+"""Two runs compared on the same test items (``audioml.run.use.comparison``, ``audioml-compare A B``,
 ``--sweep --paired``): pairing by file identity, refusals that say what differs, the paired
 statistics of classifiers and regressors, Holm over a sweep, and the MLflow comparison record,
 on predictions tables as runs write them and a real MLflow store in a temp dir."""
@@ -13,9 +13,9 @@ import pytest
 from mlflow import MlflowClient
 
 from audioml import compare
-from audioml.run import tracking
-from audioml.run.comparison import ItemMismatchError, ScoredRun, compare_runs, load_run
-from audioml.run.sweep import find_or_create_sweep_run
+from audioml.run.record import tracking
+from audioml.run.record.sweep import find_or_create_sweep_run
+from audioml.run.use.comparison import ItemMismatchError, ScoredRun, compare_runs, load_run
 from audioml.stats import holm_adjust
 
 CLASSES = ["hungry", "tired", "burping"]

@@ -14,8 +14,8 @@ from helpers.runners import read_metrics
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
 from audioml.data.ravdess import EMOTIONS
-from audioml.run.emobox import EmoBox, emobox_scores
-from audioml.run.protocols import RunResult
+from audioml.run.fit.emobox import EmoBox, emobox_scores
+from audioml.run.fit.protocols import RunResult
 from audioml.stats import confusion_matrices
 
 
@@ -118,7 +118,7 @@ def test_the_protocol_refuses_data_it_cannot_run_on_saying_what_to_do():
 
 def test_emobox_end_to_end_on_generated_ravdess(tmp_path):
     from audioml.config import compose_config
-    from audioml.run.training import run_evaluation
+    from audioml.run.fit.training import run_evaluation
 
     data = make_ravdess(tmp_path / "data" / "ravdess", actors=(1, 2, 3, 5), statements=(1,))
     common = ("data=ravdess", f"data.root={data}", "model=cnn", "model.backbone.channels=[4,8]",

@@ -10,8 +10,8 @@ import shutil
 import pytest
 from helpers.runners import find_run_dirs, read_metrics, run_entry_point
 
-from audioml.run.inference import evaluated_checkpoint
 from audioml.run.rundir import RunDir
+from audioml.run.use.inference import evaluated_checkpoint
 
 QUIET = ["trainer.enable_progress_bar=false", "data.num_workers=0", "evaluation.bootstrap_samples=0"]
 

@@ -9,7 +9,7 @@ import torch
 import torchmetrics.classification as tm
 
 from audioml import stats as ev
-from audioml.run.protocols import Holdout, KFold
+from audioml.run.fit.protocols import Holdout, KFold
 from audioml.stats import scoring
 
 NAMES = ["a", "b", "c", "d"]

@@ -24,8 +24,8 @@ from helpers.runners import SHARED, run_entry_point
 from audioml.api import compose_config, train
 from audioml.data.decoder import ClipDecoder
 from audioml.data.synthetic import _render_clip
-from audioml.run.checkpoint import model_from_record, read_record
-from audioml.run.export import CONTRACT_KEY, ExportError, ParityError, export_checkpoint
+from audioml.run.use.checkpoint import model_from_record, read_record
+from audioml.run.use.export import CONTRACT_KEY, ExportError, ParityError, export_checkpoint
 
 TOLERANCE = 1e-4
 CRIES = SHARED / "data" / "donateacry-corpus" / "donateacry_corpus_cleaned_and_updated_data"

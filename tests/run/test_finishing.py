@@ -1,4 +1,4 @@
-"""A run's MLflow record completed in the background (audioml.run.finishing): inside a scope the
+"""A run's MLflow record completed in the background (audioml.run.record.finishing): inside a scope the
 report worker completes it while the next run trains, with the same MLflow runs and files as
 inline; the run directory stays locked until DONE; a worker that ends first leaves the finish to
 the caller; a finish that fails marks the MLflow run FAILED with its traceback and is returned.
@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from audioml import figures
 from audioml.api import compose_config, train
 from audioml.files import exclusive_lock, lock_is_held
-from audioml.run import finishing
+from audioml.run.figures import drawing as figures
+from audioml.run.record import finishing
 
 TINY = ["data=synthetic", "data.clips_per_class=4", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
         "evaluation.bootstrap_samples=0"]
@@ -62,7 +62,7 @@ def test_runs_of_a_scope_complete_in_the_worker_as_they_would_inline(tmp_path: P
 
 
 def _stopped_worker() -> int:
-    assert figures.start(preload_tasks=True)
+    assert figures.start(preload=[finishing.__name__])
     pid = figures._worker.process.pid
     os.kill(pid, signal.SIGSTOP)
     return pid
@@ -160,9 +160,9 @@ def test_the_worker_lines_of_a_run_go_to_its_own_log_not_to_the_job_training_mea
     root.addHandler(job_log)
     caplog.set_level(logging.INFO, logger="audioml")
     try:
-        logging.getLogger("audioml.run.training").info("a line of the job training now")
-        answer = {"logs": [[logging.INFO, "audioml.run.serving", "MLflow model logged: runs:/abc/model"],
-                           [logging.DEBUG, "audioml.run.serving", "a debug line, below the level"]]}
+        logging.getLogger("audioml.run.fit.training").info("a line of the job training now")
+        answer = {"logs": [[logging.INFO, "audioml.run.use.serving", "MLflow model logged: runs:/abc/model"],
+                           [logging.DEBUG, "audioml.run.use.serving", "a debug line, below the level"]]}
         finishing._log_answer(answer, {"run_dir": str(finished), "log_file": str(finished / "train.log")})
     finally:
         root.removeHandler(job_log)

@@ -15,10 +15,10 @@ import torch
 from mlflow import MlflowClient
 
 from audioml.api import compose_config, train
-from audioml.run import compose as run_compose
-from audioml.run import training
-from audioml.run.head_only import HEAD_ONLY_KEY, HeadOnlyCheckpointError, HeadOnlyCheckpoints, frozen_keys
-from audioml.run.inference import predict_files
+from audioml.run.fit import compose as run_compose
+from audioml.run.fit import training
+from audioml.run.fit.head_only import HEAD_ONLY_KEY, HeadOnlyCheckpointError, HeadOnlyCheckpoints, frozen_keys
+from audioml.run.use.inference import predict_files
 
 MLP = "{_target_:audioml.models.heads.MLPHead,_partial_:true,hidden:32,dropout:0.3}"
 
@@ -118,7 +118,7 @@ def test_the_finished_run_leaves_full_checkpoints_that_predict_on_waveforms(runs
 
 def test_a_head_trained_on_other_backbone_weights_is_refused(runs):
     _, run_dir = runs["resumed"]
-    from audioml.run.checkpoint import model_from_record, read_record
+    from audioml.run.use.checkpoint import model_from_record, read_record
 
     record, state = read_record(run_dir / "checkpoints" / "last.ckpt")
     model = model_from_record(record, state)
@@ -132,7 +132,7 @@ def test_a_head_trained_on_other_backbone_weights_is_refused(runs):
 
 
 def test_eval_and_predict_refuse_a_head_only_checkpoint_saying_how_to_finish_it(runs, tmp_path):
-    from audioml.run.checkpoint import read_record
+    from audioml.run.use.checkpoint import read_record
 
     path = tmp_path / "last.ckpt"
     torch.save(runs["interrupted"]["last"], path)

@@ -17,11 +17,11 @@ from helpers.runners import find_run_dirs, read_metrics, run_entry_point
 from mlflow import MlflowClient
 
 from audioml.files import file_digest
-from audioml.run.checkpoint import model_from_record, read_record
-from audioml.run.export import export_checkpoint
-from audioml.run.inference import OutputModel, find_checkpoint
-from audioml.run.lineage import Lineage, check_registration, parse_model_uri, resolve
+from audioml.run.record.lineage import Lineage, check_registration, parse_model_uri, resolve
 from audioml.run.rundir import RunDir
+from audioml.run.use.checkpoint import model_from_record, read_record
+from audioml.run.use.export import export_checkpoint
+from audioml.run.use.inference import OutputModel, find_checkpoint
 
 QUIET = ["trainer.enable_progress_bar=false", "data.num_workers=0"]
 

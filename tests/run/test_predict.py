@@ -25,8 +25,8 @@ from helpers.runners import find_run_dirs, run_entry_point
 
 from audioml.data.decoder import ClipDecoder
 from audioml.data.synthetic import _render_clip
-from audioml.run.checkpoint import model_from_record, read_record
-from audioml.run.inference import Predictor, collect_inputs, find_checkpoint
+from audioml.run.use.checkpoint import model_from_record, read_record
+from audioml.run.use.inference import Predictor, collect_inputs, find_checkpoint
 
 QUIET = ["trainer.enable_progress_bar=false", "data.num_workers=0"]
 RATE = 16000

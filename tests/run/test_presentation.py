@@ -1,6 +1,6 @@
 """What the MLflow UI shows of audioml's runs, read back through MLflow's API on a real store: the
 experiment kind, the names of sweep and grid parents, the data as a dataset input, the saved view
-with its columns and charts (``audioml.run.presentation``)."""
+with its columns and charts (``audioml.run.record.presentation``)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from mlflow import MlflowClient
 
 from audioml.data.synthetic import SyntheticDataModule
-from audioml.run import presentation, tracking
-from audioml.run.compose import data_tags
-from audioml.run.sweep import find_or_create_sweep_run
+from audioml.run.fit.compose import data_tags
+from audioml.run.record import presentation, tracking
+from audioml.run.record.sweep import find_or_create_sweep_run
 
 VIEW_TAG = f"mlflow.sharedViewState.{presentation.VIEW_KEY}"
 

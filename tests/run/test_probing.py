@@ -16,7 +16,7 @@ from helpers.encoders import save_encoder
 
 import audioml.models.embedding_cache as embedding_cache
 from audioml.probe import main, parse_command_line
-from audioml.run.probing import EncoderChoice, ProbeUsageError, choose_layer, parse_layers
+from audioml.run.fit.probing import EncoderChoice, ProbeUsageError, choose_layer, parse_layers
 
 
 def test_layers_encoders_and_the_command_line_parse():
@@ -80,8 +80,8 @@ def compute_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def test_probe_table_end_to_end_with_real_efficientat_and_a_saved_wav2vec2(shared_weights, tmp_path, compute_calls,
                                                                              capsys, monkeypatch):
     from audioml.config import compose_config
-    from audioml.run.inference import evaluate_checkpoint, predict_files
     from audioml.run.rundir import RunDir
+    from audioml.run.use.inference import evaluate_checkpoint, predict_files
 
     weights = shared_weights / "efficientat-mn04"
     if not any(weights.glob("*.pt")):

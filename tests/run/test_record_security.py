@@ -13,9 +13,9 @@ import torch
 from helpers.runners import run_entry_point
 
 from audioml.config import compose_config
-from audioml.run.checkpoint import MAX_CLASSES, UntrustedCheckpointError, datamodule_from_record, read_record
-from audioml.run.export import export_checkpoint
-from audioml.run.inference import evaluate_checkpoint, predict_files
+from audioml.run.use.checkpoint import MAX_CLASSES, UntrustedCheckpointError, datamodule_from_record, read_record
+from audioml.run.use.export import export_checkpoint
+from audioml.run.use.inference import evaluate_checkpoint, predict_files
 
 
 class _Payload:
@@ -137,7 +137,7 @@ def test_a_record_never_chooses_a_weights_folder_or_a_hub_repository(tiny_run, t
 
     from audioml.models.backbones.imagenet import ImageNetCNN
     from audioml.models.base import persist_metric_states
-    from audioml.run.checkpoint import instantiate_model, model_from_record
+    from audioml.run.use.checkpoint import instantiate_model, model_from_record
 
     cfg = compose_config(["data=synthetic", "model=efficientat_mn04", "model.pretrained=false"])
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)

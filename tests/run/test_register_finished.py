@@ -8,7 +8,7 @@ from conftest import TINY
 from mlflow import MlflowClient
 
 from audioml.api import compose_config, train
-from audioml.run.inference import Predictor
+from audioml.run.use.inference import Predictor
 
 
 def test_registering_a_finished_run_needs_no_retraining(tiny_run, tmp_path):

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from audioml.api import train
 from audioml.config import compose_config
-from audioml.run.inference import find_checkpoint
+from audioml.run.use.inference import find_checkpoint
 
 TINY = ["data=synthetic", "model=cnn", "model.backbone.channels=[8,16]", "model.backbone.dense=16",
         "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "data.num_workers=0",

@@ -17,13 +17,14 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mlflow import MlflowClient
 
 from audioml import config as entry
-from audioml.checkpointing import AtomicCheckpointIO, checkpoint_is_intact, find_resume_checkpoint
 from audioml.data.resumable import EpochRandomSampler, EpochWeightedRandomSampler, ResumableDataLoader
-from audioml.run import compose as run_compose
-from audioml.run import resume, tracking
+from audioml.run.fit import compose as run_compose
+from audioml.run.fit import resume
+from audioml.run.fit.checkpointing import AtomicCheckpointIO, checkpoint_is_intact, find_resume_checkpoint
 from audioml.run.outcome import PREEMPTED_EXIT_CODE, ending, stop_on_sigterm
+from audioml.run.record import tracking
+from audioml.run.record.store import Store
 from audioml.run.rundir import RunDir
-from audioml.run.store import Store
 
 
 def _loader(items, sampler, batch_size=4, workers=0):
@@ -88,7 +89,7 @@ def test_a_truncated_last_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
     io.save_checkpoint({"step": torch.tensor(2)}, last)
     assert find_resume_checkpoint(run) == last
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # torn write
-    with caplog.at_level(logging.WARNING, logger="audioml.checkpointing"):
+    with caplog.at_level(logging.WARNING, logger="audioml.run.fit.checkpointing"):
         found = find_resume_checkpoint(run)
     assert found == previous and "damaged" in caplog.text
     assert (run.checkpoints / "last.ckpt.damaged").is_file() and not last.exists()

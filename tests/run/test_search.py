@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from audioml import compare
-from audioml.run import status
+from audioml.run.record import status
 from audioml.run.rundir import RunDir
 from audioml.search import trials as search_trials
 from audioml.search.storage import open_storage

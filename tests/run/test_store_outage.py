@@ -12,8 +12,8 @@ from helpers.servers import HangingServer, start_mlflow_server, stop_mlflow_serv
 from mlflow import MlflowClient
 
 from audioml.api import compose_config, train
-from audioml.run.store import HTTP_DEFAULTS, check_reachable
-from audioml.run.training import TrackingStoreError
+from audioml.run.fit.training import TrackingStoreError
+from audioml.run.record.store import HTTP_DEFAULTS, check_reachable
 
 TINY = ["data=synthetic", "model=cnn", "model.backbone.channels=[8,16]", "model.backbone.dense=16",
         "data.num_workers=0", "trainer.enable_progress_bar=false", "logger.system_metrics=false"]

@@ -1,4 +1,4 @@
-"""``audioml.run.store_reader``: the SQLite reader returns what MLflow's own client returns, on a
+"""``audioml.run.record.store_reader``: the SQLite reader returns what MLflow's own client returns, on a
 real store (the trusted reference), and refuses a file that is not a store it knows."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from audioml.compare import collect_runs
-from audioml.run import status, tracking
-from audioml.run.store_reader import ClientReader, SqliteReader, UnreadableStore, reader
+from audioml.run.record import status, tracking
+from audioml.run.record.store_reader import ClientReader, SqliteReader, UnreadableStore, reader
 
 
 @pytest.fixture(scope="module")

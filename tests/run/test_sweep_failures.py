@@ -18,7 +18,7 @@ import torch
 from mlflow import MlflowClient
 
 from audioml import compare
-from audioml.run.sweep import LauncherUnavailableError, check_slurm_tools
+from audioml.run.record.sweep import LauncherUnavailableError, check_slurm_tools
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["data=synthetic", "data.clips_per_class=4", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
@@ -146,7 +146,7 @@ def test_status_of_the_failed_sweep(failing_sweep, capsys):
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: no report worker, records completed inline")
 def test_jobs_whose_record_fails_after_training_are_failed_jobs(tmp_path, monkeypatch):
     """The MLflow model is logged by the report worker while the next job trains
-    (audioml.run.finishing): a registration MLflow refuses fails those jobs, recorded as any other
+    (audioml.run.record.finishing): a registration MLflow refuses fails those jobs, recorded as any other
     failure (each one when the worker answers)."""
     monkeypatch.setenv("AUDIOML_FIGURE_WORKER", "1")
     process = _sweep(tmp_path, "seed=1,2", "logger.register_model='bad:name'", "evaluation.bootstrap_samples=0")

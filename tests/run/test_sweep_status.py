@@ -21,7 +21,7 @@ from scipy import stats as scipy_stats
 
 from audioml import compare
 from audioml.files import exclusive_lock
-from audioml.run import status
+from audioml.run.record import status
 from audioml.run.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -150,7 +150,7 @@ def test_seed_aggregate_of_a_two_config_three_seed_sweep(tmp_path, capsys):
     (parent,) = [r for r in runs if r.data.tags.get("audioml.role") == "sweep"]
     children = [r for r in runs if r.data.tags.get("audioml.role") != "sweep"]
     assert len(children) == 6
-    # what the MLflow UI shows (audioml.run.presentation): the parent named after what the sweep varies,
+    # what the MLflow UI shows (audioml.run.record.presentation): the parent named after what the sweep varies,
     # each job's data as its dataset input, the experiment as model training with the audioml view
     assert parent.info.run_name == "sweep dense x seed (6 jobs)"
     for child in children:
@@ -191,8 +191,8 @@ def test_a_job_refused_before_its_run_opens_is_recorded_on_the_parent(tmp_path, 
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from audioml.run import tracking
-    from audioml.run.sweep import MLflowSweepCallback
+    from audioml.run.record import tracking
+    from audioml.run.record.sweep import MLflowSweepCallback
 
     uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
     (tmp_path / "mlflow").mkdir()

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from audioml.run import facts, tracking
+from audioml.run.record import facts, tracking
+from audioml.run.record.store import Store
+from audioml.run.record.sweep import find_or_create_sweep_run, sweep_key
 from audioml.run.rundir import RunDir
-from audioml.run.store import Store
-from audioml.run.sweep import find_or_create_sweep_run, sweep_key
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ import sys, time
 from pathlib import Path
 from audioml.run import facts, tracking
 from audioml.run.rundir import RunDir
-from audioml.run.store import Store
+from audioml.run.record.store import Store
 uri, index, folder = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 (folder / f"ready{index}").touch()
 while not (folder / "go").exists():  # all four start on the fresh store at the same moment

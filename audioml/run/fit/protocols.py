@@ -1,7 +1,7 @@
 """Evaluation protocols over in-memory run results (``evaluation=holdout|kfold``).
 
 A protocol says which trainings a configuration needs and how their results combine; it never
-trains, reads files or talks to MLflow itself. ``audioml.run.training.run_evaluation`` hands it
+trains, reads files or talks to MLflow itself. ``audioml.run.fit.training.run_evaluation`` hands it
 ``train_fold(fold) -> RunResult`` and writes what it returns.
 
 - ``Holdout``: one training on the DataModule's grouped train/val/test split.
@@ -57,7 +57,7 @@ class KFoldResult:
 class EvaluationProtocol(HonestScoring):
     """Honest-scoring settings (``audioml.stats.HonestScoring``) plus the folds to train and
     ``temperature_scaling``: fit a classifier's temperature on its validation split after the
-    test (``audioml.run.calibration``)."""
+    test (``audioml.run.fit.calibration``)."""
 
     #: Folds to train; ``None`` means a single run on the DataModule's own holdout split.
     num_folds: int | None = None

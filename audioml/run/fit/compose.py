@@ -18,16 +18,16 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
-from audioml import distributed
-from audioml.checkpointing import AtomicCheckpointIO
 from audioml.errors import UserError
 from audioml.features.preprocess import Preprocessed
 from audioml.models.base import AudioModule
-from audioml.run import facts, tracking
-from audioml.run.checkpoint import instantiate_model
-from audioml.run.resume import ResumeCheckpoint
+from audioml.run.fit import distributed
+from audioml.run.fit.checkpointing import AtomicCheckpointIO
+from audioml.run.fit.resume import ResumeCheckpoint
+from audioml.run.record import facts, tracking
+from audioml.run.record.store import Store
 from audioml.run.rundir import RunDir
-from audioml.run.store import Store
+from audioml.run.use.checkpoint import instantiate_model
 
 __all__ = [
     "build_datamodule",
@@ -178,7 +178,7 @@ def data_tags(datamodule) -> dict[str, str]:
     """``data.fingerprint``: paths (relative to the dataset root), sizes and targets of the
     manifest, so runs on the same data compare alike on every machine; ``data.clips``. Both
     count the data read, not the offline augmentation's copies (a function of the config and
-    the split): a run directory is bound to this fingerprint (``audioml.run.training``)."""
+    the split): a run directory is bound to this fingerprint (``audioml.run.fit.training``)."""
     manifest = getattr(datamodule, "manifest", None)
     if manifest is None or "path" not in manifest:
         return {}

@@ -11,11 +11,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from audioml import figures, reports
 from audioml.models.base import AudioModule
-from audioml.run.items import with_item_identity
-from audioml.run.protocols import EvaluationProtocol, KFoldResult, RunResult
+from audioml.run.figures import callbacks as reports
+from audioml.run.figures import drawing as figures
+from audioml.run.fit.protocols import EvaluationProtocol, KFoldResult, RunResult
 from audioml.run.rundir import RunDir
+from audioml.run.use.items import with_item_identity
 from audioml.stats import per_class_table
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ __all__ = ["honest_test_scores", "regression_test_scores", "write_run_reports", 
 def honest_test_scores(protocol: EvaluationProtocol, model: AudioModule, datamodule,
                        run: RunDir) -> tuple[dict[str, float], list[Path]]:
     """Intervals, baseline, permutation test, calibration (and the collapsed task) of a tested
-    classifier, with their plots (started with ``audioml.figures.draw``: ``figures.wait`` before
+    classifier, with their plots (started with ``audioml.run.figures.drawing.draw``: ``figures.wait`` before
     reading them); for a tested regressor its intervals and mean baseline
     (``regression_test_scores``); ``({}, [])`` for anything else. Point estimates are the model's own."""
     outputs = model.test_outputs()
@@ -103,7 +104,7 @@ def regression_test_scores(protocol: EvaluationProtocol, model, datamodule) -> d
 def write_run_reports(model: AudioModule, datamodule, run: RunDir,
                       metrics: dict[str, float]) -> tuple[RunResult, list[Path]]:
     """Write the metrics and the per-class files of a tested run; returns its ``RunResult`` and
-    the paths written (the confusion matrix started with ``audioml.figures.draw``)."""
+    the paths written (the confusion matrix started with ``audioml.run.figures.drawing.draw``)."""
     files, predictions = [run.write_metrics(metrics)], None
     outputs = model.test_outputs()
     class_names = list(datamodule.class_names)
@@ -112,7 +113,7 @@ def write_run_reports(model: AudioModule, datamodule, run: RunDir,
                                   run.confusion_figure))
         per_class_table(outputs.confusion.numpy(), class_names).to_csv(run.per_class_file, index=False)
         files.append(run.per_class_file)
-    root = datamodule.root  # items named by their files (audioml.run.items)
+    root = datamodule.root  # items named by their files (audioml.run.use.items)
     if outputs is not None and outputs.probabilities is not None:
         predictions = with_item_identity(reports.predictions_table(
             datamodule.split_manifest("test"), outputs.probabilities.numpy(), outputs.targets.numpy(),

@@ -2,7 +2,7 @@
 diagram) and the worker process that draws them beside training.
 
 Why a worker: matplotlib draws in Python, 0.15-0.4 s a figure on a 2-core machine, and a
-head-only job (``audioml.run.head_only``) that trains in about a second on one core spent as
+head-only job (``audioml.run.fit.head_only``) that trains in about a second on one core spent as
 long again on its four figures. :func:`draw` hands a figure to a worker process on another
 core and returns its path at once; the job tests, writes its tables and logs its MLflow model
 meanwhile, and :func:`wait` (before the files are logged, in ``TrainingRun`` and
@@ -10,14 +10,14 @@ meanwhile, and :func:`wait` (before the files are logged, in ``TrainingRun`` and
 ``AUDIOML_FIGURE_WORKER=0``, a worker that cannot start or dies) the figures are drawn in the
 calling process, as before: same files, same pixels.
 
-The worker is ``python -m audioml.figures``, started once per process (:func:`start`). It
+The worker is ``python -m audioml.run.figures.drawing``, started once per process (:func:`start`). It
 imports matplotlib, NumPy and pandas only, and reads requests from its stdin: a JSON header
 naming one of :data:`PLOTS` and its arguments, with arrays as ``.npy`` payloads read with
 ``allow_pickle=False`` (nothing is unpickled on either side).
 
-The same worker runs the few other jobs of a finished run that need not hold up the next one,
-named in :data:`TASKS` (:func:`run_task`): completing a run's MLflow record while the next job
-of a sweep trains (``audioml.run.finishing``; it imports MLflow for that, never torch). A task's
+The same worker runs the few other jobs of a finished run that need not hold up the next one
+(:func:`run_task`, functions marked :func:`worker_task` by their module): completing a run's
+MLflow record while the next job of a sweep trains. A task's
 log lines come back with its answer. The worker runs at a lower CPU priority than the run it
 serves, ignores Ctrl-C and SIGTERM (meant for the run: it completes what it was sent and ends
 when the run closes its stdin), and is stopped by :func:`stop_worker` when it does not answer.
@@ -49,8 +49,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["plot_confusion_matrix", "plot_learning_curves", "plot_embedding_pca", "plot_reliability_diagram",
            "plot_layer_weights", "pca_2d",
-           "PLOTS", "TASKS", "draw",
-           "wait", "run_task", "start", "stop_worker", "worker_enabled"]
+           "PLOTS", "draw", "wait", "worker_task", "run_task", "start", "stop_worker", "worker_enabled"]
 
 def _figure(width: float, height: float):
     """A matplotlib ``Figure`` on the Agg canvas, outside pyplot (no global figure list to
@@ -231,12 +230,11 @@ def plot_layer_weights(layers: Sequence[int], weights: Sequence[float], path: st
 PLOTS: dict[str, Callable[..., Path]] = {f.__name__: f for f in (plot_confusion_matrix, plot_learning_curves,
                                                                   plot_embedding_pca, plot_reliability_diagram,
                                                                   plot_layer_weights)}
-#: The other jobs the worker runs (:func:`run_task`), by name: ``"module:function"``, imported in
-#: the worker when first asked for. Only these names are accepted from the wire.
-TASKS: dict[str, str] = {"finish_run": "audioml.run.finishing:finish_in_worker"}
+#: The attribute :func:`worker_task` sets: the only functions the worker runs besides :data:`PLOTS`.
+_TASK_MARK = "_audioml_worker_task"
 #: Environment variable: ``0`` draws every figure (and runs every task) in the calling process.
 WORKER_ENV = "AUDIOML_FIGURE_WORKER"
-_PRELOAD_ENV = "_AUDIOML_WORKER_PRELOAD"  # set by the caller: import the tasks' modules at start
+_PRELOAD_ENV = "_AUDIOML_WORKER_PRELOAD"  # set by the caller: the modules whose preload() runs at start
 _HEADER = struct.Struct(">Q")  # the length of each frame on the pipes
 _MAX_FRAME = 4 << 30
 
@@ -321,9 +319,9 @@ class _Worker:
     embedding matrix) would otherwise block the caller until the worker finished the figure
     before it."""
 
-    def __init__(self, preload_tasks: bool = False) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", _PRELOAD_ENV: "1" if preload_tasks else "0"}
-        self.process = subprocess.Popen([sys.executable, "-m", "audioml.figures"], stdin=subprocess.PIPE,
+    def __init__(self, preload: Sequence[str] = ()) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", _PRELOAD_ENV: ",".join(preload)}
+        self.process = subprocess.Popen([sys.executable, "-m", "audioml.run.figures.drawing"], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, env=env)
         self.lock = threading.Lock()
         self.pending: dict[int, tuple[Future, str, dict[str, Any]]] = {}
@@ -421,9 +419,10 @@ def _forget_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
-def start(preload_tasks: bool = False) -> bool:
-    """Start the worker process now (it imports matplotlib while the caller trains, and with
-    ``preload_tasks`` what :data:`TASKS` need); returns whether figures will go to it. Called by
+def start(preload: Sequence[str] = ()) -> bool:
+    """Start the worker process now (it imports matplotlib while the caller trains, and runs the
+    ``preload()`` of the audioml modules named in ``preload``: what their tasks need); returns
+    whether figures will go to it. Called by
     ``TrainingRun`` on rank zero; :func:`draw` starts it too. A worker that ended before
     answering anything is not started again (it cannot start here); one that ended later is
     replaced."""
@@ -437,7 +436,7 @@ def start(preload_tasks: bool = False) -> bool:
         if _worker_failed or not worker_enabled():
             return False
         try:
-            _worker = _Worker(preload_tasks)
+            _worker = _Worker(preload)
         except OSError as error:
             _worker_failed = True
             log.info("figures are drawn in this process (no worker process: %s)", error)
@@ -470,13 +469,33 @@ def draw(plot: Callable[..., Path], *args: Any, **kwargs: Any) -> Path:
     return path
 
 
-def run_task(name: str, arguments: dict[str, Any]) -> Future | None:
-    """Start task ``name`` (one of :data:`TASKS`) in the worker; its future's result is the
-    answer ``{"result", "error", "traceback", "logs"}``, or ``{"lost": True}`` when the worker
-    ended before answering. ``None`` when no worker runs or the arguments cannot be sent: the
-    caller runs the task itself."""
-    if name not in TASKS:
-        raise ValueError(f"{name} is not one of the worker's tasks: {sorted(TASKS)}")
+def worker_task(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark ``function`` (module level, in audioml, its arguments and result JSON) as a job
+    :func:`run_task` may hand to the worker; the worker runs no other function."""
+    setattr(function, _TASK_MARK, True)
+    return function
+
+
+def _task_function(name: str) -> Callable[..., Any]:
+    """The function ``<module>:<name>`` names: one marked by :func:`worker_task` in an audioml
+    module (the only names taken from the wire), else ``LookupError``."""
+    import importlib
+
+    module, _, function = name.partition(":")
+    found = getattr(importlib.import_module(module), function, None) if module.startswith("audioml.") else None
+    if not getattr(found, _TASK_MARK, False):
+        raise LookupError(f"{name} is not a task of the worker")
+    return found
+
+
+def run_task(task: Callable[..., Any], arguments: dict[str, Any]) -> Future | None:
+    """Start ``task(**arguments)`` (a :func:`worker_task`) in the worker; its future's result is
+    the answer ``{"result", "error", "traceback", "logs"}``, or ``{"lost": True}`` when the
+    worker ended before answering. ``None`` when no worker runs or the arguments cannot be
+    sent: the caller runs the task itself."""
+    if not getattr(task, _TASK_MARK, False):
+        raise ValueError(f"{task.__qualname__} is not marked as a task of the worker (worker_task)")
+    name = f"{task.__module__}:{task.__qualname__}"
     if not start():
         return None
     try:
@@ -529,12 +548,13 @@ def _serve(requests: BinaryIO, answers: BinaryIO) -> None:
     quiet_third_party()  # the worker shares the command's terminal: the same lines are left out
 
     global _preloading
-    if os.environ.get(_PRELOAD_ENV) == "1":  # the tasks' modules (MLflow) load while figures are drawn
+    modules = [m for m in os.environ.get(_PRELOAD_ENV, "").split(",") if m.startswith("audioml.")]
+    if modules:  # the tasks' modules (MLflow) load while figures are drawn
         import importlib
 
         def preload() -> None:
-            for task in TASKS.values():
-                getattr(importlib.import_module(task.partition(":")[0]), "preload", lambda: None)()
+            for module in modules:
+                getattr(importlib.import_module(module), "preload", lambda: None)()
 
         _preloading = threading.Thread(target=preload, name="audioml-worker-preload", daemon=True)
         _preloading.start()
@@ -548,7 +568,7 @@ def _serve(requests: BinaryIO, answers: BinaryIO) -> None:
                 return
             arrays.append(np.load(io.BytesIO(payload), allow_pickle=False))
         name = request.get("plot")
-        if name in TASKS:
+        if ":" in str(name):  # <module>:<function> of a worker_task
             answer = _run_task_here(name, _decode(request["arguments"], arrays))
         elif name not in PLOTS:
             answer = {"error": f"unknown figure {name!r}"}
@@ -574,7 +594,6 @@ class _Collected(logging.Handler):
 
 def _run_task_here(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
     """Run task ``name`` in the worker: ``{"result", "error", "traceback", "logs"}``."""
-    import importlib
     import traceback
 
     if _preloading is not None:  # a task may change the environment: no import runs meanwhile
@@ -584,8 +603,7 @@ def _run_task_here(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
     root.addHandler(handler)
     level, root.level = root.level, logging.INFO
     try:
-        module, _, function = TASKS[name].partition(":")
-        result = getattr(importlib.import_module(module), function)(**arguments)
+        result = _task_function(name)(**arguments)
         answer = {"result": result, "error": None}
     except Exception as error:  # noqa: BLE001 - the caller decides what a failed task means
         answer = {"result": None, "error": f"{type(error).__name__}: {error}",

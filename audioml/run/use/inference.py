@@ -1,4 +1,4 @@
-"""Using a trained model: rebuild it from its checkpoint (``audioml.run.checkpoint``: the
+"""Using a trained model: rebuild it from its checkpoint (``audioml.run.use.checkpoint``: the
 model record, checked before anything runs), test it on a split of its data
 (``evaluate_checkpoint``) or score recordings (``Predictor``).
 
@@ -33,8 +33,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from audioml.data.audio import AUDIO_EXTENSIONS, AudioDecodeError
 from audioml.data.decoder import ClipDecoder
-from audioml.run.checkpoint import datamodule_from_record, model_from_record, read_record
 from audioml.run.rundir import RunDir
+from audioml.run.use.checkpoint import datamodule_from_record, model_from_record, read_record
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,8 @@ def evaluate_checkpoint(ckpt_path: str | Path, paths: DictConfig, trainer_cfg: D
     names training used (``test/...``; with ``evaluation_cfg`` also the intervals, baseline
     and permutation test of ``audioml.stats``) and, with ``out_dir``, the reports written there
     (metrics.json, confusion matrix, per-class table, predictions, plots), as a run writes them."""
-    from audioml import figures
-    from audioml.run.results import honest_test_scores, write_run_reports
+    from audioml.run.figures import drawing as figures
+    from audioml.run.fit.results import honest_test_scores, write_run_reports
 
     if split not in ("test", "val", "train"):
         raise ValueError(f"split={split!r}: use test, val or train")
@@ -122,8 +122,8 @@ def training_run_of(source: str | Path, checkpoint: Path, tracking_uri: str) -> 
     """The MLflow run that trained the model behind ``source``: ``runs:/<id>/...``, a logged
     model's (``models:/m-<id>``) or a registered version's run (``models:/<name>/<version>``,
     ``models:/<name>@<alias>``), or the ``mlflow_run_id`` of the run directory holding the
-    checkpoint (``audioml.run.lineage.resolve``)."""
-    from audioml.run.lineage import resolve
+    checkpoint (``audioml.run.record.lineage.resolve``)."""
+    from audioml.run.record.lineage import resolve
 
     return resolve(source, checkpoint, tracking_uri).run_id
 
@@ -137,9 +137,9 @@ def log_evaluation(tracking_uri: str, source: str | Path, checkpoint: Path, spli
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from audioml.run import tracking
-    from audioml.run.lineage import resolve
-    from audioml.run.presentation import DataInput, log_data_input
+    from audioml.run.record import tracking
+    from audioml.run.record.lineage import resolve
+    from audioml.run.record.presentation import DataInput, log_data_input
 
     tracking.check_reachable(tracking_uri)
     tracking.prepare_store(tracking_uri)
@@ -251,10 +251,10 @@ def find_checkpoint(source: str | Path, tracking_uri: str | None = None,
         import mlflow
         from mlflow.exceptions import MlflowException
 
-        from audioml.run.tracking import using_store
+        from audioml.run.record.tracking import using_store
 
         uri = tracking_uri or mlflow.get_tracking_uri()
-        from audioml.run.store import check_reachable
+        from audioml.run.record.store import check_reachable
 
         check_reachable(uri)  # a server that is down or hangs is said in seconds
         try:  # MLflow resolves runs:/ of a logged model through the process's store: set it for the call only

@@ -29,11 +29,11 @@ def collect_runs(store, experiments: Sequence[str] = (), sweep: str | None = Non
     the children of that sweep, else the runs of ``experiments`` except sweep parents,
     evaluations (``audioml-eval``) and comparisons (``audioml-compare A B``): runs without a
     config, whose missing params would make every param look different. ``store``: a reader of
-    :mod:`audioml.run.store_reader`, or an ``MlflowClient``.
+    :mod:`audioml.run.record.store_reader`, or an ``MlflowClient``.
 
     Raises ``LookupError`` naming what was not found.
     """
-    from audioml.run.store_reader import ClientReader, SqliteReader
+    from audioml.run.record.store_reader import ClientReader, SqliteReader
 
     source = store if isinstance(store, (SqliteReader, ClientReader)) else ClientReader(store)
     all_experiments = source.experiments()

@@ -199,7 +199,7 @@ def _prepare_encoder(request: ProbeTableRequest, encoder: EncoderChoice) -> tupl
     from hydra.utils import instantiate
 
     from audioml.models.embedding_cache import use_embedding_cache
-    from audioml.run.compose import build_datamodule, build_model
+    from audioml.run.fit.compose import build_datamodule, build_model
 
     cfg = _compose(request, encoder, "linear", "last")
     L.seed_everything(cfg.seed, workers=True)
@@ -226,7 +226,7 @@ def _prepare_encoder(request: ProbeTableRequest, encoder: EncoderChoice) -> tupl
 @contextlib.contextmanager
 def _children_of(parent_run_id: str | None) -> Iterator[None]:
     """Runs opened in the block are children of ``parent_run_id`` (as a sweep's jobs are)."""
-    from audioml.run import tracking
+    from audioml.run.record import tracking
 
     if parent_run_id is None:
         yield
@@ -276,9 +276,9 @@ def run_probe_table(request: ProbeTableRequest) -> ProbeTable:
 
 
 def _run_locked(request: ProbeTableRequest, directory: Path, base) -> ProbeTable:
-    from audioml.run import finishing
+    from audioml.run.fit.training import run_evaluation_in
     from audioml.run.outcome import ending
-    from audioml.run.training import run_evaluation_in
+    from audioml.run.record import finishing
 
     # every encoder loads and embeds the data first: a folder that is no model, data the protocol
     # cannot split, fail here, before any run is opened
@@ -432,8 +432,8 @@ def plot_layer_scores(runs: pd.DataFrame, metric: str, path: str | Path) -> Path
 
 def _open_parent(cfg, directory: Path, request: ProbeTableRequest):
     """The MLflow parent run of the table (continued when the command is rerun), or ``None``."""
-    from audioml.run import tracking
-    from audioml.run.store import Store, check_reachable
+    from audioml.run.record import tracking
+    from audioml.run.record.store import Store, check_reachable
 
     if not cfg.logger.get("enabled", True):
         return None
@@ -451,7 +451,7 @@ def _open_parent(cfg, directory: Path, request: ProbeTableRequest):
 
 
 def _log_parent(parent, table: pd.DataFrame, files: list[Path], metric: str) -> None:
-    from audioml.run import tracking
+    from audioml.run.record import tracking
 
     values = {}
     for row in table.itertuples(index=False):

@@ -82,7 +82,7 @@ class ResumeCheckpoint(Checkpoint):
 
     Args:
         dirpath: folder of the resume checkpoints (``RunDir.resume_checkpoints``); ``None``: the
-            run directory's ``checkpoints/`` (set by ``audioml.run.compose.build_trainer``).
+            run directory's ``checkpoints/`` (set by ``audioml.run.fit.compose.build_trainer``).
         every_n_train_steps: optimiser steps between checkpoints; ``None``/0 = only per epoch.
         every_n_epochs: epochs between checkpoints; ``None``/0 = only every N steps.
         handle_sigterm: on SIGTERM, finish the current batch, write a checkpoint and raise

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from audioml.data.splits import EMOBOX_RAVDESS_FOLDS
-from audioml.run.protocols import KFold, KFoldResult, RunResult
+from audioml.run.fit.protocols import KFold, KFoldResult, RunResult
 from audioml.stats import confusion_matrices, group_bootstrap_confusions
 
 log = logging.getLogger(__name__)

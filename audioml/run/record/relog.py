@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from audioml.run import tracking
+from audioml.run.record import tracking
+from audioml.run.record.store import Store
 from audioml.run.rundir import RunDir, without_password
-from audioml.run.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +152,8 @@ def copy_finished_run(run: RunDir, tracking_uri: str, experiment_name: str, arti
     _copy_artifacts(client, new_id, run, source, skip_model=log_model)
     tested = run.tested_checkpoint() or run.best_checkpoint()
     if log_model and tested is not None:
-        from audioml.run import serving
-        from audioml.run.checkpoint import UntrustedCheckpointError, read_record
+        from audioml.run.use import serving
+        from audioml.run.use.checkpoint import UntrustedCheckpointError, read_record
 
         try:
             record, _ = read_record(tested, list(trusted_modules))

@@ -3,7 +3,7 @@
 Layout: one experiment per ``logger.experiment_name`` (the dataset by default); a run per
 training job, continued (same run id, stored in ``<run_dir>/mlflow_run_id``) when the job is
 rerun after an interruption; a Hydra sweep is a parent run and its jobs are its children
-(``mlflow.parentRunId``, see :mod:`audioml.run.sweep`). Every run gets the flattened resolved
+(``mlflow.parentRunId``, see :mod:`audioml.run.record.sweep`). Every run gets the flattened resolved
 config as params (the full file as the ``config.yaml`` artifact), tags for the code version,
 data, host and device, per-epoch metrics and the final test metrics under stable names
 (``test/<metric>``), and the best checkpoint as an artifact (``logger.log_checkpoint``).
@@ -29,9 +29,9 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from audioml.errors import error_summary
 from audioml.files import exclusive_lock
+from audioml.run.record.store import REACHABLE_TIMEOUT_SECONDS, Store, check_reachable, using_store  # noqa: F401 - defined there (no torch), used from here  # noqa: F401 - the same
+from audioml.run.record.store import process_defaults_kept as _process_defaults_kept
 from audioml.run.rundir import RunDir
-from audioml.run.store import REACHABLE_TIMEOUT_SECONDS, Store, check_reachable, using_store  # noqa: F401 - defined there (no torch), used from here  # noqa: F401 - the same
-from audioml.run.store import process_defaults_kept as _process_defaults_kept
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ __all__ = ["Store", "prepare_store", "get_or_create_experiment",
 
 #: MLflow rejects longer param values; the full config is always an artifact as well.
 MAX_PARAM_LENGTH = 6000
-#: Environment variables through which a sweep (audioml.run.sweep) hands its parent run to its jobs.
+#: Environment variables through which a sweep (audioml.run.record.sweep) hands its parent run to its jobs.
 PARENT_RUN_ENV = "AUDIOML_MLFLOW_PARENT_RUN_ID"
 SWEEP_KEY_ENV = "AUDIOML_SWEEP_KEY"
 #: Config keys that name a location (logged as tags, not params; ``is_location``).
@@ -97,11 +97,11 @@ def prepare_store(uri: str) -> None:
 def get_or_create_experiment(uri: str, name: str, artifact_location: str | None = None) -> str:
     """Id of experiment ``name`` (restored when deleted), created when missing; safe when
     several processes do it at once. It opens as a model-training experiment in MLflow's UI
-    (``audioml.run.presentation.mark_model_training``; an experiment that has a kind keeps it)."""
+    (``audioml.run.record.presentation.mark_model_training``; an experiment that has a kind keeps it)."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from audioml.run.presentation import EXPERIMENT_KIND_TAG, MODEL_TRAINING, mark_model_training
+    from audioml.run.record.presentation import EXPERIMENT_KIND_TAG, MODEL_TRAINING, mark_model_training
 
     client = MlflowClient(uri)
     with _store_lock(uri):

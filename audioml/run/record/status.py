@@ -1,7 +1,7 @@
 """Where each job of a sweep stands, from files and MLflow only (so it reads the same while the
 sweep runs, from another shell, for basic, joblib-parallel and SLURM launchers alike).
 
-The sweep callback (:mod:`audioml.run.sweep`) keeps a record of every sweep in
+The sweep callback (:mod:`audioml.run.record.sweep`) keeps a record of every sweep in
 ``<hydra.sweep.dir>/.sweeps/<sweep key>/``:
 
 - ``sweep.json``, written when the multirun starts: the command line's overrides, the planned
@@ -122,7 +122,7 @@ STORE_PROBE_SECONDS = 2.0
 
 
 class _Stores:
-    """Readers of MLflow stores (:mod:`audioml.run.store_reader`) by URI, and what they say about
+    """Readers of MLflow stores (:mod:`audioml.run.record.store_reader`) by URI, and what they say about
     one run (``None`` where unreachable). A tracking server is probed once (``check_reachable``);
     ``unreachable`` maps the servers that did not answer to the reason."""
 
@@ -135,8 +135,8 @@ class _Stores:
         if not run_id or not uri or uri in self.unreachable:
             return None, None
         if uri not in self.readers:
-            from audioml.run.store import check_reachable
-            from audioml.run.store_reader import reader
+            from audioml.run.record.store import check_reachable
+            from audioml.run.record.store_reader import reader
 
             try:
                 check_reachable(uri, timeout=STORE_PROBE_SECONDS)
@@ -348,7 +348,7 @@ def failure_summary(folder: str | Path) -> tuple[str, int]:
 
 def find_record(sweep_dirs: Sequence[str | Path], sweep: str | None = None, store=None) -> Path:
     """The record folder of ``sweep`` (a sweep key, or the parent run id when ``store``, a reader
-    of :mod:`audioml.run.store_reader`, can look it up: its ``audioml.sweep_record`` tag), searched
+    of :mod:`audioml.run.record.store_reader`, can look it up: its ``audioml.sweep_record`` tag), searched
     under ``sweep_dirs``; ``sweep=None``: the sweep that started last there. Raises ``LookupError``
     saying what was searched."""
     if sweep and store is not None and len(sweep) == 32:

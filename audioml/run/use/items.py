@@ -2,7 +2,7 @@
 (``test_predictions.csv``, a k-fold run's ``oof_predictions.csv``) names each item by its file's
 path relative to the dataset folder (``file``, the same on every machine) and the sha256 of its
 bytes (``sha256``), beside the segment or window it is (``offset``, ``start_ms``, ``window``).
-Two runs were scored on the same items when these agree (``audioml.run.comparison``)."""
+Two runs were scored on the same items when these agree (``audioml.run.use.comparison``)."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from audioml.files import atomic_write_bytes
-from audioml.run.checkpoint import RECORD_KEY
+from audioml.run.use.checkpoint import RECORD_KEY
 from audioml.stats.calibration import TEMPERATURE_RANGE, apply_temperature, fit_temperature, negative_log_likelihood
 
 log = logging.getLogger(__name__)

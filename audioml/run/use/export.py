@@ -58,9 +58,9 @@ from audioml.data.audio import AudioDecodeError
 from audioml.data.decoder import ClipDecoder
 from audioml.files import atomic_write_bytes
 from audioml.models.base import AudioModule
-from audioml.run.checkpoint import read_record
-from audioml.run.inference import OutputModel, collect_inputs, display_path, find_checkpoint
 from audioml.run.rundir import RunDir
+from audioml.run.use.checkpoint import read_record
+from audioml.run.use.inference import OutputModel, collect_inputs, display_path, find_checkpoint
 
 log = logging.getLogger(__name__)
 

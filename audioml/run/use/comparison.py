@@ -5,7 +5,7 @@ A run is found by its MLflow run id (or the first 8+ digits of it, as the compar
 prints it) or name (``logger.run_name``), its run directory, a sweep job's run directory or a k-fold parent (its pooled
 out-of-fold predictions); what is read is its predictions table (``test_predictions.csv`` /
 ``oof_predictions.csv``, from the run directory or the MLflow run's artifacts). The two tables
-are paired item by item (``audioml.run.items``: file relative to the dataset folder, its
+are paired item by item (``audioml.run.use.items``: file relative to the dataset folder, its
 sha256 where both recorded one, its position); runs scored on other items, other file contents,
 other labels or other classes are refused with what differs. The statistics are
 ``audioml.stats.paired``; ``log_comparison`` records the result as an MLflow run linked to both.
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from audioml.run.items import DIGEST_COLUMN, FILE_COLUMN, POSITION_COLUMNS
 from audioml.run.rundir import RunDir
+from audioml.run.use.items import DIGEST_COLUMN, FILE_COLUMN, POSITION_COLUMNS
 from audioml.stats.paired import (
     LOWER_IS_BETTER,
     PairedDifference,
@@ -302,7 +302,7 @@ def log_comparison(client, comparisons: Sequence[Comparison], table_path: Path, 
     table as an artifact), in ``experiment_id`` (else ``audioml-comparisons``); returns its id."""
     from mlflow.entities import Metric, Param, RunTag
 
-    from audioml.run.presentation import EXPERIMENT_KIND_TAG, MODEL_TRAINING, mark_model_training
+    from audioml.run.record.presentation import EXPERIMENT_KIND_TAG, MODEL_TRAINING, mark_model_training
 
     if experiment_id is None:
         found = client.get_experiment_by_name("audioml-comparisons")

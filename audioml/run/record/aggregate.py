@@ -2,7 +2,7 @@
 standard deviation and t-interval of each metric over that key (``audioml.stats.mean_interval``),
 and whether two configurations' intervals overlap.
 
-Works on the rows of ``audioml.run.listing.collect_runs`` (``params.*``, ``metrics.*``, ``status``).
+Works on the rows of ``audioml.run.record.listing.collect_runs`` (``params.*``, ``metrics.*``, ``status``).
 A configuration is the set of the runs' params other than the aggregated key, the logger's, and
 those that follow the key in every run (``data.split_seed: ${seed}``).
 """

@@ -1,5 +1,5 @@
 """Checkpoint files: written atomically, and checked before a run resumes from them (what a
-checkpoint records about its model: ``audioml.run.checkpoint``).
+checkpoint records about its model: ``audioml.run.use.checkpoint``).
 
 Every write goes to a temporary file in the destination folder, is flushed to disk and then
 renamed over the destination (``os.replace``), so a reader (or a resumed run) sees either the

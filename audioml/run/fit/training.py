@@ -21,15 +21,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from audioml import distributed, figures
-from audioml.checkpointing import find_resume_checkpoint
 from audioml.data.base import NoUsableFilesError
 from audioml.errors import error_summary
 from audioml.models.embedding_cache import use_embedding_cache
-from audioml.reports import LayerWeights, LearningCurves
-from audioml.run import calibration, facts, finishing, lineage, presentation, relog, resume, tracking
-from audioml.run.checkpoint import ModelInCheckpoint, model_record, untrusted_targets
-from audioml.run.compose import (
+from audioml.run.figures import drawing as figures
+from audioml.run.figures.callbacks import LayerWeights, LearningCurves
+from audioml.run.fit import calibration, distributed, resume
+from audioml.run.fit.checkpointing import find_resume_checkpoint
+from audioml.run.fit.compose import (
     build_datamodule,
     build_model,
     build_test_trainer,
@@ -42,12 +41,14 @@ from audioml.run.compose import (
     store_of,
     validate_trainer,
 )
-from audioml.run.head_only import add_head_only_checkpoints, threads_restored, use_head_only_threads
+from audioml.run.fit.head_only import add_head_only_checkpoints, threads_restored, use_head_only_threads
+from audioml.run.fit.protocols import RunResult
+from audioml.run.fit.results import finished_result, honest_test_scores, write_kfold_reports, write_run_reports
 from audioml.run.outcome import ending, stop_on_sigterm
-from audioml.run.protocols import RunResult
-from audioml.run.results import finished_result, honest_test_scores, write_kfold_reports, write_run_reports
+from audioml.run.record import facts, finishing, lineage, presentation, relog, tracking
+from audioml.run.record.store import check_reachable
 from audioml.run.rundir import RunDir
-from audioml.run.store import check_reachable
+from audioml.run.use.checkpoint import ModelInCheckpoint, model_record, untrusted_targets
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ def _finished(cfg: DictConfig, run: RunDir, metrics: dict[str, float]) -> dict[s
         relog.check_store(cfg, run)
         name = cfg.logger.get("register_model") if cfg.logger.get("enabled", True) else None
         if name and (run_id := run.run_id()):
-            from audioml.run.serving import register_logged_model
+            from audioml.run.use.serving import register_logged_model
 
             register_logged_model(run_id, run.store() or store_of(cfg).uri, str(name),
                                   cfg.logger.get("register_alias"))
@@ -268,7 +269,7 @@ def _run_protocol(cfg: DictConfig, run: RunDir, found: _Found) -> dict[str, floa
 def _fold_config(cfg: DictConfig, run: RunDir, fold: int, fold_data: dict[str, Any]) -> DictConfig:
     fold_cfg = copy.deepcopy(cfg)
     with open_dict(fold_cfg):
-        fold_cfg.data.update(fold_data)  # the protocol's split of this fold (audioml.run.protocols)
+        fold_cfg.data.update(fold_data)  # the protocol's split of this fold (audioml.run.fit.protocols)
         fold_cfg.paths.run_dir = str(run.fold(fold).path)
         fold_cfg.logger.run_name = f"{cfg.logger.get('run_name') or run_title(cfg, run.path)} fold{fold}"
     return fold_cfg
@@ -337,7 +338,7 @@ class TrainingRun:
                 **({"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else {})}
         self.logger = open_mlflow_logger(cfg, run, tags, finish_on_finalize=False)  # closed when all is written
         if self.rank_zero:
-            figures.start(preload_tasks=finishing.deferring())  # the worker starts while this run trains
+            figures.start(preload=[finishing.__name__] if finishing.deferring() else [])  # the worker starts while this run trains
         # no run left RUNNING on a crash; torch's thread count as it was (a head-only fit sets it)
         with ending(self.logger if self.rank_zero else None), threads_restored() as limits:
             self._thread_limits = limits
@@ -401,7 +402,7 @@ class TrainingRun:
         model.fit_pretraining_stage(datamodule, partial(instantiate, cfg.trainer, logger=logger,
                                                         default_root_dir=str(self.directory.path)), resume_checkpoint=last)
         # freeze=all without augmentation: train the head on cached backbone outputs (same splits),
-        # writing head-only checkpoints until the fit ends (audioml.run.head_only).
+        # writing head-only checkpoints until the fit ends (audioml.run.fit.head_only).
         datamodule = use_embedding_cache(model, datamodule, cfg.paths.cache_dir, trainer.strategy.root_device)
         if getattr(datamodule, "frozen_fingerprint", None):
             add_head_only_checkpoints(trainer, datamodule.frozen_fingerprint)
@@ -467,7 +468,7 @@ class TrainingRun:
             if best and (cfg.logger.get("log_model", True) or cfg.logger.get("register_model")):
                 spec["model"] = self._model_spec(Path(best))
         # The MLflow record (the model first: the figure worker draws meanwhile), then DONE, the
-        # marker last: here, or in the background inside a sweep (audioml.run.finishing).
+        # marker last: here, or in the background inside a sweep (audioml.run.record.finishing).
         finishing.finish(spec, background=not getattr(self, "_distributed", False))
         if logger is not None:  # its columns in the experiment's saved view (the link is in the summary)
             choices, overrides = _hydra_choices_and_overrides()
@@ -481,9 +482,9 @@ class TrainingRun:
         return result
 
     def _model_spec(self, best: Path) -> dict[str, Any] | None:
-        """What ``audioml.run.serving.log_model`` needs to log ``best`` as the run's MLflow model,
+        """What ``audioml.run.use.serving.log_model`` needs to log ``best`` as the run's MLflow model,
         or ``None`` (with a warning) when its record would be refused when loaded."""
-        from audioml.run.checkpoint import UntrustedCheckpointError, check_record
+        from audioml.run.use.checkpoint import UntrustedCheckpointError, check_record
 
         trusted = [str(m) for m in self.cfg.get("trusted_modules") or ()]
         try:  # the record written into the checkpoint, checked as read_record checks it

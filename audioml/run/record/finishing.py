@@ -2,10 +2,10 @@
 MLflow model, status FINISHED) and its ``DONE`` marker, completed in the background while the
 next run of the same process trains.
 
-Why: once a head-only job (``audioml.run.head_only``) has its numbers, logging its MLflow model
+Why: once a head-only job (``audioml.run.fit.head_only``) has its numbers, logging its MLflow model
 and artifacts into the store takes about as long as a third of the job, on one core, while the
 other core idles. Inside a :func:`deferred` scope (a sweep's jobs run in this process, the folds
-of a k-fold run) ``TrainingRun`` hands that step to the report worker (``audioml.figures``,
+of a k-fold run) ``TrainingRun`` hands that step to the report worker (``audioml.run.figures.drawing``,
 another process on another core) and returns its result at once; the next job starts. The run
 still counts as finished only once its record is complete: the worker writes ``DONE`` last, and
 the run directory's lock stays held by this process until then (:func:`hold_until_finished`),
@@ -23,7 +23,7 @@ answer within ``WAIT_SECONDS``: it is stopped first) before completing it, this 
 it when it is waited for, without logging the model twice. Outside a scope (a single
 ``audioml-train``, a DDP run, jobs of a parallel launcher) nothing changes: the finish runs inline.
 
-Some of MLflow's calls here are made directly rather than through ``audioml.run.tracking``
+Some of MLflow's calls here are made directly rather than through ``audioml.run.record.tracking``
 (tags, status): the worker imports neither torch nor Lightning, which that module needs.
 """
 
@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from audioml.run.figures.drawing import worker_task
 from audioml.run.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ def deferred() -> Iterator[None]:
 def finish(spec: dict[str, Any], background: bool = True) -> None:
     """Complete a run's record (``spec``, see :func:`finish_run`): in the worker when a scope is
     open, ``background`` and the worker takes it, else here (its errors raised)."""
-    from audioml import figures
+    from audioml.run.figures import drawing as figures
 
     run_dir = Path(spec["run_dir"])
     _complete_lost_finishes()  # a worker that ended: the runs it left are completed before the next one
@@ -142,7 +143,7 @@ def finish(spec: dict[str, Any], background: bool = True) -> None:
         scope = _scopes[-1] if _scopes else None
     future = None
     if scope is not None and background:  # the worker gets this process's environment: credentials of the store
-        future = figures.run_task("finish_run", {"spec": {**spec, "env": dict(os.environ)}})
+        future = figures.run_task(finish_in_worker, {"spec": {**spec, "env": dict(os.environ)}})
     if future is None:
         finish_run(spec)
         return
@@ -266,7 +267,7 @@ def wait_for(run_dir: str | Path, timeout: float = WAIT_SECONDS, complete_lost: 
     ``None``. A finish the worker did not complete (it ended, or did not answer within
     ``timeout`` seconds: then it is stopped, so that the finish never runs twice at once) is
     completed here, unless ``complete_lost`` is false (left to a rerun)."""
-    from audioml import figures
+    from audioml.run.figures import drawing as figures
 
     run_dir = Path(run_dir)
     with _lock:
@@ -320,10 +321,10 @@ def finish_run(spec: dict[str, Any]) -> None:
     """Complete a run's record as ``spec`` says, in this order: ``tags`` on the MLflow run
     ``run_id`` of ``tracking_uri``, the ``checkpoint_artifacts`` (``[path, artifact folder]``),
     the MLflow ``model`` (``{"checkpoint", "record", "registered_model_name", "register_alias", "trusted"}``,
-    ``audioml.run.serving.log_model``), the figures started for ``wait_for`` waited for, the ``artifacts`` (missing ones skipped with a warning),
+    ``audioml.run.use.serving.log_model``), the figures started for ``wait_for`` waited for, the ``artifacts`` (missing ones skipped with a warning),
     the ``status`` (default FINISHED); then ``DONE`` in ``run_dir`` with ``done`` (the metrics; ``None``: no
     marker). ``env``: the environment to do it in (the caller's)."""
-    from audioml import figures
+    from audioml.run.figures import drawing as figures
 
     with _environment(spec.get("env")):
         if spec.get("run_id"):
@@ -337,8 +338,8 @@ def _complete_mlflow_run(spec: dict[str, Any]) -> None:
     from mlflow import MlflowClient
     from mlflow.entities import RunTag
 
-    from audioml import figures
-    from audioml.run import serving
+    from audioml.run.figures import drawing as figures
+    from audioml.run.use import serving
 
     uri, run_id = spec["tracking_uri"], spec["run_id"]
     client = MlflowClient(uri)
@@ -392,11 +393,12 @@ def preload() -> None:
     """Import what :func:`finish_in_worker` needs (the worker does it when it starts)."""
     import mlflow.pyfunc  # noqa: F401
 
-    from audioml.run import rundir, serving, store  # noqa: F401
+    from audioml.run import rundir  # noqa: F401
 
 
+@worker_task
 def finish_in_worker(spec: dict[str, Any]) -> None:
-    """The report worker's task (``audioml.figures.TASKS``): :func:`finish_run`; a failure marks
+    """The report worker's task (``audioml.run.figures.drawing.run_task``): :func:`finish_run`; a failure marks
     the MLflow run FAILED before it is raised (and answered)."""
     try:
         finish_run(spec)

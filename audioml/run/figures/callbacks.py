@@ -10,8 +10,14 @@ import lightning as L
 import numpy as np
 import pandas as pd
 
-from audioml import figures
-from audioml.figures import pca_2d, plot_confusion_matrix, plot_embedding_pca, plot_layer_weights, plot_learning_curves
+from audioml.run.figures import drawing as figures
+from audioml.run.figures.drawing import (
+    pca_2d,
+    plot_confusion_matrix,
+    plot_embedding_pca,
+    plot_layer_weights,
+    plot_learning_curves,
+)
 from audioml.run.rundir import RunDir
 
 __all__ = ["plot_confusion_matrix", "predictions_table", "regression_predictions_table", "plot_learning_curves",
@@ -48,8 +54,8 @@ def regression_predictions_table(manifest: pd.DataFrame, prediction: np.ndarray,
 
 class LearningCurves(L.Callback):
     """Records every epoch's ``train/*`` and ``val/*`` metrics; at the end of fit writes
-    ``<trainer.default_root_dir>/<filename>`` (``None``: the run directory's learning curves; drawn by ``audioml.figures.draw``: call
-    ``audioml.figures.wait`` before reading it) and the same numbers beside it as ``.csv`` (one
+    ``<trainer.default_root_dir>/<filename>`` (``None``: the run directory's learning curves; drawn by ``audioml.run.figures.drawing.draw``: call
+    ``audioml.run.figures.drawing.wait`` before reading it) and the same numbers beside it as ``.csv`` (one
     row per epoch). ``files`` lists both once written; ``TrainingRun`` logs them to its MLflow
     run with the run's other reports.
 
@@ -101,7 +107,7 @@ class LayerWeights(L.Callback):
     """At the end of a fit whose model has a layer-weighted head (``audioml.models.heads.
     LayerHead`` with learned weights), logs each layer's softmax weight as the metric
     ``layer_weight/<layer>`` and writes ``<trainer.default_root_dir>/<filename>`` (a bar plot,
-    drawn by ``audioml.figures.draw``) and the numbers beside it as ``.csv``; ``TrainingRun``
+    drawn by ``audioml.run.figures.drawing.draw``) and the numbers beside it as ``.csv``; ``TrainingRun``
     logs both to MLflow with the learning curves. The weights are those of the fit's last step.
     Does nothing for any other model."""
 

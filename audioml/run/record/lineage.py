@@ -5,7 +5,7 @@ of its training run (``runs:/<run id>/model``), with the run's metrics and param
 registered version (``models:/<name>/<version>``, ``models:/<name>@<alias>``) points at it.
 ``resolve`` answers, for any of these URIs and for run directories and checkpoint files, the
 training run and the logged model, so evaluations link their metrics to the model they scored
-(``audioml.run.inference.log_evaluation``). ``check_registration`` refuses a registration
+(``audioml.run.use.inference.log_evaluation``). ``check_registration`` refuses a registration
 setting before training (an alias needs a registered name; MLflow's alias rules).
 """
 

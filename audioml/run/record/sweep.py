@@ -2,11 +2,11 @@
 
 :class:`MLflowSweepCallback` is registered in ``conf/hydra/default.yaml``. When a multirun
 starts it finds or creates the sweep's parent run and hands its id to the jobs through the
-environment (:data:`audioml.run.tracking.PARENT_RUN_ENV`): that reaches jobs run in this process
+environment (:data:`audioml.run.record.tracking.PARENT_RUN_ENV`): that reaches jobs run in this process
 (basic launcher), in joblib workers and in SLURM jobs submitted from here. The parent is
 identified by a key hashed from the sweep's command-line overrides, so rerunning an
 interrupted sweep continues the same parent (its jobs skip or resume by themselves, see
-:mod:`audioml.run.resume`). When the sweep ends the parent is marked FINISHED; when it raises
+:mod:`audioml.run.fit.resume`). When the sweep ends the parent is marked FINISHED; when it raises
 (a job failed, the launcher could not submit, Ctrl-C), ``audioml-train`` ends it FAILED or
 KILLED with the cause (:func:`end_running_sweep`). ``hydra/launcher=slurm`` on a machine without
 SLURM's tools is refused before anything is submitted (:func:`check_slurm_tools`).
@@ -16,10 +16,10 @@ MLflow run opens) does not stop the others: Hydra's launchers catch it, and this
 job's own process, writes ``FAILED`` and ``traceback.txt`` into its run directory, uploads the
 traceback to the job's MLflow run (FAILED; to the parent under ``failed/<run dir>/`` when the job
 never opened one) and tags the run with its overrides. The sweep keeps a record of its planned and
-started jobs (:mod:`audioml.run.status`; ``audioml-compare --status``), and ends with a summary:
+started jobs (:mod:`audioml.run.record.status`; ``audioml-compare --status``), and ends with a summary:
 how many jobs finished, which failed and why; ``audioml-train`` then exits with status 1. When the
 sweep varies ``seed``, the parent run gets the mean, std and 95 % interval of every test metric
-per configuration (``aggregate_seed.csv``, ``aggregate_seed.txt``; :mod:`audioml.run.aggregate`).
+per configuration (``aggregate_seed.csv``, ``aggregate_seed.txt``; :mod:`audioml.run.record.aggregate`).
 
 An Optuna search (``hydra/sweeper=optuna``, :mod:`audioml.search`) is recorded the same way: its
 trials are the jobs, listed as they start; a pruned trial's job counts as ``pruned``, not failed.
@@ -47,10 +47,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from audioml.errors import error_summary
-from audioml.run import tracking
 from audioml.run.outcome import interrupted
+from audioml.run.record import tracking
+from audioml.run.record.store import Store
 from audioml.run.rundir import RunDir
-from audioml.run.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ _ROLE_TAG = "audioml.role"
 SLURM_TOOLS = ("sbatch", "srun")
 #: The parent run of the multirun this process is launching, ``(client, run id)``, until it ends.
 _running_sweep: list[tuple[Any, str]] = []
-#: The record folder of the multirun this process is launching (``audioml.run.status``), until it ends.
+#: The record folder of the multirun this process is launching (``audioml.run.record.status``), until it ends.
 _running_record: list[Path] = []
 #: Failed jobs of the multirun that ended in this process (``audioml-train`` exits 1 when non-zero).
 _failed_jobs: list[int] = []
@@ -142,7 +142,7 @@ def end_running_sweep(error: BaseException) -> None:
 
 
 def _record_deferred_failure(failure) -> None:
-    """A job whose MLflow record the report worker could not complete (``audioml.run.finishing``;
+    """A job whose MLflow record the report worker could not complete (``audioml.run.record.finishing``;
     its MLflow run is FAILED with the traceback): ``FAILED`` and ``traceback.txt`` in its run
     directory, written before the directory is let go, so the sweep counts it as failed."""
     first_line = (failure.error.strip().splitlines() or [""])[0][:500]
@@ -154,7 +154,7 @@ def _complete_deferred_finishes(stopping: bool = False) -> None:
     """Wait for the jobs whose MLflow record the report worker completes before the sweep's
     summary (their failures are recorded as they come: ``_record_deferred_failure``); a sweep
     that is stopping (Ctrl-C, SIGTERM) leaves what the worker did not complete to the rerun."""
-    from audioml.run import finishing
+    from audioml.run.record import finishing
 
     if finishing.deferring():
         finishing.stop_deferring(complete_lost=not stopping)
@@ -201,7 +201,7 @@ def _log_text(client, run_id: str, name: str, text: str, artifact_path: str | No
 def _close_record(record: Path, parent: tuple[Any, str] | None) -> None:
     """At the end of a multirun: log the summary (and keep its number of failed jobs), and give the
     parent run the status table and, when ``seed`` varies, the seed aggregate."""
-    from audioml.run import status
+    from audioml.run.record import status
 
     try:
         summary, failed = status.failure_summary(record)
@@ -227,8 +227,8 @@ def _close_record(record: Path, parent: tuple[Any, str] | None) -> None:
 
 
 def _log_seed_aggregate(client, run_id: str) -> None:
-    from audioml.run.aggregate import aggregate_report, aggregate_runs
-    from audioml.run.listing import collect_runs, fit_to_width
+    from audioml.run.record.aggregate import aggregate_report, aggregate_runs
+    from audioml.run.record.listing import collect_runs, fit_to_width
 
     runs = collect_runs(client, sweep=run_id)
     if "status" in runs and not (runs["status"] == "FINISHED").any():
@@ -252,11 +252,11 @@ def find_or_create_sweep_run(uri: str, experiment_id: str, key: str, overrides: 
                              name: str | None = None) -> str:
     """Run id of the parent run of sweep ``key`` in the experiment (set RUNNING again when it
     exists), else of a new one; named ``name`` (default: the swept keys,
-    ``audioml.run.presentation.sweep_run_name``; an existing parent is renamed to it)."""
+    ``audioml.run.record.presentation.sweep_run_name``; an existing parent is renamed to it)."""
     from mlflow import MlflowClient
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
-    from audioml.run.presentation import sweep_run_name
+    from audioml.run.record.presentation import sweep_run_name
 
     name = name or sweep_run_name(overrides)
     client = MlflowClient(uri)
@@ -279,7 +279,7 @@ def find_or_create_sweep_run(uri: str, experiment_id: str, key: str, overrides: 
 def _parent_name(config: DictConfig, key: str, overrides: list[str], jobs: list[list[str]] | None) -> str:
     """The parent run's name: ``search <study> (n trials)`` for an Optuna search (the study named
     as the sweeper names it), else the swept keys and the number of planned jobs."""
-    from audioml.run.presentation import search_run_name, sweep_run_name
+    from audioml.run.record.presentation import search_run_name, sweep_run_name
 
     sweeper = config.hydra.sweeper
     if not str(sweeper.get("_target_", "")).endswith("OptunaSweeper"):
@@ -313,7 +313,7 @@ class MLflowSweepCallback(Callback):
         self.parent_run_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from audioml.run import status
+        from audioml.run.record import status
 
         HydraConfig.instance().set_config(config)  # lets ${hydra:...} resolve in the sweep config
         overrides = list(config.hydra.overrides.task)
@@ -326,7 +326,7 @@ class MLflowSweepCallback(Callback):
             self._open_parent(config, key, overrides, record, _parent_name(config, key, overrides, jobs))
         status.write_plan(record, key, overrides, jobs, self.parent_run_id)
         _running_record.append(record)
-        from audioml.run import finishing
+        from audioml.run.record import finishing
 
         # jobs run in this process (the basic launcher): each one's record completes as the next trains
         finishing.start_deferring(on_failure=_record_deferred_failure)
@@ -350,7 +350,7 @@ class MLflowSweepCallback(Callback):
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         """In the job's process: record that it started (its run directory), forget an earlier failure."""
-        from audioml.run import status
+        from audioml.run.record import status
 
         key = os.environ.get(tracking.SWEEP_KEY_ENV)
         if not key or _select(config, "hydra.mode") != RunMode.MULTIRUN:

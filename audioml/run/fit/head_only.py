@@ -18,7 +18,7 @@ writing them once, at the end, loses nothing.
   full models (atomically), so ``audioml-eval``, ``audioml-predict``, ``audioml-export`` and
   the MLflow model get the whole network, exactly as for any other run. A head-only file
   reached by those commands (a run interrupted before its fit ended) is refused with a message
-  that says to finish the run (``audioml.run.checkpoint.read_record``).
+  that says to finish the run (``audioml.run.use.checkpoint.read_record``).
 """
 
 from __future__ import annotations

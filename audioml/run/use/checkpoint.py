@@ -15,7 +15,7 @@ Every checkpoint ``audioml-train`` writes carries, under ``"audioml"``, a **mode
                   offline) is never part of it
     seed
     temperature   a classifier's temperature scaling (a float > 0 dividing its logits, fitted on
-                  the validation split: ``audioml.run.calibration``); absent: 1
+                  the validation split: ``audioml.run.fit.calibration``); absent: 1
 
 Reading is defensive (a checkpoint may come from anyone): ``torch.load(weights_only=True)``
 (no unpickling); every ``_target_`` must name a class of an allowed package (``audioml.models``,
@@ -182,7 +182,7 @@ def read_record(path: str | Path, trusted_modules: Iterable[str] = ()) -> tuple[
     state_dict = checkpoint.get("state_dict")
     if not isinstance(state_dict, dict):
         raise ValueError(f"{path} has no state_dict")
-    from audioml.run.head_only import HEAD_ONLY_KEY
+    from audioml.run.fit.head_only import HEAD_ONLY_KEY
 
     if HEAD_ONLY_KEY in checkpoint:
         raise ValueError(f"{path} holds only the head of a model whose frozen backbone trained on cached embeddings: "

@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "compare": ("audioml.compare", "runs side by side, two runs paired, where a sweep stands",
                 "audioml-compare --experiment donateacry"),
     "classical": ("audioml.classical.cli", "scikit-learn pipelines on handcrafted or deep features",
-                  "audioml-classical experiment=emotify_handcrafted"),
+                  "audioml-classical experiment=emotify/handcrafted"),
     "data": ("audioml.data.cli", "download, verify, prepare and describe datasets",
              "audioml-data download ravdess"),
     "reproduce": ("audioml.reproduce.cli", "the studies' experiments under their protocol and a grouped one",

@@ -1,6 +1,7 @@
 """Where audioml's Hydra configs live and how a run is named: the package's own config root
 (``pkg://audioml.conf``, inside the wheel), users' config folders from ``AUDIOML_CONFIG_PATH``,
-the ``run_key`` resolver, and ``compose_config`` for Python callers.
+the ``run_key`` resolver, deprecated experiment names (``drop_deprecated_alias``), and
+``compose_config`` for Python callers.
 
 Import-light on purpose (OmegaConf and Hydra only): every entry point imports it before it
 knows whether it will train or only print ``--help``.
@@ -8,6 +9,7 @@ knows whether it will train or only print ``--help``.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from audioml.files import fingerprint
 
-__all__ = ["CONFIG_MODULE", "CONFIG_PATH", "CONFIG_DIR", "CONFIG_PATH_ENV", "user_config_dirs", "run_key",
-           "register_resolvers", "compose_config"]
+__all__ = ["CONFIG_MODULE", "CONFIG_PATH", "CONFIG_DIR", "CONFIG_PATH_ENV", "DEPRECATED_ALIAS_KEY", "user_config_dirs",
+           "run_key", "drop_deprecated_alias", "register_resolvers", "compose_config"]
 
 #: The config root as a Python package: found in a wheel, an editable install or a checkout.
 CONFIG_MODULE = "audioml.conf"
@@ -33,6 +35,12 @@ _LOCATION_KEYS = ("hydra", "paths", "logger")
 #: Settings that change how a run shows or how fast it reads its data, not what it computes: also
 #: outside the run key (a notebook that hides the progress bar finds the command line's run).
 _PRESENTATION_KEYS = (("trainer", "enable_progress_bar"), ("data", "num_workers"))
+#: Top-level key of an experiment kept under an earlier name (``conf/experiment/donateacry_vggish.yaml``:
+#: its defaults are the new config, this key names it). Outside the run key, so that the old name
+#: finds the new name's run directory; ``drop_deprecated_alias`` warns and removes it.
+DEPRECATED_ALIAS_KEY = "deprecated_alias"
+
+log = logging.getLogger(__name__)
 
 
 def user_config_dirs(value: str | None = None) -> list[Path]:
@@ -56,7 +64,7 @@ def run_key(root: DictConfig) -> str:
     """Deterministic run name ``<data>-<model>-<hash>`` from the unresolved config, so that the
     same command finds the same run directory (and checkpoint) on any machine."""
     container = OmegaConf.to_container(root, resolve=False)
-    for key in _LOCATION_KEYS:
+    for key in (*_LOCATION_KEYS, DEPRECATED_ALIAS_KEY):
         container.pop(key, None)
     for group, key in _PRESENTATION_KEYS:
         if isinstance(container.get(group), dict):
@@ -66,6 +74,32 @@ def run_key(root: DictConfig) -> str:
     data_name = choices.get("data") or "data"
     model_name = choices.get("model") or (f"classical_{choices['grid']}" if choices.get("grid") else "model")
     return f"{data_name}-{model_name}-{digest}".replace("/", "_")
+
+
+def drop_deprecated_alias(cfg: DictConfig) -> str | None:
+    """Warn once that an experiment was chosen by a deprecated name and remove the marker key.
+
+    Returns the experiment to use instead (the marker's value), or ``None`` when ``cfg`` has no
+    marker. Entry points call it on the composed job config before using it.
+    """
+    replacement = cfg.get(DEPRECATED_ALIAS_KEY) if isinstance(cfg, DictConfig) else None
+    if replacement is None:
+        return None
+    chosen = _chosen_experiment() or "this name"
+    log.warning("experiment=%s is deprecated: use experiment=%s", chosen, replacement)
+    with open_dict(cfg):
+        del cfg[DEPRECATED_ALIAS_KEY]
+    return str(replacement)
+
+
+def _chosen_experiment() -> str | None:
+    """The ``experiment=`` choice of the running Hydra job, if any."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    choice = HydraConfig.get().runtime.choices.get("experiment")
+    return None if choice in (None, "None") else str(choice)
 
 
 def pretrained_contract(weights: str, field: str):
@@ -116,4 +150,5 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "train") ->
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]
+    drop_deprecated_alias(cfg)
     return cfg

@@ -62,8 +62,8 @@ def end_command(command: str, error: BaseException) -> int | None:
 
 
 def hydra_task(command: str) -> Callable:
-    """Decorate a Hydra task function (under ``@hydra.main``): quiet third-party output, and in a
-    single run end a user's mistake with one line and status 2, Ctrl-C with status 130."""
+    """Decorate a Hydra task function (under ``@hydra.main``): quiet third-party output, warn of a
+    deprecated experiment name (``audioml.config.drop_deprecated_alias``), and in a single run end a user's mistake with one line and status 2, Ctrl-C with status 130."""
 
     def decorate(task: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(task)
@@ -75,8 +75,11 @@ def hydra_task(command: str) -> Callable:
 
             from audioml.logs import quiet_third_party
 
+            from audioml.config import drop_deprecated_alias
+
             quiet_third_party()
             logging.getLogger("audioml").setLevel(logging.INFO)
+            drop_deprecated_alias(cfg)  # experiment=<old name>: one warning line, the same config
             try:
                 return task(cfg)
             except BaseException as error:

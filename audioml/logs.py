@@ -5,9 +5,26 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import warnings
 
-__all__ = ["quiet_third_party", "IGNORED_WARNINGS", "IGNORED_LOG_LINES"]
+__all__ = ["quiet_third_party", "StderrHandler", "IGNORED_WARNINGS", "IGNORED_LOG_LINES"]
+
+
+class StderrHandler(logging.StreamHandler):
+    """A handler writing to ``sys.stderr`` as it is when a line is logged (a command run twice in
+    one process, under a test's capture, writes where stderr is now, not to a closed stream)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # logging.StreamHandler.__init__ sets it: stderr is looked up instead
+        pass
 
 #: Python warnings of other packages about how audioml uses them, each known to be harmless here.
 IGNORED_WARNINGS = (

@@ -14,7 +14,7 @@ __all__ = ["concordance_cc", "regression_metrics"]
 def concordance_cc(prediction: torch.Tensor, target: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """Lin's concordance correlation coefficient along ``dim`` of two float tensors,
     differentiable (used by ``audioml.losses.CCCLoss``): ``audioml.stats.concordance_cc``, the
-    one definition (population moments, 0 where nothing varies), on tensors.
+    one definition and its edge cases (0 where a side does not vary, NaN for a NaN), on tensors.
 
     Args:
         prediction, target: tensors of the same shape.

@@ -1,4 +1,4 @@
-"""Benchmark 5: the study's grid (``experiment=emotify_handcrafted``: 2 scalers x 2 reducers x 8
+"""Benchmark 5: the study's grid (``experiment=emotify/handcrafted``: 2 scalers x 2 reducers x 8
 estimators, 5 folds by track) on a table the size of the full Emotify (400 tracks, 1,576
 segments of 15 s), timed end to end, with every combination's time and whether its fits
 stopped at their iteration bound.
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     from audioml.stats import HonestScoring
 
     scratch = Path(tempfile.mkdtemp(prefix="audioml-bench-grid-"))
-    cfg = compose_config(["experiment=emotify_handcrafted", f"paths.output_dir={scratch}", *args.overrides],
+    cfg = compose_config(["experiment=emotify/handcrafted", f"paths.output_dir={scratch}", *args.overrides],
                          config_name="classical")
     rows = emotify_sized_rows(Path(args.data_dir) / "emotify", int(cfg.model.sample_rate))
     started = time.perf_counter()

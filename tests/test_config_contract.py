@@ -1,27 +1,34 @@
 """Every experiment and every data config composes and resolves (STYLE: the config directory is
-the registry, so it is tested as a whole)."""
+the registry, so it is tested as a whole); one experiment layout, and the earlier names are
+deprecated aliases that run the same config in the same run directory."""
 
+import logging
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
+from helpers.experiments import EXPERIMENT_DIR, deprecated_aliases, is_classical, recipes
+from hydra import compose, initialize_config_module
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict
 
 from audioml.api import compose_config
-from audioml.config import CONFIG_DIR
+from audioml.config import CONFIG_DIR, CONFIG_MODULE, DEPRECATED_ALIAS_KEY, register_resolvers, run_key
+from audioml.entry import hydra_task
 
-ALL_EXPERIMENTS = sorted((Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 #: Experiments of audioml-classical (they choose a grid=), composed with its config.
-CLASSICAL = sorted(p.stem for p in ALL_EXPERIMENTS if "override /grid" in p.read_text())
-EXPERIMENTS = sorted(p.stem for p in ALL_EXPERIMENTS if p.stem not in CLASSICAL)
+CLASSICAL = [name for name in recipes() if is_classical(name)]
+EXPERIMENTS = [name for name in recipes() if name not in CLASSICAL]
+ALIASES = deprecated_aliases()
 DATASETS = sorted(p.stem for p in (Path(CONFIG_DIR) / "data").glob("*.yaml"))
+PATHS = ["paths.output_dir=/tmp/audioml-compose", "paths.data_dir=/tmp/data"]
 
 
 #: The users' own data configs need the one value only the user knows.
 USER_DATA = {"folder": ["data.root=/tmp/data/my_sounds"], "csv": ["data.csv=/tmp/data/my_clips.csv"]}
 
 
-def _resolved(overrides):
-    cfg = compose_config([*overrides, "paths.output_dir=/tmp/audioml-compose", "paths.data_dir=/tmp/data"])
+def _resolved(overrides, config_name="train"):
+    cfg = compose_config([*overrides, *PATHS], config_name=config_name)
     return OmegaConf.to_container(cfg, resolve=True)
 
 
@@ -36,9 +43,7 @@ def test_experiment_composes_and_resolves(name):
 
 @pytest.mark.parametrize("name", CLASSICAL)
 def test_classical_experiment_composes_and_resolves(name):
-    cfg = compose_config([f"experiment={name}", "paths.output_dir=/tmp/audioml-compose", "paths.data_dir=/tmp/data"],
-                         config_name="classical")
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = _resolved([f"experiment={name}"], "classical")
     assert config["data"]["_target_"].startswith("audioml.data.") and config["descriptors"]["kind"]
     assert config["grid"]["estimators"] and config["protocol"]["kind"] in ("kfold", "partition")
 
@@ -55,6 +60,58 @@ def test_every_dataset_composes_with_the_default_model(name):
 
 
 def test_there_is_an_experiment_per_study():
-    studies = {name.split("_")[0] for name in EXPERIMENTS}
-    assert {"emotify_handcrafted", "emotify_deep_features", "muse_feature_grid"} <= set(CLASSICAL)
+    studies = {name.split("/")[0] for name in EXPERIMENTS}
+    assert {"emotify/handcrafted", "emotify/deep_features", "muse/feature_grid"} <= set(CLASSICAL)
     assert {"donateacry", "ravdess", "emotify", "muse"} <= studies
+
+
+def test_one_experiment_layout():
+    """Every recipe is ``<dataset>/<recipe>`` (``quickstart`` aside), the dataset a ``data=``
+    option; an earlier name leads straight to a recipe."""
+    datasets = set(DATASETS)
+    for name in recipes():
+        assert name == "quickstart" or (name.count("/") == 1 and name.split("/")[0] in datasets), name
+    for old, new in ALIASES.items():
+        assert new in recipes(), (old, new)
+        text = (EXPERIMENT_DIR / f"{old}.yaml").read_text()
+        assert f"  - {new}\n" in text and f"{DEPRECATED_ALIAS_KEY}: {new}" in text
+
+
+def _hydra_config(overrides, config_name):
+    """The config as ``@hydra.main`` hands it over (with the ``hydra`` node, before the task)."""
+    register_resolvers()
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        return compose(config_name=config_name, overrides=[*overrides, *PATHS], return_hydra_config=True)
+
+
+@pytest.mark.parametrize("old", sorted(ALIASES))
+def test_an_earlier_name_warns_and_is_the_same_run(old, caplog):
+    """``experiment=<old>``: one warning line naming the new name, the same resolved config and
+    the same run directory (the marker is not part of the run key)."""
+    new = ALIASES[old]
+    config_name = "classical" if is_classical(new) else "train"
+    with caplog.at_level(logging.WARNING, logger="audioml"):
+        aliased = _resolved([f"experiment={old}"], config_name)
+    warnings = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+    assert warnings == [f"experiment={old} is deprecated: use experiment={new}"]
+    caplog.clear()
+    assert aliased == _resolved([f"experiment={new}"], config_name)
+    assert not [r for r in caplog.records if "deprecated" in r.getMessage()]
+    before, after = _hydra_config([f"experiment={old}"], config_name), _hydra_config([f"experiment={new}"], config_name)
+    assert before[DEPRECATED_ALIAS_KEY] == new and DEPRECATED_ALIAS_KEY not in after
+    assert run_key(before) == run_key(after)
+
+
+def test_an_entry_point_drops_the_marker_before_the_task(caplog):
+    """The task function of every entry point (``hydra_task``) gets the config without the
+    marker, after one warning line."""
+    cfg = _hydra_config(["experiment=donateacry_vggish"], "train")
+    HydraConfig.instance().set_config(cfg)
+    seen = []
+    with open_dict(cfg):
+        del cfg["hydra"]
+    with caplog.at_level(logging.WARNING, logger="audioml"):
+        hydra_task("audioml-train")(lambda job: seen.append(OmegaConf.to_container(job)))(cfg)
+    assert DEPRECATED_ALIAS_KEY not in seen[0] and seen[0]["model"]["optimizer"]["lr"] == 1.0e-4
+    assert [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()] == \
+        ["experiment=donateacry_vggish is deprecated: use experiment=donateacry/vggish"]

@@ -1,4 +1,4 @@
-"""Every study experiment (``conf/experiment/<study>/<system>.yaml``) composes with its study's
+"""Every study experiment (``conf/experiment/<dataset>/<system>.yaml``) composes with its study's
 settings, documents its protocol and command, switches to the study's split with
 ``data.split=random``, and runs the whole pipeline (``debug=fast``: one epoch of two batches,
 then the whole test split) on data generated in the publishers' layouts; pretrained backbones
@@ -14,17 +14,16 @@ import numpy as np
 import pytest
 import torch
 from helpers.datasets import make_cleaned_corpus, make_muse_package, make_ravdess
+from helpers.experiments import EXPERIMENT_DIR, study_experiments
 from omegaconf import OmegaConf
 
 from audioml.api import compose_config, train
-from audioml.config import CONFIG_DIR
 from audioml.data.decoder import ClipDecoder
 from audioml.features import Preprocessed
 from audioml.run.use.checkpoint import model_from_record, read_record
 from audioml.run.use.inference import predict_files
 
-EXPERIMENT_DIR = Path(CONFIG_DIR) / "experiment"
-STUDY_EXPERIMENTS = sorted(str(p.relative_to(EXPERIMENT_DIR).with_suffix("")) for p in EXPERIMENT_DIR.glob("*/*.yaml"))
+STUDY_EXPERIMENTS = study_experiments()
 
 #: Per study: what keeps a run to seconds on a CPU (sizes only; the architecture and recipe stay).
 SMALL = {
@@ -62,14 +61,8 @@ def test_study_experiment_composes_documents_and_switches_split(name):
         {k: v for k, v in config["data"].items() if k != "split"}  # the study's fractions stay
 
 
-@pytest.mark.parametrize("flat, nested", [("donateacry_vggish", "donateacry/vggish"),
-                                           ("muse_valence_crnn", "muse/valence_crnn")])
-def test_a_flat_preset_that_repeated_a_study_is_the_same_config(flat, nested):
-    assert OmegaConf.to_container(_compose(flat), resolve=True) == OmegaConf.to_container(_compose(nested), resolve=True)
-
-
 def test_emotify_deep_features_is_the_svm_grid():
-    grid = compose_config(["experiment=emotify_deep_features", "paths.output_dir=/tmp/audioml-compose"],
+    grid = compose_config(["experiment=emotify/deep_features", "paths.output_dir=/tmp/audioml-compose"],
                           config_name="classical").grid
     assert (sorted(grid.scalers), sorted(grid.reducers), sorted(grid.estimators)) == (
         ["none", "standard"], ["none"], ["svm_cubic", "svm_linear", "svm_quadratic", "svm_rbf"])

@@ -1,8 +1,8 @@
 """``audioml-classical``: scikit-learn grids on handcrafted or deep features (Hydra app).
 
     audioml-classical data=emotify descriptors=mir grid=classification
-    audioml-classical experiment=emotify_handcrafted data.allow_missing=true
-    audioml-classical experiment=muse_feature_grid descriptors.source=outputs/runs/<crnn run>
+    audioml-classical experiment=emotify/handcrafted data.allow_missing=true
+    audioml-classical experiment=muse/feature_grid descriptors.source=outputs/runs/<crnn run>
     audioml-classical -m descriptors=mir,full          (one grid run per feature set)
 
 The run layer is imported once Hydra has composed the job, so ``--help`` starts quickly.

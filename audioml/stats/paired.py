@@ -192,15 +192,19 @@ def _regression_sums(prediction: np.ndarray, target: np.ndarray, group_index: np
 
 
 def _regression_of_sums(sums: np.ndarray) -> dict[str, np.ndarray]:
-    """CCC (population moments, 0 where nothing varies, as ``concordance_cc``), MSE and MAE of
-    summed statistics ``(..., 8)``."""
+    """CCC (``concordance_cc``'s contract: population moments, 0 where a side does not vary, NaN
+    for a NaN), MSE and MAE of summed statistics ``(..., 8)``."""
     count, p, t, pp, tt, pt, se, ae = np.moveaxis(sums, -1, 0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean_p, mean_t = p / count, t / count
-        var_p, var_t = pp / count - mean_p ** 2, tt / count - mean_t ** 2
+        mean_p, mean_t, mean_pp, mean_tt = p / count, t / count, pp / count, tt / count
+        var_p, var_t = mean_pp - mean_p ** 2, mean_tt - mean_t ** 2
         covariance = pt / count - mean_p * mean_t
         denominator = var_p + var_t + (mean_p - mean_t) ** 2
-        ccc = np.where(denominator > 0, 2 * covariance / np.where(denominator > 0, denominator, 1), 0.0)
+        # Moments from sums keep the sums' rounding (about count x eps of the mean square), where
+        # concordance_cc's direct moments are exact for a constant side: a spread below it is none.
+        rounding = 4 * count * np.finfo(np.float64).eps
+        constant = (var_p <= rounding * mean_pp) | (var_t <= rounding * mean_tt)
+        ccc = np.where(constant, 0.0 * covariance, 2 * covariance / np.where(denominator > 0, denominator, 1))
         return {"ccc": ccc, "mse": se / count, "mae": ae / count}
 
 

@@ -21,19 +21,30 @@ def concordance_cc(prediction: Array, target: Array, axis: int = 0) -> Array:
     """Lin's concordance correlation coefficient along ``axis``:
     ``2 cov(x, y) / (var(x) + var(y) + (mean(x) - mean(y))**2)`` with population (biased)
     moments, as the MuSe challenge computes it; the result has the other axes. 1 = perfect
-    agreement, 0 = none, -1 = inverted. Where the denominator is 0 (both constant and equal)
-    the value is 0: nothing varies to agree on.
+    agreement, 0 = none, -1 = inverted.
+
+    Edge cases (the contract every CCC of audioml keeps, ``paired_regression`` included): a side
+    that does not vary along ``axis`` (a constant prediction or target, a single item) gives
+    exactly 0, in float32 too; a NaN gives NaN. Raises ``ValueError`` for no items.
 
     Written once for both array kinds (``.mean``, ``.swapaxes`` and arithmetic only), so a
     torch tensor stays differentiable (the CCC loss) and NumPy needs no torch (the statistics).
     The caller checks shapes and dtypes.
     """
+    if prediction.shape[axis] == 0:
+        raise ValueError("the CCC of no items is undefined: pass at least one")
     if axis != 0:
         prediction, target = prediction.swapaxes(0, axis), target.swapaxes(0, axis)
-    mean_p, mean_t = prediction.mean(0), target.mean(0)
-    centred_p, centred_t = prediction - mean_p, target - mean_t
+    # Moments of the values shifted by their first item: a constant side is exactly 0 after the
+    # shift, so its variance and covariance are exactly 0 (a rounded mean would leave residues
+    # whose ratio is arbitrary: two equal constant series came out as CCC 1).
+    first_p, first_t = prediction[:1], target[:1]
+    shifted_p, shifted_t = prediction - first_p, target - first_t
+    mean_p, mean_t = shifted_p.mean(0), shifted_t.mean(0)
+    centred_p, centred_t = shifted_p - mean_p, shifted_t - mean_t
     covariance = (centred_p * centred_t).mean(0)
-    denominator = (centred_p ** 2).mean(0) + (centred_t ** 2).mean(0) + (mean_p - mean_t) ** 2
+    bias = (mean_p - mean_t) + (first_p[0] - first_t[0])
+    denominator = (centred_p ** 2).mean(0) + (centred_t ** 2).mean(0) + bias ** 2
     return 2 * covariance / (denominator + (denominator == 0))
 
 

@@ -263,7 +263,7 @@ def test_deep_features_of_a_trained_crnn_equal_its_deep_features(tmp_path):
     positions = [int(np.flatnonzero(table.rows["window"].to_numpy() == first + i)[0]) for i in range(8)]
     assert np.allclose(table.values[positions], expected, atol=1e-5)
 
-    process = run_entry_point("audioml.classical", "experiment=muse_feature_grid", f"descriptors.source={run_dir}",
+    process = run_entry_point("audioml.classical", "experiment=muse/feature_grid", f"descriptors.source={run_dir}",
                               f"paths.output_dir={output}", "scoring.bootstrap_samples=100", "progress=false",
                               env={"AUDIOML_DATA_DIR": str(tmp_path / "data")})
     assert "best by validation" in process.stdout
@@ -286,7 +286,7 @@ def _emotify_sample_grid(experiment: str, shared_data: Path, tmp_path: Path, *ov
 
 @pytest.mark.slow  # kept out of the default run for its time (15-30 s); `pytest -m slow` runs it
 def test_emotify_handcrafted_runs_on_the_real_sample(shared_data, tmp_path):
-    ranking = _emotify_sample_grid("emotify_handcrafted", shared_data, tmp_path)
+    ranking = _emotify_sample_grid("emotify/handcrafted", shared_data, tmp_path)
     assert len(ranking) == 2 * 2 * 8 and ranking["test/acc"].between(0, 1).all()
     table = load_table(next((tmp_path / "cache" / "features").glob("handcrafted-*")))
     assert np.isfinite(table.values).all() and "mfcc_03_mean" in table.columns
@@ -309,9 +309,9 @@ def test_emotify_deep_features_runs_on_the_real_sample(shared_data, tmp_path):
     """The study's Inception-v3 features + SVMs, end to end on the 9 Emotify tracks here, with the
     network's random initialisation (its ImageNet weights are not on this machine): the
     experiment's front end, input size and normalisation, the 2048-d pooled features, the grid."""
-    own = compose_config(["experiment=emotify_deep_features"], config_name="classical").descriptors.overrides
+    own = compose_config(["experiment=emotify/deep_features"], config_name="classical").descriptors.overrides
     overrides = [*own, "model.pretrained=false"]
-    ranking = _emotify_sample_grid("emotify_deep_features", shared_data, tmp_path,
+    ranking = _emotify_sample_grid("emotify/deep_features", shared_data, tmp_path,
                                    "descriptors.overrides=[" + ",".join(f"'{o}'" for o in overrides) + "]")
     assert len(ranking) == 2 * 1 * 4 and ranking["test/acc"].between(0, 1).all()  # grid=svm
     table = load_table(next((tmp_path / "cache" / "features").glob("backbone-*")))

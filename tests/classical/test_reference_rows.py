@@ -20,7 +20,7 @@ pytest.importorskip("opensmile", reason="the opensmile extra (pip install -e '.[
 
 @pytest.mark.slow  # eGeMAPS of 120 real clips and an 8-pipeline grid in a subprocess: 30-90 s
 def test_ravdess_egemaps_svm_on_the_real_actors(shared_data, tmp_path):
-    process = run_entry_point("audioml.classical", "experiment=ravdess_egemaps_svm", "data.split=random",
+    process = run_entry_point("audioml.classical", "experiment=ravdess/egemaps_svm", "data.split=random",
                               "protocol.grouped=false", f"paths.data_dir={shared_data}", f"paths.output_dir={tmp_path}",
                               "progress=false", "scoring.bootstrap_samples=200")
     assert "best by validation" in process.stdout
@@ -38,7 +38,7 @@ def test_muse_egemaps_svr_on_generated_partitions(tmp_path):
     make_muse_package(tmp_path / "data" / "muse" / "c3_muse_stress_2022", seconds=20.0)
     for level, width in (("functionals", 88), ("lld", 50)):
         output = tmp_path / level
-        process = run_entry_point("audioml.classical", "experiment=muse_egemaps_svr", f"descriptors.level={level}",
+        process = run_entry_point("audioml.classical", "experiment=muse/egemaps_svr", f"descriptors.level={level}",
                                   f"paths.data_dir={tmp_path / 'data'}", f"paths.output_dir={output}",
                                   "progress=false", "scoring.bootstrap_samples=100")
         assert "best by validation" in process.stdout

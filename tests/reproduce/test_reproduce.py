@@ -13,17 +13,17 @@ from pathlib import Path
 
 import pytest
 from helpers.datasets import make_cleaned_corpus, make_ravdess
+from helpers.experiments import EXPERIMENT_DIR, deprecated_aliases, study_experiments
 from omegaconf import OmegaConf
 
-from audioml.config import CONFIG_DIR, compose_config
+from audioml.config import compose_config
 from audioml.reproduce.cli import main, skip_reason
 from audioml.reproduce.jobs import first_error_line, job_overrides, merge_overrides
 from audioml.reproduce.registry import Locations, load_registry
 from audioml.reproduce.report import CSV_COLUMNS
 
 REGISTRY = load_registry()
-EXPERIMENT_DIR = Path(CONFIG_DIR) / "experiment"
-STUDY_EXPERIMENTS = sorted(str(p.relative_to(EXPERIMENT_DIR).with_suffix("")) for p in EXPERIMENT_DIR.glob("*/*.yaml"))
+STUDY_EXPERIMENTS = study_experiments()
 CONFIG_NAME = {"train": "train", "classical": "classical"}
 #: Overrides that keep a generated-data job to seconds (sizes only).
 TINY = ["data.clip_seconds=0.6", "features.image_size=[32,32]", "+trainer.limit_train_batches=2",
@@ -34,6 +34,7 @@ def test_registry_covers_every_study_experiment():
     experiments = [entry.experiment for entry in REGISTRY.entries]
     assert len(experiments) == len(set(experiments))
     assert set(STUDY_EXPERIMENTS) <= set(experiments), set(STUDY_EXPERIMENTS) - set(experiments)
+    assert not set(experiments) & set(deprecated_aliases()), "the registry names experiments by their current names"
     for entry in REGISTRY.entries:
         assert (EXPERIMENT_DIR / f"{entry.experiment}.yaml").is_file(), entry.experiment
         assert entry.runner.name in CONFIG_NAME and entry.reported.text and entry.study_protocol.text
@@ -84,8 +85,8 @@ def test_missing_weights_and_too_few_actors_are_skipped_with_the_reason(tmp_path
     gender = REGISTRY.entry("ravdess/gender_cnn")
     assert skip_reason(gender, gender.study_protocol, locations) is None  # a random split of 2 actors runs
     assert "holds 2 actors" in skip_reason(gender, gender.grouped_protocol, locations)
-    assert "no emotify data" in skip_reason(REGISTRY.entry("emotify_handcrafted"),
-                                            REGISTRY.entry("emotify_handcrafted").grouped_protocol, locations)
+    assert "no emotify data" in skip_reason(REGISTRY.entry("emotify/handcrafted"),
+                                            REGISTRY.entry("emotify/handcrafted").grouped_protocol, locations)
 
     out = tmp_path / "out"
     assert main(["donateacry/panns_mlp", "--quick", "--out", str(out), "--data-dir", str(tmp_path / "data"),

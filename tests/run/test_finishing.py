@@ -39,6 +39,7 @@ def _record(output: Path, run_dir: Path):
         sorted(f"checkpoints/{Path(a.path).name}" for a in client.list_artifacts(run_id, "checkpoints"))
 
 
+@pytest.mark.slow  # two runs completed inline and two in the worker (about 40 s)
 def test_runs_of_a_scope_complete_in_the_worker_as_they_would_inline(tmp_path: Path, fresh_worker, caplog) -> None:
     caplog.set_level(logging.INFO, logger="audioml")
     _, inline_dir = train(compose_config([*TINY, f"paths.output_dir={tmp_path / 'inline'}"]))

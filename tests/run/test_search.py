@@ -99,6 +99,7 @@ def test_a_pruned_search_records_its_pruned_trials_as_such(tmp_path, capsys):
     assert results["best_value"] == pytest.approx(study.best_value) and results["metric"] == "val/best_macro_f1"
 
 
+@pytest.mark.slow  # a search killed and rerun (about 80 s); the pruned search keeps the default run's coverage
 def test_a_search_killed_mid_trial_and_rerun_completes_n_trials_once_each(tmp_path):
     command = _command(tmp_path, "trainer.max_epochs=3", "hydra.sweeper.n_trials=3", "hydra/sweeper/pruner=none",
                        "callbacks.resume_checkpoint.every_n_train_steps=1")

@@ -137,9 +137,11 @@ def test_status_of_the_failed_sweep(failing_sweep, capsys):
     (parent,), _ = _runs(output)
     assert compare.main(["--status", parent.info.run_id, "--output-dir", str(output)]) == 0
     first_block = capsys.readouterr().out.split("\n\n")[0]  # further columns may follow in another block
-    rows = {line.split()[1]: line for line in first_block.splitlines()[2:]}
-    assert rows["model.optimizer.lr=0.001"].split()[2:4] == ["finished", "1/1"]
-    assert rows["model.optimizer.lr=nan"].split()[2:4] == ["failed", "0/1"]
+    header, *lines = first_block.splitlines()[1:]
+    assert header.split()[:4] == ["job", "lr", "state", "epochs"]  # one column per varied override
+    rows = {line.split()[1]: line for line in lines}
+    assert rows["0.001"].split()[2:4] == ["finished", "1/1"]
+    assert rows["nan"].split()[2:4] == ["failed", "0/1"]
 
 
 @pytest.mark.slow  # kept out of the default run for its time (15-30 s); `pytest -m slow` runs it

@@ -106,6 +106,7 @@ def _credentials():
             os.environ.pop(key, None)
 
 
+@pytest.mark.slow  # an auth server started and a run logged through it (about 45 s)
 def test_a_basic_auth_server_refuses_anonymous_writes_and_takes_a_run_with_credentials(tmp_path):
     """Runs authenticate with MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (the way
     audioml-train's MLflow client does; the whole training run is the slow test below)."""

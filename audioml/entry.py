@@ -73,9 +73,8 @@ def hydra_task(command: str) -> Callable:
             from hydra.core.hydra_config import HydraConfig
             from hydra.types import RunMode
 
-            from audioml.logs import quiet_third_party
-
             from audioml.config import drop_deprecated_alias
+            from audioml.logs import quiet_third_party
 
             quiet_third_party()
             logging.getLogger("audioml").setLevel(logging.INFO)

@@ -46,7 +46,7 @@ from audioml.run.fit.protocols import RunResult
 from audioml.run.fit.results import finished_result, honest_test_scores, write_kfold_reports, write_run_reports
 from audioml.run.outcome import ending, stop_on_sigterm
 from audioml.run.record import facts, finishing, lineage, presentation, relog, tracking
-from audioml.run.record.store import check_reachable
+from audioml.run.record.store import Store, check_reachable
 from audioml.run.rundir import RunDir
 from audioml.run.use.checkpoint import ModelInCheckpoint, model_record, untrusted_targets
 
@@ -85,8 +85,9 @@ def _opened(cfg: DictConfig, run: RunDir) -> Iterator[None]:
     and without the partial writes of a killed run); a run whose record is completed in the
     background keeps the directory locked until then."""
     rank_zero = distributed.is_global_zero_process()
-    if rank_zero and (store := store_of(cfg)) is not None:  # an unreachable server fails now, not after retries
-        check_reachable(store.uri)
+    named = Store.named(cfg.logger.get("tracking_uri")) if cfg.logger.get("enabled", True) else None
+    if rank_zero and named:  # an unreachable server fails now, not after retries (nothing is created here)
+        check_reachable(named)
     if failure := finishing.wait_for(run.path):
         log.warning("%s: its earlier run's record failed (%s): continuing it", run, failure.error)
     with contextlib.ExitStack() as hold:

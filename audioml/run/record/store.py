@@ -23,14 +23,18 @@ class Store:
     uri: str
     artifact_location: str | None = None
 
+    @staticmethod
+    def named(tracking_uri: str | None) -> str | None:
+        """The store a command names (``logger.tracking_uri``, else ``MLFLOW_TRACKING_URI``), or
+        ``None`` for the embedded one; touches nothing."""
+        return str(tracking_uri) if tracking_uri else os.environ.get("MLFLOW_TRACKING_URI") or None
+
     @classmethod
     def of(cls, tracking_uri: str | None, mlflow_dir: str | Path) -> Store:
-        """``tracking_uri`` (``logger.tracking_uri``) if set, else ``MLFLOW_TRACKING_URI``, else
-        the embedded SQLite store ``<mlflow_dir>/mlflow.db`` (its folder created; no server needed)."""
-        if tracking_uri:
-            return cls(str(tracking_uri))
-        if os.environ.get("MLFLOW_TRACKING_URI"):
-            return cls(os.environ["MLFLOW_TRACKING_URI"])
+        """The store :meth:`named`, else the embedded SQLite store ``<mlflow_dir>/mlflow.db``
+        (its folder created; no server needed)."""
+        if named := cls.named(tracking_uri):
+            return cls(named)
         folder = Path(mlflow_dir).expanduser().resolve()
         folder.mkdir(parents=True, exist_ok=True)
         return cls(f"sqlite:///{folder / 'mlflow.db'}", (folder / "artifacts").as_uri())

@@ -98,7 +98,7 @@ def _width() -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    """``--status`` (and ``--watch``): see the module docs."""
+    """``--status`` (and ``--watch``): where each job of a sweep stands (:mod:`audioml.run.record.status`)."""
     from audioml.run.record import status
 
     output = _output_root(args.output_dir)

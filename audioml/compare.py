@@ -1,41 +1,11 @@
 """``audioml-compare``: the runs of an MLflow experiment or sweep side by side, sorted by a
 metric; or two runs compared on the same test items, paired.
 
-    audioml-compare <run A> <run B>
-    audioml-compare --sweep <parent run id or sweep key> --paired [--reference <run>]
-    audioml-compare --experiment donateacry --sort test/macro_f1 --csv outputs/compare.csv
-    audioml-compare --sweep <parent run id or sweep key>
-    audioml-compare --experiment synthetic --metrics "test/*" "val/best_*" --params "model.*"
-    audioml-compare --status [<sweep key or parent run id>] [--watch [SECONDS]]
-    audioml-compare --sweep <parent run id or sweep key> --aggregate seed
-
-Columns: run name, status, the config groups chosen for each run (``data``, ``model``, ``loss``...)
-and the params that differ between the listed runs (one column for a value interpolated under
-several names, e.g. ``seed``; :func:`differing_params`), then the selected metrics; a column empty
-for every run is left out. The printed table shortens run ids and fits the terminal
-(``fit_to_width``: long cells cut in the middle, further columns in blocks that repeat the run
-name; 120 columns when not a terminal); the CSV keeps everything. The runs are read by
-:mod:`audioml.run.record.store_reader` (the embedded SQLite store directly: a few hundred runs in well
-under a second). The store is ``--tracking-uri``, else the embedded store
-``<--output-dir>/mlflow/mlflow.db``, else ``MLFLOW_TRACKING_URI``, else the embedded store under
-``AUDIOML_OUTPUT_DIR`` or ``./outputs``.
-
-``--status``: one row per job of a sweep (the last one started when no sweep is named): its
-overrides, state (finished / pruned / running / interrupted / failed / not started), epochs done of
-total, best validation score, test score and wall time, from the sweep's record under
-``<output dir>/runs/.sweeps/`` and the jobs' run directories and MLflow runs
-(:mod:`audioml.run.record.status`); ``--watch`` reprints it every few seconds until no job is running or
-waiting. ``--aggregate KEY``: per configuration (the runs' params other than ``KEY``) the mean,
-std and 95 % t-interval over ``KEY`` (a seed) of each test metric, and which configurations'
-intervals overlap (:mod:`audioml.run.record.aggregate`).
-
-``A B`` (MLflow run ids or their first 8+ digits or run names, run directories, sweep jobs,
-k-fold parents): the paired difference ``B - A`` of each metric on the test items both were
-scored on (refused when the items differ), with a paired group-bootstrap interval and a paired test
-(:mod:`audioml.run.use.comparison`); logged as an MLflow comparison run linking both.
-``--sweep ... --paired``: every job against the best one by ``--sort`` (default: the jobs'
-validation score, ``val/best_*``), or against ``--reference``, Holm-adjusted.
-"""
+The command line of code that lives in the run layer: the runs table
+(:mod:`audioml.run.record.listing`, read by :mod:`audioml.run.record.store_reader`), ``--status``
+(:mod:`audioml.run.record.status`), ``--aggregate`` (:mod:`audioml.run.record.aggregate`) and the
+paired comparison (:mod:`audioml.run.use.comparison`). Every option: ``audioml-compare --help``;
+guides: docs/guide/sweeps.md, docs/guide/comparing-runs.md."""
 
 from __future__ import annotations
 
@@ -128,7 +98,7 @@ def _width() -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    """``--status`` (and ``--watch``): see the module docs."""
+    """``--status`` (and ``--watch``): where each job of a sweep stands (:mod:`audioml.run.record.status`)."""
     from audioml.run.record import status
 
     output = _output_root(args.output_dir)

@@ -1,20 +1,7 @@
-"""File primitives every part of audioml uses: atomic publish, an exclusive lock, fingerprints.
-
-- ``atomic_path(path)``: write to a temporary file in the destination folder; on success it is
-  flushed to disk and renamed over ``path`` (``os.replace``), so readers (another process, a
-  resumed run) see the old file or the complete new one, never a part; on error it is removed.
-  Written here because the standard library has no atomic-write helper, and the folder must be
-  the destination's (a temporary file elsewhere would be copied across devices, not renamed).
-- ``publish_directory(staging, destination)``: a folder built aside replaces ``destination`` in
-  one rename (the old content renamed aside first, then removed).
-- ``exclusive_lock(path)``: an ``flock`` on ``path`` (created if needed) for the ``with`` block;
-  on platforms without ``fcntl`` (Windows) it does not lock.
-- ``lock_is_held(path)``: whether a live process holds ``exclusive_lock(path)`` now.
-- ``fingerprint(value)``: sha256 of ``value`` as canonical JSON (sorted keys), hex-truncated;
-  ``file_digest(path)``: the hex digest (sha256 by default) of a file's bytes.
-- ``storable_path(path)`` / ``printable_path(path)``: whether a file name is valid UTF-8, and
-  the name with escapes where it is not (for skipped-file lists and messages).
-"""
+"""File primitives every part of audioml uses: atomic publish (``atomic_path``,
+``publish_directory``), an exclusive lock (``exclusive_lock``, ``lock_is_held``), fingerprints
+(``fingerprint``, ``file_digest``) and file names that may not be UTF-8 (``storable_path``,
+``printable_path``)."""
 
 from __future__ import annotations
 
@@ -38,7 +25,10 @@ __all__ = ["atomic_path", "atomic_write_bytes", "fsync_directory", "exclusive_lo
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block ends without an error the file
-    written there is synced and renamed to ``path`` (then the folder is synced)."""
+    written there is synced and renamed to ``path`` (then the folder is synced), so readers see
+    the old file or the complete new one; on an error it is removed."""
+    # Written here because the standard library has no atomic write, and the temporary file must
+    # be in the destination's folder: one elsewhere would be copied across devices, not renamed.
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or ".tmp")
@@ -108,7 +98,7 @@ def fsync_directory(folder: str | Path) -> None:
 def exclusive_lock(path: str | Path, waiting_for: str = "") -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``path`` for the block; when another process holds it,
     logs "another process is <waiting_for>" and waits. The kernel drops a lock whose holder
-    dies, so a crashed holder never blocks others."""
+    dies, so a crashed holder never blocks others. Without ``fcntl`` (Windows) it does not lock."""
     try:
         import fcntl
     except ImportError:  # Windows: no lock

@@ -1,22 +1,11 @@
 """Handcrafted audio descriptors (librosa), summarised over time into one named row per clip.
 
-Every descriptor is a function of one mono waveform; frame-level ones give a ``(rows, frames)``
-array and are summarised by the configured statistics into columns named
-``<descriptor>[_<index>]_<statistic>`` (``mfcc_03_mean``, ``spectral_rolloff_std``); clip-level
-ones (``tempo``, ``onset_rate``, ``low_energy``) are one column named after themselves.
-
-The sets (``audioml/conf/descriptors/``):
-- ``mir``: the MIRtoolbox-like descriptors of the Emotify study (dynamics, rhythm, timbre,
-  tonality): rms, low_energy, zcr, spectral centroid / bandwidth (spread) / rolloff / flatness /
-  entropy, brightness, spectral_flux, mfcc, chroma, tempo, onset_rate;
-- ``full``: those plus spectral contrast, MFCC deltas and delta-deltas, tonnetz and
-  spectral skewness / kurtosis.
-
-Silence and very short clips give finite values by definition (a silent frame has centroid,
-flux and every energy ratio 0; a clip shorter than one frame is zero-padded to one frame);
-a clip holding NaN or infinite samples is refused (``DescriptorError``) and listed by the
-caller, never turned into numbers.
-"""
+Frame-level descriptors are summarised by the configured statistics into columns named
+``<descriptor>[_<index>]_<statistic>`` (``mfcc_03_mean``); clip-level ones (``tempo``,
+``onset_rate``, ``low_energy``) are one column each. The sets ``mir`` and ``full`` are
+``audioml/conf/descriptors/``; what each descriptor means is ``DOCUMENTATION``. Silence and clips
+shorter than a frame give finite values (0 where undefined); a clip holding NaN or infinite
+samples raises ``DescriptorError``."""
 
 from __future__ import annotations
 

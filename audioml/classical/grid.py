@@ -1,37 +1,11 @@
 """Grids of scikit-learn pipelines on a feature table, evaluated with the dataset's protocol.
 
-A grid config (``audioml/conf/grid/*.yaml``) names scalers, reducers and estimators, each a
-Hydra ``_target_`` (or ``null`` = skip the step); every ``scaler x reducer x estimator`` is one
-``sklearn.pipeline.Pipeline``. The protocol:
-
-- ``kfold``: grouped, stratified k-fold over all rows (no track / actor / baby in two folds);
-  every row is predicted once, by a pipeline that never saw its group;
-- ``partition``: the dataset's own test split (MuSe: devel) against the rest.
-
-``protocol.grouped=false`` makes every row its own group (folds per file, speakers or tracks
-shared between parts: the protocol of studies that split files at random).
-
-Within each fold the training rows are split again by groups (``val_fraction``): a pipeline is
-fitted on the inner part and scored on the validation part. **The ranking and the choice of the
-best pipeline use only these validation scores**; the test rows are predicted by the pipeline
-fitted on the whole training part and reported, never selected on. Scalers and reducers are
-steps of the pipeline, so they are fitted on training rows only. Test numbers carry the same
-group-bootstrap intervals and majority / mean baselines as the deep models.
-
-Each finished combination is written to ``<run dir>/combinations/<name>.json`` (metrics, the
-MLflow child run) with its out-of-fold predictions and fitted pipeline (``.skops``: loadable
-without unpickling arbitrary code, ``load_pipeline``) as soon as its last fold ends: an
-interrupted grid resumes with the combinations that are missing. Work runs in parallel over
-(combination, fold) with joblib, results taken in the order they finish, with a progress bar.
-
-Every fit is bounded by iterations, not waited for: the grids' iterative estimators carry a
-``max_iter`` (an SVC on unscaled descriptors otherwise runs for hours inside libsvm), and a fit
-that stops at its bound (scikit-learn's ``ConvergenceWarning``) is recorded: the combination is
-marked not converged, ranked after every converged one and chosen as best only when none
-converged. ``unbounded_steps`` names a grid's steps left without a bound. Why not a wall-clock
-bound: libsvm cannot be interrupted inside a process, and a result that depends on how loaded
-the machine was would not repeat.
-"""
+A grid config (``audioml/conf/grid/*.yaml``) names scalers, reducers and estimators by
+``_target_``; every combination is one ``Pipeline``, scored per fold (grouped k-fold or the
+dataset's partition) on an inner grouped validation split, which alone ranks and selects; test
+rows only report. Each combination is written to ``<run dir>/combinations/`` (metrics,
+predictions, a ``.skops`` pipeline: ``load_pipeline``) as its folds end, so an interrupted grid
+resumes; fits are bounded by iterations and a fit that stops at its bound is marked not converged."""
 
 from __future__ import annotations
 

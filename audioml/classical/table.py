@@ -1,24 +1,11 @@
-"""Feature tables for the classical models: one row per clip (or MuSe window), named columns,
-the rows' targets, groups and splits, computed once and cached.
+"""Feature tables for the classical models: one row per clip (or MuSe window), named columns, the
+rows' targets, groups and splits, computed once and cached.
 
-Rows come from a DataModule's decoded waveforms (``rows_of``), so a descriptor sees exactly the
-audio a network of the same data would (resampling, downmix, trimming, segment cuts). Three
-kinds of features:
-
-- ``handcrafted_table``: librosa descriptors (``audioml.classical.descriptors``) or openSMILE's
-  sets (``audioml.features.smile``), in parallel over the rows (joblib, all cores), with a
-  progress bar;
-- ``backbone_table``: the pooled embedding of a ``model=`` backbone run frozen, in eval mode,
-  batched (the same ``embed`` as the trained classifier's head input);
-- ``checkpoint_table``: the deep features of a trained audioml checkpoint (a classifier's pooled
-  embedding; ``crnn_attention``'s per-window ``[context; h_t]``), read as data (``read_record``).
-
-A table is cached under ``<cache_dir>/features/<kind>-<key>/`` (``features.npy`` float32, saved
-without pickle, ``columns.json``, ``rows.csv``, ``skipped.csv``), published atomically; the key
-is the sha256 of the waveform cache key (files + decode settings), the rows and the feature
-settings (or the network's fingerprint), so a changed setting computes a new table and the
-same one is read back without decoding or computing anything.
-"""
+Rows are a DataModule's decoded waveforms (``rows_of``: the audio a network of the same data
+sees); features come from descriptors or openSMILE (``handcrafted_table``), a frozen backbone
+(``backbone_table``) or a trained checkpoint read as data (``checkpoint_table``). A table is
+cached under ``<cache_dir>/features/<kind>-<key>/`` (saved without pickle, published atomically),
+keyed by the waveform cache key, the rows and the feature settings."""
 
 from __future__ import annotations
 

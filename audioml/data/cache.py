@@ -1,17 +1,10 @@
 """Fingerprinted, memory-mappable array caches: decoded waveforms, frozen-backbone embeddings.
 
-One cache entry is two files under ``cache_dir``: ``<name>-<key>.npy`` (the array, opened with
-``mmap_mode="r"`` so every process and DataLoader worker shares the page cache instead of a
-private copy) and ``<name>-<key>.json`` (metadata: key, shape, dtype and whatever the builder
-returns, e.g. the files that failed to decode). ``key`` is a fingerprint of the inputs and the
-settings, so a changed file or setting names a different entry and the old one is never read.
-
-Concurrency: builders take an exclusive ``flock`` on ``<name>-<key>.lock``; a second process
-started at the same moment waits, then finds the finished entry and loads it (no second decode).
-The builder writes into private temporary files and publishes them with ``os.replace`` (metadata
-first, array last; an entry counts only when both exist and agree), so a reader never sees a torn
-array, even where ``flock`` is unavailable or a builder is killed half-way.
-"""
+An entry (:class:`ArrayCache`) is ``<cache_dir>/<name>-<key>.npy``, opened read-only as a memory
+map, plus ``<name>-<key>.json`` (key, shape, dtype and what the builder returned); ``key``
+fingerprints the inputs and settings, so a change names a new entry. One process builds an entry
+(under ``<name>-<key>.lock``) and publishes it atomically; others wait and load it. Why and how:
+docs/design/caches.md."""
 
 from __future__ import annotations
 

@@ -1,20 +1,10 @@
 """donateacry raw uploads -> a prepared folder in the cleaned corpus layout, plus a report.
 
-Inputs (``root`` = ``<data_dir>/donateacry-corpus``)::
-
-    donateacry-android-upload-bucket/*.3gp   3GPP, AMR-NB, 8 kHz
-    donateacry-ios-upload-bucket/*.caf       CAF, IMA ADPCM, 16 kHz (some names end .caf.caf)
-
-Output::
-
-    <output>/<class>/<uuid>-<timestamp>-<version>-<gender>-<age>-<reason>.wav   8 kHz mono PCM 16
-    <output>/report.csv        one row per upload: file, status, reason, class, output, seconds
-    <output>/prepare.json      settings and input fingerprint (a rerun with both unchanged is a no-op)
-
-The published cleaning rules are applied: ``lo`` (lonely), ``sc`` (scared) and ``dk`` (don't
-know) are dropped, ``ch`` (cold/hot) is merged into ``discomfort``. The published corpus also
-removed non-cry recordings by listening, which no code reproduces: the prepared set is larger.
-"""
+Reads ``<root>/donateacry-{android,ios}-upload-bucket/`` (3GPP AMR-NB 8 kHz, CAF IMA ADPCM
+16 kHz) and writes ``<output>/<class>/<stem>.wav`` (8 kHz mono PCM 16), ``report.csv`` (one row
+per upload) and ``prepare.json`` (settings and input fingerprint: a rerun with both unchanged is
+a no-op). The published cleaning rules are applied (``lo``, ``sc``, ``dk`` dropped, ``ch`` merged
+into ``discomfort``); the published corpus's removal of non-cry recordings by listening is not."""
 
 from __future__ import annotations
 

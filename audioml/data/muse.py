@@ -1,20 +1,10 @@
-"""MuSe-Stress (Ulm-TSST): continuous valence/arousal every 500 ms, from a user-provided
-MuSe 2021 or 2022 challenge package (licensed by the organisers; nothing is downloaded).
+"""MuSe-Stress (Ulm-TSST): continuous valence/arousal every 500 ms, from a user-provided MuSe 2021
+or 2022 challenge package (licensed by the organisers; nothing is downloaded).
 
-Layout (``root`` = the package, or a folder holding exactly one ``c3_muse_stress*`` package)::
-
-    raw_data/audio/<id>.wav
-    label_segments/valence/<id>.csv
-    label_segments/physio-arousal/<id>.csv      (2022)  or  label_segments/arousal/<id>.csv (2021)
-    metadata/partition.csv                      columns Id, Proposal in train/devel/test
-
-Each label row (``timestamp`` ms, ``value``) gets one window of audio. With
-``alignment="start"`` (default) the window of label time ``t`` covers ``[t, t + window)``, so
-the windows of 500 ms labels tile the recording from 0; ``"end"`` covers ``[t - window, t)``
-and ``"center"`` ``[t - window/2, t + window/2)``. Audio outside the recording is zeros.
-Items are sequences of ``sequence_length`` consecutive windows of one recording:
-``(waveform (N, window_samples) float32, target (N, n_targets) float32)``.
-"""
+The package is read as shipped (``raw_data/audio/``, ``label_segments/<target>/``,
+``metadata/partition.csv``; layout: docs/guide/datasets.md#muse-stress). Each label row gets one
+window of audio (:func:`window_starts`); an item is ``sequence_length`` consecutive windows of one
+recording: ``(waveform (N, window_samples) float32, target (N, n_targets) float32)``."""
 
 from __future__ import annotations
 
@@ -98,7 +88,9 @@ def read_labels(path: Path) -> pd.DataFrame:
 
 
 def window_starts(timestamps_ms: np.ndarray, window_seconds: float, alignment: str, sample_rate: int) -> np.ndarray:
-    """First sample of the window of each label time (may be negative). See module docstring."""
+    """First sample of the window of each label time ``t`` (may be negative): ``alignment="start"``
+    covers ``[t, t + window)`` (the windows of 500 ms labels tile the recording from 0), ``"end"``
+    ``[t - window, t)``, ``"center"`` ``[t - window/2, t + window/2)``."""
     shift = {"start": 0.0, "end": -1.0, "center": -0.5}
     if alignment not in shift:
         raise ValueError(f"data.alignment={alignment!r}: use 'start', 'end' or 'center'")
@@ -165,7 +157,7 @@ class MuseDataModule(AudioDataModule):
         targets: subset of ``("valence", "arousal")``; the target order of the items.
         sample_rate: rate (Hz) the model declares; recordings are resampled to it.
         window_seconds: audio per label (0.5 s = the 500 ms label step).
-        alignment: ``start`` | ``end`` | ``center`` (module docstring).
+        alignment: ``start`` | ``end`` | ``center`` (:func:`window_starts`).
         sequence_length: windows per item (40 = 20 s).
         stride: windows between training sequence starts; ``eval_stride`` for devel/test
             (default ``sequence_length``: no overlap except the last, end-aligned sequence).

@@ -1,32 +1,11 @@
 """Frozen-backbone embedding cache: with ``model.freeze=all`` every epoch and every sweep job
 trains only the head, on embeddings computed once per (dataset, backbone, weights, front end).
 
-The entry point calls ``use_embedding_cache(model, datamodule, cache_dir, device)`` after
-building both. When the model qualifies (a ``frontend`` + ``backbone`` with no trainable
-parameter outside the head, no augmentation that the backbone must see, ``embedding_cache``
-on), the front end and backbone run once, in eval mode, over every clip of the dataset; the
-outputs go to ``<cache_dir>/embeddings-<key>.npy`` (an ``ArrayCache``: memory-mapped, locked,
-atomically published). The returned DataModule yields ``(embedding, target)`` batches in the
-same order, with the same samplers and splits, and the model's ``embedding_input`` switch makes
-its forward run the head alone. The model's weights are untouched, so its checkpoints stay full
-waveform models (``audioml-eval`` runs the front end and backbone as usual).
-
-``key`` = sha256 of the waveform cache key (files + decode settings) and of the front end and
-backbone without the head: every submodule's class and plain settings, every parameter and
-buffer (so the weights file, a different seed for a random backbone, or a changed front-end
-setting each name a new entry), plus the cached representation (pooled, tokens or layers).
-
-What is cached depends on the head: ``pooled`` the pooled embedding ``(clips, num_features)``;
-``tokens`` the last layer's time tokens, for a head over tokens; ``layers``, for a ``LayerHead``
-with mean pooling (``cacheable``), every hidden layer's mean over its real frames concatenated
-in layer order, ``(clips, sum(layer_dims))`` float32: one entry for every layer choice and layer
-head, since the key leaves the head out. Frames are not cached: heads that pool them run the
-frozen backbone on every batch (the layout and why: ``docs/guide/probing.md``).
-
-Cached embeddings are the eval-mode outputs (dropout off, BatchNorm running statistics): the
-usual linear-probe setting. Training uncached with ``freeze=all`` would also apply the frozen
-backbone's dropout, so train-time batches differ by that noise; eval-time logits are equal.
-"""
+``use_embedding_cache(model, datamodule, cache_dir, device)`` runs a qualifying model's front end
+and backbone once, in eval mode, over every clip into an :class:`~audioml.data.cache.ArrayCache`
+keyed by :func:`embedding_key`, and returns a DataModule of ``(embedding, target)`` batches in the
+same order and splits; the model's weights are untouched. What is cached (pooled, tokens or
+layers), what qualifies and why: docs/design/caches.md#frozen-backbone-embedding-cache."""
 
 from __future__ import annotations
 

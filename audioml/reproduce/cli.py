@@ -2,18 +2,10 @@
 study's protocol and under audioml's grouped one, and write the side-by-side table.
 
     audioml-reproduce all --quick
-    audioml-reproduce ravdess donateacry/cnn_transformer [--out DIR] [--quick]
-    audioml-reproduce muse --root muse=/path/to/generated_or_real_muse_folder
-    audioml-reproduce all --list                         (what would run or be skipped, and why)
     audioml-reproduce ravdess/gender_cnn -- trainer.max_epochs=5   (overrides for every job)
 
-Each job is its own process (``python -m audioml.train`` / ``python -m audioml.classical.cli``)
-with its run directory ``<out>/runs/<experiment>-<protocol>[-quick]`` and log ``<out>/logs/``;
-rerunning the same command reuses finished jobs (``--rerun``: run them again). A job whose data
-or weights are missing, or whose data has too few groups for its protocol, is skipped with the
-reason; a failed job is a row with its error's first line. Writes ``<out>/reproduction.md`` and ``<out>/reproduction.csv``
-and prints the table.
-"""
+Each job is its own process with its own run directory and log under ``<out>``; finished jobs are
+reused, missing data or weights skip a job with the reason. Guide: docs/studies/reproductions.md."""
 
 from __future__ import annotations
 

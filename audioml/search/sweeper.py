@@ -1,19 +1,11 @@
 """audioml's Hydra sweeper on Optuna (``hydra/sweeper=optuna``, the plugin class
-``hydra_plugins.audioml_optuna.OptunaSweeper``), and the job's side of it (:func:`job_trial`):
-the Hydra boundary of the search, where its config is read and its samplers and pruners built.
+``hydra_plugins.audioml_optuna.OptunaSweeper``) and the job's side of it (:func:`job_trial`): the
+Hydra boundary of the search, where its config is read and its samplers and pruners built.
 
-The sweeper asks the study for trials, launches each through the configured launcher (basic,
-joblib, SLURM) with its sampled overrides plus two Hydra overrides that say which trial it is
-(``hydra.sweeper.study_name``, ``+hydra.sweeper.trial``; Hydra overrides leave the run
-directory's name alone), and tells the study of the jobs that failed. Each job opens the storage
-itself (``audioml.search.job``): it reports its epochs to the pruner and tells its outcome. So
-the trial object never has to cross a process boundary, and a job outliving its sweeper (a SLURM
-job) still records its result.
-
-``n_trials`` is the study's total: a rerun of the same command continues the study (trials of
-processes that died are retried and continue their run from its checkpoint,
-``audioml.search.trials``), and several sweepers on one storage share the trials between them.
-"""
+The sweeper asks the study for trials and launches each through the configured launcher with its
+sampled overrides plus the Hydra overrides naming the trial; each job opens the storage itself
+(``audioml.search.job``), so no trial object crosses a process boundary. ``n_trials`` is the
+study's total across reruns and workers. Design: docs/design/resume-and-finishing.md#a-searchs-trials."""
 
 from __future__ import annotations
 

@@ -1,18 +1,11 @@
 """The trials of a study as a search counts them, and the processes behind them.
 
-A trial counts towards ``n_trials`` once asked, whatever it ends as (COMPLETE, PRUNED, FAIL), with
-two exceptions marked in its system attributes: a trial whose processes died while it ran
-(``INTERRUPTED_ATTR``: a WAITING copy of it with the same parameters counts instead, and its job
-continues the trial's run directory from its checkpoint) and a trial asked beyond ``n_trials``
-when two workers asked at the same moment (``SURPLUS_ATTR``: never run).
-
-Who runs a trial is written into it (``OWNER_ATTR``: the sweeper that asked it; ``JOB_ATTR``: the
-process that trains it) with a heartbeat (``HEARTBEAT_ATTR``) every ``heartbeat_interval``
-seconds. A RUNNING trial is stale when its heartbeat is older than the grace period, or at once
-when every process it names ran on this host and has ended. Optuna's own heartbeat exists for
-``RDBStorage`` only (not for the journal file), hence this one, kept in system attributes that
-every storage has.
-"""
+A trial counts towards ``n_trials`` once asked, except one whose processes died while it ran
+(``INTERRUPTED_ATTR``: a WAITING copy counts instead and continues its run directory) and one
+asked beyond ``n_trials`` by two workers at once (``SURPLUS_ATTR``: never run). Who runs a trial
+(``OWNER_ATTR``, ``JOB_ATTR``) and its heartbeat (``HEARTBEAT_ATTR``) are system attributes; a
+RUNNING trial is stale when its heartbeat is older than the grace period, or at once when every
+process it names ran on this host and has ended."""
 
 from __future__ import annotations
 

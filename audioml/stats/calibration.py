@@ -1,17 +1,10 @@
 """Calibration of a classifier's probabilities: does a predicted 0.8 come true 80 % of the time?
 
-- ``expected_calibration_error`` (top-label ECE over equal-width confidence bins, Guo et al.
-  2017), ``brier_score`` (multiclass, summed over classes: 0 best, 2 worst) and
-  ``negative_log_likelihood`` (of the true class, natural log);
-- ``calibration_scores``: the three with group-bootstrap intervals, resampling whole groups as
-  ``audioml.stats.scoring`` does, and the reliability diagram's bins;
-- ``fit_temperature`` / ``apply_temperature``: temperature scaling, one scalar ``T`` dividing the
-  logits, fitted by minimum NLL on a validation split; it never changes the predicted class.
-
-All take probabilities ``(n, C)`` (rows summing to 1) and true class ids ``(n,)``. Temperature
-scaling works on log-probabilities: ``log p`` is the logits minus a per-row constant, so
-``softmax(log p / T) == softmax(logits / T)``.
-"""
+``expected_calibration_error`` (top-label, equal-width bins), ``brier_score`` and
+``negative_log_likelihood``; ``calibration_scores``: the three with group-bootstrap intervals and
+the reliability diagram's bins; ``fit_temperature`` / ``apply_temperature``: temperature scaling,
+which never changes the predicted class. All take probabilities ``(n, C)`` (rows summing to 1) and
+true class ids ``(n,)``."""
 
 from __future__ import annotations
 

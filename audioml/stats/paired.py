@@ -1,21 +1,10 @@
 """Two models scored on the same test items: is B better than A, and by how much?
 
-Both models' predictions are paired item by item, so the difference of a metric is estimated
-with the variation the test set's groups (babies, actors, tracks) bring, not twice:
-
-- a **paired group bootstrap**: each resample draws whole groups with replacement (within the
-  strata of their class for classifiers, as ``audioml.stats.scoring``) and scores both models
-  on the same draw; the percentile interval of ``metric(B) - metric(A)``;
-- **McNemar's exact test** for accuracy: the items one model gets right and the other wrong,
-  a two-sided binomial test at 1/2 (it counts items as independent);
-- a **paired permutation test** for every metric: under H0 the two models are exchangeable, so
-  A's and B's predictions swap within whole groups (all ``2**groups`` swaps when that is at most
-  ``permutations``, else random swaps); two-sided p of ``|metric(B) - metric(A)|``;
-- **Holm's correction** of several comparisons (a sweep's jobs against one reference).
-
-Every statistic is a sum over groups (confusion matrices; sums of squares and products for
-regression), so a resample or a swap is a product with per-group sums.
-"""
+The predictions are paired item by item, so a difference carries the variation of the test set's
+groups once: a paired group-bootstrap interval of ``metric(B) - metric(A)``, McNemar's exact test
+for accuracy, a paired permutation test swapping whole groups for every metric, and Holm's
+correction of several comparisons. Meaning: docs/guide/comparing-runs.md; how:
+docs/design/statistics.md."""
 
 from __future__ import annotations
 

@@ -1,30 +1,11 @@
-"""The honest scores of one classifier's test predictions: metrics from confusion matrices (the
-one definition every part of audioml uses), group-bootstrap intervals, the majority-class
-baseline, label-permutation tests, collapsed tasks, fold aggregates and the t-interval of a
-mean over repeated runs (seeds).
+"""The honest scores of one classifier's test predictions: metrics from confusion matrices (the one
+definition every part of audioml uses, equal to torchmetrics'), group-bootstrap intervals, the
+majority-class baseline, label-permutation tests, collapsed tasks, calibration, fold aggregates
+and the t-interval of a mean over repeated runs (seeds).
 
-For a set of test predictions ``HonestScoring.score`` reports:
-
-- **bootstrap confidence intervals** resampling whole groups (babies, actors, tracks) with
-  replacement within the strata of their class, percentile method: ``test/<m>_ci_low``,
-  ``test/<m>_ci_high``;
-- the **majority-class baseline** (always predict the training split's most frequent class):
-  ``baseline/<m>``;
-- optionally a **label-permutation test** of the fixed predictions: ``permutation/<m>_p_value``
-  and ``permutation/<m>_better_than_chance`` (1 or 0);
-- for DataModules that declare ``collapse`` (donateacry: hungry vs not_hungry) the same for the
-  collapsed task, ``test/binary_<m>`` etc. By default the multiclass prediction is mapped to
-  its coarse class (``collapse_by="argmax"``: the same predictions, scored coarsely); with
-  ``collapse_by="probability"`` the coarse class with the largest summed member probability
-  wins (for two coarse classes: hungry when P(hungry) > 0.5);
-- the **calibration** of the probabilities (``audioml.stats.calibration``): ``test/ece`` with
-  its group-bootstrap interval, ``test/brier``, ``test/nll`` (with intervals too) and the
-  reliability diagram's bins; not for hard (one-hot) predictions, which state no confidence.
-
-Metric definitions equal torchmetrics' (macro averages skip classes absent from both targets and
-predictions). ``test/loss`` has no interval: it is not a function of the predicted classes.
-The protocols that produce the predictions (holdout, k-fold) are ``audioml.run.fit.protocols``.
-"""
+``HonestScoring.score`` gives a set of test predictions all of these under their metric names
+(``test/<m>_ci_low``, ``baseline/<m>``, ``permutation/<m>_p_value``, ``test/binary_<m>``,
+``test/ece``...). What each means: docs/guide/evaluation.md; how: docs/design/statistics.md."""
 
 from __future__ import annotations
 

@@ -1,18 +1,11 @@
 """Audio encoders that ``transformers`` implements natively, as backbones (``model=hf_encoder``):
 Wav2Vec2, HuBERT, WavLM, Data2VecAudio, Wav2Vec2-BERT, Whisper's encoder and CLAP's audio tower.
 
-The backbone takes the waveform ``(batch, time)`` at the encoder's rate and runs the encoder's
-own input contract (``audioml.features.hf_extractors``) inside its forward path, because the
-valid length of each clip is needed there: the extractor normalises over it, the encoder's
-attention mask and the pooling over tokens follow from it. The length comes from the waveform
-itself (``valid_span``: the data side pads with zeros), so the Dataset keeps returning a
-fixed-length waveform and its target, and every path that carries only waveforms (training,
-embedding caches, prediction, export, serving) gets it too. Trailing digital silence counts as
-padding, which it is in effect.
-
-Only the model types of ``FAMILIES`` are accepted; their classes come from ``transformers``'
-own mappings, never from code named by a downloaded file (no ``trust_remote_code``).
-"""
+The backbone takes the waveform ``(batch, time)`` at the encoder's rate and runs the encoder's own
+input contract (``audioml.features.hf_extractors``) in its forward, with each clip's valid length
+taken from the zero-padded waveform itself (``valid_span``), so every path that carries only
+waveforms gets it (docs/guide/encoders.md#padding). Only the model types of ``FAMILIES`` are
+accepted, their classes from ``transformers``' own mappings (no ``trust_remote_code``)."""
 
 from __future__ import annotations
 

@@ -1,27 +1,11 @@
-"""The figures of a run (confusion matrices, learning curves, embedding PCA, reliability
-diagram) and the worker process that draws them beside training.
+"""The figures of a run (confusion matrices, learning curves, embedding PCA, reliability diagram,
+layer weights) and the report worker that draws them on another core beside training.
 
-Why a worker: matplotlib draws in Python, 0.15-0.4 s a figure on a 2-core machine, and a
-head-only job (``audioml.run.fit.head_only``) that trains in about a second on one core spent as
-long again on its four figures. :func:`draw` hands a figure to a worker process on another
-core and returns its path at once; the job tests, writes its tables and logs its MLflow model
-meanwhile, and :func:`wait` (before the files are logged, in ``TrainingRun`` and
-``audioml-eval``) returns when they are written. Where no worker can run (one CPU,
-``AUDIOML_FIGURE_WORKER=0``, a worker that cannot start or dies) the figures are drawn in the
-calling process, as before: same files, same pixels.
-
-The worker is ``python -m audioml.run.figures.drawing``, started once per process (:func:`start`). It
-imports matplotlib, NumPy and pandas only, and reads requests from its stdin: a JSON header
-naming one of :data:`PLOTS` and its arguments, with arrays as ``.npy`` payloads read with
-``allow_pickle=False`` (nothing is unpickled on either side).
-
-The same worker runs the few other jobs of a finished run that need not hold up the next one
-(:func:`run_task`, functions marked :func:`worker_task` by their module): completing a run's
-MLflow record while the next job of a sweep trains. A task's
-log lines come back with its answer. The worker runs at a lower CPU priority than the run it
-serves, ignores Ctrl-C and SIGTERM (meant for the run: it completes what it was sent and ends
-when the run closes its stdin), and is stopped by :func:`stop_worker` when it does not answer.
-"""
+:func:`draw` hands a figure to the worker (``python -m audioml.run.figures.drawing``, started by
+:func:`start`) and returns its path at once; :func:`wait` returns when it is written. Requests are
+JSON plus ``.npy`` payloads (nothing unpickled); the worker also runs the functions marked
+:func:`worker_task` (:func:`run_task`). Without a worker the figures are drawn in the calling
+process: same files. Why a worker: docs/design/caches.md#the-report-worker."""
 
 from __future__ import annotations
 

@@ -1,18 +1,9 @@
 """Multi-process training (``trainer=ddp``, ``trainer=ddp_cpu``) inside Hydra runs and sweeps.
 
-Lightning's ``ddp`` strategy starts ranks 1..N-1 by re-running the command line of the
-process (``sys.argv``) with the Hydra run directory appended. Two things make that work for
-every job of a multirun sweep too:
-
-- while a job runs, ``sys.argv`` is the job's own overrides (not ``-m`` and the whole sweep),
-  so the started ranks run exactly this job, in its (config-named) run directory;
-- after the job, the variables Lightning's launcher set in this process (``LOCAL_RANK``,
-  ``WORLD_SIZE``, ``MASTER_PORT``...) are removed and the process group is destroyed, so the
-  next job starts its own ranks instead of waiting for the previous job's.
-
-Before the Trainer exists, :func:`is_global_zero_process` tells rank zero from the launcher's
-environment, so that only rank zero creates MLflow runs and writes shared files.
-"""
+:func:`ddp_job` makes ``sys.argv`` the job's own overrides while it runs (Lightning starts ranks
+1..N-1 by re-running it) and afterwards removes the launcher's variables and destroys the process
+group, so the next job of a sweep starts its own ranks; :func:`is_global_zero_process` tells rank
+zero before the Trainer exists. Why: docs/design/runs.md#multi-gpu-inside-hydra."""
 
 from __future__ import annotations
 

@@ -1,25 +1,11 @@
-"""Head-only checkpoints: while a model trains only its head on cached backbone outputs (the
-embedding cache, ``audioml.models.embedding_cache``), the checkpoints written during training
-hold the head alone plus a fingerprint of the frozen front end and backbone it sits on.
+"""Head-only checkpoints: while a model trains only its head on cached backbone outputs
+(``audioml.models.embedding_cache``), the checkpoints written during the fit hold the head plus a
+fingerprint of the frozen front end and backbone (``HEAD_ONLY_KEY``).
 
-Why: a head epoch on ~1k cached rows takes milliseconds, and a full-model checkpoint per epoch
-(every backbone tensor pickled, written and fsynced; 2 MB for EfficientAT mn04, 350 MB for
-AST) is most of a head job's time. The frozen weights cannot change during such a fit, so
-writing them once, at the end, loses nothing.
-
-- During the fit, :class:`HeadOnlyCheckpoints` removes the frozen tensors (front end and
-  backbone outside ``backbone.head``) from every checkpoint Lightning writes (resume
-  checkpoints, the best checkpoint) and records ``HEAD_ONLY_KEY``: the fingerprint
-  (``embedding_cache.module_fingerprint``) and the names of the keys left out.
-- Loading one (resume, ``trainer.test(ckpt_path=...)``) restores the head and keeps the frozen
-  tensors the model was built with, after checking that their fingerprint is the recorded one
-  (other backbone weights: refused, naming both fingerprints).
-- When the fit ends, :func:`expand_checkpoints` rewrites the best and the last checkpoint as
-  full models (atomically), so ``audioml-eval``, ``audioml-predict``, ``audioml-export`` and
-  the MLflow model get the whole network, exactly as for any other run. A head-only file
-  reached by those commands (a run interrupted before its fit ended) is refused with a message
-  that says to finish the run (``audioml.run.use.checkpoint.read_record``).
-"""
+:class:`HeadOnlyCheckpoints` strips the frozen tensors from every checkpoint Lightning writes and
+checks the fingerprint when one is loaded (other backbone weights: refused);
+:func:`expand_checkpoints` rewrites the best and the last checkpoint as full models when the fit
+ends. Also the one-thread pools of a head-only job. Why: docs/design/caches.md#head-only-jobs."""
 
 from __future__ import annotations
 

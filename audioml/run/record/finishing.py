@@ -1,31 +1,11 @@
-"""The last step of a training run, its MLflow record (tags, checkpoint and report artifacts, the
-MLflow model, status FINISHED) and its ``DONE`` marker, completed in the background while the
-next run of the same process trains.
+"""The last step of a training run, completed in the background: its MLflow record (tags, checkpoint
+and report artifacts, the MLflow model, status FINISHED), then its ``DONE`` marker.
 
-Why: once a head-only job (``audioml.run.fit.head_only``) has its numbers, logging its MLflow model
-and artifacts into the store takes about as long as a third of the job, on one core, while the
-other core idles. Inside a :func:`deferred` scope (a sweep's jobs run in this process, the folds
-of a k-fold run) ``TrainingRun`` hands that step to the report worker (``audioml.run.figures.drawing``,
-another process on another core) and returns its result at once; the next job starts. The run
-still counts as finished only once its record is complete: the worker writes ``DONE`` last, and
-the run directory's lock stays held by this process until then (:func:`hold_until_finished`),
-so ``audioml-compare --status`` shows the run as running, and the same command started elsewhere
-waits. The scope's end waits for every finish started in it.
-
-A finish that fails in the worker marks the MLflow run FAILED with ``audioml.error``, the
-traceback and the run's reports as artifacts, as an inline failure would, and leaves no ``DONE``
-(rerunning the command completes the run from its last checkpoint). The scope's ``on_failure``
-hears of it when the worker answers, before the run directory is let go (a sweep writes the job's
-``FAILED`` then); :func:`stop_deferring` returns the failures, and the end of a :func:`deferred`
-scope raises :class:`RunFinishError`. When the worker cannot take the finish (one CPU,
-``AUDIOML_FIGURE_WORKER=0``), it runs in this process at once; when the worker ends (or does not
-answer within ``WAIT_SECONDS``: it is stopped first) before completing it, this process completes
-it when it is waited for, without logging the model twice. Outside a scope (a single
-``audioml-train``, a DDP run, jobs of a parallel launcher) nothing changes: the finish runs inline.
-
-Some of MLflow's calls here are made directly rather than through ``audioml.run.record.tracking``
-(tags, status): the worker imports neither torch nor Lightning, which that module needs.
-"""
+Inside a :func:`deferred` scope (a sweep's in-process jobs, the folds of a k-fold run) ``finish``
+hands that step to the report worker (``audioml.run.figures.drawing``) and returns; the run
+directory stays locked until ``DONE`` (:func:`hold_until_finished`), a failed finish marks the run
+FAILED, and the scope's end waits for every finish started in it. Outside a scope, or without a
+worker, the finish runs inline. Why and the edge cases: docs/design/resume-and-finishing.md."""
 
 from __future__ import annotations
 

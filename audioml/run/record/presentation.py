@@ -1,17 +1,10 @@
-"""How audioml's runs read in the MLflow UI: experiments marked as model training, names that
-say what a sweep or a grid is, the data as the run's dataset input (the runs table's Dataset
-column), and a saved view per experiment with the columns and charts a user compares first,
-opened by the link :func:`view_link` (printed at the end of a run).
+"""How audioml's runs read in the MLflow UI: experiments marked as model training, names that say
+what a sweep or a grid is, the data as the run's dataset input (the runs table's Dataset column),
+and a saved view per experiment with the columns and charts compared first, opened by
+:func:`view_link` (printed at the end of a run).
 
-Formats read from MLflow 3.17's UI bundle (``mlflow/server/js``): the experiment tag
-``mlflow.experimentKind`` (read by MLflow 3 UIs before the GenAI / model-training switch; 3.17
-takes the mode from that switch, remembered per browser, or from the link's
-``workflowType=machine_learning``); a saved view is the experiment tag
-``mlflow.sharedViewState.<key>`` holding ``{"name", "createdAt", "updatedAt", "state"}``
-(``state``: the JSON of the runs page's search facets and UI state), listed in the page's Views
-menu and opened by ``#/experiments/<id>/runs?viewStateShareKey=<key>``. The guide:
-``docs/guide/comparing-in-mlflow.md``.
-"""
+The tags' formats are MLflow 3.17's UI's (docs/design/runs.md); the guide:
+docs/guide/comparing-in-mlflow.md."""
 
 from __future__ import annotations
 

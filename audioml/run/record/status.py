@@ -1,23 +1,11 @@
-"""Where each job of a sweep stands, from files and MLflow only (so it reads the same while the
-sweep runs, from another shell, for basic, joblib-parallel and SLURM launchers alike).
+"""Where each job of a sweep stands (``audioml-compare --status``), from files and MLflow only, so it
+reads the same from another shell and for every launcher.
 
-The sweep callback (:mod:`audioml.run.record.sweep`) keeps a record of every sweep in
-``<hydra.sweep.dir>/.sweeps/<sweep key>/``:
-
-- ``sweep.json``, written when the multirun starts: the command line's overrides, the planned
-  jobs (each one's overrides, in Hydra's order; ``null`` when the sweeper decides them as it goes,
-  e.g. Optuna) and the MLflow parent run;
-- ``jobs/<job id>.json``, written when a job starts: its overrides, run directory, host and pid.
-
-A job's run directory (:class:`~audioml.run.rundir.RunDir`) says the rest: finished (pruned:
-a search's pruner stopped its training early), locked (training now), failed (written when the
-job raised; cleared when it is retried), and its MLflow run (epochs, best validation score, test
-score, wall time).
-
-States: ``finished``, ``pruned``, ``running``, ``failed``, ``interrupted`` (started, neither running nor
-finished nor failed: killed, preempted, or its machine went away; rerunning the sweep continues
-it) and ``not started``.
-"""
+The sweep callback (:mod:`audioml.run.record.sweep`) writes ``sweep.json`` (the planned jobs) and
+``jobs/<job id>.json`` (each started job) under ``<hydra.sweep.dir>/.sweeps/<sweep key>/``; a
+job's run directory (:class:`~audioml.run.rundir.RunDir`) and MLflow run say the rest. ``STATES``:
+finished, pruned, running, failed, interrupted (started, then neither running, finished nor
+failed: rerunning continues it), not started."""
 
 from __future__ import annotations
 

@@ -1,18 +1,10 @@
 """Reading runs back from an MLflow store, quickly, for ``audioml-compare`` (its tables and
 ``--status``): experiments, runs with their final metrics, params and tags, one metric's history.
 
-``reader(uri)`` returns a :class:`SqliteReader` for the embedded store (``sqlite:///...``) and a
-:class:`ClientReader` (MLflow's ``MlflowClient``) for any other. Both return the same small
-records (:class:`StoredRun`, whose ``info`` and ``data`` have the attribute names of
-``mlflow.entities.Run``), so the code that reads them does not know which store it reads.
-
-Why read SQLite directly: for 300 runs MLflow's client takes about 2 s to import and set up its
-store, then builds an ORM object for each of the ~68,000 params, metrics and tags (about 2 s
-more of CPU), where four ``SELECT`` statements take 0.1 s. The reader opens the file read-only,
-checks the tables and columns it reads (MLflow's schema, migrated by MLflow itself) and is used
-only for a store of one workspace; otherwise ``reader`` falls back to the client. A test compares
-both readers on a real store.
-"""
+``reader(uri)`` returns a :class:`SqliteReader` (the embedded ``sqlite:///`` store of one
+workspace, opened read-only, its tables and columns checked) or else a :class:`ClientReader`
+(MLflow's ``MlflowClient``); both return the same :class:`StoredRun` records, with the attribute
+names of ``mlflow.entities.Run``. Why read SQLite directly: docs/design/runs.md."""
 
 from __future__ import annotations
 

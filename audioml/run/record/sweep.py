@@ -1,29 +1,11 @@
 """Hydra multirun sweeps in MLflow: a sweep is a parent run, each of its jobs a child run.
 
-:class:`MLflowSweepCallback` is registered in ``conf/hydra/default.yaml``. When a multirun
-starts it finds or creates the sweep's parent run and hands its id to the jobs through the
-environment (:data:`audioml.run.record.tracking.PARENT_RUN_ENV`): that reaches jobs run in this process
-(basic launcher), in joblib workers and in SLURM jobs submitted from here. The parent is
-identified by a key hashed from the sweep's command-line overrides, so rerunning an
-interrupted sweep continues the same parent (its jobs skip or resume by themselves, see
-:mod:`audioml.run.fit.resume`). When the sweep ends the parent is marked FINISHED; when it raises
-(a job failed, the launcher could not submit, Ctrl-C), ``audioml-train`` ends it FAILED or
-KILLED with the cause (:func:`end_running_sweep`). ``hydra/launcher=slurm`` on a machine without
-SLURM's tools is refused before anything is submitted (:func:`check_slurm_tools`).
-
-A job that raises (an exception, a NaN loss, CUDA out of memory, a config refused before its
-MLflow run opens) does not stop the others: Hydra's launchers catch it, and this callback, in the
-job's own process, writes ``FAILED`` and ``traceback.txt`` into its run directory, uploads the
-traceback to the job's MLflow run (FAILED; to the parent under ``failed/<run dir>/`` when the job
-never opened one) and tags the run with its overrides. The sweep keeps a record of its planned and
-started jobs (:mod:`audioml.run.record.status`; ``audioml-compare --status``), and ends with a summary:
-how many jobs finished, which failed and why; ``audioml-train`` then exits with status 1. When the
-sweep varies ``seed``, the parent run gets the mean, std and 95 % interval of every test metric
-per configuration (``aggregate_seed.csv``, ``aggregate_seed.txt``; :mod:`audioml.run.record.aggregate`).
-
-An Optuna search (``hydra/sweeper=optuna``, :mod:`audioml.search`) is recorded the same way: its
-trials are the jobs, listed as they start; a pruned trial's job counts as ``pruned``, not failed.
-"""
+:class:`MLflowSweepCallback` (registered in ``conf/hydra/default.yaml``) finds or creates the
+parent by a key hashed from the sweep's overrides and hands its id to the jobs through the
+environment; records a failed job (``FAILED``, traceback, MLflow FAILED, its overrides) without
+stopping the others; keeps the plan and started jobs for ``audioml-compare --status``
+(:mod:`audioml.run.record.status`); and ends with a summary and, over seeds, the aggregate
+(:mod:`audioml.run.record.aggregate`). How and why: docs/design/resume-and-finishing.md."""
 
 from __future__ import annotations
 

@@ -1,32 +1,12 @@
-"""The checkpoint is the model: what it records, how it is read back, and why a file from
-elsewhere cannot run code.
+"""The checkpoint is the model: the model record every checkpoint carries under ``"audioml"``
+(format 2, plain data: model and loss configs, task, classes, decoder, data, seed, temperature),
+how it is written (``ModelInCheckpoint``, ``model_record``) and read back (``read_record``,
+``model_from_record``, ``datamodule_from_record``).
 
-Every checkpoint ``audioml-train`` writes carries, under ``"audioml"``, a **model record**
-(format 2)::
-
-    format        2
-    model         the model's constructor config (resolved; optimiser and scheduler left out,
-                  every ``pretrained`` false: the checkpoint's weights replace them)
-    loss          the loss config (so ``test/loss`` reproduces), or None
-    task, class_names, class_counts
-    decoder       ``ClipDecoder.settings()``: how a file became the model's input
-    data          the DataModule config, resolved except ``${paths.<name>}`` references, so the
-                  data is found on whichever machine evaluates it; augmentation (online or
-                  offline) is never part of it
-    seed
-    temperature   a classifier's temperature scaling (a float > 0 dividing its logits, fitted on
-                  the validation split: ``audioml.run.fit.calibration``); absent: 1
-
-Reading is defensive (a checkpoint may come from anyone): ``torch.load(weights_only=True)``
-(no unpickling); every ``_target_`` must name a class of an allowed package (``audioml.models``,
-``audioml.features``, ``torch.nn`` for the model, ``audioml.losses`` / ``torch.nn`` for the loss,
-``audioml.data`` for the data, plus ``trusted_modules``), and every other field must be plain
-data of its type (``check_record``); no interpolation but ``${paths.<name>}`` in the data record.
-Rebuilding never lets the record act on the machine: no download, no weights folder, no place to
-write (``pretrained`` is false, ``weights_dir`` unset, the DataModule's ``machine_arguments``
-come from this machine's ``paths``); sizes are bounded by the weights the file holds (the model is
-built on the meta device first), and non-finite weights are refused.
-"""
+A file from elsewhere cannot run code: it is loaded with ``weights_only``, every ``_target_`` must
+name a class of ``ALLOWED_PACKAGES`` or ``trusted_modules`` and every other field plain data
+(``check_record``), and rebuilding never downloads or writes. Fields and reasons:
+docs/design/checkpoints.md."""
 
 from __future__ import annotations
 

@@ -1,41 +1,11 @@
-"""A trained model as one file: ``audioml-export`` writes the checkpoint's ``OutputModel``
-(waveform in, class probabilities or regression values out, the front end included) as ONNX
-or TorchScript, checks that the file answers as the PyTorch model does, and writes its input
-contract beside it (``<file>.json``).
+"""A trained model as one file: ``audioml-export`` writes a checkpoint's ``OutputModel`` (waveform
+in, class probabilities or regression values out, the front end included) as ONNX or TorchScript,
+and its input contract beside it (``<file>.json``).
 
-The file's input ``waveform`` is float32 mono samples at the checkpoint's rate, as its
-``ClipDecoder`` makes them: ``(batch, time)`` for a classifier (``time`` = the training clip,
-or any length where the model allows), ``(batch, windows, window_samples)`` for a sequence
-regressor. Its output is ``probabilities`` ``(batch, classes)`` (the softmax) or ``values``
-``(batch, windows, targets)`` (``(batch, targets)`` for ``output=per_sequence``). Axes the
-model lets vary are dynamic in the file; an axis a layer fixes is fixed in the file and in the
-contract (``dynamic_axes``), so a wrong shape is refused instead of answered wrongly.
-
-Parity is measured, not assumed: the written file is run (onnxruntime, ``torch.jit.load``) on
-recordings (``parity_inputs``, decoded as the training data was) or, without any, on generated
-signals (near-silence, noise, a chirp, tones, clipping, clicks), in a batch of another size than
-the export example and, where the length is dynamic, at another length. The largest absolute
-difference to the PyTorch model must stay within ``tolerance``, else ``ParityError`` and
-nothing is published. A layer the format cannot express raises ``ExportError`` naming the layer
-(module path and class) and the operator, and pointing at the other format.
-
-Why the ``torch.export`` (dynamo) ONNX exporter and not the older TorchScript-based one: the
-older exporter refuses the front end's complex STFT ("STFT does not currently support complex
-types"); the dynamo exporter translates ``aten.stft`` to the ONNX ``STFT`` operator, which
-onnxruntime runs within ~1e-7 of PyTorch on the log-mel and Kaldi (EfficientAT) front ends, so
-the front end needs no export-only rewrite (such as an STFT as a conv1d with a DFT basis).
-``torch.export`` with ``Dim.AUTO`` also says which axes the model really lets vary: an axis a
-layer specialises (``nn.LSTM`` fixes the sequence length under ``torch.export``: the number of
-windows of ``crnn_attention``) comes back as a constant rather than as a dynamic axis that
-would fail at run time. The graph is captured here and handed to ``torch.onnx.export``, so a
-failure is attributed to the capture (Python in a layer) or to the translation (an operator
-ONNX lacks) and named with the layer.
-
-TorchScript is ``torch.jit.trace``: scripting cannot compile a LightningModule (metrics, hooks,
-typed Python it does not support), tracing records the operators the example runs. A trace
-freezes Python branches and Python numbers taken from tensors, which is why parity is checked
-on inputs other than the trace example, and the length on another length.
-"""
+Nothing is published unless the written file, run on recordings or generated signals at another
+batch size (and length, where dynamic), answers within ``tolerance`` of the PyTorch model
+(``ParityError``); a layer a format cannot express raises ``ExportError`` naming the layer and the
+operator. Shapes: docs/guide/trained-models.md; why these exporters: docs/design/export.md."""
 
 from __future__ import annotations
 

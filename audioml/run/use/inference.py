@@ -1,17 +1,11 @@
-"""Using a trained model: rebuild it from its checkpoint (``audioml.run.use.checkpoint``: the
-model record, checked before anything runs), test it on a split of its data
-(``evaluate_checkpoint``) or score recordings (``Predictor``).
+"""Using a trained model: rebuild it from its checkpoint (``audioml.run.use.checkpoint``: the model
+record, checked before anything runs), test it on a split of its data (``evaluate_checkpoint``)
+or score recordings (``Predictor``).
 
-A model comes from a checkpoint file, a run directory, an MLflow model directory, an MLflow
-3 logged model (``models:/m-<id>``), an MLflow run (``runs:/<run id>/model``) or a registered
-model (``models:/<name>/<version>``, ``models:/<name>@<alias>``) (``find_checkpoint``); in
-every case what is read is the checkpoint, as data.
-
-Recordings go through the decoder the training data went through (``ClipDecoder`` settings in
-the checkpoint: rate, downmix, silence trimming). A classifier scores a recording longer than
-its training clip in sliding windows of that length and aggregates them per file; a sequence
-regressor gives one value per window (0.5 s for MuSe) over the whole recording.
-"""
+``find_checkpoint`` takes a checkpoint file, a run directory, an MLflow model folder, a logged or
+registered model or a run (``runs:/``, ``models:/``); what is read is always the checkpoint, as
+data. Recordings go through the training data's decoder; a classifier scores longer recordings in
+sliding windows of its clip, a sequence regressor gives one value per window."""
 
 from __future__ import annotations
 

@@ -1,19 +1,11 @@
-"""A trained run as an MLflow model: what others load with ``mlflow.pyfunc.load_model``, serve
-with ``mlflow models serve`` and find in the Model Registry.
+"""A trained run as an MLflow model (``log_model``, at the end of training, for the best
+checkpoint): what others load with ``mlflow.pyfunc.load_model``, serve with ``mlflow models serve``
+and find in the Model Registry (``register_logged_model``).
 
-The MLflow model (``log_model``, called at the end of training for the best checkpoint) holds
-the checkpoint as its one artifact and is "a model from code" (``audioml/run/use/pyfunc_model.py``):
-loading it imports audioml and reads the checkpoint as data (``read_record``), so neither
-MLflow nor audioml unpickles anything. Its pyfunc answers a DataFrame with a ``waveform``
-column (mono float samples at the model's rate, or at the ``sample_rate`` param) or a ``path``
-column (files the serving machine can read), one row per recording, with the answers of
-``audioml.run.use.inference.Predictor``: the predicted class and a probability per class (a
-classifier; sliding windows over recordings longer than its clip, averaged), or the mean value
-per target (a regressor), plus the number of windows.
-
-The pip requirements pin every audioml dependency to the version installed at training time,
-and audioml itself; serve it where audioml is installed (``--env-manager local``).
-"""
+The model holds the checkpoint as its one artifact and is "a model from code"
+(``audioml/run/use/pyfunc_model.py``) that reads it as data; its pyfunc answers a DataFrame of
+``waveform`` or ``path`` rows with ``Predictor``'s answers, and its requirements pin audioml and
+every dependency as installed at training time. Use: docs/guide/trained-models.md."""
 
 from __future__ import annotations
 

@@ -138,8 +138,9 @@ def test_the_readme_quick_start_learns(tmp_path):
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a CUDA GPU")
 def test_a_crash_after_the_run_opened_leaves_it_failed_not_running(tmp_path):
     process = run_entry_point("audioml.train", "data=synthetic", "model=cnn", "model.optimizer.lr=nan", *FAST,
-                              f"paths.output_dir={tmp_path}", check=False)
-    assert process.returncode != 0 and "Invalid learning rate" in process.stderr
+                              f"paths.output_dir={tmp_path}", check=False, env={"HYDRA_FULL_ERROR": "0"})
+    assert process.returncode == 1 and "Invalid learning rate" in process.stderr
+    assert "Traceback (most recent call last)" in process.stderr  # not a user's mistake: a bug shows its trace
     _, client = _mlflow_client(tmp_path)
     (run,) = client.search_runs([client.get_experiment_by_name("synthetic").experiment_id])
     assert run.info.status == "FAILED"

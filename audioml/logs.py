@@ -8,7 +8,7 @@ import re
 import sys
 import warnings
 
-__all__ = ["quiet_third_party", "StderrHandler", "IGNORED_WARNINGS", "IGNORED_LOG_LINES"]
+__all__ = ["quiet_third_party", "StderrHandler", "log_to_stderr", "IGNORED_WARNINGS", "IGNORED_LOG_LINES"]
 
 
 class StderrHandler(logging.StreamHandler):
@@ -25,6 +25,21 @@ class StderrHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, value) -> None:  # logging.StreamHandler.__init__ sets it: stderr is looked up instead
         pass
+
+
+def log_to_stderr(level: int = logging.INFO, format: str = "%(levelname)s %(name)s: %(message)s") -> None:
+    """Log to stderr from a command that is not a Hydra app: ``StderrHandler`` on the root
+    logger, after dropping any handler whose stream is closed (a run before this one in the same
+    process, e.g. under a test's capture); handlers that still write are kept."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
+            root.removeHandler(handler)
+    if not any(isinstance(handler, StderrHandler) for handler in root.handlers):
+        handler = StderrHandler()
+        handler.setFormatter(logging.Formatter(format))
+        root.addHandler(handler)
+    root.setLevel(min(root.level, level) if root.level else level)
 
 #: Python warnings of other packages about how audioml uses them, each known to be harmless here.
 IGNORED_WARNINGS = (

@@ -63,10 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(__doc__)
         return 0 if argv else MISTAKE_EXIT
     from audioml.entry import INTERRUPTED_EXIT, is_user_mistake, report_mistake
-    from audioml.logs import StderrHandler, quiet_third_party
+    from audioml.logs import log_to_stderr, quiet_third_party
     from audioml.run.probing import format_table, run_probe_table
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", handlers=[StderrHandler()])
+    log_to_stderr()
     logging.getLogger("audioml").setLevel(logging.INFO)
     logging.getLogger("lightning").setLevel(logging.WARNING)  # per-run device and checkpoint lines, dozens of runs
     quiet_third_party()

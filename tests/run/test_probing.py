@@ -5,6 +5,8 @@ RAVDESS layout with the real EfficientAT mn04 weights and a small random wav2vec
 
 from __future__ import annotations
 
+import io
+import logging
 import math
 import re
 from pathlib import Path
@@ -54,6 +56,9 @@ def test_the_best_layer_is_chosen_on_validation_not_test():
 ])
 def test_a_mistake_is_one_message_and_exit_status_2(tmp_path, capsys, monkeypatch, arguments, message):
     monkeypatch.chdir(tmp_path)
+    closed = io.StringIO()
+    closed.close()  # what a command run before in this process may leave on the root logger
+    monkeypatch.setattr(logging.getLogger(), "handlers", [*logging.getLogger().handlers, logging.StreamHandler(closed)])
     base = [] if any(a.startswith("data=") for a in arguments) or arguments == ["layers=all"] else ["data=synthetic"]
     status = main([*base, *arguments, f"paths.output_dir={tmp_path / 'out'}", "data.clips_per_class=4"])
     stderr = capsys.readouterr().err

@@ -87,3 +87,13 @@ def test_help_pages_explain_each_commands_own_keys(monkeypatch, capsys):
     listing = capsys.readouterr().out
     assert all(f"audioml-{name}" in listing for name in COMMANDS if name != "eval") and "audioml-eval" in listing
     assert audioml_main(["nosuch"]) == 2 and "no command 'nosuch'" in capsys.readouterr().err
+
+
+def test_a_mistakes_traceback_is_in_the_log_file_and_printed_with_hydra_full_error(tmp_path):
+    command = [*TINY, "trainer.max_epochs=-5", f"paths.output_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'job'}"]
+    quiet = run_entry_point("audioml.train", *command, check=False, env={"HYDRA_FULL_ERROR": "0"})
+    assert quiet.returncode == 2 and "Traceback" not in quiet.stderr
+    assert f"the full traceback is in {tmp_path / 'job' / 'train.log'}" in quiet.stderr
+    assert "Traceback (most recent call last)" in (tmp_path / "job" / "train.log").read_text()
+    full = run_entry_point("audioml.train", *command, check=False, env={"HYDRA_FULL_ERROR": "1"})
+    assert full.returncode != 0 and "Traceback (most recent call last)" in full.stderr and "max_epochs" in full.stderr

@@ -115,3 +115,13 @@ def test_an_entry_point_drops_the_marker_before_the_task(caplog):
     assert DEPRECATED_ALIAS_KEY not in seen[0] and seen[0]["model"]["optimizer"]["lr"] == 1.0e-4
     assert [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()] == \
         ["experiment=donateacry_vggish is deprecated: use experiment=donateacry/vggish"]
+
+
+def test_how_a_run_is_shown_is_not_part_of_its_run_key():
+    """The notebook (no progress bar, no workers) and the command line train the same run; a
+    setting that changes the result (the seed) is another run."""
+    plain = _hydra_config(["data=synthetic", "model=cnn"], "train")
+    shown = _hydra_config(["data=synthetic", "model=cnn", "trainer.enable_progress_bar=false", "data.num_workers=0"],
+                          "train")
+    assert run_key(plain) == run_key(shown)
+    assert run_key(_hydra_config(["data=synthetic", "model=cnn", "seed=7"], "train")) != run_key(plain)

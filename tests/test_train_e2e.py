@@ -5,7 +5,7 @@ import json
 import mlflow
 import pytest
 import yaml
-from helpers.runners import find_run_dirs, read_metrics, run_entry_point
+from helpers.runners import SHARED, find_run_dirs, read_metrics, run_entry_point
 
 FAST = ["trainer.max_epochs=2", "trainer.enable_progress_bar=false", "data.num_workers=0"]
 
@@ -135,11 +135,24 @@ def test_the_readme_quick_start_learns(tmp_path):
     assert metrics["test/macro_f1"] > metrics["baseline/macro_f1"] + 0.2
 
 
+@pytest.mark.slow  # the README's first command on the real corpus (about a minute on 2 cores)
+@pytest.mark.skipif(not (SHARED / "data" / "donateacry-corpus").is_dir()
+                    or not (SHARED / "weights" / "efficientat-mn04").is_dir(), reason="needs ../shared (data, weights)")
+def test_the_quickstart_experiment_learns_more_than_the_majority_baseline(tmp_path):
+    """``audioml-train experiment=quickstart`` (README): hungry vs not on donateacry, frozen mn04."""
+    env = {"AUDIOML_DATA_DIR": str(SHARED / "data"), "AUDIOML_WEIGHTS_DIR": str(SHARED / "weights" / "efficientat-mn04")}
+    run_entry_point("audioml.train", "experiment=quickstart", "trainer.enable_progress_bar=false",
+                    f"paths.output_dir={tmp_path}", env=env)
+    metrics = read_metrics(find_run_dirs(tmp_path)[0])
+    assert metrics["test/macro_f1"] > metrics["baseline/macro_f1"]
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a CUDA GPU")
 def test_a_crash_after_the_run_opened_leaves_it_failed_not_running(tmp_path):
     process = run_entry_point("audioml.train", "data=synthetic", "model=cnn", "model.optimizer.lr=nan", *FAST,
-                              f"paths.output_dir={tmp_path}", check=False)
-    assert process.returncode != 0 and "Invalid learning rate" in process.stderr
+                              f"paths.output_dir={tmp_path}", check=False, env={"HYDRA_FULL_ERROR": "0"})
+    assert process.returncode == 1 and "Invalid learning rate" in process.stderr
+    assert "Traceback (most recent call last)" in process.stderr  # not a user's mistake: a bug shows its trace
     _, client = _mlflow_client(tmp_path)
     (run,) = client.search_runs([client.get_experiment_by_name("synthetic").experiment_id])
     assert run.info.status == "FAILED"

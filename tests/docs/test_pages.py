@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers.docs import PAGES, run_page, runnable_blocks
+from helpers.docs import PAGES, run_blocks, run_page, runnable_blocks
 from helpers.runners import REPO
 
 #: Pages whose runnable blocks a test of their own runs (with assertions on their output).
@@ -191,3 +191,18 @@ def test_the_readmes_links_resolve() -> None:
     relative = [link for link in links if not link.startswith(("http://", "https://"))]
     assert relative and all((REPO / link).is_file() for link in relative), [
         link for link in relative if not (REPO / link).is_file()]
+
+
+def test_the_readme_is_read_in_five_minutes():
+    assert len((REPO / "README.md").read_text().splitlines()) <= 200
+
+
+def test_a_failing_documented_command_fails_the_page_naming_its_block(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("# A page\n\n<!-- runnable -->\n```bash\necho first\n```\n\n"
+                    "<!-- runnable -->\n```bash\naudioml-train data=no_such_dataset\n```\n")
+    blocks = runnable_blocks(page)
+    assert [b.line for b in blocks] == [3, 8] and not any(b.slow for b in blocks)
+    with pytest.raises(AssertionError, match=r"the block at line 8 failed \(2\)") as failed:
+        run_blocks(blocks, tmp_path / "run")
+    assert "Could not find 'data/no_such_dataset'" in str(failed.value)

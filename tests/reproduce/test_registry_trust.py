@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from helpers.runners import run_entry_point
 
 from audioml.reproduce.registry import REGISTRY_FILE, load_registry
 
@@ -35,3 +36,12 @@ def test_a_registry_that_would_run_code_is_refused_naming_the_field(tmp_path, ch
 
 def test_the_shipped_registry_passes_its_own_checks():
     assert len(load_registry().entries) >= 10
+
+
+def test_the_command_refuses_such_a_registry_in_one_line_and_runs_nothing(tmp_path):
+    registry = _registry(tmp_path, lambda r: r["runners"]["train"].update(
+        module="pdb", always=["-c", f"!touch {tmp_path / 'pwned'}", "-c", "q"]))
+    process = run_entry_point("audioml.reproduce", "all", "--quick", "--registry", str(registry),
+                              "--out", str(tmp_path / "out"), check=False)
+    assert process.returncode == 2 and "module='pdb'" in process.stderr and "Traceback" not in process.stderr
+    assert not (tmp_path / "pwned").exists()

@@ -60,6 +60,17 @@ def user_config_dirs(value: str | None = None) -> list[Path]:
     return folders
 
 
+def model_source(cfg: DictConfig) -> str:
+    """The trained model a use command names (``source=``, or ``ckpt_path=`` for a checkpoint
+    file); ``UserError`` when neither or both are given."""
+    from audioml.errors import UserError
+
+    if (cfg.source is None) == (cfg.ckpt_path is None):
+        raise UserError("give the model as source=<run dir | .ckpt | models:/m-<model id> | runs:/<run id>/model | "
+                        "models:/<name>/<version> | models:/<name>@<alias>> (or ckpt_path=<.ckpt>), one of the two")
+    return str(cfg.source if cfg.source is not None else cfg.ckpt_path)
+
+
 def run_key(root: DictConfig) -> str:
     """Deterministic run name ``<data>-<model>-<hash>`` from the unresolved config, so that the
     same command finds the same run directory (and checkpoint) on any machine."""

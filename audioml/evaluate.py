@@ -15,9 +15,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from audioml.config import CONFIG_PATH
+from audioml.config import CONFIG_PATH, model_source
 from audioml.entry import hydra_task, run_hydra_app
-from audioml.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +31,7 @@ def _app(cfg: DictConfig) -> None:
     from audioml.run.use.checkpoint import read_record
     from audioml.run.use.inference import display_path, evaluate_checkpoint, evaluated_checkpoint, log_evaluation
 
-    if (cfg.source is None) == (cfg.ckpt_path is None):
-        raise UserError("give the model as source=<run dir | .ckpt | models:/m-<model id> | "
-                         "runs:/<run id>/model | models:/<name>/<version> | models:/<name>@<alias>> (or "
-                         "ckpt_path=<.ckpt>), one of the two")
-    source = cfg.source if cfg.source is not None else cfg.ckpt_path
+    source = model_source(cfg)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     uri = Store.of(cfg.tracking_uri, cfg.paths.mlflow_dir).uri
     checkpoint, what = evaluated_checkpoint(source, uri, out_dir / "model")

@@ -14,9 +14,8 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
-from audioml.config import CONFIG_PATH
+from audioml.config import CONFIG_PATH, model_source
 from audioml.entry import hydra_task, run_hydra_app
-from audioml.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +26,7 @@ def _app(cfg: DictConfig) -> None:
     from audioml.run.record.store import Store
     from audioml.run.use.export import ExportError, ParityError, export_checkpoint
 
-    if (cfg.source is None) == (cfg.ckpt_path is None):
-        raise UserError("give the model as source=<run dir | .ckpt | models:/m-<model id> | "
-                         "runs:/<run id>/model | models:/<name>/<version> | models:/<name>@<alias>> (or "
-                         "ckpt_path=<.ckpt>), one of the two")
-    source = cfg.source if cfg.source is not None else cfg.ckpt_path
+    source = model_source(cfg)
     registry = str(source).startswith(("runs:/", "models:/"))  # only these need the MLflow store
     try:
         result = export_checkpoint(

@@ -17,9 +17,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from audioml.config import CONFIG_PATH
+from audioml.config import CONFIG_PATH, model_source
 from audioml.entry import hydra_task, run_hydra_app
-from audioml.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +29,7 @@ def _app(cfg: DictConfig) -> None:
     from audioml.run.record.store import Store
     from audioml.run.use.inference import Predictor, collect_inputs
 
-    if (cfg.source is None) == (cfg.ckpt_path is None):
-        raise UserError("give the model as source=<run dir | .ckpt | models:/m-<model id> | "
-                         "runs:/<run id>/model | models:/<name>/<version> | models:/<name>@<alias>> (or "
-                         "ckpt_path=<.ckpt>), one of the two")
-    source = cfg.source if cfg.source is not None else cfg.ckpt_path
+    source = model_source(cfg)
     files = collect_inputs(list(cfg.inputs), cfg.input_dir, list(cfg.extensions) if cfg.extensions else None)
     output = Path(cfg.output)
     predictor = Predictor.from_source(

@@ -129,7 +129,7 @@ def test_git_state_names_the_commit_of_the_source_tree():
 _RACER = """
 import sys, time
 from pathlib import Path
-from audioml.run import facts, tracking
+from audioml.run.record import facts, tracking
 from audioml.run.rundir import RunDir
 from audioml.run.record.store import Store
 uri, index, folder = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])

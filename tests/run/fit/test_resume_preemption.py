@@ -16,7 +16,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 # 44 training clips in batches of 4: 11 steps per epoch; a resume checkpoint every 3 steps.
 STEPS_PER_EPOCH = 11
 COMMAND = ["data=synthetic", "model=cnn", "augmentation=specaugment", "data.batch_size=4", "data.seconds=2.0",

@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from audioml import compare
 from audioml.run.record.sweep import LauncherUnavailableError, check_slurm_tools
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TINY = ["data=synthetic", "data.clips_per_class=4", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
 
 

@@ -24,7 +24,7 @@ from audioml.files import exclusive_lock
 from audioml.run.record import status
 from audioml.run.rundir import RunDir
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _run_dir(output: Path, name: str, client: MlflowClient, experiment: str, *, val: list[float],

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TINY = ["data=synthetic", "data.clips_per_class=12", "trainer=ddp_cpu", "trainer.max_epochs=2",
         "data.batch_size=4", "evaluation.bootstrap_samples=0"]  # default progress bar and logger: they once hung DDP
 

@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 
 from audioml import compare
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TINY = ["data=synthetic", "data.clips_per_class=12", "trainer.max_epochs=2", "trainer.accelerator=cpu",
         "trainer.enable_progress_bar=false", "evaluation.bootstrap_samples=0", "data.batch_size=8"]
 GRID = ["model.backbone.dense=32,64", "loss=ce,weighted_ce"]

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from helpers.servers import start_mlflow_server, stop_mlflow_server
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture

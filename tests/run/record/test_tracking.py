@@ -148,7 +148,7 @@ tracking.set_status(logger.experiment, logger.run_id, "FINISHED")
 @pytest.mark.slow  # four Python processes importing Lightning (about 40 CPU-seconds)
 def test_four_processes_starting_at_once_on_a_new_embedded_store_lose_nothing(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
-    racers = [subprocess.Popen([sys.executable, "-c", _RACER, uri, str(i), str(tmp_path)], cwd=Path(__file__).parents[2],
+    racers = [subprocess.Popen([sys.executable, "-c", _RACER, uri, str(i), str(tmp_path)], cwd=Path(__file__).parents[3],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(4)]
     deadline = time.monotonic() + 300
     while len(list(tmp_path.glob("ready*"))) < 4:

@@ -390,3 +390,20 @@ def test_the_other_families_export_answering_like_the_model(model_type, format, 
             export_checkpoint(checkpoint, format, output)
         return
     assert export_checkpoint(checkpoint, format, output).contract["parity"]["max_abs_diff"] <= 1e-4
+
+
+def test_a_hub_id_is_read_from_the_weights_folder(tmp_path) -> None:
+    """``model.backbone.name=<org>/<name>`` looks in ``paths.weights_dir`` (laid out as the Hugging
+    Face cache: where a download goes), here without the network (``local_files_only``)."""
+    weights = tmp_path / "weights"
+    repo = weights / "models--audioml-test--tiny-wav2vec2"
+    save_encoder(repo / "snapshots" / "0123abcd", "wav2vec2")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    name = ["model=hf_encoder", "model.backbone.name=audioml-test/tiny-wav2vec2", "model.backbone.local_files_only=true"]
+    cfg = compose(["data=synthetic", *name, f"paths.weights_dir={weights}", f"paths.output_dir={tmp_path}"])
+    model = build_model(cfg, ["a", "b", "c"]).eval()
+    assert isinstance(model.backbone, HFAudioEncoder) and len(model.backbone.layer_dims) == 3
+    with pytest.raises(Exception, match="tiny-wav2vec2: its config could not be read from .*empty"):  # said so
+        build_model(compose(["data=synthetic", *name, f"paths.weights_dir={tmp_path / 'empty'}",
+                             f"paths.output_dir={tmp_path}"]), ["a", "b"])

@@ -400,7 +400,8 @@ def test_a_hub_id_is_read_from_the_weights_folder(tmp_path) -> None:
     save_encoder(repo / "snapshots" / "0123abcd", "wav2vec2")
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("0123abcd")
-    name = ["model=hf_encoder", "model.backbone.name=audioml-test/tiny-wav2vec2", "model.backbone.local_files_only=true"]
+    name = ["model=hf_encoder", "model.backbone.name=audioml-test/tiny-wav2vec2",
+            "model.backbone.local_files_only=true"]
     cfg = compose(["data=synthetic", *name, f"paths.weights_dir={weights}", f"paths.output_dir={tmp_path}"])
     model = build_model(cfg, ["a", "b", "c"]).eval()
     assert isinstance(model.backbone, HFAudioEncoder) and len(model.backbone.layer_dims) == 3

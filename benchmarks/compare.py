@@ -153,6 +153,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--store", type=Path, help="keep the store in this folder (reused when it holds one)")
     parser.add_argument("--show", action="store_true", help="print each command's output once")
+    parser.add_argument("--record", type=Path, help="also write the table as Markdown to this file (the docs include "
+                                                    "docs/measurements/compare.txt)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         folder = (args.store or Path(scratch)).resolve()
@@ -170,11 +172,20 @@ def main() -> None:
         commands = {f"--experiment {EXPERIMENT}": ["--experiment", EXPERIMENT],
                     "--sweep <key>": ["--sweep", key], "--status <key>": ["--status", key]}
         print(f"{'audioml-compare':<26} {'seconds':>8}  (target < {TARGET_SECONDS:.0f} s, best of {args.repeat})")
+        rows = []
         for name, arguments in commands.items():
             seconds, output = best_time([*arguments, "--output-dir", str(folder)], args.repeat, env)
             print(f"{name:<26} {seconds:8.2f}  {'ok' if seconds < TARGET_SECONDS else 'SLOW'}")
+            rows.append(f"| `audioml-compare {name}` | {seconds:.2f} | {'ok' if seconds < TARGET_SECONDS else 'SLOW'} |")
             if args.show:
                 print(output)
+    if args.record:
+        args.record.parent.mkdir(parents=True, exist_ok=True)
+        args.record.write_text(
+            f"<!-- written by `python -m benchmarks.compare --record {args.record}`; do not edit -->\n"
+            f"{args.runs} runs ({args.jobs} jobs a sweep, {args.epochs} epochs of history each), best of "
+            f"{args.repeat}, {os.cpu_count()} CPU cores, {time.strftime('%Y-%m-%d')}:\n\n"
+            f"| command | seconds | target < {TARGET_SECONDS:.0f} s |\n| --- | --- | --- |\n" + "\n".join(rows) + "\n")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ def test_list_and_muse_message(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "zenodo.org/records/1188976/files/Audio_Speech_Actors_01-24.zip" in out
+    assert "md5:bc696df654c87fed845eb13823edef8a" in out  # the publisher's checksum of the RAVDESS zip
     assert "github.com/gveres/donateacry-corpus/archive/6baf5aca0460964ad072653585837f968a87c2af.zip" in out
     assert main(["download", "muse"]) == 2
     assert "End User License Agreement" in capsys.readouterr().err

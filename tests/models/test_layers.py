@@ -13,6 +13,8 @@ from audioml.models.backbones.base import LayerStates, masked_mean
 from audioml.models.backbones.cnn import ScratchCNN
 from audioml.models.backbones.crnn import CRNNAttention
 from audioml.models.backbones.efficientat import EfficientATMobileNet
+from audioml.models.backbones.panns import Cnn14
+from audioml.models.backbones.vggish import VGGish
 from audioml.models.pretrained import get_pretrained_cfg
 
 MN04 = get_pretrained_cfg("efficientat_mn04_as")
@@ -83,3 +85,18 @@ def test_efficientat_real_weights_17_layers(shared_weights: Path) -> None:
                k.endswith("running_mean")][-1] for i in range(17)]
     assert backbone.layer_dims == tuple(widths) == (8, 8, 16, 16, 16, 16, 16, 32, 32, 32, 32, 48, 48, 64, 64, 64, 384)
     assert all(torch.isfinite(layer).all() for layer in states.layers)
+
+
+def test_panns_cnn14_exposes_each_blocks_output() -> None:
+    torch.manual_seed(0)
+    backbone = Cnn14(n_mels=64, channels=(8, 16, 32), weights=None)
+    states = check_layers(backbone, torch.randn(2, 1, 64, 100), 3)
+    assert backbone.layer_dims == (8, 16, 32) and states.layers[0].shape[1] == 50  # time halved by block 1
+
+
+def test_vggish_exposes_each_blocks_output_then_its_embedding() -> None:
+    torch.manual_seed(0)
+    backbone = VGGish(embedding_sizes=(32,), weights=None)
+    states = check_layers(backbone, torch.randn(2, 1, 64, 200), 5)
+    assert backbone.layer_dims == (64, 128, 256, 512, 32)
+    assert all(layer.shape[1] == 2 for layer in states.layers)  # one token per 0.96 s example

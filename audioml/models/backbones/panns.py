@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from audioml.models.backbones.base import Backbone
+from audioml.models.backbones.base import Backbone, LayerStates
 
 __all__ = ["Cnn14", "PannsConvBlock"]
 
@@ -92,12 +92,23 @@ class Cnn14(Backbone):
                 nn.init.zeros_(module.bias)
 
     def forward_features(self, spec: torch.Tensor) -> torch.Tensor:
+        return self.forward_layers(spec).layers[-1]
+
+    def forward_layers(self, spec: torch.Tensor) -> LayerStates:
+        """Each convolution block's output as time tokens ``(batch, frames', channels)`` (the
+        mel axis averaged), input side first; the last block's are ``forward_features``."""
         if spec.shape[2] != self.bn0.num_features:
             raise ValueError(f"Cnn14 expects {self.bn0.num_features} mel bands, got {spec.shape[2]}")
         x = self.bn0(spec.transpose(1, 2)).permute(0, 2, 3, 1)     # (batch, 1, frames, mels)
+        outputs = []
         for index in range(1, self.num_blocks + 1):
             x = self.dropout(getattr(self, f"conv_block{index}")(x))
-        return x.mean(dim=3).transpose(1, 2)                        # (batch, frames', channels)
+            outputs.append(x.mean(dim=3).transpose(1, 2))          # (batch, frames', channels)
+        return LayerStates(tuple(outputs))
+
+    @property
+    def layer_dims(self) -> tuple[int, ...]:
+        return tuple(int(getattr(self, f"conv_block{i}").conv2.out_channels) for i in range(1, self.num_blocks + 1))
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         pooled = tokens.amax(dim=1) + tokens.mean(dim=1)

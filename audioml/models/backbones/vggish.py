@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from audioml.models.backbones.base import Backbone
+from audioml.models.backbones.base import Backbone, LayerStates
 
 __all__ = ["VGGish"]
 
@@ -86,3 +86,27 @@ class VGGish(Backbone):
         x = self.features(examples.flatten(0, 1))          # (batch * count, 512, 6, 4)
         x = x.permute(0, 2, 3, 1).flatten(1)               # (time, mel, channel) order
         return self.embeddings(x).reshape(batch, count, -1)
+
+    def forward_layers(self, spec: torch.Tensor) -> LayerStates:
+        """Each convolution block's output (its channels averaged over the example's time and
+        mel positions: one token per 0.96 s example), then the embedding; input side first."""
+        examples = self.examples(spec)
+        batch, count = examples.shape[:2]
+        x, outputs = examples.flatten(0, 1), []
+        for module in self.features:
+            x = module(x)
+            if isinstance(module, nn.MaxPool2d):  # the end of a block
+                outputs.append(x.mean(dim=(2, 3)).reshape(batch, count, -1))
+        x = x.permute(0, 2, 3, 1).flatten(1)
+        outputs.append(self.embeddings(x).reshape(batch, count, -1))
+        return LayerStates(tuple(outputs))
+
+    @property
+    def layer_dims(self) -> tuple[int, ...]:
+        widths, width = [], 1
+        for item in _VGGISH_LAYERS:
+            if item == "M":
+                widths.append(width)
+            else:
+                width = int(item)
+        return (*widths, self.num_features)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 import pandas as pd
+import pytest
 from helpers.runners import read_metrics, run_entry_point
 
 SMALL = ["data=synthetic", "trainer.enable_progress_bar=false", "data.num_workers=0"]
@@ -38,6 +39,7 @@ def test_debug_fast_runs_two_batches_and_every_report(tmp_path):
     assert len(pd.read_csv(run_dir / "test_predictions.csv")) == 14  # every test clip of data=synthetic
 
 
+@pytest.mark.slow  # overfits a batch for many steps (about 18 s)
 def test_debug_overfit_drives_the_training_loss_down(tmp_path):
     process = run_entry_point("audioml.train", "debug=overfit", "trainer.max_epochs=10", *SMALL,
                               f"paths.output_dir={tmp_path}")

@@ -126,6 +126,7 @@ def test_a_run_prints_its_directory_and_mlflow_run_at_start_and_end(trained):
     assert f"run directory {run_dir} (metrics.json" in end and f"MLflow run {run_id}: mlflow ui --backend-store-uri {uri}" in end
 
 
+@pytest.mark.slow  # the synthetic quick start to 10 epochs (the README's quick start has its own slow test)
 def test_the_readme_quick_start_learns(tmp_path):
     """``audioml-train data=synthetic model=cnn trainer.max_epochs=10`` (README quick start) ends
     well above the majority baseline."""

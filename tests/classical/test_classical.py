@@ -293,6 +293,7 @@ def test_emotify_handcrafted_runs_on_the_real_sample(shared_data, tmp_path):
     assert table.rows["group"].nunique() == len({p for p in table.rows["path"]})  # one group per track
 
 
+@pytest.mark.slow  # deep features of real EfficientAT weights (about 15 s)
 def test_backbone_features_of_a_pretrained_model(shared_weights, tmp_path):
     process = run_entry_point("audioml.classical", "descriptors=backbone", "descriptors.model=efficientat_mn04",
                               f"paths.output_dir={tmp_path}", *FAST_GRID, "data.num_workers=0",

@@ -127,6 +127,7 @@ def test_csv_without_required_columns_says_which(tmp_path):
         CsvDataModule(csv=tmp_path / "nope.csv")
 
 
+@pytest.mark.slow  # a regression run on a generated table (about 15 s)
 def test_csv_regression_trains_with_the_cnn_regressor(tmp_path):
     rows = []
     (tmp_path / "clips").mkdir()

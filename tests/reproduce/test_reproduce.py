@@ -149,6 +149,7 @@ def test_quick_report_runs_both_protocols_and_writes_md_and_csv(generated_ravdes
     assert again["seconds"] == record["seconds"]
 
 
+@pytest.mark.slow  # a reproduction job run as a process (about 12 s)
 def test_a_failing_job_is_a_row_with_its_error(generated_ravdess, tmp_path):
     out = tmp_path / "report"
     code = main(["ravdess/statement_cnn", "--quick", "--protocol", "study", "--out", str(out), "--data-dir",

@@ -46,6 +46,7 @@ def test_slurm_tools_are_named_when_missing():
         check_slurm_tools(lambda tool: "/usr/bin/sbatch" if tool == "sbatch" else None)
 
 
+@pytest.mark.slow  # a sweep refused by its launcher (about 15 s)
 def test_slurm_sweep_without_slurm_ends_its_parent_failed_saying_why(tmp_path):
     path = os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"])
     if any(shutil.which(tool, path=path) for tool in ("sbatch", "srun")):
@@ -61,6 +62,7 @@ def test_slurm_sweep_without_slurm_ends_its_parent_failed_saying_why(tmp_path):
     assert not (tmp_path / "runs" / ".submitit").exists()  # nothing was submitted
 
 
+@pytest.mark.slow  # a sweep of refused jobs (the failing-sweep fixture covers a failed job by default)
 @pytest.mark.skipif(torch.cuda.is_available(), reason="trainer=ddp must fail here: no GPU")
 def test_a_sweep_whose_job_fails_ends_its_parent_failed(tmp_path):
     process = _sweep(tmp_path, "trainer=ddp", "seed=1,2")

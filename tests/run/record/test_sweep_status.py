@@ -139,6 +139,7 @@ TINY = ["data=synthetic", "data.clips_per_class=4", "trainer.max_epochs=1", "tra
         "evaluation.bootstrap_samples=0", "logger.log_model=false", "logger.log_checkpoint=false"]
 
 
+@pytest.mark.slow  # a 6-job sweep (about 20 s)
 def test_seed_aggregate_of_a_two_config_three_seed_sweep(tmp_path, capsys):
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "HYDRA_FULL_ERROR")}
     process = subprocess.run([sys.executable, "-m", "audioml.train", "-m", *TINY, "model.backbone.dense=16,32",

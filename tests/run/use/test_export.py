@@ -156,7 +156,7 @@ def test_cnn_export_answers_like_the_model(cnn_checkpoint, recordings, format, t
     _check_classifier_export(cnn_checkpoint, recordings, format, tmp_path, "cnn")
 
 
-@pytest.mark.parametrize("format", ["onnx", "torchscript"])
+@pytest.mark.parametrize("format", [pytest.param("onnx", marks=pytest.mark.slow), "torchscript"])  # ONNX: 17 s
 def test_efficientat_export_answers_like_the_model(efficientat_checkpoint, recordings, format, tmp_path):
     _check_classifier_export(efficientat_checkpoint, recordings, format, tmp_path, "efficientat_mn04")
 

@@ -81,6 +81,7 @@ def _recognised_clip(run_dir: Path) -> tuple[int, np.ndarray]:
     return best, clips[best]
 
 
+@pytest.mark.slow  # trains its own model (about 30 s)
 def test_sliding_windows_cover_a_long_recording_and_find_the_planted_class(cnn_run, tmp_path):
     output, run_dir, _ = cnn_run
     planted, clip = _recognised_clip(run_dir)

@@ -307,7 +307,7 @@ def run_grid(table: FeatureTable, grid: DictConfig, protocol: Mapping, run_dir: 
 
     check_grid(grid, table.task, grid_source)
     run_dir = Path(run_dir)
-    store = run_dir / "combinations"
+    store = RunDir(run_dir).combinations_dir
     store.mkdir(parents=True, exist_ok=True)
     metric = str(grid.get("select_by") or ("macro_f1" if table.task == "classification" else "ccc"))
     folds, final = make_folds(table, protocol, seed)
@@ -403,25 +403,26 @@ def _rank(table: FeatureTable, all_combinations: Sequence[Combination], done: Ma
                                              ascending=[False, lower_is_better, True],
                                              kind="stable").reset_index(drop=True)
     ranking.insert(0, "rank", np.arange(1, len(ranking) + 1))
-    ranking.to_csv(run_dir / "ranking.csv", index=False)
+    run = RunDir(run_dir)
+    ranking.to_csv(run.ranking_file, index=False)
     best = str(ranking["combination"].iloc[0])
     record = done[best]
     if not record.get("converged", True):
         log.warning("grid: no combination converged within its iteration bound; the best by validation, %s, is "
                     "reported, marked not converged: scale the features (a scaler step) or raise max_iter", best)
     metrics = {**record["metrics"], "best/rank_by_val": 1.0}
-    RunDir(run_dir).write_metrics(metrics)
-    best_dir = run_dir / "best"
+    run.write_metrics(metrics)
+    best_dir = run.grid_best_dir
     best_dir.mkdir(exist_ok=True)
-    (best_dir / "pipeline.skops").write_bytes((run_dir / "combinations" / f"{best}.skops").read_bytes())
+    (best_dir / "pipeline.skops").write_bytes((run.combinations_dir / f"{best}.skops").read_bytes())
     (best_dir / "combination.json").write_text(json.dumps({k: record[k] for k in ("combination", "scaler",
                                                                                   "reducer", "estimator")}))
-    _best_reports(table, best_dir, run_dir / "combinations" / f"{best}.predictions.npy")
+    _best_reports(table, best_dir, run.combinations_dir / f"{best}.predictions.npy")
     header = f"{'':>3}  {'combination (scaler+reducer+estimator)':<44}  val/{metric:<8}  test/{metric} [CI]"
     lines = [header, *(_table_line(r, metric) for r in ranking.head(20).to_dict("records"))]
     if len(ranking) > 20:
-        lines.append(f"... {len(ranking) - 20} more in {run_dir / 'ranking.csv'}")
-    (run_dir / "ranking.txt").write_text("\n".join(lines) + "\n")
+        lines.append(f"... {len(ranking) - 20} more in {run.ranking_file}")
+    run.ranking_text_file.write_text("\n".join(lines) + "\n")
     return GridResult(ranking, best, metrics, run_dir)
 
 

@@ -102,7 +102,8 @@ class GridTracker:
         for path in files:
             if path.is_file():
                 self.client.log_artifact(self.parent, str(path))
-        self.client.log_artifact(self.parent, str(result.run_dir / "best" / "pipeline.skops"), "best")
+        self.client.log_artifact(self.parent, str(RunDir(result.run_dir).grid_best_dir / "pipeline.skops"),
+                                 RunDir.GRID_BEST)
         self.client.set_terminated(self.parent, "FINISHED")
 
 
@@ -235,7 +236,7 @@ def bound_run_dir(cfg: DictConfig, run_dir: Path, table: FeatureTable) -> Path:
     other = RunDir(run_dir).for_other_data(current["fingerprint"])
     for directory in (RunDir(run_dir), other):
         bound = directory.bound_data()
-        started = any((directory.path / "combinations").glob("*.json"))
+        started = any(directory.combinations_dir.glob("*.json"))
         if bound is None and not started:
             directory.bind_data(current)
             return directory.path
@@ -295,10 +296,10 @@ def run_classical(cfg: DictConfig, run_dir: str | Path) -> GridResult:
         result = run_grid(table, cfg.grid, cfg.protocol, run_dir, scoring, int(cfg.seed), int(cfg.get("n_jobs", -1)),
                           tracker, grid_source, progress=bool(cfg.get("progress", True)))
         if tracker is not None:
-            tracker.finish(result, [run_dir / "ranking.csv", run_dir / "ranking.txt", run.metrics_file,
+            tracker.finish(result, [run.ranking_file, run.ranking_text_file, run.metrics_file,
                                     run.config_file, run.skipped_file] +
-                           [run_dir / "best" / name for name in (RunDir.CONFUSION, "predictions.csv")])
-    print((run_dir / "ranking.txt").read_text(), end="")
+                           [run.grid_best_dir / name for name in (RunDir.CONFUSION, "predictions.csv")])
+    print(run.ranking_text_file.read_text(), end="")
     metric = str(cfg.grid.get("select_by") or ("macro_f1" if table.task == "classification" else "ccc"))
     best = result.metrics
     print(f"best by validation: {result.best}: test/{metric} {best[f'test/{metric}']:.3f}"

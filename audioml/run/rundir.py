@@ -44,7 +44,8 @@ class RunDir:
     MLflow run id (``mlflow_run_id``), its store (``mlflow_store``), copies in other stores and
     metric points a store did not take; ``data.json`` (the data it is bound to); ``checkpoints/``
     (``last.ckpt`` and the one before it for resuming, ``best-*.ckpt``) and which one the test
-    scored (``tested_checkpoint.json``); the reports; ``fold_<i>/`` of a k-fold run.
+    scored (``tested_checkpoint.json``); the reports; ``fold_<i>/`` of a k-fold run; a classical
+    grid's ranking, combinations and best pipeline.
     """
 
     CONFIG = "config.yaml"
@@ -83,6 +84,10 @@ class RunDir:
     PROBE_TABLE = "probe_table.csv"
     PROBE_LAYERS = "probe_layers.csv"
     PROBE_FIGURE = "probe_layers.png"
+    RANKING = "ranking.csv"             # a classical grid's directory: its combinations ranked,
+    RANKING_TEXT = "ranking.txt"        # the same as printed,
+    COMBINATIONS = "combinations"       # each combination's record, pipeline and predictions,
+    GRID_BEST = "best"                  # and the best combination's pipeline and reports
     #: Files a run's record uploads to MLflow when it is rebuilt from the folder (``relog``).
     RECORDED = (CONFIG, METRICS, TESTED, PER_CLASS, PREDICTIONS, SKIPPED, COLLAPSE, CURVES_TABLE, FOLD_METRICS, OOF,
                 "*.png")
@@ -137,6 +142,10 @@ class RunDir:
     probe_table_file = property(lambda self: self._file(self.PROBE_TABLE))
     probe_layers_file = property(lambda self: self._file(self.PROBE_LAYERS))
     probe_figure = property(lambda self: self._file(self.PROBE_FIGURE))
+    ranking_file = property(lambda self: self._file(self.RANKING))
+    ranking_text_file = property(lambda self: self._file(self.RANKING_TEXT))
+    combinations_dir = property(lambda self: self._file(self.COMBINATIONS))
+    grid_best_dir = property(lambda self: self._file(self.GRID_BEST))
     checkpoints = property(lambda self: self._file(self.CHECKPOINTS))
     last_checkpoint = property(lambda self: self.checkpoints / self.LAST)
     incoming_checkpoint = property(lambda self: self.checkpoints / self.INCOMING)

@@ -79,3 +79,19 @@ def tiny_run(tmp_path_factory):
     run_entry_point("audioml.train", *TINY, f"paths.output_dir={output}")
     (run_dir,) = find_run_dirs(output)
     return output, run_dir, next((run_dir / "checkpoints").glob("best-*.ckpt"))
+
+
+@pytest.fixture()
+def compute_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Clips embedded by each call of ``compute_embeddings`` (the real function, counted)."""
+    import audioml.models.embedding_cache as embedding_cache
+
+    calls: list[int] = []
+    real = embedding_cache.compute_embeddings
+
+    def counting(frontend, backbone, dataset, out, *args, **kwargs):
+        calls.append(len(dataset))
+        return real(frontend, backbone, dataset, out, *args, **kwargs)
+
+    monkeypatch.setattr(embedding_cache, "compute_embeddings", counting)
+    return calls

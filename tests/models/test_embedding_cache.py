@@ -48,19 +48,6 @@ def make_model(seed: int = 0, head=None, n_mels: int = 32, **overrides) -> Audio
     return AudioClassifier(**kwargs)
 
 
-@pytest.fixture()
-def compute_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Number of clips each call of ``compute_embeddings`` embedded (wraps the real function)."""
-    calls: list[int] = []
-    real = embedding_cache.compute_embeddings
-
-    def counting(frontend, backbone, dataset, out, *args, **kwargs):
-        calls.append(len(dataset))
-        return real(frontend, backbone, dataset, out, *args, **kwargs)
-
-    monkeypatch.setattr(embedding_cache, "compute_embeddings", counting)
-    return calls
-
 
 def uncached_logits(model: AudioClassifier, datamodule, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     model.eval()

@@ -15,7 +15,6 @@ import pytest
 import torch
 from helpers.datasets import make_ravdess
 
-import audioml.models.embedding_cache as embedding_cache
 from audioml.data.synthetic import SyntheticDataModule
 from audioml.features import LogMel
 from audioml.models.backbones.cnn import ScratchCNN
@@ -45,19 +44,6 @@ def make_model(head, seed: int = 0) -> AudioClassifier:
     backbone = ScratchCNN(channels=[8, 16], dense=24, dropout=0.3)  # layers: 8 and 16 channels, dense 24
     return AudioClassifier(backbone=backbone, frontend=frontend, num_classes=3, freeze="all", head=head)
 
-
-@pytest.fixture()
-def compute_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Clips embedded by each call of ``compute_embeddings`` (the real function, counted)."""
-    calls: list[int] = []
-    real = embedding_cache.compute_embeddings
-
-    def counting(frontend, backbone, dataset, out, *args, **kwargs):
-        calls.append(len(dataset))
-        return real(frontend, backbone, dataset, out, *args, **kwargs)
-
-    monkeypatch.setattr(embedding_cache, "compute_embeddings", counting)
-    return calls
 
 
 HEADS = {"layer 0": partial(LayerWeightedHead, layers=0), "last": partial(LayerWeightedHead, layers="last"),

@@ -16,7 +16,6 @@ import pytest
 from helpers.datasets import make_ravdess
 from helpers.encoders import save_encoder
 
-import audioml.models.embedding_cache as embedding_cache
 from audioml.probe import main, parse_command_line
 from audioml.run.fit.probing import EncoderChoice, ProbeUsageError, choose_layer, parse_layers
 
@@ -68,18 +67,6 @@ def test_a_mistake_is_one_message_and_exit_status_2(tmp_path, capsys, monkeypatc
     assert not (tmp_path / "out" / "mlflow").exists()  # no MLflow run opened
     assert not list((tmp_path / "out").glob("cache/embeddings-*"))  # no encoder ran
 
-
-@pytest.fixture()
-def compute_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    calls: list[int] = []
-    real = embedding_cache.compute_embeddings
-
-    def counting(frontend, backbone, dataset, out, *args, **kwargs):
-        calls.append(len(dataset))
-        return real(frontend, backbone, dataset, out, *args, **kwargs)
-
-    monkeypatch.setattr(embedding_cache, "compute_embeddings", counting)
-    return calls
 
 
 def test_probe_table_end_to_end_with_real_efficientat_and_a_saved_wav2vec2(shared_weights, tmp_path, compute_calls,

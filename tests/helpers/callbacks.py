@@ -35,3 +35,14 @@ class InterruptAfterEpoch(L.Callback):
         if trainer.current_epoch == self.epoch and not os.path.exists(self.marker):
             open(self.marker, "w").close()
             raise KeyboardInterrupt
+
+
+class CrashAtBatch(L.Callback):
+    """Raises (like a crash) at the start of training batch ``batch`` of ``epoch``."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            raise RuntimeError("simulated preemption")

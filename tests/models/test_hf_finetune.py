@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from helpers.callbacks import CrashAtBatch
 from helpers.encoders import save_encoder
 from helpers.runners import find_run_dirs, read_metrics, run_entry_point
 
@@ -95,13 +96,6 @@ def test_gradient_checkpointing_gives_the_same_gradients(folder, tmp_path) -> No
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-class _Interrupt(L.Callback):
-    def __init__(self, epoch: int, batch: int) -> None:
-        self.epoch, self.batch = epoch, batch
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
-            raise RuntimeError("simulated preemption")
 
 
 def _fit(cfg, run_dir, interrupt=None):
@@ -111,7 +105,7 @@ def _fit(cfg, run_dir, interrupt=None):
     run = RunDir(run_dir)
     callbacks = [resume.ResumeCheckpoint(run.checkpoints, every_n_train_steps=2, every_n_epochs=1)]
     if interrupt is not None:
-        callbacks.append(_Interrupt(*interrupt))
+        callbacks.append(CrashAtBatch(*interrupt))
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, callbacks=callbacks, deterministic=True,
                         num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,
                         plugins=[AtomicCheckpointIO()])

@@ -12,6 +12,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from helpers.callbacks import CrashAtBatch
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mlflow import MlflowClient
@@ -118,15 +119,6 @@ def test_done_marker_round_trip_and_unfinished_runs(tmp_path):
 
 
 # ----------------------------------------------- a real Trainer interrupted and continued
-class _Interrupt(L.Callback):
-    """Raises (like a crash) at the start of training batch ``batch`` of ``epoch``."""
-
-    def __init__(self, epoch: int, batch: int) -> None:
-        self.epoch, self.batch = epoch, batch
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
-            raise RuntimeError("simulated preemption")
 
 
 class _Sigterm(L.Callback):
@@ -158,7 +150,7 @@ def _fit(cfg, run_dir, store, experiment, interrupt=None, sigterm=None):
     logger = tracking.open_run(experiment, "run", Store(store), run)
     callbacks = [resume.ResumeCheckpoint(run.checkpoints, every_n_train_steps=2, every_n_epochs=1)]
     if interrupt is not None:
-        callbacks.append(_Interrupt(*interrupt))
+        callbacks.append(CrashAtBatch(*interrupt))
     if sigterm is not None:
         callbacks.append(_Sigterm(*sigterm))
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=logger, callbacks=callbacks,

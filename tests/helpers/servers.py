@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -135,18 +136,23 @@ def start_mlflow_server(folder: Path, *options: str, port: int | None = None, en
          str(folder / "artifact-root"), *options], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         env={**os.environ, **(env or {})}, cwd=folder)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
+    wait_until_answering(f"{url}/health", process, lambda: (folder / "server.log").read_text()[-3000:], 240)
+    return process, url
+
+
+def wait_until_answering(url: str, process: subprocess.Popen, log: Callable[[], str], seconds: float) -> None:
+    """Return once ``url`` answers 200; ``AssertionError`` with ``log()`` when ``process`` ends first
+    or ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
     while True:
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+            with urllib.request.urlopen(url, timeout=5) as response:
                 if response.status == 200:
-                    break
+                    return
         except OSError:
             pass
-        assert process.poll() is None, (folder / "server.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "mlflow server did not start"
+        assert process.poll() is None and time.monotonic() < deadline, f"{url} did not answer:\n{log()}"
         time.sleep(0.5)
-    return process, url
 
 
 def stop_mlflow_server(process) -> None:

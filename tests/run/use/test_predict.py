@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import soundfile as sf
 import torch
 from helpers.datasets import make_muse_package
 from helpers.runners import find_run_dirs, run_entry_point
+from helpers.servers import free_port, wait_until_answering
 
 from audioml.data.decoder import ClipDecoder
 from audioml.data.synthetic import _render_clip
@@ -240,15 +239,9 @@ def test_a_served_model_bounds_what_a_request_may_ask(cnn_run, tmp_path, monkeyp
         model.predict(pd.DataFrame({"path": [str(tmp_path / "allowed" / ".." / "elsewhere" / "clip.wav")]}))
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_mlflow_models_serve_answers_rest_requests(cnn_run):
     output, run_dir, run_id = cnn_run
-    port = _free_port()
+    port = free_port()
     bin_dir = Path(sys.executable).parent  # mlflow starts uvicorn from PATH, as in an activated venv
     env = {**os.environ, "MLFLOW_TRACKING_URI": _store(output), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     mlflow_cli = bin_dir / "mlflow"
@@ -256,16 +249,8 @@ def test_mlflow_models_serve_answers_rest_requests(cnn_run):
                                "local", "--host", "127.0.0.1", "--port", str(port)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    raise AssertionError(server.stdout.read().decode()[-3000:]) from None
-                time.sleep(1)
+        wait_until_answering(f"http://127.0.0.1:{port}/ping", server,
+                             lambda: server.stdout.read().decode()[-3000:] if server.poll() is not None else "", 180)
         clip = _render_clip(np.random.default_rng(3), 2, 0.0, RATE, 1.0)
         body = json.dumps({"dataframe_records": [{"waveform": clip.astype(float).tolist()}]}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
